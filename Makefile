@@ -1,0 +1,52 @@
+# Warren: `make run` sets up and runs the whole system; `make test` sets up and runs every test.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+# PostgreSQL for the second run of the database tests (trust auth on these machines).
+PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+
+.PHONY: setup system venv images run test test-fast test-slow lint bench
+
+setup: system venv
+
+system:
+	bash scripts/install-system-deps.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# Build (or reuse from the cache, keyed by the recipe) the VM images the daemon boots.
+images: setup
+	$(PY) -m vmbackend image build tiny
+	$(PY) -m vmbackend image build rabbitmq --distro debian
+	$(PY) -m vmbackend image snapshot rabbitmq
+
+# The whole system on one machine: SQLite, the local RabbitMQ, web, relay, event worker, one host daemon.
+run: setup
+	$(PY) -m warren run
+
+# Fast tier: no real RabbitMQ image boots (the tiny test image boots in seconds). Under 5 minutes.
+test-fast: setup
+	$(PY) -m vmbackend image build tiny
+	$(PYTEST) -m "not slow" -x -q
+
+# Everything CI runs: fast tier on SQLite and PostgreSQL, then the slow tier (real RabbitMQ VMs).
+test: images
+	$(PYTEST) -m "not slow" -q
+	DATABASE_URL=$(PG_URL) $(PYTEST) -m "not slow and not vm and not browser" -q tests/store tests/orders tests/accounts
+	$(PYTEST) -m slow -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: images
+	$(PY) bench/webhooks.py
+	$(PY) bench/boot.py
+	$(PY) bench/daemon.py
+	$(PY) bench/provisioning.py

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages Warren needs beyond Python: QEMU and image tools for the host daemon, Chromium
+# for the browser tests. Idempotent: installs only what is missing.
+set -euo pipefail
+pkgs=(qemu-system-x86 qemu-utils debootstrap busybox-static e2fsprogs zstd iproute2 cpio chromium chromium-driver)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
