@@ -1,1 +1,36 @@
-"""Shared fixtures. Area fixtures live in tests/<area>/conftest.py."""
+"""Shared fixtures. Area fixtures live in tests/<area>/conftest.py.
+
+Every test session gets its own RabbitMQ virtual host on the real local broker, so concurrent test
+runs (and a developer's running system) never take each other's messages.
+"""
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+
+BROKER = "127.0.0.1:5672"
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def amqp_vhost() -> Iterator[str]:
+    vhost = f"warren-test-{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield vhost
+    try:
+        _rabbitmqctl("delete_vhost", vhost)
+    except (subprocess.SubprocessError, OSError):
+        pass  # the broker may be down after a failure drill; a leftover vhost is harmless
+
+
+@pytest.fixture(scope="session")
+def amqp_url(amqp_vhost: str) -> str:
+    """URL of the session's private vhost on the real local RabbitMQ."""
+    return f"amqp://guest:guest@{BROKER}/{quote(amqp_vhost, safe='')}"
