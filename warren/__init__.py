@@ -1,0 +1,1 @@
+"""Runs the whole Warren system on one machine (`python -m warren run`)."""

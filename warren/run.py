@@ -1,0 +1,220 @@
+"""`python -m warren run`: the whole system on one machine, for development and small installs.
+
+Prepares the database and the VM image (with visible progress), then supervises the web server,
+the outbox relay, the event worker and one host daemon as child processes. A child that dies is
+started again with a capped backoff; Ctrl-C (or SIGTERM) stops every child cleanly. VMs keep
+running when the daemon stops (that is the daemon's contract) and are adopted on the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("warren.run")
+
+ROOT = Path(__file__).resolve().parent.parent
+STOP_TIMEOUT = 20.0
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class Options:
+    bind: str = "127.0.0.1"
+    port: int = 8000
+    image: str = "rabbitmq"
+    build_images: bool = True
+    daemon: bool = True
+    web_workers: int = 2
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    failures: int = 0
+    start_after: float = 0.0
+    started_at: float = 0.0
+    pump: threading.Thread | None = field(default=None, repr=False)
+
+
+def setup_commands(opts: Options, python: str = sys.executable) -> list[list[str]]:
+    """One-off steps before the services start, in order."""
+    steps = [
+        [python, "manage.py", "migrate", "--noinput"],
+        [python, "manage.py", "seed_plans"],
+        [python, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+    ]
+    if opts.build_images:
+        steps.append([python, "-m", "vmbackend", "image", "build", "tiny"])
+        if opts.image != "tiny":
+            steps.append([python, "-m", "vmbackend", "image", "build", opts.image, "--distro", "debian"])
+            steps.append([python, "-m", "vmbackend", "image", "snapshot", opts.image])
+    return steps
+
+
+def service_commands(opts: Options, python: str = sys.executable) -> dict[str, list[str]]:
+    """The long-running processes, by name."""
+    services = {
+        "web": [
+            python, "-m", "gunicorn", "store.wsgi:application",
+            "--bind", f"{opts.bind}:{opts.port}",
+            # Threads: the offline checkout page POSTs to the shop's own webhook endpoint.
+            "--worker-class", "gthread", "--workers", str(opts.web_workers), "--threads", "8",
+            "--access-logfile", "-", "--graceful-timeout", "10",
+        ],
+        "relay": [python, "manage.py", "relay_outbox"],
+        "events": [python, "manage.py", "consume_events"],
+    }
+    if opts.daemon:
+        services["vmbackend"] = [python, "-m", "vmbackend", "daemon"]
+    return services
+
+
+def child_environment(opts: Options, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.setdefault("WARREN_SITE_URL", f"http://{opts.bind}:{opts.port}")
+    env["WARREN_INSTANCE_IMAGE"] = opts.image
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def backoff(failures: int) -> float:
+    return min(MAX_BACKOFF, 2.0 ** max(0, failures - 1))
+
+
+class Supervisor:
+    def __init__(self, services: dict[str, list[str]], env: dict[str, str], cwd: Path = ROOT):
+        self.children = [Child(name, argv) for name, argv in services.items()]
+        self.env = env
+        self.cwd = cwd
+        self.stopping = threading.Event()
+
+    def start(self, child: Child) -> None:
+        child.proc = subprocess.Popen(
+            child.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            # Own process group: Ctrl-C in the terminal reaches only us; we stop children in order.
+            start_new_session=True,
+        )
+        child.started_at = time.monotonic()
+        child.pump = threading.Thread(target=_pump, args=(child.name, child.proc), daemon=True)
+        child.pump.start()
+        log.info("event=started service=%s pid=%s", child.name, child.proc.pid)
+
+    def poll_once(self, now: float) -> None:
+        """Start what should run; notice what died and schedule its restart."""
+        for child in self.children:
+            if child.proc is None:
+                if now >= child.start_after:
+                    self.start(child)
+                continue
+            code = child.proc.poll()
+            if code is None:
+                if now - child.started_at > 60:
+                    child.failures = 0  # it stayed up: forget old crashes
+                continue
+            child.failures += 1
+            delay = backoff(child.failures)
+            log.warning(
+                "event=exited service=%s code=%s restart_in=%.0fs", child.name, code, delay
+            )
+            child.proc = None
+            child.start_after = now + delay
+
+    def stop(self) -> None:
+        self.stopping.set()
+        running = [c for c in self.children if c.proc and c.proc.poll() is None]
+        for child in running:
+            log.info("event=stopping service=%s pid=%s", child.name, child.proc.pid)
+            child.proc.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for child in running:
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("event=killing service=%s pid=%s", child.name, child.proc.pid)
+                child.proc.kill()
+                child.proc.wait()
+        for child in running:
+            if child.pump:
+                child.pump.join(timeout=2)
+        log.info("event=stopped services=%d", len(running))
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.poll_once(time.monotonic())
+            self.stopping.wait(0.5)
+
+
+def _pump(name: str, proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None  # Popen was given stdout=PIPE
+    for raw in proc.stdout:
+        sys.stdout.write(f"{name:>9} | {raw.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def run_setup(opts: Options, env: dict[str, str]) -> None:
+    for argv in setup_commands(opts):
+        print(f"==> {' '.join(argv[1:])}", flush=True)
+        started = time.monotonic()
+        subprocess.run(argv, cwd=ROOT, env=env, check=True, stdin=subprocess.DEVNULL)
+        print(f"    done in {time.monotonic() - started:.1f}s", flush=True)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, Options]:
+    parser = argparse.ArgumentParser(prog="python -m warren")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="set up and run the whole system on this machine")
+    run.add_argument("--bind", default=os.environ.get("WARREN_BIND", "127.0.0.1"))
+    run.add_argument("--port", type=int, default=int(os.environ.get("WARREN_PORT", "8000")))
+    run.add_argument(
+        "--image", default=os.environ.get("WARREN_INSTANCE_IMAGE", "rabbitmq"),
+        help="image new instances boot from (rabbitmq, or tiny for a seconds-fast demo)",
+    )
+    run.add_argument("--skip-image-build", action="store_true")
+    run.add_argument("--no-daemon", action="store_true", help="do not run a host daemon here")
+    args = parser.parse_args(list(argv))
+    return args.command, Options(
+        bind=args.bind, port=args.port, image=args.image,
+        build_images=not args.skip_image_build, daemon=not args.no_daemon,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _, opts = parse_args(argv)
+    env = child_environment(opts)
+    try:
+        run_setup(opts, env)
+    except subprocess.CalledProcessError as exc:
+        log.error("event=setup_failed step=%r code=%s", " ".join(exc.cmd[1:]), exc.returncode)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+    supervisor = Supervisor(service_commands(opts), env)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: supervisor.stopping.set())
+    print(
+        f"\nWarren is running: shop at http://{opts.bind}:{opts.port}/  "
+        f"admin at http://{opts.bind}:{opts.port}/admin/ "
+        "(create a staff user with: .venv/bin/python manage.py createsuperuser)\n"
+        "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+    try:
+        supervisor.run()
+    finally:
+        supervisor.stop()
+    return 0
