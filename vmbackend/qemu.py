@@ -9,11 +9,11 @@ folder lives.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,59 +30,53 @@ MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 TAP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
+def _check_port(port: object) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ValueError(f"bad port {port!r}")
+
+
 @dataclass(frozen=True)
-class Network:
-    """How the guest's NIC reaches the world.
+class UserNet:
+    """User-mode networking (default): host ports on `bind_address` forwarded to the guest."""
 
-    `user`: QEMU's user-mode NAT; `forwards` maps guest TCP ports to host ports, bound to
-    `bind_address`. `tap`: the existing tap device `tap` (on a bridge the operator set up).
-    """
-
-    mode: str = "user"
-    bind_address: str = "127.0.0.1"
-    forwards: Mapping[int, int] = field(default_factory=dict)  # guest port -> host port
-    tap: str | None = None
-    mac: str | None = None
+    bind_address: str
+    management_port: int  # host port forwarded to the guest's management port (15672)
+    amqp_port: int  # host port forwarded to the guest's AMQP port (5672)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("user", "tap"):
-            raise ValueError(f"network mode must be user or tap, not {self.mode!r}")
-        if self.mode == "tap" and not (self.tap and TAP_RE.fullmatch(self.tap)):
-            raise ValueError("tap mode needs a valid tap device name")
-        if self.mac is not None and not MAC_RE.fullmatch(self.mac):
+        ipaddress.ip_address(self.bind_address)  # ValueError for anything but an IP address
+        _check_port(self.management_port)
+        _check_port(self.amqp_port)
+
+
+@dataclass(frozen=True)
+class TapNet:
+    """Production option: an existing tap device (created by the daemon) on a bridge."""
+
+    tap: str
+    mac: str  # "52:54:00:xx:xx:xx", unique per VM
+
+    def __post_init__(self) -> None:
+        if not TAP_RE.fullmatch(self.tap):
+            raise ValueError(f"bad tap device name {self.tap!r}")
+        if not MAC_RE.fullmatch(self.mac):
             raise ValueError(f"bad MAC address {self.mac!r}")
-        for guest, host in self.forwards.items():
-            for port in (guest, host):
-                if not isinstance(port, int) or not 0 < port < 65536:
-                    raise ValueError(f"bad port {port!r}")
 
 
 @dataclass(frozen=True)
 class VMSpec:
-    """What one VM is: sizes, identity, per-VM settings, network. Secrets are not in repr()."""
+    """What one VM is: sizes, identity, admin credentials, network. The password is not in repr()."""
 
     vm_id: str
-    image: str
+    image: str  # validated by the caller against ^[a-z0-9][a-z0-9._-]{0,63}$
+    memory_mb: int
+    vcpus: int
+    disk_gb: int
     hostname: str
     admin_user: str
-    admin_password: str = field(repr=False)
-    erlang_cookie: str | None = field(default=None, repr=False)
-    memory_mb: int = 512
-    vcpus: int = 1
-    disk_gb: int = 4
-    network: Network = field(default_factory=Network)
-    limits: Mapping[str, int] = field(default_factory=dict)  # e.g. {"max-connections": 100}
-
-    def fw_cfg_values(self) -> dict[str, str]:
-        """The per-VM settings handed to the guest through fw_cfg (docs/images.md)."""
-        values = {
-            "hostname": self.hostname,
-            "admin_user": self.admin_user,
-            "admin_password": self.admin_password,
-        }
-        if self.erlang_cookie is not None:
-            values["erlang_cookie"] = self.erlang_cookie
-        return values
+    admin_password: str = field(repr=False)  # never logged, never on a command line
+    network: UserNet | TapNet = field(default_factory=lambda: UserNet("127.0.0.1", 15672, 5672))
+    limits: dict[str, int] = field(default_factory=dict)  # {"max-connections": n, "max-queues": n}
 
 
 @dataclass(frozen=True)
@@ -168,14 +162,14 @@ def kernel_cmdline(append: str, accel: str, tsc_khz: int | None) -> str:
     return " ".join(parts)
 
 
-def _netdev(spec: VMSpec) -> str:
+def _netdev(spec: VMSpec, manifest: Manifest) -> str:
     net = spec.network
-    if net.mode == "tap":
+    if isinstance(net, TapNet):
         return f"tap,id=net0,ifname={net.tap},script=no,downscript=no"
-    fwd = "".join(
-        f",hostfwd=tcp:{net.bind_address}:{host}-:{guest}"
-        for guest, host in sorted(net.forwards.items())
-    )
+    forwards = [(net.management_port, manifest.guest.management_port)]
+    if manifest.guest.amqp_port is not None:
+        forwards.append((net.amqp_port, manifest.guest.amqp_port))
+    fwd = "".join(f",hostfwd=tcp:{net.bind_address}:{host}-:{guest}" for host, guest in forwards)
     return f"user,id=net0{fwd}"
 
 
@@ -223,9 +217,9 @@ def build_args(
             "-drive", f"id=disk0,file={paths.DISK},format=qcow2,if=none,cache=writeback,discard=unmap",
             "-device", "virtio-blk-device,drive=disk0",
         ]
-    mac = f",mac={spec.network.mac}" if spec.network.mac else ""
+    mac = f",mac={spec.network.mac}" if isinstance(spec.network, TapNet) else ""
     args += [
-        "-netdev", _netdev(spec),
+        "-netdev", _netdev(spec, manifest),
         "-device", f"virtio-net-device,netdev=net0{mac}",
         "-chardev", f"socket,id=qga0,path={paths.QGA},server=on,wait=off",
         "-device", "virtio-serial-device",
@@ -236,8 +230,8 @@ def build_args(
         "-serial", f"file:{paths.CONSOLE}",
         "-pidfile", paths.PIDFILE,
     ]
-    # Every key is always present (an empty file when unset), so a saved state and the VMs restored
-    # from it have the same fw_cfg names.
+    # Every key is always present, so a saved state and the VMs restored from it have the same
+    # fw_cfg names (the machine writes the files, mode 0600).
     for key in FW_CFG_KEYS:
         args += ["-fw_cfg", f"name={FW_CFG_PREFIX}{key},file={paths.fw_cfg_file(key)}"]
     if incoming is not None:
