@@ -1,0 +1,178 @@
+"""The daemon's one configuration object, read from the environment and command-line flags.
+
+Every setting has a safe default for a single development host; nothing else in `vmbackend`
+reads `os.environ` for daemon settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+NETWORK_MODES = ("user", "bridge")
+ACCELS = ("auto", "kvm", "tcg")
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Config:
+    host_id: str
+    amqp_url: str
+    capacity: int
+    image_dir: Path
+    state_dir: Path
+    bind_address: str
+    advertised_host: str
+    port_min: int
+    port_max: int
+    network: str
+    bridge: str
+    accel: str
+    boot_deadline: float
+    heartbeat_interval: float
+    stop_timeout: float
+
+    def redacted_amqp_url(self) -> str:
+        """The AMQP URL with its password replaced, for logs."""
+        return redact_url(self.amqp_url)
+
+
+# (setting name, environment variable); the flag is --setting-name.
+_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("host_id", "WARREN_HOST_ID"),
+    ("amqp_url", "WARREN_AMQP_URL"),
+    ("capacity", "WARREN_CAPACITY"),
+    ("image_dir", "WARREN_IMAGE_DIR"),
+    ("state_dir", "WARREN_STATE_DIR"),
+    ("bind_address", "WARREN_BIND_ADDRESS"),
+    ("advertised_host", "WARREN_ADVERTISED_HOST"),
+    ("port_range", "WARREN_PORT_RANGE"),
+    ("network", "WARREN_NETWORK"),
+    ("bridge", "WARREN_BRIDGE"),
+    ("accel", "WARREN_ACCEL"),
+    ("boot_deadline", "WARREN_BOOT_DEADLINE"),
+    ("heartbeat_interval", "WARREN_HEARTBEAT_INTERVAL"),
+    ("stop_timeout", "WARREN_STOP_TIMEOUT"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one `--flag` per setting; a flag overrides its environment variable."""
+    for name, env in _SETTINGS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                            help=f"(env {env})")
+
+
+def redact_url(url: str) -> str:
+    """`amqp://user:secret@host/` -> `amqp://user:***@host/`."""
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _port_range(raw: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)-(\d+)", raw.strip())
+    if not match:
+        raise ConfigError(f"port_range must look like 20000-29999, got {raw!r}")
+    low, high = int(match[1]), int(match[2])
+    if not 1024 <= low < high <= 65535:
+        raise ConfigError(f"port_range must be inside 1024-65535 with low < high, got {raw!r}")
+    return low, high
+
+
+def load(env: Mapping[str, str] | None = None,
+         flags: argparse.Namespace | None = None) -> Config:
+    """Build the Config: flag, else environment variable, else default."""
+    env = os.environ if env is None else env
+    given: dict[str, str] = {}
+    for name, var in _SETTINGS:
+        flag = getattr(flags, name, None) if flags is not None else None
+        if flag is not None:
+            given[name] = str(flag)
+        elif env.get(var):
+            given[name] = env[var]
+
+    host_id = given.get("host_id") or socket.gethostname().split(".")[0] or "host"
+    if not HOST_ID_RE.fullmatch(host_id):
+        raise ConfigError("host_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+    amqp_url = given.get("amqp_url", DEFAULT_AMQP_URL)
+    if not amqp_url.startswith(("amqp://", "amqps://")):
+        raise ConfigError("amqp_url must start with amqp:// or amqps://")
+
+    bind_address = given.get("bind_address", "127.0.0.1")
+    try:
+        ipaddress.ip_address(bind_address)
+    except ValueError:
+        raise ConfigError(f"bind_address must be an IP address, got {bind_address!r}") from None
+
+    network = given.get("network", "user")
+    if network not in NETWORK_MODES:
+        raise ConfigError(f"network must be one of {', '.join(NETWORK_MODES)}, got {network!r}")
+    bridge = given.get("bridge", "warren0")
+    if not BRIDGE_RE.fullmatch(bridge):
+        raise ConfigError(f"bridge must be a network interface name, got {bridge!r}")
+    accel = given.get("accel", "auto")
+    if accel not in ACCELS:
+        raise ConfigError(f"accel must be one of {', '.join(ACCELS)}, got {accel!r}")
+
+    port_min, port_max = _port_range(given.get("port_range", "20000-29999"))
+    image_dir = Path(given.get("image_dir", "~/.cache/warren/images")).expanduser()
+    state_dir = Path(given.get("state_dir")
+                     or Path("~/.local/state/warren/vmbackend") / host_id).expanduser()
+
+    return Config(
+        host_id=host_id,
+        amqp_url=amqp_url,
+        capacity=_int("capacity", given.get("capacity", "2"), 0, 1000),
+        image_dir=image_dir,
+        state_dir=state_dir,
+        bind_address=bind_address,
+        advertised_host=given.get("advertised_host", bind_address),
+        port_min=port_min,
+        port_max=port_max,
+        network=network,
+        bridge=bridge,
+        accel=accel,
+        boot_deadline=_float("boot_deadline", given.get("boot_deadline", "600"), 1, 86400),
+        heartbeat_interval=_float("heartbeat_interval", given.get("heartbeat_interval", "15"),
+                                  0.1, 3600),
+        stop_timeout=_float("stop_timeout", given.get("stop_timeout", "30"), 0, 3600),
+    )
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse `daemon` flags (used by the CLI)."""
+    parser = argparse.ArgumentParser(prog="python -m vmbackend daemon")
+    add_arguments(parser)
+    return parser.parse_args(list(argv))

@@ -1,0 +1,152 @@
+"""Durable per-VM state files: what this host promised, survives SIGKILL.
+
+Layout under the daemon's state dir:
+
+    vms/<vm_id>.json      the VMRecord (mode 0600: it holds the VM's admin password)
+    machines/<vm_id>/     the Machine's folder (overlay disk, sockets, pidfile, logs)
+
+A write is temp file + fsync + rename + fsync of the folder, so after a crash a record is either
+the old or the new version, never half of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmbackend.messages import VM_ID_RE
+
+log = logging.getLogger(__name__)
+
+# Statuses. A VM holds a capacity slot in every status except failed and deleted.
+ACCEPTED = "accepted"    # recorded, QEMU not started yet
+BOOTING = "booting"      # QEMU started, waiting for readiness
+READY = "ready"          # management API answered with the VM's credentials
+STOPPED = "stopped"
+FAILED = "failed"        # could not be made ready; machine cleaned up
+LOST = "lost"            # QEMU died while nobody asked it to
+DELETED = "deleted"      # gone; the record stays only until instance.deleted is confirmed
+FREE_SLOT_STATUSES = (FAILED, DELETED)
+
+
+@dataclass
+class VMRecord:
+    vm_id: str
+    image: str
+    memory_mb: int
+    vcpus: int
+    disk_gb: int
+    hostname: str
+    admin_username: str
+    admin_password: str = field(repr=False)
+    password_generated: bool = False
+    limits: dict[str, int] = field(default_factory=dict)
+    status: str = ACCEPTED
+    stage: str = ""
+    network: str = "user"
+    ports: dict[str, int] = field(default_factory=dict)
+    tap: str = ""
+    mac: str = ""
+    ip_addresses: list[str] = field(default_factory=list)
+    management_url: str = ""
+    amqp_url: str = ""
+    boot: str = ""
+    seconds: float = 0.0
+    reason: str = ""
+    created_at: float = field(default_factory=time.time)
+    boot_started_at: float = 0.0
+    seq: int = 0
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+
+    def holds_slot(self) -> bool:
+        return self.status not in FREE_SLOT_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VMRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateStore:
+    """The state files of one host (one daemon)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.vms = self.root / "vms"
+        self.machines = self.root / "machines"
+        self.vms.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.machines.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _checked(self, vm_id: str) -> str:
+        if not VM_ID_RE.fullmatch(vm_id):
+            raise ValueError(f"bad vm id {vm_id!r}")
+        return vm_id
+
+    def path(self, vm_id: str) -> Path:
+        return self.vms / f"{self._checked(vm_id)}.json"
+
+    def vm_dir(self, vm_id: str) -> Path:
+        return self.machines / self._checked(vm_id)
+
+    def save(self, record: VMRecord) -> None:
+        data = json.dumps(record.to_dict(), sort_keys=True, indent=1).encode("utf-8")
+        write_atomic(self.path(record.vm_id), data)
+
+    def load(self, vm_id: str) -> VMRecord | None:
+        try:
+            return VMRecord.from_dict(json.loads(self.path(vm_id).read_text("utf-8")))
+        except FileNotFoundError:
+            return None
+
+    def load_all(self) -> dict[str, VMRecord]:
+        """Every record on disk; an unreadable file is logged and skipped, never fatal."""
+        records: dict[str, VMRecord] = {}
+        for path in sorted(self.vms.glob("*.json")):
+            try:
+                record = VMRecord.from_dict(json.loads(path.read_text("utf-8")))
+            except (OSError, ValueError, TypeError) as exc:
+                log.error("state file unreadable path=%s error=%s", path, exc)
+                continue
+            if record.vm_id != path.stem:
+                log.error("state file name mismatch path=%s vm_id=%s", path, record.vm_id)
+                continue
+            records[record.vm_id] = record
+        return records
+
+    def remove(self, vm_id: str) -> None:
+        """Forget the VM: its machine folder and its record."""
+        shutil.rmtree(self.vm_dir(vm_id), ignore_errors=True)
+        self.path(vm_id).unlink(missing_ok=True)
