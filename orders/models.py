@@ -1,0 +1,348 @@
+"""Orders, their VM instances, Stripe webhook receipts, the AMQP outbox and host heartbeats.
+
+Both state machines (Order and Instance) are written down once, in ORDER_TRANSITIONS and
+INSTANCE_TRANSITIONS below, and every status change goes through `move_to()`: a conditional UPDATE
+(compare-and-set on the status we read) so two workers racing on the same row change it once.
+docs/orders.md explains the states and the decisions behind them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class InvalidTransition(Exception):
+    """A status change that the state machine does not allow (a bug, or a stale caller)."""
+
+
+class _StateMachine(models.Model):
+    """Shared compare-and-set transition for models with a `status` field and TRANSITIONS."""
+
+    TRANSITIONS: dict[str, frozenset[str]] = {}
+
+    class Meta:
+        abstract = True
+
+    def can_move_to(self, to: str) -> bool:
+        return to in self.TRANSITIONS.get(self.status, frozenset())
+
+    def move_to(self, to: str, **fields: Any) -> bool:
+        """Change status from the one this object holds to `to`, with `fields`, in one UPDATE.
+
+        Race: another worker (a second webhook delivery, the event consumer, an admin) may have
+        changed the row since we read it. The UPDATE is conditional on the status we read, so
+        only one of the racers wins; the loser gets False and must re-read before deciding.
+        """
+        if not self.can_move_to(to):
+            raise InvalidTransition(f"{type(self).__name__} {self.pk}: {self.status} -> {to}")
+        fields["updated_at"] = timezone.now()
+        updated = (
+            type(self).objects.filter(pk=self.pk, status=self.status).update(status=to, **fields)
+        )
+        if not updated:
+            return False
+        self.status = to
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return True
+
+
+class OrderStatus(models.TextChoices):
+    PENDING_PAYMENT = "pending_payment", "Awaiting payment"
+    PAID = "paid", "Paid, VM requested"
+    PROVISIONING = "provisioning", "Provisioning"
+    READY = "ready", "Ready"
+    PAST_DUE = "past_due", "Payment past due"
+    FAILED = "failed", "Provisioning failed"
+    CANCELLED = "cancelled", "Cancelled"
+    DELETING = "deleting", "Deleting VM"
+    DELETED = "deleted", "Deleted"
+
+
+class InstanceStatus(models.TextChoices):
+    REQUESTED = "requested", "Requested"
+    BOOTING = "booting", "Booting"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+    DELETING = "deleting", "Deleting"
+    DELETED = "deleted", "Deleted"
+    LOST = "lost", "Lost"
+
+
+class InstanceStage(models.TextChoices):
+    NONE = "", "Waiting for a host"
+    VM_STARTING = "vm_starting", "VM starting"
+    GUEST_UP = "guest_up", "Guest up"
+    RABBITMQ_STARTING = "rabbitmq_starting", "RabbitMQ starting"
+
+
+class Order(_StateMachine):
+    """A customer's subscription to one plan. The business view of what they bought."""
+
+    Status = OrderStatus
+
+    S = Status
+    # The one place that says which order status may follow which (docs/orders.md has the why).
+    TRANSITIONS = {
+        S.PENDING_PAYMENT: frozenset({S.PAID, S.CANCELLED}),
+        S.PAID: frozenset({S.PROVISIONING, S.READY, S.FAILED, S.PAST_DUE, S.DELETING}),
+        S.PROVISIONING: frozenset({S.READY, S.FAILED, S.PAST_DUE, S.DELETING}),
+        S.READY: frozenset({S.PAST_DUE, S.FAILED, S.DELETING}),
+        # invoice.paid after a failed renewal brings the order back to where its VM is.
+        S.PAST_DUE: frozenset({S.PAID, S.PROVISIONING, S.READY, S.FAILED, S.DELETING}),
+        # A failed order has no VM (the host cleaned it up): staff retry -> paid, or cancel.
+        S.FAILED: frozenset({S.PAID, S.CANCELLED, S.DELETING}),
+        S.CANCELLED: frozenset(),
+        S.DELETING: frozenset({S.DELETED}),
+        S.DELETED: frozenset(),
+    }
+    LIVE = frozenset({S.PAID, S.PROVISIONING, S.READY, S.PAST_DUE})
+
+    public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders"
+    )
+    plan = models.ForeignKey("store.Plan", on_delete=models.PROTECT, related_name="orders")
+    status = models.CharField(
+        max_length=20, choices=OrderStatus.choices, default=OrderStatus.PENDING_PAYMENT
+    )
+    stripe_checkout_session_id = models.CharField(max_length=255, blank=True)
+    stripe_customer_id = models.CharField(max_length=255, blank=True)
+    stripe_subscription_id = models.CharField(max_length=255, blank=True)
+    cancel_reason = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The customer's order list: their orders, newest first.
+            models.Index(fields=["user", "-created_at"], name="order_user_created"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=OrderStatus.values), name="order_status_valid"
+            ),
+            # One Stripe session / subscription belongs to one order. Webhooks look orders up by
+            # these ids, so the unique index also serves those lookups.
+            models.UniqueConstraint(
+                fields=["stripe_checkout_session_id"],
+                condition=~models.Q(stripe_checkout_session_id=""),
+                name="order_unique_checkout_session",
+            ),
+            models.UniqueConstraint(
+                fields=["stripe_subscription_id"],
+                condition=~models.Q(stripe_subscription_id=""),
+                name="order_unique_subscription",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status="pending_payment")
+                | models.Q(status="cancelled")
+                | models.Q(paid_at__isnull=False),
+                name="order_paid_states_have_paid_at",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Order {self.public_id} ({self.status})"
+
+    @property
+    def can_cancel(self) -> bool:
+        """The customer (or staff) may cancel: it is not already on its way out."""
+        return self.status in (
+            self.Status.PENDING_PAYMENT,
+            self.Status.PAID,
+            self.Status.PROVISIONING,
+            self.Status.READY,
+            self.Status.PAST_DUE,
+            self.Status.FAILED,
+        )
+
+    @property
+    def is_paid(self) -> bool:
+        return self.paid_at is not None
+
+    @property
+    def is_in_progress(self) -> bool:
+        """The order page should keep refreshing itself: something is about to change."""
+        return self.status in (self.Status.PAID, self.Status.PROVISIONING, self.Status.DELETING)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.CANCELLED, self.Status.DELETED)
+
+
+class Instance(_StateMachine):
+    """The RabbitMQ VM that a paid order asked for. `public_id` is the protocol's vm-id."""
+
+    Status = InstanceStatus
+    Stage = InstanceStage
+
+    S = Status
+    # The one place that says which instance status may follow which.
+    TRANSITIONS = {
+        S.REQUESTED: frozenset({S.BOOTING, S.READY, S.FAILED, S.DELETING, S.LOST}),
+        S.BOOTING: frozenset({S.READY, S.FAILED, S.DELETING, S.LOST}),
+        S.READY: frozenset({S.FAILED, S.DELETING, S.LOST}),
+        # Staff retry: a fresh vm-id is requested (see orders/provisioning.py).
+        S.FAILED: frozenset({S.REQUESTED, S.DELETING}),
+        S.LOST: frozenset({S.REQUESTED, S.DELETING}),
+        S.DELETING: frozenset({S.DELETED}),
+        S.DELETED: frozenset(),
+    }
+
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="instance")
+    public_id = models.UUIDField(unique=True, default=uuid.uuid4)
+    status = models.CharField(
+        max_length=20, choices=InstanceStatus.choices, default=InstanceStatus.REQUESTED
+    )
+    stage = models.CharField(max_length=30, choices=InstanceStage.choices, default="", blank=True)
+    host_id = models.CharField(max_length=100, blank=True)
+    management_url = models.CharField(max_length=500, blank=True)
+    amqp_url = models.CharField(max_length=500, blank=True)
+    admin_username = models.CharField(max_length=100)
+    # Generated with `secrets` at payment time and sent in create-vm. Stored in plain text (no
+    # encryption key management in this project yet); never logged, never in admin lists, shown
+    # to the customer only on an explicit reveal.
+    admin_password = models.CharField(max_length=100)
+    failure_reason = models.TextField(blank=True)
+    # The (host_id, seq) of the last event applied: older or repeated events change nothing.
+    last_event_seq = models.PositiveBigIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # mark_silent_hosts: the instances living on a host that went quiet.
+            models.Index(fields=["host_id", "status"], name="instance_host_status"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=InstanceStatus.values),
+                name="instance_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(stage__in=InstanceStage.values), name="instance_stage_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Instance {self.public_id} ({self.status})"
+
+    def __repr__(self) -> str:  # never the password
+        return f"<Instance {self.public_id} status={self.status} host={self.host_id or '-'}>"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == self.Status.READY
+
+    @property
+    def is_booting(self) -> bool:
+        return self.status in (self.Status.REQUESTED, self.Status.BOOTING)
+
+    @property
+    def is_gone(self) -> bool:
+        return self.status == self.Status.DELETED
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status in (self.Status.FAILED, self.Status.LOST)
+
+    @property
+    def vm_id(self) -> str:
+        return str(self.public_id)
+
+
+class WebhookEvent(models.Model):
+    """A Stripe event we received. The unique event id turns redeliveries into no-ops."""
+
+    class Result(models.TextChoices):
+        PROCESSED = "processed", "Processed"
+        IGNORED = "ignored", "Ignored (nothing to change)"
+        UNKNOWN_ORDER = "unknown_order", "No matching order"
+        UNHANDLED_TYPE = "unhandled_type", "Event type not handled"
+
+    stripe_event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    livemode = models.BooleanField(default=False)
+    order = models.ForeignKey(
+        Order, null=True, blank=True, on_delete=models.SET_NULL, related_name="webhook_events"
+    )
+    result = models.CharField(max_length=20, choices=Result.choices)
+    detail = models.CharField(max_length=255, blank=True)
+    received_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.stripe_event_id}"
+
+
+class OutboxMessage(models.Model):
+    """An AMQP message written in the same transaction as the change that needs it.
+
+    The relay (manage.py relay_outbox) publishes unsent rows with publisher confirms and sets
+    sent_at afterwards: at-least-once, so consumers de-duplicate by message_id / vm-id.
+    """
+
+    message_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    exchange = models.CharField(max_length=255)
+    routing_key = models.CharField(max_length=255)
+    body = models.JSONField()
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="outbox_messages"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            # The relay's query: unsent rows, oldest first.
+            models.Index(
+                fields=["created_at", "id"],
+                condition=models.Q(sent_at__isnull=True),
+                name="outbox_unsent",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.routing_key} {self.message_id}"
+
+
+class Host(models.Model):
+    """A host daemon, as last heard in its heartbeat."""
+
+    host_id = models.CharField(max_length=100, unique=True)
+    last_heartbeat_at = models.DateTimeField()
+    capacity = models.PositiveIntegerField(default=0)
+    running = models.PositiveIntegerField(default=0)
+    free_slots = models.PositiveIntegerField(default=0)
+    version = models.CharField(max_length=50, blank=True)
+    # Set by mark_silent_hosts() when heartbeats stop; cleared by the next heartbeat.
+    silent_since = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["host_id"]
+
+    def __str__(self) -> str:
+        return self.host_id
+
+    def is_silent_at(self, now: datetime) -> bool:
+        timeout = timedelta(seconds=settings.HOST_HEARTBEAT_TIMEOUT)
+        return self.last_heartbeat_at < now - timeout
