@@ -1,0 +1,25 @@
+from django.contrib import admin
+
+from store.models import Plan
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "slug",
+        "memory_mb",
+        "vcpus",
+        "disk_gb",
+        "max_connections",
+        "max_queues",
+        "monthly_price",
+        "currency",
+        "stripe_price_id",
+        "is_active",
+        "sort_order",
+    )
+    list_editable = ("is_active", "sort_order")
+    list_filter = ("is_active", "currency")
+    search_fields = ("name", "slug", "stripe_price_id")
+    prepopulated_fields = {"slug": ("name",)}
