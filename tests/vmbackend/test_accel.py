@@ -65,7 +65,7 @@ def test_kvm_device_check_handles_a_missing_device(tmp_path):
 
 def test_probe_rejects_a_file_that_is_no_kernel(tmp_path):
     bogus = tmp_path / "vmlinuz"
-    bogus.write_bytes(b"\0" * 4096)
+    bogus.write_bytes(b"not a kernel\n")
     works, reason = accel.probe(bogus, "tcg", seconds=10)
     assert not works
     assert "probe failed" in reason
