@@ -1,6 +1,112 @@
-"""Command line: `python -m vmbackend <command> ...`."""
+"""Command line: `python -m vmbackend <command> ...`.
+
+`daemon` runs the host daemon; `create-vm`, `list-vms`, `start-vm`, `stop-vm`, `restart-vm` and
+`delete-vm` are clients that print JSON; `image ...` goes to the image tool.
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from vmbackend import config
+from vmbackend.config import DEFAULT_AMQP_URL, ConfigError
+
+CLIENT_COMMANDS = ("create-vm", "list-vms", "start-vm", "stop-vm", "restart-vm", "delete-vm")
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _client_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vmbackend")
+    parser.add_argument("--amqp-url", default=None, help="(env WARREN_AMQP_URL)")
+    parser.add_argument("--timeout", type=float, default=30, help="seconds to wait for a reply")
+    parser.add_argument("--host", default=None,
+                        help="send to one host's own key (host.<id>) instead of broadcasting")
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create-vm")
+    create.add_argument("--image", required=True)
+    create.add_argument("--vm-id")
+    create.add_argument("--memory-mb", type=int)
+    create.add_argument("--vcpus", type=int)
+    create.add_argument("--disk-gb", type=int)
+    create.add_argument("--wait-ready", action="store_true",
+                        help="wait for instance.ready / instance.failed and print it")
+    create.add_argument("--ready-timeout", type=float, default=900)
+    listing = sub.add_parser("list-vms")
+    listing.add_argument("--wait", type=float, default=2.0, help="seconds to collect replies")
+    for name in ("start-vm", "restart-vm", "delete-vm"):
+        sub.add_parser(name).add_argument("vm_id")
+    stop = sub.add_parser("stop-vm")
+    stop.add_argument("vm_id")
+    stop.add_argument("--kill", action="store_true", help="hard stop at once")
+    return parser
+
+
+def _status(reply: dict[str, Any]) -> int:
+    return 0 if reply.get("execution-info", {}).get("status") == "success" else 1
+
+
+def run_client(argv: Sequence[str]) -> int:
+    from vmbackend.client import Client, ClientError
+
+    args = _client_parser().parse_args(list(argv))
+    url = args.amqp_url or os.environ.get("WARREN_AMQP_URL") or DEFAULT_AMQP_URL
+    try:
+        with Client(url) as client:
+            if args.command == "list-vms":
+                _print(client.list_vms(wait=args.wait))
+                return 0
+            if args.command == "create-vm":
+                options: dict[str, Any] = {"image": args.image}
+                for key in ("vm_id", "memory_mb", "vcpus", "disk_gb"):
+                    if getattr(args, key) is not None:
+                        options[key.replace("_", "-")] = getattr(args, key)
+                if args.wait_ready:
+                    client.watch_events()
+                reply = client.call("create-vm", options, timeout=args.timeout)
+                _print(reply)
+                if args.wait_ready and _status(reply) == 0:
+                    event = client.wait_event(reply["response"]["vm-id"],
+                                              ("instance.ready", "instance.failed"),
+                                              args.ready_timeout)
+                    _print(event)
+                    return 0 if event["type"] == "instance.ready" else 1
+                return _status(reply)
+            options = {"vm-id": args.vm_id}
+            if args.command == "stop-vm":
+                options["kill"] = args.kill
+            key = f"host.{args.host}" if args.host else None
+            reply = client.call(args.command, options, routing_key=key, timeout=args.timeout)
+            _print(reply)
+            return _status(reply)
+    except ClientError as exc:
+        _print({"execution-info": {"status": "error", "reason": str(exc)}})
+        return 1
+    except OSError as exc:
+        _print({"execution-info": {"status": "error", "reason": f"broker unreachable: {exc}"}})
+        return 1
+
+
+def run_daemon(argv: Sequence[str]) -> int:
+    try:
+        cfg = config.load(flags=config.parse_args(argv))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("WARREN_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    from vmbackend.daemon import main as daemon_main
+
+    return daemon_main(cfg)
 
 
 def main(argv: list[str]) -> int:
@@ -8,5 +114,11 @@ def main(argv: list[str]) -> int:
         from vmbackend.images.cli import main as image_main
 
         return image_main(argv[1:])
-    print("usage: python -m vmbackend image ...")
+    if argv and argv[0] == "daemon":
+        return run_daemon(argv[1:])
+    if argv and (argv[0] in CLIENT_COMMANDS or argv[0].startswith("--")):
+        return run_client(argv)
+    print("usage: python -m vmbackend {daemon|image|" + "|".join(CLIENT_COMMANDS) + "} ...",
+          file=sys.stderr)
     return 2
+

@@ -48,3 +48,13 @@ def declare_host(channel: BlockingChannel, host_id: str) -> str:
     for key in (*HOST_COMMANDS, host_key(host_id)):
         channel.queue_bind(queue, COMMANDS_EXCHANGE, routing_key=key)
     return queue
+
+
+EVENTS_STORE_QUEUE = "warren.events.store"
+
+
+def declare_events_store(channel: BlockingChannel) -> None:
+    """The shop's event queue. The daemon declares it too, so events published before the shop
+    ever connected are kept rather than dropped by an exchange with no queue."""
+    channel.queue_declare(EVENTS_STORE_QUEUE, durable=True)
+    channel.queue_bind(EVENTS_STORE_QUEUE, EVENTS_EXCHANGE, routing_key="#")

@@ -1,0 +1,197 @@
+"""The create flow on top of Machine: launch, wait for the guest, wait for RabbitMQ, report.
+
+One `Provision` runs in a worker thread per VM. Each step is a method the tests can call on its
+own; `run()` chains them and turns any failure into `instance.failed` plus cleanup. Every state
+change goes through `report`, which the daemon implements as "update the record, write the state
+file durably, queue the event for publishing" — so a daemon killed at any point resumes from the
+last recorded step.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vmbackend import network
+from vmbackend.config import Config
+from vmbackend.machine import Machine, MachineError, TapNet, UserNet, VMSpec
+from vmbackend.state import BOOTING, FAILED, READY, StateStore, VMRecord
+
+log = logging.getLogger(__name__)
+
+STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
+GUEST_MANAGEMENT_PORT = 15672
+GUEST_AMQP_PORT = 5672
+MAX_REASON = 600
+
+# report(record, event_type or None, event fields, record field updates)
+Report = Callable[..., None]
+
+
+class Cancelled(Exception):
+    """The VM was deleted while it booted."""
+
+
+def spec_for(cfg: Config, record: VMRecord) -> VMSpec:
+    """The Machine's VMSpec for a recorded VM."""
+    if record.network == "bridge":
+        net: UserNet | TapNet = TapNet(tap=record.tap, mac=record.mac)
+    else:
+        net = UserNet(cfg.bind_address, record.ports["management"], record.ports["amqp"])
+    return VMSpec(vm_id=record.vm_id, image=record.image, memory_mb=record.memory_mb,
+                  vcpus=record.vcpus, disk_gb=record.disk_gb, hostname=record.hostname,
+                  admin_user=record.admin_username, admin_password=record.admin_password,
+                  network=net, limits=dict(record.limits))
+
+
+def _host_in_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def urls_for(cfg: Config, record: VMRecord, addresses: list[str]) -> tuple[str, str, str]:
+    """(management URL for customers, AMQP URL without password, URL the daemon probes)."""
+    user = record.admin_username
+    if record.network == "bridge":
+        guest_ip = network.preferred_address(addresses)
+        if guest_ip is None:
+            raise MachineError("the guest reported no usable address on the bridge")
+        host = _host_in_url(guest_ip)
+        management = f"http://{host}:{GUEST_MANAGEMENT_PORT}/"
+        return management, f"amqp://{user}@{host}:{GUEST_AMQP_PORT}/", management
+    advertised = _host_in_url(cfg.advertised_host)
+    mport, aport = record.ports["management"], record.ports["amqp"]
+    probe = f"http://{_host_in_url(cfg.bind_address)}:{mport}/"
+    return f"http://{advertised}:{mport}/", f"amqp://{user}@{advertised}:{aport}/", probe
+
+
+def safe_reason(exc: BaseException, record: VMRecord) -> str:
+    """The failure text for events and logs: no password, bounded length."""
+    text = str(exc) or type(exc).__name__
+    if record.admin_password:
+        text = text.replace(record.admin_password, "***")
+    return text[:MAX_REASON]
+
+
+class Provision:
+    """Boot one recorded VM to readiness (or resume a boot after a daemon restart)."""
+
+    def __init__(self, cfg: Config, store: StateStore, record: VMRecord, report: Report,
+                 machine: Machine | None = None):
+        self.cfg = cfg
+        self.store = store
+        self.record = record
+        self.report = report
+        self.machine = machine
+        self.cancel = threading.Event()
+        self.started = time.monotonic()
+
+    # -- helpers
+    def _deadline(self) -> float:
+        """The boot deadline as a monotonic time; counted from the first launch, across restarts."""
+        started = self.record.boot_started_at or time.time()
+        remaining = started + self.cfg.boot_deadline - time.time()
+        return time.monotonic() + max(0.0, remaining)
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled(self.record.vm_id)
+
+    def _stage(self, stage: str) -> None:
+        """Publish a progress stage once (a resumed boot does not repeat earlier stages)."""
+        done = STAGES.index(self.record.stage) if self.record.stage in STAGES else -1
+        if STAGES.index(stage) > done:
+            self.report(self.record, "instance.progress", {"stage": stage}, stage=stage)
+
+    # -- steps
+    def launch(self) -> None:
+        self._check_cancel()
+        self._stage("vm_starting")
+        if self.record.network == "bridge":
+            network.create_tap(self.record.tap, self.cfg.bridge)
+        machine = Machine(spec_for(self.cfg, self.record), self.store.vm_dir(self.record.vm_id),
+                          self.cfg.image_dir / self.record.image, accel=self.cfg.accel)
+        self.machine = machine
+        boot = machine.launch()
+        self.report(self.record, None, {}, status=BOOTING, boot=boot,
+                    boot_started_at=self.record.boot_started_at or time.time())
+        log.info("vm launched host_id=%s vm_id=%s boot=%s pid=%s", self.cfg.host_id,
+                 self.record.vm_id, boot, machine.pid)
+
+    def wait_guest(self) -> list[str]:
+        self._check_cancel()
+        if self.machine is None:
+            raise MachineError("no machine to wait for")
+        self.machine.wait_guest_agent(self._deadline())
+        self._stage("guest_up")
+        addresses = self.machine.guest_addresses()
+        self._check_cancel()
+        self.machine.personalize(self._deadline())
+        return addresses
+
+    def wait_rabbitmq(self, addresses: list[str]) -> None:
+        self._check_cancel()
+        if self.machine is None:
+            raise MachineError("no machine to wait for")
+        self._stage("rabbitmq_starting")
+        management, amqp, probe = urls_for(self.cfg, self.record, addresses)
+        self.machine.wait_management(probe, self._deadline())
+        if self.record.limits:
+            self.machine.apply_limits(probe)
+        self._check_cancel()
+        seconds = round(time.time() - (self.record.boot_started_at or time.time()), 3)
+        self.report(self.record, "instance.ready", {
+            "management_url": management, "amqp_url": amqp,
+            "admin_username": self.record.admin_username, "ip_addresses": addresses,
+            "boot": self.record.boot or "cold", "seconds": seconds,
+        }, status=READY, management_url=management, amqp_url=amqp, ip_addresses=addresses,
+            seconds=seconds)
+        log.info("vm ready host_id=%s vm_id=%s seconds=%s", self.cfg.host_id, self.record.vm_id,
+                 seconds)
+
+    def fail(self, exc: BaseException) -> None:
+        """Clean up the half-made VM and publish instance.failed with the reason."""
+        reason = safe_reason(exc, self.record)
+        log.error("vm failed host_id=%s vm_id=%s reason=%s", self.cfg.host_id,
+                  self.record.vm_id, reason)
+        cleanup(self.cfg, self.store, self.record, self.machine)
+        self.report(self.record, "instance.failed", {"reason": reason}, status=FAILED,
+                    reason=reason, ports={})
+
+    def run(self) -> None:
+        """Launch (unless resuming an adopted machine), wait, report; never raises."""
+        try:
+            if self.machine is None:
+                self.launch()
+            addresses = self.wait_guest()
+            self.wait_rabbitmq(addresses)
+        except Cancelled:
+            log.info("boot cancelled host_id=%s vm_id=%s", self.cfg.host_id, self.record.vm_id)
+        except Exception as exc:  # noqa: BLE001 - any failure must end as instance.failed
+            if self.cancel.is_set():
+                log.info("boot cancelled host_id=%s vm_id=%s", self.cfg.host_id,
+                         self.record.vm_id)
+                return
+            self.fail(exc)
+
+
+def cleanup(cfg: Config, store: StateStore, record: VMRecord, machine: Machine | None) -> None:
+    """Kill QEMU and remove the VM's folder and tap; keeps the state record."""
+    try:
+        if machine is not None:
+            machine.destroy()
+    except MachineError as exc:
+        log.error("cleanup failed host_id=%s vm_id=%s error=%s", cfg.host_id, record.vm_id, exc)
+    shutil.rmtree(store.vm_dir(record.vm_id), ignore_errors=True)
+    if record.network == "bridge" and record.tap:
+        network.delete_tap(record.tap)
+
+
+def ready_fields(record: VMRecord) -> dict[str, Any]:
+    """The instance.ready fields of a ready record (for re-publishing after a duplicate)."""
+    return {"management_url": record.management_url, "amqp_url": record.amqp_url,
+            "admin_username": record.admin_username, "ip_addresses": record.ip_addresses,
+            "boot": record.boot or "cold", "seconds": record.seconds}
