@@ -51,13 +51,25 @@ class Client:
     def send(self, command: str, options: dict[str, Any] | None = None, *,
              routing_key: str | None = None) -> str:
         """Publish one request; returns its correlation id."""
+        return self.send_raw(messages.command(command, options), routing_key or command)
+
+    def send_raw(self, body: bytes, routing_key: str) -> str:
+        """Publish `body` as-is (any bytes) with reply_to set; returns its correlation id."""
         correlation_id = str(uuid.uuid4())
         self.channel.basic_publish(
-            topology.COMMANDS_EXCHANGE, routing_key or command, messages.command(command, options),
+            topology.COMMANDS_EXCHANGE, routing_key, body,
             pika.BasicProperties(content_type="application/json", delivery_mode=2,
                                  reply_to=REPLY_TO, correlation_id=correlation_id,
                                  message_id=str(uuid.uuid4())))
         return correlation_id
+
+    def wait_reply(self, correlation_id: str, timeout: float) -> dict[str, Any]:
+        """The first reply to an earlier `send`/`send_raw`."""
+        self._pump_until(lambda: self.replies.get(correlation_id), timeout)
+        got = self.replies.pop(correlation_id, [])
+        if not got:
+            raise ClientError(f"no reply within {timeout} s")
+        return got[0]
 
     def _pump_until(self, done: Any, timeout: float) -> None:
         end = time.monotonic() + timeout
@@ -68,11 +80,10 @@ class Client:
              routing_key: str | None = None, timeout: float = 30) -> dict[str, Any]:
         """Send and wait for the first reply (create-vm, or a command sent to one host)."""
         correlation_id = self.send(command, options, routing_key=routing_key)
-        self._pump_until(lambda: self.replies.get(correlation_id), timeout)
-        got = self.replies.pop(correlation_id, [])
-        if not got:
-            raise ClientError(f"no reply to {command} within {timeout} s")
-        return got[0]
+        try:
+            return self.wait_reply(correlation_id, timeout)
+        except ClientError:
+            raise ClientError(f"no reply to {command} within {timeout} s") from None
 
     def collect(self, command: str, options: dict[str, Any] | None = None, *,
                 routing_key: str | None = None, wait: float = 2.0,

@@ -1,0 +1,217 @@
+"""Helpers for the daemon's integration tests: real daemon subprocesses, a loopback TCP proxy
+in front of the real broker (to cut the daemon's connection without touching the shared
+RabbitMQ), and broker clean-up between tests that share the session's vhost."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from vmbackend import topology
+from vmbackend.client import Client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def clean_broker(amqp_url: str) -> None:
+    """Drop the shared queues so one test's leftovers never reach another test's daemon."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        for queue in (topology.CREATE_QUEUE, topology.DEAD_QUEUE, topology.EVENTS_STORE_QUEUE):
+            channel = conn.channel()
+            channel.queue_delete(queue)
+        topology.declare_common(conn.channel())
+    finally:
+        conn.close()
+
+
+def unique_host_id(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class DaemonProcess:
+    """`python -m vmbackend daemon` as a real subprocess with env configuration."""
+
+    def __init__(self, *, host_id: str, amqp_url: str, state_dir: Path, image_dir: Path,
+                 capacity: int = 2, log_path: Path, extra_env: dict[str, str] | None = None,
+                 netns: str | None = None):
+        self.host_id = host_id
+        self.state_dir = state_dir
+        self.log_path = log_path
+        env = dict(os.environ)
+        env.update({
+            "WARREN_HOST_ID": host_id, "WARREN_AMQP_URL": amqp_url,
+            "WARREN_STATE_DIR": str(state_dir), "WARREN_IMAGE_DIR": str(image_dir),
+            "WARREN_CAPACITY": str(capacity), "WARREN_ACCEL": "tcg",
+            "WARREN_BOOT_DEADLINE": "300", "WARREN_HEARTBEAT_INTERVAL": "1",
+            "WARREN_STOP_TIMEOUT": "10", "WARREN_PORT_RANGE": "21000-28999",
+            "WARREN_LOG_LEVEL": "INFO",
+        })
+        env.update(extra_env or {})
+        cmd = [sys.executable, "-m", "vmbackend", "daemon"]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self.log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.log.close()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit; used in fixture teardown."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def wait_host(client: Client, host_id: str, timeout: float = 60) -> list[dict[str, Any]]:
+    """Wait until `host_id` answers list-vms on its own key; returns its VMs."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        replies = client.collect("list-vms", routing_key=topology.host_key(host_id), wait=1.0,
+                                 expect=1)
+        if replies:
+            return replies[0]["response"]
+    raise AssertionError(f"host {host_id} never answered list-vms")
+
+
+def vms_of(client: Client, host_id: str) -> dict[str, dict[str, Any]]:
+    return {vm["vm-id"]: vm for vm in wait_host(client, host_id, timeout=30)}
+
+
+def events_for(client: Client, vm_id: str, type_: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in client.events if e.get("instance_id") == vm_id
+            and (type_ is None or e.get("type") == type_)]
+
+
+def qemu_pids(state_dir: Path) -> list[int]:
+    """PIDs of live QEMU processes whose command line mentions `state_dir`."""
+    pids = []
+    needle = str(state_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd").encode()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and (needle in cmdline or cwd.startswith(needle)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def with_port(amqp_url: str, port: int) -> str:
+    parts = urllib.parse.urlsplit(amqp_url)
+    netloc = parts.netloc.rsplit("@", 1)
+    creds = netloc[0] + "@" if len(netloc) == 2 else ""
+    return urllib.parse.urlunsplit((parts.scheme, f"{creds}127.0.0.1:{port}", parts.path, "", ""))
+
+
+class TcpProxy:
+    """A loopback TCP proxy to the broker; `cut()` drops every connection and refuses new ones
+    until `resume()` (the daemon sees a broker outage; the real broker keeps running)."""
+
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672)):
+        self.target = target
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.listener.listen(16)
+        self.accepting = threading.Event()
+        self.accepting.set()
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.accepting.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.pairs.append((client, upstream))
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                readable, _, _ = select.select([a, b], [], [], 1.0)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (b if sock is a else a).sendall(data)
+        except OSError:
+            return
+        finally:
+            a.close()
+            b.close()
+
+    def cut(self) -> None:
+        self.accepting.clear()
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for a, b in pairs:
+            for sock in (a, b):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def resume(self) -> None:
+        self.accepting.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()
+
+
+def read_state(state_dir: Path, vm_id: str) -> dict[str, Any] | None:
+    path = state_dir / "vms" / f"{vm_id}.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
