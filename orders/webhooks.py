@@ -1,0 +1,314 @@
+"""Stripe webhooks: verify, record once, apply to the order. No network I/O, one transaction.
+
+`process_webhook()` is the whole workflow behind the thin view at orders:stripe_webhook.
+
+- The signature is checked by the stripe library with settings.STRIPE_WEBHOOK_TOLERANCE; a bad or
+  stale signature, or a body that is not a JSON event, raises WebhookError (the view answers 400)
+  before anything is written.
+- The event id is inserted under a unique constraint in the same transaction as its effects, so a
+  redelivery (sequential or concurrent) is acknowledged and changes nothing.
+- Every handled event finds its order by the order id we gave Stripe (client_reference_id /
+  metadata, also on the subscription), else by the Stripe session / subscription id.
+- Payment is proven by checkout.session.completed (payment_status paid),
+  checkout.session.async_payment_succeeded, or the subscription's first invoice.paid, whichever
+  comes first; the others then find the order paid and only fill in missing Stripe ids.
+  docs/orders.md lists what each out-of-order arrival does.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from orders.models import Instance, Order, WebhookEvent
+from orders.provisioning import cancel_order_locked, order_status_for, request_provisioning
+
+log = logging.getLogger(__name__)
+
+Result = WebhookEvent.Result
+
+
+class WebhookError(Exception):
+    """The request is not a valid, fresh, signed Stripe event. Nothing was changed."""
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    event_id: str
+    type: str
+    result: str
+    duplicate: bool = False
+    order_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    result: str
+    order: Order | None = None
+    detail: str = ""
+
+
+def _verify(payload: bytes, signature: str) -> dict[str, Any]:
+    try:
+        event = stripe.Webhook.construct_event(
+            payload,
+            signature,
+            settings.STRIPE_WEBHOOK_SECRET,
+            tolerance=settings.STRIPE_WEBHOOK_TOLERANCE,
+        )
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookError(f"bad signature: {exc.user_message or exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise WebhookError("payload is not JSON") from exc
+    except (AttributeError, TypeError) as exc:  # JSON that is not an object
+        raise WebhookError("payload is not a JSON object") from exc
+    data = event.to_dict()
+    obj = (data.get("data") or {}).get("object") if isinstance(data.get("data"), dict) else None
+    if (
+        not isinstance(data.get("id"), str)
+        or not data["id"]
+        or not isinstance(data.get("type"), str)
+    ):
+        raise WebhookError("event has no id or type")
+    if not isinstance(obj, dict):
+        raise WebhookError("event has no data.object")
+    return data
+
+
+def process_webhook(*, payload: bytes, signature: str) -> WebhookResult:
+    event = _verify(payload, signature)
+    event_id, event_type = event["id"], event["type"]
+    obj: dict[str, Any] = event["data"]["object"]
+    with transaction.atomic():
+        try:
+            # Race: Stripe may deliver the same event twice at once. The second insert waits
+            # for the first transaction and then fails on the unique index: a no-op.
+            with transaction.atomic():
+                receipt = WebhookEvent.objects.create(
+                    stripe_event_id=event_id,
+                    type=event_type,
+                    livemode=bool(event.get("livemode")),
+                    result=Result.PROCESSED,
+                )
+        except IntegrityError:
+            log.info(
+                "event=stripe_webhook_duplicate stripe_event_id=%s type=%s", event_id, event_type
+            )
+            return WebhookResult(
+                event_id=event_id, type=event_type, result="duplicate", duplicate=True
+            )
+        handler = HANDLERS.get(event_type)
+        outcome = handler(obj) if handler else _Outcome(Result.UNHANDLED_TYPE)
+        receipt.result, receipt.order, receipt.detail = (
+            outcome.result,
+            outcome.order,
+            outcome.detail[:255],
+        )
+        receipt.save(update_fields=["result", "order", "detail"])
+    order_id = outcome.order.public_id if outcome.order else None
+    log_fn = log.warning if outcome.result == Result.UNKNOWN_ORDER else log.info
+    log_fn(
+        "event=stripe_webhook stripe_event_id=%s type=%s result=%s order_id=%s detail=%r",
+        event_id,
+        event_type,
+        outcome.result,
+        order_id or "-",
+        outcome.detail,
+    )
+    return WebhookResult(
+        event_id=event_id, type=event_type, result=outcome.result, order_id=order_id
+    )
+
+
+# -- finding the order -----------------------------------------------------------------------
+
+
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _id_of(value: Any) -> str:
+    """A Stripe reference is an id string, or an expanded object with an id."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) else ""
+
+
+def _locked_order(
+    *, order_ref: Any = None, session_id: str = "", subscription_id: str = ""
+) -> Order | None:
+    """The order, locked for the rest of the transaction (select_for_update)."""
+    orders = Order.objects.select_for_update().select_related("plan")
+    public_id = _as_uuid(order_ref)
+    if public_id:
+        order = orders.filter(public_id=public_id).first()
+        if order:
+            return order
+    if session_id:
+        order = orders.filter(stripe_checkout_session_id=session_id).first()
+        if order:
+            return order
+    if subscription_id:
+        return orders.filter(stripe_subscription_id=subscription_id).first()
+    return None
+
+
+def _metadata_order_ref(*objs: Any) -> Any:
+    for obj in objs:
+        if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
+            ref = obj["metadata"].get("order_id")
+            if ref:
+                return ref
+    return None
+
+
+def _fill_stripe_ids(order: Order, **ids: str) -> None:
+    """Record Stripe ids we did not know yet; never overwrite one we have."""
+    fields = {name: value for name, value in ids.items() if value and not getattr(order, name)}
+    if fields:
+        Order.objects.filter(pk=order.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(order, name, value)
+
+
+def _fulfil(order: Order, **stripe_ids: str) -> _Outcome:
+    """Payment is proven for `order` (locked). Provision exactly once.
+
+    Race: checkout.session.completed and invoice.paid (or two deliveries of one of them) can
+    arrive at the same moment. Both lock the order row; the second sees it paid and does nothing.
+    """
+    if order.status == Order.Status.PENDING_PAYMENT:
+        request_provisioning(order=order, **stripe_ids)
+        return _Outcome(Result.PROCESSED, order, "paid, VM requested")
+    _fill_stripe_ids(order, **stripe_ids)
+    if order.status == Order.Status.CANCELLED:
+        # Money arrived for an order cancelled before payment was confirmed (e.g. the
+        # subscription was deleted first): no VM; staff see this receipt and refund.
+        log.warning("event=payment_for_cancelled_order order_id=%s", order.public_id)
+        return _Outcome(Result.IGNORED, order, "payment for a cancelled order: refund")
+    return _Outcome(Result.IGNORED, order, f"already {order.status}")
+
+
+# -- handlers: one per event type, each runs inside process_webhook's transaction -------------
+
+
+def _session_ids(session: dict[str, Any]) -> dict[str, str]:
+    return {
+        "stripe_checkout_session_id": _id_of(session.get("id")),
+        "stripe_customer_id": _id_of(session.get("customer")),
+        "stripe_subscription_id": _id_of(session.get("subscription")),
+    }
+
+
+def _session_order(session: dict[str, Any]) -> Order | None:
+    ids = _session_ids(session)
+    return _locked_order(
+        order_ref=session.get("client_reference_id") or _metadata_order_ref(session),
+        session_id=ids["stripe_checkout_session_id"],
+        subscription_id=ids["stripe_subscription_id"],
+    )
+
+
+def on_checkout_session_completed(session: dict[str, Any]) -> _Outcome:
+    order = _session_order(session)
+    if order is None:
+        return _Outcome(Result.UNKNOWN_ORDER, None, f"session {_id_of(session.get('id'))}")
+    if session.get("payment_status") not in ("paid", "no_payment_required"):
+        # Delayed payment method: async_payment_succeeded / _failed will follow.
+        _fill_stripe_ids(order, **_session_ids(session))
+        return _Outcome(Result.IGNORED, order, f"payment_status={session.get('payment_status')}")
+    return _fulfil(order, **_session_ids(session))
+
+
+def on_async_payment_succeeded(session: dict[str, Any]) -> _Outcome:
+    order = _session_order(session)
+    if order is None:
+        return _Outcome(Result.UNKNOWN_ORDER, None, f"session {_id_of(session.get('id'))}")
+    return _fulfil(order, **_session_ids(session))
+
+
+def on_async_payment_failed(session: dict[str, Any]) -> _Outcome:
+    order = _session_order(session)
+    if order is None:
+        return _Outcome(Result.UNKNOWN_ORDER, None, f"session {_id_of(session.get('id'))}")
+    if order.status != Order.Status.PENDING_PAYMENT:
+        return _Outcome(Result.IGNORED, order, f"already {order.status}")
+    cancel_order_locked(order=order, reason="Payment failed")
+    return _Outcome(Result.PROCESSED, order, "payment failed, order cancelled")
+
+
+def _invoice_subscription(invoice: dict[str, Any]) -> tuple[str, Any]:
+    """(subscription id, order ref) of an invoice, in the old and the current API shape."""
+    details = (invoice.get("parent") or {}).get("subscription_details") or {}
+    legacy = invoice.get("subscription_details") or {}
+    subscription_id = _id_of(details.get("subscription")) or _id_of(invoice.get("subscription"))
+    lines = (invoice.get("lines") or {}).get("data") or []
+    order_ref = _metadata_order_ref(details, legacy, *lines)
+    return subscription_id, order_ref
+
+
+def _invoice_order(invoice: dict[str, Any]) -> Order | None:
+    subscription_id, order_ref = _invoice_subscription(invoice)
+    return _locked_order(order_ref=order_ref, subscription_id=subscription_id)
+
+
+def on_invoice_paid(invoice: dict[str, Any]) -> _Outcome:
+    order = _invoice_order(invoice)
+    if order is None:
+        return _Outcome(Result.UNKNOWN_ORDER, None, f"invoice {_id_of(invoice.get('id'))}")
+    subscription_id, _ = _invoice_subscription(invoice)
+    ids = {
+        "stripe_subscription_id": subscription_id,
+        "stripe_customer_id": _id_of(invoice.get("customer")),
+    }
+    if order.status == Order.Status.PAST_DUE:
+        instance = Instance.objects.filter(order=order).first()
+        order.move_to(order_status_for(instance) if instance else Order.Status.PAID)
+        return _Outcome(Result.PROCESSED, order, f"renewal paid, back to {order.status}")
+    # The subscription's first invoice is proof of payment too (it may beat the session event).
+    return _fulfil(order, **ids)
+
+
+def on_invoice_payment_failed(invoice: dict[str, Any]) -> _Outcome:
+    order = _invoice_order(invoice)
+    if order is None:
+        return _Outcome(Result.UNKNOWN_ORDER, None, f"invoice {_id_of(invoice.get('id'))}")
+    if order.status in (Order.Status.PAID, Order.Status.PROVISIONING, Order.Status.READY):
+        order.move_to(Order.Status.PAST_DUE)
+        return _Outcome(Result.PROCESSED, order, "renewal failed, past due")
+    # A first invoice that fails leaves the order awaiting payment; others change nothing.
+    return _Outcome(Result.IGNORED, order, f"already {order.status}")
+
+
+def on_subscription_deleted(subscription: dict[str, Any]) -> _Outcome:
+    order = _locked_order(
+        order_ref=_metadata_order_ref(subscription), subscription_id=_id_of(subscription.get("id"))
+    )
+    if order is None:
+        return _Outcome(
+            Result.UNKNOWN_ORDER, None, f"subscription {_id_of(subscription.get('id'))}"
+        )
+    _fill_stripe_ids(order, stripe_subscription_id=_id_of(subscription.get("id")))
+    if cancel_order_locked(order=order, reason="Subscription ended at Stripe"):
+        return _Outcome(Result.PROCESSED, order, f"cancelled, now {order.status}")
+    return _Outcome(Result.IGNORED, order, f"already {order.status}")
+
+
+HANDLERS: dict[str, Callable[[dict[str, Any]], _Outcome]] = {
+    "checkout.session.completed": on_checkout_session_completed,
+    "checkout.session.async_payment_succeeded": on_async_payment_succeeded,
+    "checkout.session.async_payment_failed": on_async_payment_failed,
+    "invoice.paid": on_invoice_paid,
+    "invoice.payment_failed": on_invoice_payment_failed,
+    "customer.subscription.deleted": on_subscription_deleted,
+}

@@ -1,0 +1,142 @@
+"""Fixtures for the orders tests: customers, plans, orders, and Stripe events signed like Stripe.
+
+Signatures are computed here from scratch (HMAC-SHA256 of "<ts>.<body>") and verified by the real
+stripe library in the code under test; nothing about signature checking is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from orders.models import Order
+from store.models import Plan
+
+
+def stripe_signature(
+    payload: bytes, *, secret: str | None = None, timestamp: int | None = None
+) -> str:
+    ts = int(time.time()) if timestamp is None else timestamp
+    key = (secret or settings.STRIPE_WEBHOOK_SECRET).encode()
+    digest = hmac.new(key, f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={digest}"
+
+
+def stripe_event(
+    event_type: str, obj: dict[str, Any], *, event_id: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": event_id or f"evt_test_{secrets.token_hex(8)}",
+        "object": "event",
+        "api_version": "2026-10-28.endive",
+        "created": int(time.time()),
+        "livemode": False,
+        "type": event_type,
+        "data": {"object": obj},
+    }
+
+
+def checkout_session(order: Order, **overrides: Any) -> dict[str, Any]:
+    session = {
+        "id": f"cs_test_{order.public_id.hex[:16]}",
+        "object": "checkout.session",
+        "mode": "subscription",
+        "payment_status": "paid",
+        "status": "complete",
+        "client_reference_id": str(order.public_id),
+        "metadata": {"order_id": str(order.public_id)},
+        "customer": f"cus_test_{order.public_id.hex[:8]}",
+        "subscription": f"sub_test_{order.public_id.hex[:16]}",
+    }
+    session.update(overrides)
+    return session
+
+
+def invoice(
+    order: Order, *, subscription: str | None = None, metadata: bool = True
+) -> dict[str, Any]:
+    sub = subscription or f"sub_test_{order.public_id.hex[:16]}"
+    return {
+        "id": f"in_test_{secrets.token_hex(6)}",
+        "object": "invoice",
+        "customer": f"cus_test_{order.public_id.hex[:8]}",
+        "billing_reason": "subscription_create",
+        "parent": {
+            "type": "subscription_details",
+            "subscription_details": {
+                "subscription": sub,
+                "metadata": {"order_id": str(order.public_id)} if metadata else {},
+            },
+        },
+    }
+
+
+def subscription(order: Order, *, metadata: bool = True) -> dict[str, Any]:
+    return {
+        "id": f"sub_test_{order.public_id.hex[:16]}",
+        "object": "subscription",
+        "status": "canceled",
+        "metadata": {"order_id": str(order.public_id)} if metadata else {},
+    }
+
+
+@pytest.fixture
+def plan(db: None) -> Plan:
+    return Plan.objects.create(
+        slug="orders-test-small",
+        name="Test small",
+        memory_mb=512,
+        vcpus=1,
+        disk_gb=4,
+        max_connections=100,
+        max_queues=200,
+        monthly_price_cents=900,
+        currency="usd",
+    )
+
+
+@pytest.fixture
+def customer(db: None) -> Any:
+    return get_user_model().objects.create_user("alice", "alice@example.com", "pw-alice-123456")
+
+
+@pytest.fixture
+def order(customer: Any, plan: Plan) -> Order:
+    return Order.objects.create(user=customer, plan=plan)
+
+
+@pytest.fixture
+def signed() -> Callable[..., tuple[bytes, str]]:
+    """signed(event_dict or bytes, timestamp=..., secret=...) -> (payload, Stripe-Signature)."""
+
+    def sign(event: dict[str, Any] | bytes, **kwargs: Any) -> tuple[bytes, str]:
+        payload = event if isinstance(event, bytes) else json.dumps(event).encode()
+        return payload, stripe_signature(payload, **kwargs)
+
+    return sign
+
+
+@pytest.fixture
+def post_webhook(client: Any, signed: Callable[..., tuple[bytes, str]]) -> Callable[..., Any]:
+    """POST an event to the real webhook URL through the Django test client."""
+    from django.urls import reverse
+
+    def post(event: dict[str, Any] | bytes, **kwargs: Any) -> Any:
+        payload, signature = signed(event, **kwargs)
+        return client.post(
+            reverse("orders:stripe_webhook"),
+            data=payload,
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=signature,
+        )
+
+    return post

@@ -1,0 +1,312 @@
+"""The Stripe webhook, through the real URL (orders:stripe_webhook) and the real stripe library."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from orders.models import Instance, Order, OutboxMessage, WebhookEvent
+from orders.webhooks import WebhookError, process_webhook
+from tests.orders.conftest import (
+    checkout_session,
+    invoice,
+    stripe_event,
+    stripe_signature,
+    subscription,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def _completed(order: Order, **overrides: object) -> dict:
+    return stripe_event("checkout.session.completed", checkout_session(order, **overrides))
+
+
+def _reload(order: Order) -> Order:
+    return Order.objects.get(pk=order.pk)
+
+
+def test_it_marks_the_order_paid_and_queues_one_create_vm(order, post_webhook, settings):
+    settings.INSTANCE_IMAGE = "rabbitmq"
+    event = _completed(order)
+
+    response = post_webhook(event)
+
+    assert response.status_code == 200
+    order = _reload(order)
+    assert order.status == Order.Status.PAID
+    assert order.paid_at is not None
+    assert order.stripe_checkout_session_id == event["data"]["object"]["id"]
+    assert order.stripe_subscription_id == event["data"]["object"]["subscription"]
+    assert order.stripe_customer_id == event["data"]["object"]["customer"]
+    instance = order.instance
+    assert instance.status == Instance.Status.REQUESTED
+    assert len(instance.admin_password) >= 32
+    (row,) = OutboxMessage.objects.all()
+    assert (row.exchange, row.routing_key, row.sent_at) == ("computing", "create-vm", None)
+    assert row.body == {
+        "version": 1,
+        "command": "create-vm",
+        "options": {
+            "image": "rabbitmq",
+            "vm-id": str(instance.public_id),
+            "memory-mb": 512,
+            "vcpus": 1,
+            "disk-gb": 4,
+            "admin": {"username": instance.admin_username, "password": instance.admin_password},
+            "limits": {"max-connections": 100, "max-queues": 200},
+        },
+    }
+    receipt = WebhookEvent.objects.get(stripe_event_id=event["id"])
+    assert (receipt.result, receipt.order) == (WebhookEvent.Result.PROCESSED, order)
+
+
+def test_it_rejects_a_bad_signature(order, post_webhook):
+    response = post_webhook(_completed(order), secret="whsec_someone_else")
+
+    assert response.status_code == 400
+    assert _reload(order).status == Order.Status.PENDING_PAYMENT
+    assert not WebhookEvent.objects.exists()
+    assert not OutboxMessage.objects.exists()
+
+
+def test_it_rejects_a_missing_signature(order, client):
+    from django.urls import reverse
+
+    response = client.post(
+        reverse("orders:stripe_webhook"),
+        data=json.dumps(_completed(order)),
+        content_type="application/json",
+    )
+
+    assert response.status_code == 400
+    assert not WebhookEvent.objects.exists()
+
+
+def test_it_rejects_a_stale_timestamp(order, post_webhook):
+    response = post_webhook(_completed(order), timestamp=int(time.time()) - 301)
+
+    assert response.status_code == 400
+    assert _reload(order).status == Order.Status.PENDING_PAYMENT
+    assert not WebhookEvent.objects.exists()
+
+
+def test_it_accepts_a_timestamp_inside_the_tolerance(order, post_webhook):
+    response = post_webhook(_completed(order), timestamp=int(time.time()) - 280)
+
+    assert response.status_code == 200
+    assert _reload(order).status == Order.Status.PAID
+
+
+def test_it_rejects_a_body_changed_after_signing(order, signed, client):
+    from django.urls import reverse
+
+    payload, signature = signed(_completed(order))
+    tampered = payload.replace(b'"paid"', b'"PAID"')
+
+    response = client.post(
+        reverse("orders:stripe_webhook"),
+        data=tampered,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=signature,
+    )
+
+    assert response.status_code == 400
+    assert _reload(order).status == Order.Status.PENDING_PAYMENT
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"{not json", b"[]", b'"event"', b"\xff\xfe", b'{"id": "evt_1", "type": "x"}', b"{}"],
+    ids=["broken", "array", "string", "not-utf8", "no-data", "empty"],
+)
+def test_it_rejects_a_signed_body_that_is_not_an_event(payload, post_webhook):
+    response = post_webhook(payload)
+
+    assert response.status_code == 400
+    assert not WebhookEvent.objects.exists()
+
+
+def test_it_applies_a_duplicate_delivery_once(order, post_webhook):
+    event = _completed(order)
+
+    statuses = {post_webhook(event).status_code for _ in range(20)}
+
+    assert statuses == {200}
+    assert OutboxMessage.objects.count() == 1
+    assert Instance.objects.count() == 1
+    assert WebhookEvent.objects.count() == 1
+
+
+def test_a_second_event_for_a_paid_order_provisions_nothing(order, post_webhook):
+    post_webhook(_completed(order))
+
+    response = post_webhook(_completed(order))  # another event id, same session
+
+    assert response.status_code == 200
+    assert OutboxMessage.objects.count() == 1
+    assert WebhookEvent.objects.filter(result=WebhookEvent.Result.IGNORED).count() == 1
+
+
+def test_it_acknowledges_an_event_for_an_unknown_order(order, post_webhook, customer, plan):
+    stranger = Order(user=customer, plan=plan)  # never saved: an id the shop does not know
+    event = _completed(stranger)
+
+    response = post_webhook(event)
+
+    assert response.status_code == 200
+    receipt = WebhookEvent.objects.get(stripe_event_id=event["id"])
+    assert (receipt.result, receipt.order) == (WebhookEvent.Result.UNKNOWN_ORDER, None)
+    assert _reload(order).status == Order.Status.PENDING_PAYMENT
+    assert not OutboxMessage.objects.exists()
+
+
+def test_it_acknowledges_a_garbage_order_reference(post_webhook, order):
+    event = _completed(
+        order, client_reference_id="not-a-uuid", metadata={}, id="cs_x", subscription="sub_x"
+    )
+
+    assert post_webhook(event).status_code == 200
+    assert WebhookEvent.objects.get().result == WebhookEvent.Result.UNKNOWN_ORDER
+
+
+def test_it_acknowledges_an_unknown_event_type(post_webhook, order):
+    event = stripe_event("customer.created", {"id": "cus_1", "object": "customer"})
+
+    response = post_webhook(event)
+
+    assert response.status_code == 200
+    assert WebhookEvent.objects.get().result == WebhookEvent.Result.UNHANDLED_TYPE
+    assert _reload(order).status == Order.Status.PENDING_PAYMENT
+
+
+def test_it_waits_for_an_async_payment(order, post_webhook):
+    post_webhook(_completed(order, payment_status="unpaid"))
+    assert _reload(order).status == Order.Status.PENDING_PAYMENT
+    assert _reload(order).stripe_checkout_session_id  # recorded for the follow-up event
+
+    post_webhook(stripe_event("checkout.session.async_payment_succeeded", checkout_session(order)))
+
+    assert _reload(order).status == Order.Status.PAID
+    assert OutboxMessage.objects.count() == 1
+
+
+def test_a_failed_async_payment_cancels_the_order(order, post_webhook):
+    post_webhook(_completed(order, payment_status="unpaid"))
+
+    post_webhook(stripe_event("checkout.session.async_payment_failed", checkout_session(order)))
+
+    order = _reload(order)
+    assert order.status == Order.Status.CANCELLED
+    assert order.cancelled_at is not None
+    assert not OutboxMessage.objects.exists()
+
+
+def test_invoice_paid_before_the_session_event_provisions_once(order, post_webhook):
+    post_webhook(stripe_event("invoice.paid", invoice(order)))
+    order = _reload(order)
+    assert order.status == Order.Status.PAID
+    assert order.stripe_subscription_id
+
+    post_webhook(_completed(order))
+
+    order = _reload(order)
+    assert order.stripe_checkout_session_id  # filled in by the late session event
+    assert OutboxMessage.objects.filter(routing_key="create-vm").count() == 1
+    assert Instance.objects.count() == 1
+
+
+def test_invoice_paid_is_matched_by_subscription_id_without_metadata(order, post_webhook):
+    post_webhook(_completed(order))
+    Order.objects.filter(pk=order.pk).update(status=Order.Status.PAST_DUE)
+
+    post_webhook(stripe_event("invoice.paid", invoice(order, metadata=False)))
+
+    # No instance event yet: the instance is requested, so the order is back to paid.
+    assert _reload(order).status == Order.Status.PAID
+
+
+def test_invoice_paid_for_an_unknown_subscription_is_acknowledged(order, post_webhook):
+    event = stripe_event("invoice.paid", invoice(order, subscription="sub_other", metadata=False))
+
+    assert post_webhook(event).status_code == 200
+    assert WebhookEvent.objects.get().result == WebhookEvent.Result.UNKNOWN_ORDER
+    assert _reload(order).status == Order.Status.PENDING_PAYMENT
+
+
+def test_a_failed_renewal_makes_the_order_past_due_and_a_payment_restores_it(order, post_webhook):
+    post_webhook(_completed(order))
+    Instance.objects.filter(order=order).update(status=Instance.Status.READY)
+    Order.objects.filter(pk=order.pk).update(status=Order.Status.READY)
+
+    post_webhook(stripe_event("invoice.payment_failed", invoice(order)))
+    assert _reload(order).status == Order.Status.PAST_DUE
+
+    post_webhook(stripe_event("invoice.paid", invoice(order)))
+    assert _reload(order).status == Order.Status.READY
+    assert OutboxMessage.objects.count() == 1  # no second VM
+
+
+def test_a_failed_first_invoice_leaves_the_order_awaiting_payment(order, post_webhook):
+    post_webhook(stripe_event("invoice.payment_failed", invoice(order)))
+
+    assert _reload(order).status == Order.Status.PENDING_PAYMENT
+    assert WebhookEvent.objects.get().result == WebhookEvent.Result.IGNORED
+
+
+def test_subscription_deleted_deletes_the_vm(order, post_webhook):
+    post_webhook(_completed(order))
+
+    post_webhook(stripe_event("customer.subscription.deleted", subscription(order)))
+
+    order = _reload(order)
+    assert order.status == Order.Status.DELETING
+    assert order.cancelled_at is not None
+    assert order.instance.status == Instance.Status.DELETING
+    delete = OutboxMessage.objects.get(routing_key="delete-vm")
+    assert delete.body == {
+        "version": 1,
+        "command": "delete-vm",
+        "options": {"vm-id": str(order.instance.public_id)},
+    }
+
+
+def test_subscription_deleted_twice_asks_for_deletion_once(order, post_webhook):
+    post_webhook(_completed(order))
+    for _ in range(2):
+        post_webhook(stripe_event("customer.subscription.deleted", subscription(order)))
+
+    assert OutboxMessage.objects.filter(routing_key="delete-vm").count() == 1
+
+
+def test_subscription_deleted_before_the_payment_event_never_provisions(order, post_webhook):
+    post_webhook(stripe_event("customer.subscription.deleted", subscription(order)))
+    assert _reload(order).status == Order.Status.CANCELLED
+
+    post_webhook(_completed(order))
+
+    order = _reload(order)
+    assert order.status == Order.Status.CANCELLED
+    assert not Instance.objects.exists()
+    assert not OutboxMessage.objects.exists()
+    late = WebhookEvent.objects.get(type="checkout.session.completed")
+    assert (late.result, "refund" in late.detail) == (WebhookEvent.Result.IGNORED, True)
+
+
+def test_process_webhook_raises_a_specific_error_for_a_bad_signature(order):
+    payload = json.dumps(_completed(order)).encode()
+
+    with pytest.raises(WebhookError):
+        process_webhook(payload=payload, signature=stripe_signature(payload, secret="whsec_x"))
+
+
+def test_it_never_logs_the_vm_password(order, post_webhook, caplog):
+    caplog.set_level("DEBUG")
+
+    post_webhook(_completed(order))
+
+    password = _reload(order).instance.admin_password
+    assert "event=provisioning_requested" in caplog.text
+    assert password not in caplog.text
