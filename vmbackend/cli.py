@@ -55,6 +55,8 @@ def _status(reply: dict[str, Any]) -> int:
 
 
 def run_client(argv: Sequence[str]) -> int:
+    import pika.exceptions
+
     from vmbackend.client import Client, ClientError
 
     args = _client_parser().parse_args(list(argv))
@@ -90,8 +92,9 @@ def run_client(argv: Sequence[str]) -> int:
     except ClientError as exc:
         _print({"execution-info": {"status": "error", "reason": str(exc)}})
         return 1
-    except OSError as exc:
-        _print({"execution-info": {"status": "error", "reason": f"broker unreachable: {exc}"}})
+    except (OSError, pika.exceptions.AMQPError) as exc:
+        reason = f"broker unreachable: {type(exc).__name__}"
+        _print({"execution-info": {"status": "error", "reason": reason}})
         return 1
 
 
