@@ -1,0 +1,18 @@
+from django.urls import path
+
+from orders import views
+
+app_name = "orders"
+
+urlpatterns = [
+    path("", views.order_list, name="list"),
+    path("checkout/<slug:plan_slug>/", views.checkout, name="checkout"),
+    path("webhooks/stripe/", views.stripe_webhook, name="stripe_webhook"),
+    path("<uuid:public_id>/", views.detail, name="detail"),
+    path("<uuid:public_id>/pay/", views.offline_checkout, name="offline_checkout"),
+    path("<uuid:public_id>/success/", views.success, name="success"),
+    path("<uuid:public_id>/checkout-cancelled/", views.cancelled, name="cancelled"),
+    path("<uuid:public_id>/cancel/", views.cancel, name="cancel"),
+    path("<uuid:public_id>/credentials/", views.credentials, name="credentials"),
+    path("<uuid:public_id>/status/", views.status, name="status"),
+]

@@ -1,0 +1,234 @@
+"""Customer pages for orders, and the Stripe webhook endpoint. Thin: parse, call a service, render.
+
+Access rule: an order is visible to its owner only. Anyone else (another customer, staff) gets the
+same 404 as for an order that does not exist; staff look at orders in the admin.
+"""
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from orders.checkout import CheckoutError, start_checkout
+from orders.models import Instance, Order
+from orders.offline_checkout import (
+    OfflinePaymentError,
+    complete_offline_payment,
+    offline_payments_enabled,
+)
+from orders.provisioning import cancel_order
+from orders.webhooks import WebhookError, process_webhook
+from store.models import Plan
+
+
+def _get_order(request: HttpRequest, public_id: UUID) -> Order:
+    """The requesting customer's order, or 404 (also for other customers' and staff)."""
+    return get_object_or_404(
+        Order.objects.select_related("plan"), public_id=public_id, user=request.user
+    )
+
+
+def _get_instance(order: Order) -> Instance | None:
+    try:
+        return order.instance
+    except Instance.DoesNotExist:
+        return None
+
+
+def _without_password(url: str) -> str:
+    """A URL as shown on the page: any password in its user info is dropped."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+STEPS = [
+    ("paid", "Payment confirmed"),
+    ("vm_starting", "VM starting"),
+    ("rabbitmq_starting", "RabbitMQ starting"),
+    ("ready", "Ready"),
+]
+
+
+def _steps(order: Order, instance: Instance | None) -> list[dict[str, str]]:
+    """The provisioning steps with done/current/todo, for orders on their way to a server."""
+    S = Order.Status
+    if order.status not in (S.PENDING_PAYMENT, S.PAID, S.PROVISIONING, S.READY):
+        return []
+    note = ""
+    if not order.is_paid:
+        current = 0
+    elif instance is not None and instance.is_ready:
+        current = len(STEPS)
+    elif instance is not None and instance.stage in (
+        Instance.Stage.GUEST_UP,
+        Instance.Stage.RABBITMQ_STARTING,
+    ):
+        current = 2
+    else:
+        current = 1
+        if instance is None or not instance.stage:
+            note = "waiting for a host with room"
+    steps = []
+    for i, (key, label) in enumerate(STEPS):
+        state = "done" if i < current else "current" if i == current else "todo"
+        steps.append({"key": key, "label": label, "state": state, "note": note * (i == current)})
+    return steps
+
+
+def _state_context(order: Order) -> dict[str, Any]:
+    instance = _get_instance(order)
+    final = not (order.status == Order.Status.PENDING_PAYMENT or order.is_in_progress)
+    show_connection = bool(
+        instance
+        and instance.is_ready
+        and order.status in (Order.Status.READY, Order.Status.PAST_DUE)
+    )
+    return {
+        "order": order,
+        "instance": instance,
+        "steps": _steps(order, instance),
+        "final": final,
+        # Changes whenever anything the page shows changes; the page's script compares it.
+        "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}",
+        "show_connection": show_connection,
+        "management_url": _without_password(instance.management_url) if show_connection else "",
+        "amqp_url": _without_password(instance.amqp_url) if show_connection else "",
+        "offline_payments": offline_payments_enabled(),
+    }
+
+
+@login_required
+def order_list(request: HttpRequest) -> HttpResponse:
+    orders = Order.objects.filter(user=request.user).select_related("plan")
+    return render(request, "orders/list.html", {"orders": orders})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def checkout(request: HttpRequest, plan_slug: str) -> HttpResponse:
+    plan = get_object_or_404(Plan, slug=plan_slug, is_active=True)
+    if request.method != "POST":
+        # Back from the login page after a POST as an anonymous visitor: buying needs a click.
+        return redirect(reverse("store:pricing") + f"#plan-{plan.slug}")
+
+    try:
+        _order, redirect_url = start_checkout(user=request.user, plan=plan)
+    except CheckoutError as exc:
+        messages.error(request, str(exc))
+        return redirect("store:pricing")
+    return redirect(redirect_url)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def offline_checkout(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    if not offline_payments_enabled():
+        raise Http404("Offline payments are disabled")
+    order = _get_order(request, public_id)
+    if order.status != Order.Status.PENDING_PAYMENT:
+        return redirect("orders:detail", order.public_id)
+
+    if request.method == "POST":
+        webhook_url = request.build_absolute_uri(reverse("orders:stripe_webhook"))
+        try:
+            complete_offline_payment(order=order, webhook_url=webhook_url)
+        except OfflinePaymentError:
+            messages.error(request, "The payment did not go through. Please try again.")
+            return redirect("orders:offline_checkout", order.public_id)
+        return redirect("orders:success", order.public_id)
+    return render(request, "orders/offline_checkout.html", {"order": order})
+
+
+@login_required
+def success(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    # Not proof of payment: only the signed webhook marks the order paid.
+    order = _get_order(request, public_id)
+    return render(request, "orders/success.html", {"order": order})
+
+
+@login_required
+def cancelled(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    order = _get_order(request, public_id)
+    return render(request, "orders/cancelled.html", {"order": order})
+
+
+@never_cache
+@login_required
+def detail(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    order = _get_order(request, public_id)
+    return render(request, "orders/detail.html", _state_context(order))
+
+
+@never_cache
+@login_required
+@require_GET
+def status(request: HttpRequest, public_id: UUID) -> JsonResponse:
+    order = _get_order(request, public_id)
+    ctx = _state_context(order)
+    instance = ctx["instance"]
+    return JsonResponse(
+        {
+            "order": str(order.public_id),
+            "status": order.status,
+            "status_label": order.get_status_display(),
+            "instance_status": instance.status if instance else None,
+            "stage": instance.stage if instance else None,
+            "final": ctx["final"],
+            "version": ctx["version"],
+            "html": render_to_string("orders/_state.html", ctx, request=request),
+        }
+    )
+
+
+@never_cache
+@login_required
+@require_POST
+def credentials(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    """The owner's explicit request for the password: POST only, so it never sits in a URL."""
+    order = _get_order(request, public_id)
+    instance = _get_instance(order)
+    if instance is None or not instance.is_ready:
+        raise Http404("No credentials yet")
+
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse(
+            {"username": instance.admin_username, "password": instance.admin_password}
+        )
+    return render(request, "orders/credentials.html", {"order": order, "instance": instance})
+
+
+@login_required
+@require_POST
+def cancel(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    order = _get_order(request, public_id)
+    if order.can_cancel:
+        try:
+            cancel_order(order=order, reason="Cancelled by the customer")
+        except CheckoutError as exc:  # Stripe refused to end the subscription: nothing changed
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, "Your order is cancelled.")
+    return redirect("orders:detail", order.public_id)
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> HttpResponse:
+    signature = request.headers.get("Stripe-Signature", "")
+    try:
+        process_webhook(payload=request.body, signature=signature)
+    except WebhookError:
+        return HttpResponse(status=400)
+    return HttpResponse(status=200)

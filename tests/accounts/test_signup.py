@@ -1,0 +1,76 @@
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "correct-horse-battery-42"
+
+
+def _signup(client: Client, **overrides: str):
+    data = {
+        "username": "alice",
+        "email": "alice@example.com",
+        "password1": PASSWORD,
+        "password2": PASSWORD,
+        **overrides,
+    }
+    return client.post(reverse("signup"), data)
+
+
+def test_it_shows_the_form(client: Client) -> None:
+    response = client.get(reverse("signup"))
+    assert response.status_code == 200
+    assert b'name="email"' in response.content
+    assert b'name="password1"' in response.content
+
+
+def test_it_creates_an_account_and_logs_in(client: Client) -> None:
+    response = _signup(client)
+    assert response.status_code == 302
+    assert response["Location"] == reverse("store:pricing")
+    user = get_user_model().objects.get(username="alice")
+    assert user.email == "alice@example.com"
+    assert user.check_password(PASSWORD)
+    assert client.session["_auth_user_id"] == str(user.pk)
+
+
+def test_it_goes_back_to_next(client: Client) -> None:
+    response = client.post(
+        reverse("signup") + "?next=/orders/",
+        {"username": "a", "email": "a@example.com", "password1": PASSWORD, "password2": PASSWORD},
+    )
+    assert response["Location"] == "/orders/"
+
+
+def test_it_ignores_an_offsite_next(client: Client) -> None:
+    response = _signup(client, next="https://evil.example/")
+    assert response["Location"] == reverse("store:pricing")
+
+
+def test_it_requires_an_email(client: Client) -> None:
+    response = _signup(client, email="")
+    assert response.status_code == 200
+    assert not get_user_model().objects.exists()
+
+
+def test_it_rejects_a_duplicate_email(client: Client) -> None:
+    get_user_model().objects.create_user("bob", "Alice@Example.com", PASSWORD)
+    response = _signup(client)
+    assert response.status_code == 200
+    assert b"already exists" in response.content
+    assert not get_user_model().objects.filter(username="alice").exists()
+
+
+def test_it_rejects_a_weak_password(client: Client) -> None:
+    response = _signup(client, password1="12345678", password2="12345678")
+    assert response.status_code == 200
+    assert not get_user_model().objects.exists()
+
+
+def test_it_redirects_a_logged_in_user(client: Client) -> None:
+    user = get_user_model().objects.create_user("bob", "bob@example.com", PASSWORD)
+    client.force_login(user)
+    response = client.get(reverse("signup"))
+    assert response.status_code == 302
