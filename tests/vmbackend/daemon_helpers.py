@@ -215,3 +215,52 @@ def read_state(state_dir: Path, vm_id: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return json.loads(path.read_text())
+
+
+class Daemons:
+    """Starts daemons for one test and cleans up after it: daemons stopped, leftover QEMUs killed."""
+
+    def __init__(self, tmp_path: Path, amqp_url: str, image_dir: Path):
+        self.tmp_path = tmp_path
+        self.amqp_url = amqp_url
+        self.image_dir = image_dir
+        self.started: list[DaemonProcess] = []
+
+    def start(self, host_id: str | None = None, *, capacity: int = 2,
+              amqp_url: str | None = None, extra_env: dict[str, str] | None = None,
+              netns: str | None = None) -> DaemonProcess:
+        host_id = host_id or unique_host_id()
+        proc = DaemonProcess(host_id=host_id, amqp_url=amqp_url or self.amqp_url,
+                             state_dir=self.tmp_path / host_id / "state",
+                             image_dir=self.image_dir, capacity=capacity,
+                             log_path=self.tmp_path / f"{host_id}.log", extra_env=extra_env,
+                             netns=netns)
+        self.started.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            proc.stop()
+        for pid in qemu_pids(self.tmp_path):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def basic_auth_status(url: str, user: str, password: str, timeout: float = 10) -> int:
+    """HTTP status of GET {url}api/overview with basic auth (401 when refused)."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    if not url.startswith("http://"):
+        raise ValueError(f"not an http URL: {url}")
+    request = urllib.request.Request(url + "api/overview",  # noqa: S310 - checked above
+                                     headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
