@@ -1,0 +1,129 @@
+"""The host daemon's own overhead per create-vm, and memory per VM.
+
+Runs a real daemon subprocess against the local RabbitMQ (a private vhost it creates and removes)
+and the images in WARREN_IMAGE_DIR (default ~/.cache/warren/images; build the tiny one with
+`python -m vmbackend image build tiny`). For each of N sequential create-vm requests it measures
+
+  total    = publish of create-vm -> instance.ready received by the client
+  guest    = the ready event's `seconds` (from QEMU launched to management API answering)
+  overhead = total - guest   (accepting, recording, launching QEMU, events: the daemon's part)
+
+and prints medians, plus the RSS of each QEMU process and of the daemon.
+
+    .venv/bin/python bench/daemon.py [--image tiny] [--runs 5] [--memory-mb 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vmbackend.client import Client  # noqa: E402
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def qemu_pids(state_dir: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and cwd.startswith(str(state_dir)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--image", default="tiny")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--memory-mb", type=int, default=256)
+    parser.add_argument("--ready-timeout", type=float, default=900)
+    args = parser.parse_args()
+
+    vhost = f"warren-bench-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    work = Path(tempfile.mkdtemp(prefix="warren-bench-daemon-"))
+    host_id = f"bench-{uuid.uuid4().hex[:6]}"
+    env = dict(os.environ, WARREN_HOST_ID=host_id, WARREN_AMQP_URL=url,
+               WARREN_STATE_DIR=str(work / "state"), WARREN_CAPACITY=str(args.runs),
+               WARREN_HEARTBEAT_INTERVAL="5")
+    log = open(work / "daemon.log", "wb")  # noqa: SIM115
+    daemon = subprocess.Popen([sys.executable, "-m", "vmbackend", "daemon"], cwd=ROOT, env=env,
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    totals, guests, overheads, qemu_rss = [], [], [], []
+    try:
+        with Client(url) as client:
+            client.watch_events("instance.*")
+            for _ in range(50):
+                if client.collect("list-vms", routing_key=f"host.{host_id}", wait=1, expect=1):
+                    break
+            for i in range(args.runs):
+                vm_id = f"bench-{i}-{uuid.uuid4().hex[:6]}"
+                start = time.monotonic()
+                client.call("create-vm", {"image": args.image, "vm-id": vm_id,
+                                          "memory-mb": args.memory_mb})
+                event = client.wait_event(vm_id, ("instance.ready", "instance.failed"),
+                                          args.ready_timeout)
+                total = time.monotonic() - start
+                if event["type"] != "instance.ready":
+                    print(f"run {i}: failed: {event.get('reason')}")
+                    continue
+                guest = float(event["seconds"])
+                totals.append(total)
+                guests.append(guest)
+                overheads.append(total - guest)
+                pids = qemu_pids(work / "state")
+                qemu_rss.extend(rss_kib(p) for p in pids)
+                print(f"run {i}: total={total:.2f}s guest={guest:.2f}s "
+                      f"overhead={total - guest:.3f}s")
+                client.call("delete-vm", {"vm-id": vm_id}, timeout=120)
+            daemon_rss = rss_kib(daemon.pid)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+        log.close()
+        try:
+            rabbitmqctl("delete_vhost", vhost)
+        except subprocess.SubprocessError:
+            pass
+    if not totals:
+        print("no successful runs")
+        return 1
+    print(f"image={args.image} runs={len(totals)} memory_mb={args.memory_mb}")
+    print(f"median total (publish -> ready event)   {statistics.median(totals):.2f} s")
+    print(f"median guest (QEMU launched -> ready)     {statistics.median(guests):.2f} s")
+    print(f"median daemon overhead (total - guest)    {statistics.median(overheads):.3f} s")
+    print(f"median QEMU RSS per VM                    {statistics.median(qemu_rss) / 1024:.0f} MiB")
+    print(f"daemon RSS                                {daemon_rss / 1024:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
