@@ -1,0 +1,100 @@
+"""Helpers both recipes use on a root file system: chroot commands and the disk image.
+
+Every command that touches the root file system runs inside a private mount namespace
+(`unshare -m`), so /proc and /sys mounted for the chroot vanish with the process, even when the
+build is killed. This file is part of both recipes' hashes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from vmbackend.images.build import Context, run
+
+CHROOT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "HOME": "/root",
+}
+# Free space on the image's file system beyond its contents (the per-VM overlay may be larger:
+# warren-firstboot grows the file system to the disk at first boot).
+HEADROOM_BYTES = 1536 * 2**20
+MIB = 2**20
+
+
+def in_namespace(*cmd: str) -> list[str]:
+    """`cmd` in a private mount namespace: whatever it mounts disappears when it exits."""
+    return ["unshare", "--mount", "--propagation", "private", *cmd]
+
+
+def chroot(ctx: Context, *cmd: str, summarize: Callable[[str], str | None] | None = None) -> None:
+    """Run `cmd` inside ctx.rootfs with /proc and /sys mounted (privately)."""
+    script = (
+        'set -e; r=$1; shift; mount -t proc proc "$r/proc"; mount -t sysfs sysfs "$r/sys"; '
+        'exec chroot "$r" "$@"'
+    )
+    run(
+        in_namespace("sh", "-c", script, "sh", str(ctx.rootfs), *cmd),
+        ctx,
+        env=CHROOT_ENV,
+        summarize=summarize,
+    )
+
+
+def remove_globs(root: Path, patterns: Iterable[str]) -> None:
+    """Delete what the glob patterns (relative to `root`) match; symlinks are not followed."""
+    for pattern in patterns:
+        for path in root.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def tree_bytes(path: Path) -> int:
+    """Allocated bytes of the files under `path` (not following symlinks)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+def make_disk(ctx: Context, *, compress: bool) -> None:
+    """ctx.rootfs → ext4 (no partition table) in a sparse file → ctx.work/disk.qcow2."""
+    used = tree_bytes(ctx.rootfs)
+    ctx.facts["rootfs_bytes"] = used
+    size = -(-(int(used * 1.1) + HEADROOM_BYTES) // (256 * MIB)) * 256 * MIB  # up to 256 MiB
+    ctx.facts["filesystem_bytes"] = size
+    raw = ctx.work / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(size)
+    ctx.progress(f"  root file system {used / 1e6:.0f} MB in a {size / MIB:.0f} MiB ext4")
+    run(
+        ["mkfs.ext4", "-q", "-F", "-L", "warren-root", "-m", "1", "-d", str(ctx.rootfs), str(raw)],
+        ctx,
+    )
+    qcow = ctx.work / "disk.qcow2"
+    cmd = ["qemu-img", "convert", "-O", "qcow2"]
+    if compress:
+        cmd += ["-c", "-o", "compression_type=zstd"]
+    run([*cmd, str(raw), str(qcow)], ctx)
+    raw.unlink()
+    ctx.progress(f"  disk.qcow2 {qcow.stat().st_size / 1e6:.0f} MB")
+
+
+def kernel_version(root: Path) -> str:
+    """The one kernel version installed under root/lib/modules (or usr/lib/modules)."""
+    from vmbackend.images.build import BuildError
+
+    kernels = sorted(p.name for p in (root / "usr/lib/modules").iterdir() if p.is_dir())
+    if len(kernels) != 1:
+        raise BuildError(f"expected one kernel in the image, found {kernels}")
+    return kernels[0]
