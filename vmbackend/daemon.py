@@ -18,6 +18,7 @@ deliveries go back to the queue) and exits 0, leaving the VMs running for the ne
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -65,6 +66,11 @@ CONNECTION_ERRORS = (
     pika.exceptions.NackError,
     OSError,
 )
+
+
+def hostname_for(vm_id: str) -> str:
+    """A valid hostname from a vm-id (vm-ids may hold `_`, hostnames may not)."""
+    return "vm-" + vm_id[:12].lower().replace("_", "-").rstrip("-")
 
 
 class Daemon:
@@ -203,7 +209,9 @@ class Daemon:
             provision.fail(MachineGone("QEMU exited while the daemon was not running"))
             return
         # ACCEPTED (maybe launched just before a crash: adopt found it) or BOOTING: resume.
-        if machine is not None and record.status == ACCEPTED:
+        if machine is None:
+            shutil.rmtree(self.store.vm_dir(vm_id), ignore_errors=True)  # half-made launch
+        elif record.status == ACCEPTED:
             self.report(record, None, {}, status=BOOTING,
                         boot_started_at=record.boot_started_at or time.time())
         log.info("boot resumed host_id=%s vm_id=%s adopted=%s", self.cfg.host_id, vm_id,
@@ -359,7 +367,7 @@ class Daemon:
 
     def _new_record(self, cmd: CreateVM) -> VMRecord:
         return VMRecord(vm_id=cmd.vm_id, image=cmd.image, memory_mb=cmd.memory_mb,
-                        vcpus=cmd.vcpus, disk_gb=cmd.disk_gb, hostname=f"vm-{cmd.vm_id[:8]}",
+                        vcpus=cmd.vcpus, disk_gb=cmd.disk_gb, hostname=hostname_for(cmd.vm_id),
                         admin_username=cmd.admin_username, admin_password=cmd.admin_password,
                         password_generated=cmd.password_generated, limits=dict(cmd.limits),
                         network=self.cfg.network)
@@ -536,7 +544,11 @@ class Daemon:
             if provision.machine is not None:
                 machine = provision.machine
             if machine is not None:
-                machine.kill()
+                try:
+                    machine.kill()
+                except MachineError as exc:  # not started yet or already gone
+                    log.info("kill during cancel host_id=%s vm_id=%s error=%s",
+                             self.cfg.host_id, record.vm_id, exc)
             thread.join(timeout=self.cfg.stop_timeout + 30)
         cleanup(self.cfg, self.store, record, machine)
         self.machines.pop(record.vm_id, None)
