@@ -1,0 +1,64 @@
+"""Fixtures for the VM layer: the tiny test image and Machines that clean up after themselves."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vmbackend.images import manifest, tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_images_root() -> Path:
+    """The images root holding a built `tiny` image (built once, then reused from the cache)."""
+    root = manifest.default_images_root()
+    tiny.build(root, progress=lambda message: None)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temp folder (pytest's tmp_path can be long; sockets live in VM folders)."""
+    path = Path(tempfile.mkdtemp(prefix="wvm-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def machine_factory(tiny_images_root: Path, short_tmp: Path) -> Iterator[Callable[..., object]]:
+    """make(image="tiny", **spec_overrides) -> an unlaunched Machine with free loopback ports,
+    in its own folder; every Machine made is destroyed at teardown."""
+    from vmbackend.machine import Machine, UserNet, VMSpec
+
+    made: list[Machine] = []
+
+    def make(image: str = "tiny", images_root: Path | None = None, accel: str = "auto",
+             **over: object) -> Machine:
+        vm_id = over.pop("vm_id", None) or uuid.uuid4().hex[:12]
+        fields: dict[str, object] = dict(
+            vm_id=vm_id, image=image, memory_mb=256, vcpus=1, disk_gb=1,
+            hostname=f"vm-{vm_id[:8]}", admin_user=f"warren-{vm_id[:6]}",
+            admin_password=uuid.uuid4().hex,
+            network=UserNet("127.0.0.1", free_port(), free_port()),
+        )
+        fields.update(over)
+        machine = Machine(VMSpec(**fields), short_tmp / vm_id, images_root or tiny_images_root,
+                          accel=accel)
+        made.append(machine)
+        return machine
+
+    yield make
+    for machine in made:
+        machine.destroy()
