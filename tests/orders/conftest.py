@@ -140,3 +140,53 @@ def post_webhook(client: Any, signed: Callable[..., tuple[bytes, str]]) -> Calla
         )
 
     return post
+
+
+# -- the control broker -------------------------------------------------------------------------
+
+QUEUES_TO_PURGE = ("computing.create-vm", "warren.events.store", "computing.dead")
+
+
+@pytest.fixture(scope="session")
+def orders_amqp_url() -> Any:
+    """A vhost of our own on the real broker: the create-vm rows these tests publish must never
+    reach a daemon started by another test in the same session."""
+    import uuid
+    from urllib.parse import quote
+
+    from tests.conftest import BROKER, _rabbitmqctl
+
+    vhost = f"warren-orders-test-{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@{BROKER}/{quote(vhost, safe='')}"
+    try:
+        _rabbitmqctl("delete_vhost", vhost)
+    except Exception:  # noqa: BLE001, S110 - a leftover vhost is harmless
+        pass
+
+
+@pytest.fixture
+def amqp(orders_amqp_url: str) -> Any:
+    """A channel on our vhost with the shop's topology declared and its queues empty."""
+    from orders import broker
+
+    connection = broker.connect(orders_amqp_url)
+    channel = connection.channel()
+    broker.declare_topology(channel)
+    for queue in QUEUES_TO_PURGE:
+        channel.queue_purge(queue)
+    yield channel
+    for queue in QUEUES_TO_PURGE:
+        channel.queue_purge(queue)
+    connection.close()
+
+
+def get_all(channel: Any, queue: str) -> list[tuple[Any, Any, bytes]]:
+    """Every message now in `queue` (acked), as (method, properties, body)."""
+    messages = []
+    while True:
+        method, properties, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return messages
+        messages.append((method, properties, body))

@@ -1,0 +1,41 @@
+"""manage.py consume_events: apply the host daemons' events to orders (see orders/events.py)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+import pika.exceptions
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
+
+from orders.events import EventConsumer
+
+log = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Consume warren.events.store and apply instance events and host heartbeats."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
+        parser.add_argument("--url", default=None, help="AMQP URL (default: settings.AMQP_URL)")
+
+    def handle(self, *args: Any, once: bool, url: str | None, **options: Any) -> None:
+        consumer = EventConsumer(url=url)
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("event=consumer_stopping signal=%s", signum)
+            consumer.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        log.info("event=consumer_started once=%s", once)
+        try:
+            counts = consumer.run(once=once)
+        except (pika.exceptions.AMQPError, OSError, DatabaseError) as exc:  # only with --once
+            raise CommandError(f"cannot consume events ({type(exc).__name__})") from exc
+        log.info(
+            "event=consumer_stopped %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        )

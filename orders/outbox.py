@@ -1,0 +1,196 @@
+"""The outbox relay: publish unsent OutboxMessage rows to RabbitMQ with publisher confirms.
+
+At least once: a row is marked sent only after the broker confirmed it; a crash between the
+confirm and the mark publishes it again, which the daemons tolerate (vm-id is their idempotency
+key). A broker outage leaves rows unsent; the relay backs off (capped) and tries again.
+
+`publish_pending()` is one step; `Relay.run()` is the loop `manage.py relay_outbox` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pika.exceptions
+from django.db import DatabaseError, close_old_connections
+from django.db import connection as db_connection
+from django.db.models import F
+from django.utils import timezone
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+from orders import broker
+from orders.models import OutboxMessage
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 100
+SKIP_RESET_SECONDS = 60.0
+# Broker trouble: connection lost, refused, or the channel closed on us. The row being published
+# when it happened stays unsent with the error recorded.
+BROKER_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+class RowNotAccepted(Exception):
+    """The broker returned (unroutable) or nacked one row; the others can still go."""
+
+
+def _record_attempt(row: OutboxMessage) -> None:
+    """Before publishing: count the attempt, so a row that keeps failing is visible to staff."""
+    now = timezone.now()
+    OutboxMessage.objects.filter(pk=row.pk).update(attempts=F("attempts") + 1, last_attempt_at=now)
+
+
+def _record_failure(row: OutboxMessage, error: str) -> None:
+    OutboxMessage.objects.filter(pk=row.pk).update(last_error=error[:2000])
+
+
+def _mark_sent(row: OutboxMessage, *, keep_error: bool = False) -> None:
+    fields = (
+        {"sent_at": timezone.now()} if keep_error else {"sent_at": timezone.now(), "last_error": ""}
+    )
+    OutboxMessage.objects.filter(pk=row.pk, sent_at__isnull=True).update(**fields)
+
+
+def publish_row(channel: BlockingChannel, row: OutboxMessage) -> None:
+    """Publish one row and wait for the broker's confirm (the channel is in confirm mode)."""
+    _record_attempt(row)
+    body = json.dumps(row.body, separators=(",", ":")).encode()
+    try:
+        channel.basic_publish(
+            exchange=row.exchange,
+            routing_key=row.routing_key,
+            body=body,
+            properties=broker.json_properties(str(row.message_id)),
+            mandatory=True,
+        )
+    except pika.exceptions.UnroutableError as exc:
+        if row.routing_key == "delete-vm":
+            # No host queue exists, so no host can have this VM. Should a host take the create-vm
+            # later, its instance.accepted makes the event consumer send delete-vm again.
+            _record_failure(row, "unroutable: no host queue exists, nothing to delete")
+            _mark_sent(row, keep_error=True)
+            return
+        _record_failure(row, "unroutable: no queue is bound for this routing key")
+        raise RowNotAccepted("unroutable") from exc
+    except pika.exceptions.NackError as exc:
+        _record_failure(row, "nacked by the broker")
+        raise RowNotAccepted("nacked") from exc
+    except BROKER_ERRORS as exc:
+        _record_failure(row, f"{type(exc).__name__}: {exc}")
+        raise
+    _mark_sent(row)
+
+
+def publish_pending(
+    channel: BlockingChannel, *, limit: int = BATCH_SIZE, skip: set | None = None
+) -> int:
+    """Publish up to `limit` unsent rows, oldest first. Returns how many were confirmed.
+
+    A row the broker does not accept (unroutable, nacked) is added to `skip`, so the loop does
+    not hammer it; the relay clears `skip` every minute and on reconnect.
+
+    Raises a broker error (pika AMQPError / OSError) when the connection goes; the rows not yet
+    confirmed stay unsent. One relay process is expected; a second one would only cause
+    duplicates, which consumers tolerate.
+    """
+    pending = OutboxMessage.objects.filter(sent_at__isnull=True).order_by("created_at", "id")
+    if skip:
+        pending = pending.exclude(pk__in=skip)
+    sent = 0
+    for row in list(pending[:limit]):
+        try:
+            publish_row(channel, row)
+        except RowNotAccepted as exc:
+            if skip is not None:
+                skip.add(row.pk)
+            log.error(
+                "event=outbox_not_accepted message_id=%s routing_key=%s instance_pk=%s reason=%s",
+                row.message_id,
+                row.routing_key,
+                row.instance_id or "-",
+                exc,
+            )
+            continue
+        sent += 1
+        log.info(
+            "event=outbox_sent message_id=%s routing_key=%s vm_id=%s",
+            row.message_id,
+            row.routing_key,
+            (row.body.get("options") or {}).get("vm-id", "-"),
+        )
+    return sent
+
+
+def open_channel(url: str | None = None) -> tuple[BlockingConnection, BlockingChannel]:
+    connection = broker.connect(url)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    broker.declare_topology(channel)
+    return connection, channel
+
+
+@dataclass
+class Relay:
+    """The relay loop: connect, publish what is pending, poll, back off when the broker is gone."""
+
+    url: str | None = None
+    poll_interval: float = 0.5
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self, *, once: bool = False) -> int:
+        """Run until stopped (or, with once, until one pass published what was pending)."""
+        backoff = self.backoff_initial
+        total = 0
+        connection: BlockingConnection | None = None
+        skipped: set[int] = set()
+        skip_since = time.monotonic()
+        while not self.stop_event.is_set():
+            try:
+                if connection is None or connection.is_closed:
+                    connection, channel = open_channel(self.url)
+                    log.info("event=relay_connected")
+                    skipped.clear()
+                    backoff = self.backoff_initial
+                if not db_connection.in_atomic_block:  # tests run the loop inside one
+                    close_old_connections()
+                if time.monotonic() - skip_since > SKIP_RESET_SECONDS:
+                    skipped.clear()
+                    skip_since = time.monotonic()
+                sent = publish_pending(channel, skip=skipped)
+                total += sent
+                if once and sent < BATCH_SIZE:
+                    break
+                if sent < BATCH_SIZE:
+                    # Keep heartbeats flowing while idle.
+                    connection.process_data_events(time_limit=self.poll_interval)
+            except (*BROKER_ERRORS, DatabaseError) as exc:
+                log.warning(
+                    "event=relay_unavailable error=%s retry_in=%.1fs",
+                    type(exc).__name__,
+                    backoff,
+                )
+                _close(connection)
+                connection = None
+                if once:
+                    raise
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, self.backoff_max)
+        _close(connection)
+        return total
+
+
+def _close(connection: BlockingConnection | None) -> None:
+    if connection is not None and connection.is_open:
+        try:
+            connection.close()
+        except BROKER_ERRORS:
+            pass
