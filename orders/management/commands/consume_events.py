@@ -29,13 +29,15 @@ class Command(BaseCommand):
             log.info("event=consumer_stopping signal=%s", signum)
             consumer.stop()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("event=consumer_started once=%s", once)
         try:
             counts = consumer.run(once=once)
         except (pika.exceptions.AMQPError, OSError, DatabaseError) as exc:  # only with --once
             raise CommandError(f"cannot consume events ({type(exc).__name__})") from exc
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         log.info(
             "event=consumer_stopped %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
         )

@@ -30,11 +30,15 @@ class Command(BaseCommand):
             log.info("event=relay_stopping signal=%s", signum)
             relay.stop()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("event=relay_started once=%s", once)
         try:
             sent = relay.run(once=once)
         except BROKER_ERRORS as exc:  # only with --once; the loop itself retries
-            raise CommandError(f"broker unavailable ({type(exc).__name__}); rows stay unsent") from exc
+            raise CommandError(
+                f"broker unavailable ({type(exc).__name__}); rows stay unsent"
+            ) from exc
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         log.info("event=relay_stopped sent=%s", sent)

@@ -1,0 +1,329 @@
+"""The event consumer against the real RabbitMQ: host events change instances and orders once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pika
+import pytest
+from django.core.management import call_command
+from django.db import transaction
+from django.utils import timezone
+
+from orders.events import (
+    EventConsumer,
+    handle_message,
+    instances_on_silent_hosts,
+    mark_silent_hosts,
+)
+from orders.models import Host, Instance, Order, OutboxMessage
+from orders.provisioning import cancel_order, request_provisioning, retry_provisioning
+from tests.orders.conftest import get_all
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def instance(order: Order) -> Instance:
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        return request_provisioning(order=locked)
+
+
+def _event(
+    instance: Instance, event_type: str, seq: int, host: str = "host-a", **extra: Any
+) -> dict:
+    return {
+        "version": 1,
+        "message_id": str(uuid.uuid4()),
+        "type": event_type,
+        "instance_id": str(instance.public_id),
+        "host_id": host,
+        "occurred_at": timezone.now().isoformat(),
+        "seq": seq,
+        **extra,
+    }
+
+
+def _ready(instance: Instance, seq: int, host: str = "host-a") -> dict:
+    return _event(
+        instance,
+        "instance.ready",
+        seq,
+        host,
+        management_url="http://127.0.0.1:20001/",
+        amqp_url="amqp://warren-x@127.0.0.1:20002/",
+        admin_username=instance.admin_username,
+        ip_addresses=["10.0.2.15"],
+        boot="cold",
+        seconds=1.5,
+    )
+
+
+def _publish(channel: Any, *events: dict | bytes) -> None:
+    for event in events:
+        body = event if isinstance(event, bytes) else json.dumps(event).encode()
+        key = event["type"] if isinstance(event, dict) else "instance.garbage"
+        channel.basic_publish(
+            "warren.events",
+            key,
+            body,
+            pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id="m1"),
+        )
+
+
+def _consume(url: str) -> dict[str, int]:
+    return EventConsumer(url=url, idle_timeout=0.3).run(once=True)
+
+
+def _fresh(instance: Instance) -> Instance:
+    return Instance.objects.select_related("order").get(pk=instance.pk)
+
+
+def test_a_vm_goes_from_accepted_to_ready(instance, amqp, orders_amqp_url):
+    _publish(amqp, _event(instance, "instance.accepted", 1, image="rabbitmq"))
+    _consume(orders_amqp_url)
+    assert (_fresh(instance).status, _fresh(instance).order.status) == ("booting", "provisioning")
+
+    _publish(amqp, _event(instance, "instance.progress", 2, stage="rabbitmq_starting"))
+    _consume(orders_amqp_url)
+    assert _fresh(instance).stage == "rabbitmq_starting"
+
+    _publish(amqp, _ready(instance, 3))
+    counts = _consume(orders_amqp_url)
+
+    fresh = _fresh(instance)
+    assert counts == {"applied": 1}
+    assert (fresh.status, fresh.order.status) == (Instance.Status.READY, Order.Status.READY)
+    assert fresh.management_url == "http://127.0.0.1:20001/"
+    assert fresh.amqp_url == "amqp://warren-x@127.0.0.1:20002/"
+    assert (fresh.host_id, fresh.last_event_seq) == ("host-a", 3)
+    assert fresh.ready_at is not None
+    assert get_all(amqp, "warren.events.store") == []  # acked
+
+
+def test_a_failed_vm_fails_the_order_with_the_reason(instance, amqp, orders_amqp_url):
+    _publish(
+        amqp,
+        _event(instance, "instance.accepted", 1),
+        _event(instance, "instance.failed", 2, reason="management API never answered"),
+    )
+
+    _consume(orders_amqp_url)
+
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (Instance.Status.FAILED, Order.Status.FAILED)
+    assert fresh.failure_reason == "management API never answered"
+
+
+def test_a_repeated_event_changes_nothing(instance, amqp, orders_amqp_url):
+    ready = _ready(instance, 3)
+    _publish(amqp, ready)
+    _consume(orders_amqp_url)
+    before = _fresh(instance)
+
+    _publish(amqp, ready, ready)
+    counts = _consume(orders_amqp_url)
+
+    after = _fresh(instance)
+    assert counts == {"stale": 2}
+    assert (after.updated_at, after.order.updated_at) == (
+        before.updated_at,
+        before.order.updated_at,
+    )
+
+
+def test_an_old_event_after_a_newer_one_changes_nothing(instance, amqp, orders_amqp_url):
+    _publish(
+        amqp,
+        _ready(instance, 5),
+        _event(instance, "instance.failed", 4, reason="old news"),
+        _event(instance, "instance.progress", 3, stage="guest_up"),
+    )
+
+    counts = _consume(orders_amqp_url)
+
+    fresh = _fresh(instance)
+    assert counts == {"applied": 1, "stale": 2}
+    assert (fresh.status, fresh.failure_reason, fresh.stage) == (Instance.Status.READY, "", "")
+
+
+def test_a_newer_event_against_the_allowed_transitions_changes_nothing(instance):
+    handle_message(json.dumps(_ready(instance, 1)).encode())
+
+    result = handle_message(json.dumps(_event(instance, "instance.accepted", 2)).encode())
+
+    assert result == "ignored"
+    assert _fresh(instance).status == Instance.Status.READY
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"type": "instance.ready", "host_id": "h", "seq": 1}).encode(),  # no instance_id
+        json.dumps(
+            {"type": "instance.ready", "host_id": "h", "instance_id": "x", "seq": 1}
+        ).encode(),
+        json.dumps({"version": 2, "type": "host.heartbeat", "host_id": "h"}).encode(),
+        json.dumps(
+            {
+                "type": "instance.accepted",
+                "host_id": "h",
+                "instance_id": str(uuid.uuid4()),
+                "seq": -1,
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "type": "instance.progress",
+                "host_id": "h",
+                "instance_id": str(uuid.uuid4()),
+                "seq": 1,
+                "stage": "dancing",
+            }
+        ).encode(),
+    ],
+    ids=["not-json", "array", "no-instance", "bad-uuid", "version-2", "negative-seq", "bad-stage"],
+)
+def test_a_malformed_event_is_dead_lettered_and_the_next_one_applied(
+    body, instance, amqp, orders_amqp_url
+):
+    _publish(amqp, body, _event(instance, "instance.accepted", 1))
+
+    counts = _consume(orders_amqp_url)
+
+    assert counts == {"rejected": 1, "applied": 1}
+    ((_, properties, dead_body),) = get_all(amqp, "computing.dead")
+    assert dead_body == body
+    assert properties.headers["x-warren-reject-reason"]
+    assert get_all(amqp, "warren.events.store") == []
+    assert _fresh(instance).status == Instance.Status.BOOTING
+
+
+def test_an_event_for_an_unknown_instance_is_acknowledged(instance, amqp, orders_amqp_url):
+    stranger = Instance(public_id=uuid.uuid4())
+    _publish(amqp, _ready(stranger, 1))
+
+    counts = _consume(orders_amqp_url)
+
+    assert counts == {"unknown_instance": 1}
+    assert get_all(amqp, "warren.events.store") == []
+    assert _fresh(instance).status == Instance.Status.REQUESTED
+
+
+def test_an_unknown_event_type_is_acknowledged(instance, amqp, orders_amqp_url):
+    _publish(amqp, _event(instance, "instance.hibernated", 1))
+
+    assert _consume(orders_amqp_url) == {"unhandled_type": 1}
+
+
+def test_ready_after_cancellation_deletes_the_vm_again(instance, amqp, orders_amqp_url):
+    cancel_order(order=instance.order, reason="changed my mind")
+    assert OutboxMessage.objects.filter(routing_key="delete-vm").count() == 1
+
+    _publish(amqp, _event(instance, "instance.accepted", 1), _ready(instance, 2))
+    counts = _consume(orders_amqp_url)
+
+    assert counts == {"deletion_resent": 2}
+    assert OutboxMessage.objects.filter(routing_key="delete-vm").count() == 3
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (Instance.Status.DELETING, Order.Status.DELETING)
+    assert fresh.management_url == ""  # never shown for a cancelled order
+
+
+def test_deleted_finishes_a_cancellation(instance, amqp, orders_amqp_url):
+    _publish(amqp, _ready(instance, 1))
+    _consume(orders_amqp_url)
+    cancel_order(order=instance.order, reason="done")
+
+    _publish(amqp, _event(instance, "instance.deleted", 2))
+    _consume(orders_amqp_url)
+
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (Instance.Status.DELETED, Order.Status.DELETED)
+
+
+def test_a_lost_vm_fails_the_order_and_staff_retry_under_a_new_vm_id(
+    instance, amqp, orders_amqp_url
+):
+    _publish(amqp, _ready(instance, 1), _event(instance, "instance.lost", 2, reason="qemu died"))
+    _consume(orders_amqp_url)
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (Instance.Status.LOST, Order.Status.FAILED)
+    old_vm_id = fresh.vm_id
+
+    retried = retry_provisioning(instance=fresh)
+
+    assert retried.vm_id != old_vm_id
+    assert (retried.status, retried.attempts, retried.host_id) == ("requested", 2, "")
+    assert Order.objects.get(pk=instance.order_id).status == Order.Status.PAID
+    create = OutboxMessage.objects.filter(routing_key="create-vm").latest("id")
+    assert create.body["options"]["vm-id"] == retried.vm_id
+    assert OutboxMessage.objects.get(routing_key="delete-vm").body["options"]["vm-id"] == old_vm_id
+    # Late news about the old vm-id no longer touches the order.
+    late = json.dumps({**_ready(instance, 9), "instance_id": old_vm_id}).encode()
+    assert handle_message(late) == "unknown_instance"
+
+
+def test_events_from_a_second_host_are_ignored_unless_it_has_the_only_ready_vm(instance):
+    handle_message(json.dumps(_event(instance, "instance.accepted", 1, host="host-a")).encode())
+
+    assert (
+        handle_message(
+            json.dumps(_event(instance, "instance.failed", 1, host="host-b", reason="x")).encode()
+        )
+        == "other_host"
+    )
+    assert _fresh(instance).status == Instance.Status.BOOTING
+
+    assert handle_message(json.dumps(_ready(instance, 4, host="host-b")).encode()) == "applied"
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.host_id) == (Instance.Status.READY, "host-b")
+    cleanup = OutboxMessage.objects.get(routing_key="host.host-a")
+    assert cleanup.body["options"]["vm-id"] == fresh.vm_id
+
+
+def test_heartbeats_record_hosts_and_silent_hosts_are_marked(
+    instance, amqp, orders_amqp_url, settings
+):
+    settings.HOST_HEARTBEAT_TIMEOUT = 90
+    beat = {
+        "version": 1,
+        "message_id": "b1",
+        "type": "host.heartbeat",
+        "instance_id": None,
+        "host_id": "host-a",
+        "seq": 1,
+        "capacity": 2,
+        "running": 1,
+        "free_slots": 1,
+    }
+    _publish(amqp, beat, _ready(instance, 1))
+    _consume(orders_amqp_url)
+
+    host = Host.objects.get(host_id="host-a")
+    assert (host.capacity, host.running, host.free_slots, host.silent_since) == (2, 1, 1, None)
+    assert mark_silent_hosts(timezone.now()) == []
+
+    later = host.last_heartbeat_at + timedelta(seconds=91)
+    assert mark_silent_hosts(later) == [host]
+    assert Host.objects.get(pk=host.pk).silent_since == later
+    assert list(instances_on_silent_hosts()) == [_fresh(instance)]
+
+    _publish(amqp, beat)  # the host is back
+    _consume(orders_amqp_url)
+    assert Host.objects.get(pk=host.pk).silent_since is None
+    assert list(instances_on_silent_hosts()) == []
+
+
+def test_the_command_drains_the_queue(instance, amqp, orders_amqp_url):
+    _publish(amqp, _event(instance, "instance.accepted", 1))
+
+    call_command("consume_events", "--once", "--url", orders_amqp_url)
+
+    assert _fresh(instance).status == Instance.Status.BOOTING
