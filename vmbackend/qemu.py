@@ -239,6 +239,22 @@ def build_args(
     return args
 
 
+SIGNATURE_FLAGS = ("-M", "-m", "-smp", "-accel", "-cpu", "-device", "-object", "-chardev",
+                   "-fw_cfg", "-drive")
+
+
+def device_signature(args: list[str]) -> list[str]:
+    """What a saved state and the VM restoring it must agree on: machine, sizes, accelerator,
+    devices, fw_cfg names, drive and netdev type. Not: the name, ports, kernel command line."""
+    sig = []
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag in SIGNATURE_FLAGS:
+            sig.append(f"{flag} {value}")
+        elif flag == "-netdev":
+            sig.append(f"{flag} {value.split(',')[0]}")
+    return sig
+
+
 def incoming_from(state_file: Path) -> str:
     """The `-incoming` URI that loads a zstd-compressed saved state (QEMU 7.2 has no file:)."""
     return f"exec:zstd -dc {shlex.quote(str(state_file))}"

@@ -47,7 +47,12 @@ def image_dir(images_root: Path, name: str) -> Path:
 
 def resolve_inside(folder: Path, relative: object) -> Path:
     """`folder/relative`, refusing absolute paths, `..` and symlinks that leave `folder`."""
-    if not isinstance(relative, str) or not relative or relative.startswith("/") or "\x00" in relative:
+    if (
+        not isinstance(relative, str)
+        or not relative
+        or relative.startswith("/")
+        or "\x00" in relative
+    ):
         raise ImageError(f"bad file name in manifest: {relative!r}")
     base = Path(folder).resolve()
     target = (base / relative).resolve()

@@ -1,0 +1,180 @@
+"""Saved state of a booted image, so new VMs restore in seconds instead of booting (issue 4).
+
+    <image>/saved/state.zst                 QMP migrate output (zstd), taken while paused
+    <image>/saved/disk.qcow2                the overlay at that moment (images with a disk)
+    <image>/saved/meta.json                 what must match for a restore (see `matching`)
+    <image>/saved/template-admin.secret     the template admin's password, mode 0600
+
+`create` boots the image cold with template credentials, waits until the management API answers,
+stops the VM, raises the migration bandwidth, migrates to `exec:zstd -1 ...`, copies the overlay
+and writes meta.json last (a saved/ without it does not exist). A VM restores only when QEMU
+version, machine type, memory, vCPUs, accelerator, the image's recipe and the whole device set
+(the same devices, fw_cfg names, drive and netdev type) match; otherwise it boots cold.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmbackend import accel as accel_mod
+from vmbackend import qemu, qmp
+from vmbackend.images import manifest as manifest_mod
+from vmbackend.images.manifest import Manifest, write_json_atomic
+from vmbackend.qemu import UserNet, VMPaths, VMSpec
+
+SAVED = "saved"
+META = "meta.json"
+STATE = "state.zst"
+DISK = "disk.qcow2"
+SECRET_FILE = "template-admin.secret"  # noqa: S105 - a file name
+TEMPLATE_ADMIN = "warren-template"
+MIGRATE_BANDWIDTH = 10 * 1024**3  # bytes/s: "as fast as the disk takes it"
+BOOT_SECONDS = 600.0
+MIGRATE_SECONDS = 300.0
+
+Progress = Callable[[str], None]
+
+
+class SnapshotError(Exception):
+    """The saved state could not be made."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    state: Path
+    disk: Path | None
+    template_admin: str
+    meta: dict
+
+
+def signature(image: Manifest, spec: VMSpec, accel: str) -> list[str]:
+    """The device set a VM of `spec` would have (what must be equal on both sides)."""
+    args = qemu.build_args(image, spec, VMPaths(Path("/vm")), accel, tsc_khz=1)
+    return qemu.device_signature(args)
+
+
+def load_meta(image: Manifest) -> dict | None:
+    try:
+        meta = json.loads((image.saved_dir / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def matching(image: Manifest, spec: VMSpec, accel: str) -> Saved | None:
+    """The image's saved state if a VM of `spec` under `accel` can restore from it."""
+    meta = load_meta(image)
+    if meta is None or not isinstance(spec.network, UserNet):
+        return None  # tap VMs boot cold: they would share the template's MAC and DHCP lease
+    try:
+        wanted = {
+            "qemu_version": qemu.qemu_version(),
+            "machine": qemu.MACHINE,
+            "memory_mb": spec.memory_mb,
+            "vcpus": spec.vcpus,
+            "accel": accel,
+            "recipe_hash": image.recipe_hash,
+            "signature": signature(image, spec, accel),
+        }
+    except (OSError, ValueError):
+        return None
+    if any(meta.get(key) != value for key, value in wanted.items()):
+        return None
+    state = image.saved_dir / STATE
+    disk = image.saved_dir / DISK if image.disk is not None else None
+    if not state.is_file() or (disk is not None and not disk.is_file()):
+        return None
+    return Saved(state=state, disk=disk, template_admin=str(meta.get("template_admin")), meta=meta)
+
+
+def template_password(images_root: Path, name: str) -> str | None:
+    path = manifest_mod.image_dir(images_root, name) / SAVED / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def create(images_root: Path, name: str, progress: Progress = print, *, memory_mb: int = 512,
+           vcpus: int = 1, accel: str = "auto") -> Path:
+    """Boot image `name` cold, save its running state into <image>/saved/; returns that folder."""
+    from vmbackend.machine import Machine, MachineError  # machine imports this module
+
+    images_root = Path(images_root)
+    image = manifest_mod.load(images_root, name)
+    verdict = accel_mod.choose(accel, kernel=image.kernel)
+    password = secrets.token_urlsafe(24)
+    spec = VMSpec(
+        vm_id=f"snapshot-{uuid.uuid4().hex[:8]}", image=name, memory_mb=memory_mb, vcpus=vcpus,
+        disk_gb=1, hostname=f"{name}-template", admin_user=TEMPLATE_ADMIN,
+        admin_password=password, network=UserNet("127.0.0.1", _free_port(), _free_port()),
+    )
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-saved-", dir=image.folder))
+    vm_dir = Path(tempfile.mkdtemp(prefix="wsnap-"))
+    machine = Machine(spec, vm_dir / "vm", images_root, accel=verdict.accel)
+    try:
+        old = image.saved_dir
+        if old.exists():  # never restore from a half-replaced state; never boot from it either
+            shutil.rmtree(old)
+        progress(f"{name}: booting cold with the template admin ({verdict.accel})")
+        started = time.monotonic()
+        machine.launch()
+        deadline = time.monotonic() + BOOT_SECONDS
+        machine.wait_guest_agent(deadline)
+        machine.wait_management(machine.management_url(), deadline)
+        progress(f"{name}: management API up after {time.monotonic() - started:.1f} s; saving")
+        paths = machine.paths
+        with qmp.session(paths.qmp, timeout=30) as mon:
+            qmp.run(mon, "stop")
+            qmp.run(mon, "migrate-set-parameters", **{"max-bandwidth": MIGRATE_BANDWIDTH})
+            qmp.run(mon, "migrate", uri=qemu.outgoing_to(work / STATE))
+            end = time.monotonic() + MIGRATE_SECONDS
+            while True:
+                status = qmp.run(mon, "query-migrate").get("status")
+                if status == "completed":
+                    break
+                if status in ("failed", "cancelled") or time.monotonic() > end:
+                    raise SnapshotError(f"migration {status or 'timed out'}")
+                time.sleep(0.1)
+        if image.disk is not None:
+            shutil.copy2(paths.disk, work / DISK)
+        machine.kill()
+        secret = work / SECRET_FILE
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
+        write_json_atomic(work / META, {
+            "qemu_version": qemu.qemu_version(),
+            "machine": qemu.MACHINE,
+            "memory_mb": memory_mb,
+            "vcpus": vcpus,
+            "accel": verdict.accel,
+            "recipe_hash": image.recipe_hash,
+            "signature": signature(image, spec, verdict.accel),
+            "template_admin": TEMPLATE_ADMIN,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        })
+        work.rename(old)
+        progress(f"{name}: saved state in {old} ({(old / STATE).stat().st_size >> 20} MiB)")
+        return old
+    except (MachineError, qmp.QMPFailure, OSError) as exc:
+        raise SnapshotError(f"{name}: saving state failed: {exc}") from exc
+    finally:
+        machine.destroy()
+        shutil.rmtree(vm_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
