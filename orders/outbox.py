@@ -194,3 +194,21 @@ def _close(connection: BlockingConnection | None) -> None:
             connection.close()
         except BROKER_ERRORS:
             pass
+
+
+def requeue(*, message: OutboxMessage) -> bool:
+    """Staff action: publish a row again (same message_id; consumers de-duplicate).
+
+    Conditional UPDATE: a row that is unsent already (the relay may be publishing it right now)
+    is left alone. Returns True when the row was queued again.
+    """
+    queued = OutboxMessage.objects.filter(pk=message.pk, sent_at__isnull=False).update(
+        sent_at=None, last_error=""
+    )
+    if queued:
+        log.info(
+            "event=outbox_requeued message_id=%s routing_key=%s",
+            message.message_id,
+            message.routing_key,
+        )
+    return bool(queued)

@@ -1,0 +1,152 @@
+"""Staff pages: lists, search, filters, and the actions (cancel, retry, re-send)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from orders.models import Host, Instance, Order, OutboxMessage
+from orders.provisioning import request_provisioning
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def instance(order: Order) -> Instance:
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        return request_provisioning(order=locked)
+
+
+def _action(admin_client, model: str, action: str, *pks: int):
+    return admin_client.post(
+        reverse(f"admin:orders_{model}_changelist"),
+        {"action": action, "_selected_action": [str(pk) for pk in pks]},
+        follow=True,
+    )
+
+
+def test_staff_see_and_search_orders(admin_client, order):
+    url = reverse("admin:orders_order_changelist")
+
+    found = admin_client.get(url, {"q": str(order.public_id)})
+    missing = admin_client.get(url, {"q": "00000000-0000-0000-0000-000000000000"})
+
+    assert str(order.public_id) in found.content.decode()
+    assert str(order.public_id) not in missing.content.decode()
+    assert admin_client.get(url, {"status__exact": "pending_payment"}).status_code == 200
+
+
+def test_customers_cannot_open_the_admin(client, customer, order):
+    client.force_login(customer)
+
+    response = client.get(reverse("admin:orders_order_changelist"))
+
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]
+
+
+def test_the_cancel_action_deletes_the_vm(admin_client, instance):
+    response = _action(admin_client, "order", "cancel_orders", instance.order_id)
+
+    assert response.status_code == 200
+    order = Order.objects.get(pk=instance.order_id)
+    assert order.status == Order.Status.DELETING
+    assert "staff" in order.cancel_reason
+    assert OutboxMessage.objects.filter(routing_key="delete-vm").count() == 1
+
+
+def test_the_cancel_action_skips_orders_already_cancelled(admin_client, order):
+    _action(admin_client, "order", "cancel_orders", order.pk)
+
+    response = _action(admin_client, "order", "cancel_orders", order.pk)
+
+    assert "Cancelled 0 order(s); 1 could not be cancelled." in response.content.decode()
+    assert Order.objects.get(pk=order.pk).status == Order.Status.CANCELLED
+
+
+def test_the_retry_action_requests_a_new_vm_for_a_failed_instance(admin_client, instance):
+    Instance.objects.filter(pk=instance.pk).update(status="failed", failure_reason="boot timeout")
+    Order.objects.filter(pk=instance.order_id).update(status="failed")
+
+    _action(admin_client, "instance", "retry", instance.pk)
+
+    retried = Instance.objects.get(pk=instance.pk)
+    assert retried.status == Instance.Status.REQUESTED
+    assert retried.public_id != instance.public_id
+    assert Order.objects.get(pk=instance.order_id).status == Order.Status.PAID
+    assert OutboxMessage.objects.filter(routing_key="create-vm").count() == 2
+
+
+def test_the_retry_action_refuses_a_healthy_instance(admin_client, instance):
+    response = _action(admin_client, "instance", "retry", instance.pk)
+
+    assert "only a failed instance" in response.content.decode()
+    assert Instance.objects.get(pk=instance.pk).public_id == instance.public_id
+    assert OutboxMessage.objects.count() == 1
+
+
+def test_the_resend_action_queues_a_sent_row_again(admin_client, instance):
+    row = OutboxMessage.objects.get()
+    OutboxMessage.objects.filter(pk=row.pk).update(sent_at=timezone.now())
+
+    _action(admin_client, "outboxmessage", "resend", row.pk)
+
+    row.refresh_from_db()
+    assert row.sent_at is None
+    assert OutboxMessage.objects.count() == 1
+
+
+def test_the_vm_password_never_appears_in_the_admin(admin_client, instance):
+    row = OutboxMessage.objects.get()
+    pages = [
+        reverse("admin:orders_instance_changelist"),
+        reverse("admin:orders_instance_change", args=[instance.pk]),
+        reverse("admin:orders_order_change", args=[instance.order_id]),
+        reverse("admin:orders_outboxmessage_changelist"),
+        reverse("admin:orders_outboxmessage_change", args=[row.pk]),
+    ]
+
+    bodies = [admin_client.get(page).content.decode() for page in pages]
+
+    assert all(instance.admin_password not in body for body in bodies)
+    assert instance.admin_username in bodies[4]  # the body is shown, masked
+    assert "********" in bodies[4]
+
+
+def test_silent_hosts_and_their_instances_are_shown(admin_client, instance, settings):
+    settings.HOST_HEARTBEAT_TIMEOUT = 90
+    old = timezone.now() - timedelta(seconds=300)
+    Host.objects.create(host_id="host-quiet", last_heartbeat_at=old, capacity=2)
+    Host.objects.create(host_id="host-alive", last_heartbeat_at=timezone.now(), capacity=2)
+    Instance.objects.filter(pk=instance.pk).update(host_id="host-quiet", status="ready")
+
+    hosts = admin_client.get(reverse("admin:orders_host_changelist")).content.decode()
+    silent = admin_client.get(
+        reverse("admin:orders_instance_changelist"), {"host_silent": "yes"}
+    ).content.decode()
+
+    assert hosts.count("silent since") == 1
+    assert Host.objects.get(host_id="host-quiet").silent_since is not None
+    assert str(instance.public_id) in silent
+
+    Instance.objects.filter(pk=instance.pk).update(host_id="host-alive")
+    alive = admin_client.get(
+        reverse("admin:orders_instance_changelist"), {"host_silent": "yes"}
+    ).content.decode()
+    assert str(instance.public_id) not in alive
+
+
+def test_webhook_receipts_are_listed(admin_client, order, post_webhook):
+    from tests.orders.conftest import checkout_session, stripe_event
+
+    event = stripe_event("checkout.session.completed", checkout_session(order))
+    post_webhook(event)
+
+    page = admin_client.get(reverse("admin:orders_webhookevent_changelist"), {"q": event["id"]})
+
+    assert event["id"] in page.content.decode()
