@@ -32,7 +32,7 @@ def test_it_lists_active_plans_with_their_sizes(client: Client, plans: list[Plan
     assert [p.slug for p in response.context["plans"]] == ["small", "big"]
     html = response.content.decode()
     assert "Retired" not in html
-    for text in ("512 MiB", "2 GiB", "16 GB", "up to 2000", "up to 5000", "49.00", "9.00"):
+    for text in ("512 MiB", "2 GiB", "16 GB", "up to 2000", "up to 5000", "$49.00", "$9.00"):
         assert text in html
 
 
