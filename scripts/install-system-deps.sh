@@ -2,7 +2,8 @@
 # Debian packages Warren needs beyond Python: QEMU and image tools for the host daemon, Chromium
 # for the browser tests. Idempotent: installs only what is missing.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils debootstrap busybox-static e2fsprogs zstd iproute2 cpio chromium chromium-driver)
+# shellcheck: the image tests lint the guest scripts.
+pkgs=(qemu-system-x86 qemu-utils debootstrap busybox-static e2fsprogs zstd iproute2 cpio chromium chromium-driver shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
