@@ -1,0 +1,147 @@
+"""Saved state and restore: the tiny image in the fast tier (`vm`), the RabbitMQ image in `slow`."""
+
+import dataclasses
+import json
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from vmbackend import qemu
+from vmbackend.images import manifest, snapshot
+from vmbackend.machine import http_request
+
+BOOT = 90
+
+
+@pytest.fixture(scope="module")
+def saved_root(tiny_images_root, tmp_path_factory):
+    """A private images root with a copy of `tiny` and its saved state (256 MiB, 1 vCPU), so
+    other tests keep booting the shared tiny image cold."""
+    root = tmp_path_factory.mktemp("images")
+    shutil.copytree(tiny_images_root / "tiny", root / "tiny", ignore=shutil.ignore_patterns("saved"))
+    snapshot.create(root, "tiny", lambda m: None, memory_mb=256, vcpus=1)
+    return root
+
+
+def _ready(m):
+    m.wait_guest_agent(time.monotonic() + BOOT)
+    m.personalize(time.monotonic() + BOOT)
+    m.wait_management(m.management_url(), time.monotonic() + BOOT)
+
+
+def test_device_signature_ignores_names_ports_and_command_line():
+    image = manifest.Manifest(name="t", folder=Path("/i/t"), distro="", recipe_hash="x",
+                              built_at="", kernel=Path("/i/t/k"), initrd=None, disk=None,
+                              append="quiet", guest=manifest.Guest("tiny"))
+    a = qemu.VMSpec(vm_id="a", image="t", memory_mb=256, vcpus=1, disk_gb=1, hostname="a",
+                    admin_user="a", admin_password="a", network=qemu.UserNet("127.0.0.1", 1, 2))
+    b = dataclasses.replace(a, vm_id="b", hostname="b", network=qemu.UserNet("127.0.0.1", 3, 4))
+    assert snapshot.signature(image, a, "tcg") == snapshot.signature(image, b, "tcg")
+    assert snapshot.signature(image, a, "tcg") != snapshot.signature(
+        image, dataclasses.replace(a, memory_mb=512), "tcg")
+    assert snapshot.signature(image, a, "tcg") != snapshot.signature(image, a, "kvm")
+
+
+
+@pytest.mark.vm
+def test_saved_state_files_and_meta(saved_root):
+    saved = saved_root / "tiny" / "saved"
+    meta = json.loads((saved / "meta.json").read_text())
+    assert meta["memory_mb"] == 256 and meta["vcpus"] == 1
+    assert meta["machine"] == qemu.MACHINE and meta["qemu_version"] == qemu.qemu_version()
+    assert meta["template_admin"] == snapshot.TEMPLATE_ADMIN
+    assert (saved / "state.zst").stat().st_size > 0
+    assert stat.S_IMODE((saved / "template-admin.secret").stat().st_mode) == 0o600
+    assert not list((saved_root / "tiny").glob(".tiny-saved-*"))
+
+
+@pytest.mark.vm
+def test_a_vm_restores_and_becomes_itself(saved_root, machine_factory):
+    m = machine_factory(images_root=saved_root, memory_mb=256)
+    assert m.launch() == "restore"
+    _ready(m)
+    base = m.management_url()
+    assert m.guest_exec("/bin/hostname") == (0, f"{m.spec.hostname}\n".encode())
+    assert http_request("GET", f"{base}api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
+    template_pw = snapshot.template_password(saved_root, "tiny")
+    assert http_request("GET", f"{base}api/overview", snapshot.TEMPLATE_ADMIN, template_pw)[0] == 401
+    assert http_request("GET", f"{base}api/overview", "guest", "guest")[0] == 401
+    m.personalize(time.monotonic() + 10)  # a second call changes nothing
+    assert http_request("GET", f"{base}api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
+
+
+@pytest.mark.vm
+def test_two_restored_vms_differ(saved_root, machine_factory):
+    a = machine_factory(images_root=saved_root, memory_mb=256)
+    b = machine_factory(images_root=saved_root, memory_mb=256)
+    assert (a.launch(), b.launch()) == ("restore", "restore")
+    _ready(a)
+    _ready(b)
+    assert a.guest_exec("/bin/hostname")[1] != b.guest_exec("/bin/hostname")[1]
+    assert http_request("GET", f"{a.management_url()}api/overview", b.spec.admin_user,
+                        b.spec.admin_password)[0] == 401
+
+
+@pytest.mark.vm
+def test_a_vm_that_does_not_match_the_saved_state_boots_cold(saved_root, machine_factory):
+    m = machine_factory(images_root=saved_root, memory_mb=320)
+    assert m.launch() == "cold"
+    _ready(m)
+    assert m.guest_exec("/bin/hostname") == (0, f"{m.spec.hostname}\n".encode())
+
+
+@pytest.mark.vm
+def test_a_restored_vm_restarted_with_start_boots_cold(saved_root, machine_factory):
+    m = machine_factory(images_root=saved_root, memory_mb=256)
+    assert m.launch() == "restore"
+    m.kill()
+    assert m.start() == "cold"
+    _ready(m)
+
+
+@pytest.mark.vm
+def test_a_tampered_meta_is_not_restored_from(saved_root, machine_factory, tmp_path):
+    root = tmp_path / "images"
+    shutil.copytree(saved_root / "tiny", root / "tiny")
+    meta_path = root / "tiny" / "saved" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["qemu_version"] = "0.0.1"
+    meta_path.write_text(json.dumps(meta))
+    image = manifest.load(root, "tiny")
+    spec = machine_factory(images_root=root, memory_mb=256).spec
+    assert snapshot.matching(image, spec, "tcg") is None
+
+
+@pytest.mark.slow
+def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_images_root):
+    root = manifest.default_images_root()
+    if "rabbitmq" not in manifest.available(root):
+        pytest.skip(f"no rabbitmq image under {root}: run `python -m vmbackend image build rabbitmq`")
+    image = manifest.load(root, "rabbitmq")
+    if snapshot.load_meta(image) is None:
+        pytest.skip("the rabbitmq image has no saved state: run `python -m vmbackend image snapshot rabbitmq`")
+    meta = snapshot.load_meta(image)
+    a = machine_factory(image="rabbitmq", images_root=root, memory_mb=meta["memory_mb"],
+                        vcpus=meta["vcpus"], disk_gb=4, limits={"max-connections": 5})
+    b = machine_factory(image="rabbitmq", images_root=root, memory_mb=meta["memory_mb"],
+                        vcpus=meta["vcpus"], disk_gb=4)
+    assert a.launch() == "restore"
+    assert b.launch() == "restore"
+    for m in (a, b):
+        m.wait_guest_agent(time.monotonic() + 120)
+        m.personalize(time.monotonic() + 120)
+        m.wait_management(m.management_url(), time.monotonic() + 120)
+    a.apply_limits(a.management_url())
+    for m in (a, b):
+        base = m.management_url()
+        assert http_request("GET", f"{base}api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
+        assert http_request("GET", f"{base}api/overview", "guest", "guest")[0] == 401
+        assert http_request("GET", f"{base}api/overview", snapshot.TEMPLATE_ADMIN,
+                            snapshot.template_password(root, "rabbitmq"))[0] == 401
+    assert a.guest_exec("/bin/hostname")[1] != b.guest_exec("/bin/hostname")[1]
+    status, body = http_request("GET", f"{a.management_url()}api/vhost-limits/%2F",
+                                a.spec.admin_user, a.spec.admin_password)
+    assert status == 200 and b"max-connections" in body
