@@ -16,6 +16,7 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 from orders.models import Instance, Order
 from store.management.commands.seed_plans import seed_plans
+from store.models import Plan
 
 pytestmark = pytest.mark.browser
 
@@ -184,3 +185,35 @@ def test_an_anonymous_buyer_logs_in_and_comes_back_to_the_plan(
     page.click("button[type=submit]")
     expect(page.locator("#plan-bunny button")).to_have_text("Buy Bunny")
     assert page.url.endswith("/#plan-bunny")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_a_failure_shows_up_with_its_reason_without_reload(
+    live_server, page: Page, django_user_model
+) -> None:
+    seed_plans()
+    plan = Plan.objects.get(slug="bunny")
+    user = django_user_model.objects.create_user("erin", "erin@example.com", PASSWORD)
+    order = Order.objects.create(
+        user=user, plan=plan, status=Order.Status.PROVISIONING, paid_at=timezone.now()
+    )
+    Instance.objects.create(
+        order=order, status=Instance.Status.BOOTING, stage=Instance.Stage.GUEST_UP,
+        admin_username="warren-e1", admin_password=ADMIN_PASSWORD,
+    )
+    page.goto(f"{live_server.url}/accounts/login/?next=/orders/{order.public_id}/")
+    page.fill("#id_username", "erin")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    state = page.locator("#order-state")
+    expect(state.locator("li.current[data-step=rabbitmq_starting]")).to_be_visible()
+    page.evaluate("window.__noReload = 1")
+
+    _simulate(order, Order.Status.FAILED, status=Instance.Status.FAILED,
+              failure_reason="RabbitMQ did not answer within 10 minutes")
+    expect(state).to_contain_text("We could not set up your server")
+    expect(state).to_contain_text("RabbitMQ did not answer within 10 minutes")
+    expect(state.locator(".badge")).to_have_text("Provisioning failed")
+    assert page.evaluate("window.__noReload") == 1
+    _shot(page, "12-order-failed")
