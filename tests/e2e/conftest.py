@@ -1,0 +1,60 @@
+"""Fixtures that run the whole system as real processes (see harness.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import System
+from vmbackend.images import manifest, tiny
+
+
+@pytest.fixture(scope="session")
+def images_root() -> Path:
+    """The images root with the tiny image built (the rabbitmq image is built by `make images`)."""
+    root = manifest.default_images_root()
+    tiny.build(root, progress=lambda message: None)
+    return root
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short path: QEMU's unix sockets live under the daemon's state folder (108-byte limit).
+    path = Path(tempfile.mkdtemp(prefix="we2e-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _system(workdir: Path, amqp_url: str, images_root: Path, image: str) -> Iterator[System]:
+    system = System(workdir, amqp_url, images_root, image=image)
+    system.prepare()
+    try:
+        yield system
+    finally:
+        system.stop_all()
+        # VMs outlive a stopped daemon by design; the test's VMs must not outlive the test.
+        for pid in system.qemu_pids():
+            system.kill_pid(pid)
+
+
+@pytest.fixture
+def tiny_system(workdir: Path, amqp_url: str, images_root: Path) -> Iterator[System]:
+    """Web, relay, event worker and a host daemon selling the tiny image (not started yet)."""
+    yield from _system(workdir, amqp_url, images_root, "tiny")
+
+
+@pytest.fixture
+def rabbitmq_system(workdir: Path, amqp_url: str, images_root: Path) -> Iterator[System]:
+    """The same selling the real RabbitMQ image; skipped when `make images` has not built it."""
+    try:
+        manifest.load(images_root, "rabbitmq")
+    except Exception as exc:  # noqa: BLE001 - any reason the image is unusable
+        if os.environ.get("CI"):
+            raise  # CI builds the image first (`make test` -> `make images`): missing is a failure
+        pytest.skip(f"the rabbitmq image is not built ({exc}); run `make images`")
+    yield from _system(workdir, amqp_url, images_root, "rabbitmq")
