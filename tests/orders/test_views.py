@@ -78,7 +78,7 @@ def _ready(order: Order) -> Order:
         Order.Status.READY,
         status=Instance.Status.READY,
         management_url="http://127.0.0.1:15001/",
-        amqp_url=f"amqp://warren-abc123:{PASSWORD}@127.0.0.1:5701/",
+        amqp_url="amqp://warren-abc123@127.0.0.1:5701/",  # docs/protocol.md: never a password
     )
 
 
@@ -131,6 +131,17 @@ def test_detail_is_404_for_staff_who_use_the_admin(
     assert _login(client, staff).get(_url("detail", order)).status_code == 404
 
 
+def test_staff_see_the_order_in_the_admin_without_the_password(
+    client: Client, order: Order, staff: AbstractUser
+) -> None:
+    _ready(order)
+    response = _login(client, staff).get(reverse("admin:orders_order_change", args=[order.pk]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert str(order.public_id) in html
+    assert PASSWORD not in html
+
+
 def test_detail_is_404_for_an_unknown_order(client: Client, owner: AbstractUser) -> None:
     url = reverse("orders:detail", args=[uuid.uuid4()])
     assert _login(client, owner).get(url).status_code == 404
@@ -173,13 +184,25 @@ def test_detail_of_a_ready_order_shows_urls_but_not_the_password(client: Client,
     assert response.status_code == 200
     html = response.content.decode()
     assert 'href="http://127.0.0.1:15001/"' in html
-    assert "amqp://warren-abc123@127.0.0.1:5701/" in html  # the password is cut out of the URL
+    assert "amqp://warren-abc123@127.0.0.1:5701/" in html
     assert "warren-abc123" in html
     assert PASSWORD not in html
     assert _url("credentials", order) in html
     assert 'data-final="true"' in html
     assert 'http-equiv="refresh"' not in html
     assert "no-store" in response["Cache-Control"]
+
+
+def test_detail_cuts_a_password_out_of_the_urls(client: Client, order: Order) -> None:
+    _ready(order)
+    Instance.objects.filter(order=order).update(
+        amqp_url=f"amqp://warren-abc123:{PASSWORD}@127.0.0.1:5701/vhost",
+        management_url=f"http://warren-abc123:{PASSWORD}@127.0.0.1:15001/",
+    )
+    html = _login(client, order.user).get(_url("detail", order)).content.decode()
+    assert "amqp://warren-abc123@127.0.0.1:5701/vhost" in html
+    assert 'href="http://warren-abc123@127.0.0.1:15001/"' in html
+    assert PASSWORD not in html
 
 
 def test_detail_of_a_failed_order_gives_the_reason(client: Client, order: Order) -> None:
