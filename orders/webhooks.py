@@ -86,6 +86,11 @@ def process_webhook(*, payload: bytes, signature: str) -> WebhookResult:
     event = _verify(payload, signature)
     event_id, event_type = event["id"], event["type"]
     obj: dict[str, Any] = event["data"]["object"]
+    if WebhookEvent.objects.filter(stripe_event_id=event_id).exists():
+        # Fast path for a redelivery that finished long ago: no write at all. The unique insert
+        # below still decides when two deliveries race.
+        log.info("event=stripe_webhook_duplicate stripe_event_id=%s type=%s", event_id, event_type)
+        return WebhookResult(event_id=event_id, type=event_type, result="duplicate", duplicate=True)
     with transaction.atomic():
         try:
             # Race: Stripe may deliver the same event twice at once. The second insert waits
