@@ -133,21 +133,21 @@ class Machine:
         return self._state().get("boot")
 
     # -- launch ---------------------------------------------------------------------------------
-    def launch(self) -> str:
+    def launch(self, *, allow_restore: bool = True) -> str:
         """Create the VM's overlay and start QEMU; restore from the image's saved state when it
-        matches, else boot cold. Returns "restore" or "cold"."""
-        return self._launch(fresh=True)
+        matches (and `allow_restore`), else boot cold. Returns "restore" or "cold"."""
+        return self._launch(fresh=True, allow_restore=allow_restore)
 
     def start(self) -> str:
         """Boot a stopped VM again from its existing overlay (always cold). Returns "cold"."""
-        return self._launch(fresh=False)
+        return self._launch(fresh=False, allow_restore=False)
 
-    def _launch(self, *, fresh: bool) -> str:
+    def _launch(self, *, fresh: bool, allow_restore: bool) -> str:
         if self.is_running():
             raise MachineError(f"vm {self.spec.vm_id} is already running (pid {self.pid})")
         image = self._pre_launch_image()
         verdict = accel_mod.choose(self.accel_request, kernel=image.kernel)
-        saved = snapshot.matching(image, self.spec, verdict.accel) if fresh else None
+        saved = snapshot.matching(image, self.spec, verdict.accel) if allow_restore else None
         self.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.vm_dir, 0o700)
         self._write_fw_cfg()

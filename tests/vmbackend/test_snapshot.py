@@ -94,6 +94,12 @@ def test_a_vm_that_does_not_match_the_saved_state_boots_cold(saved_root, machine
 
 
 @pytest.mark.vm
+def test_a_cold_boot_can_be_asked_for_even_with_a_matching_saved_state(saved_root, machine_factory):
+    m = machine_factory(images_root=saved_root, memory_mb=256)
+    assert m.launch(allow_restore=False) == "cold"
+
+
+@pytest.mark.vm
 def test_a_restored_vm_restarted_with_start_boots_cold(saved_root, machine_factory):
     m = machine_factory(images_root=saved_root, memory_mb=256)
     assert m.launch() == "restore"
