@@ -179,7 +179,7 @@ class Daemon:
     def _adopt(self, record: VMRecord) -> Machine | None:
         try:
             machine = Machine.adopt(spec_for(self.cfg, record), self.store.vm_dir(record.vm_id),
-                                    self.cfg.image_dir / record.image)
+                                    self.cfg.image_dir)
         except MachineGone:
             return None
         except (MachineError, ValueError, KeyError) as exc:
@@ -524,7 +524,7 @@ class Daemon:
         if record.network == "bridge":
             network.create_tap(record.tap, self.cfg.bridge)
         machine = Machine(spec_for(self.cfg, record), self.store.vm_dir(record.vm_id),
-                          self.cfg.image_dir / record.image, accel=self.cfg.accel)
+                          self.cfg.image_dir, accel=self.cfg.accel)
         boot = machine.start()
         self.report(record, "instance.started", {}, status=BOOTING, stage="vm_starting",
                     boot=boot, boot_started_at=time.time())

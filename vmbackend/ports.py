@@ -17,9 +17,14 @@ class NoFreePorts(Exception):
 
 
 def is_free(bind_address: str, port: int) -> bool:
-    """True when a TCP listener could bind `bind_address:port` right now."""
+    """True when a TCP listener could bind `bind_address:port` right now.
+
+    SO_REUSEADDR as QEMU's port forwards use it: connections of a deleted VM lingering in
+    TIME_WAIT do not block the port, a live listener does.
+    """
     family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((bind_address, port))
         except OSError:

@@ -113,7 +113,7 @@ class Provision:
         if self.record.network == "bridge":
             network.create_tap(self.record.tap, self.cfg.bridge)
         machine = Machine(spec_for(self.cfg, self.record), self.store.vm_dir(self.record.vm_id),
-                          self.cfg.image_dir / self.record.image, accel=self.cfg.accel)
+                          self.cfg.image_dir, accel=self.cfg.accel)
         self.machine = machine
         boot = machine.launch()
         self.report(self.record, None, {}, status=BOOTING, boot=boot,

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -222,6 +224,8 @@ class Daemons:
 
     def __init__(self, tmp_path: Path, amqp_url: str, image_dir: Path):
         self.tmp_path = tmp_path
+        # State dirs hold the VMs' Unix sockets (108-byte path limit): keep them short.
+        self.short = Path(tempfile.mkdtemp(prefix="wd-"))
         self.amqp_url = amqp_url
         self.image_dir = image_dir
         self.started: list[DaemonProcess] = []
@@ -231,7 +235,7 @@ class Daemons:
               netns: str | None = None) -> DaemonProcess:
         host_id = host_id or unique_host_id()
         proc = DaemonProcess(host_id=host_id, amqp_url=amqp_url or self.amqp_url,
-                             state_dir=self.tmp_path / host_id / "state",
+                             state_dir=self.short / host_id,
                              image_dir=self.image_dir, capacity=capacity,
                              log_path=self.tmp_path / f"{host_id}.log", extra_env=extra_env,
                              netns=netns)
@@ -241,11 +245,12 @@ class Daemons:
     def cleanup(self) -> None:
         for proc in self.started:
             proc.stop()
-        for pid in qemu_pids(self.tmp_path):
+        for pid in qemu_pids(self.short):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(self.short, ignore_errors=True)
 
 
 def basic_auth_status(url: str, user: str, password: str, timeout: float = 10) -> int:

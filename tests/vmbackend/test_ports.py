@@ -48,3 +48,16 @@ def test_many_allocations_never_collide():
     assert len(used) == len(set(used)) == 40
     with pytest.raises(ports.NoFreePorts):
         ports.allocate(1, used=used, bind_address="127.0.0.1", port_min=32000, port_max=32039)
+
+
+def test_a_port_with_only_time_wait_connections_is_free_again():
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as QEMU's hostfwd does
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end lingers in TIME_WAIT
+        client.close()
+    assert ports.is_free("127.0.0.1", port)

@@ -1,0 +1,101 @@
+"""Hostile input reaches a real daemon subprocess over the real broker: every bad message is
+dead-lettered with its reason and answered with an error; the daemon keeps serving."""
+
+import json
+
+import pika
+import pytest
+
+from tests.vmbackend.daemon_helpers import (
+    DaemonProcess,
+    clean_broker,
+    unique_host_id,
+    wait_host,
+)
+from vmbackend import topology
+from vmbackend.client import Client
+
+HOSTILE_CREATE = [
+    (b"{not json", "not UTF-8 JSON"),
+    (b"\x00\xff\xfe garbage", "not UTF-8 JSON"),
+    (b"[]", "must be a JSON object"),
+    (b'"create-vm"', "must be a JSON object"),
+    (b'{"command": "rm -rf /"}', "unknown command"),
+    (b'{"command": "create-vm"}', "options.image is required"),
+    (b'{"command": "create-vm", "options": {"image": "../../etc/passwd"}}', "image name must match"),
+    (b'{"command": "create-vm", "options": {"image": "tiny", "memory-mb": 99999999}}',
+     "memory-mb must be between"),
+    (b'{"command": "create-vm", "options": {"image": "tiny", "vcpus": "8"}}', "vcpus must be an integer"),
+    (b'{"command": "create-vm", "options": {"image": "no-such-image"}}', "not available on this host"),
+    (b'{"command": "list-vms"}', "must not be sent with routing key create-vm"),
+]
+
+
+@pytest.fixture
+def daemon(amqp_url, tmp_path):
+    clean_broker(amqp_url)
+    (tmp_path / "images").mkdir()
+    proc = DaemonProcess(host_id=unique_host_id("hostile"), amqp_url=amqp_url,
+                         state_dir=tmp_path / "state", image_dir=tmp_path / "images",
+                         log_path=tmp_path / "daemon.log")
+    yield proc
+    proc.stop()
+
+
+def _dead_letters(amqp_url):
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = conn.channel()
+        found = []
+        while True:
+            method, props, body = channel.basic_get(topology.DEAD_QUEUE, auto_ack=True)
+            if method is None:
+                return found
+            found.append((body, props.headers or {}))
+    finally:
+        conn.close()
+
+
+def test_bad_create_vm_messages_are_dead_lettered_with_a_reason(daemon, amqp_url):
+    with Client(amqp_url) as client:
+        wait_host(client, daemon.host_id)
+        for body, reason in HOSTILE_CREATE:
+            reply = client.wait_reply(client.send_raw(body, "create-vm"), timeout=30)
+            assert reply["execution-info"]["status"] == "error", body
+            assert reason in reply["execution-info"]["reason"], (body, reply)
+        # The daemon is still alive and serving.
+        assert wait_host(client, daemon.host_id) == []
+    assert daemon.proc.poll() is None
+    dead = _dead_letters(amqp_url)
+    assert [body for body, _ in dead] == [body for body, _ in HOSTILE_CREATE]
+    for (_body, headers), (_, reason) in zip(dead, HOSTILE_CREATE, strict=True):
+        assert reason in headers[topology.REJECT_HEADER]
+        assert headers["x-warren-host-id"] == daemon.host_id
+    assert "Traceback" not in daemon.log_text()
+
+
+def test_bad_host_commands_are_rejected_and_unknown_vms_answered(daemon, amqp_url):
+    key = topology.host_key(daemon.host_id)
+    with Client(amqp_url) as client:
+        wait_host(client, daemon.host_id)
+        cases = [
+            (b"\xff", key, "not UTF-8 JSON"),
+            (b'{"command": "stop-vm", "options": {}}', key, "vm-id is required"),
+            (b'{"command": "stop-vm", "options": {"vm-id": "../x"}}', key, "vm-id must match"),
+            (b'{"command": "stop-vm", "options": {"vm-id": "a", "kill": 1}}', key, "kill must be"),
+            (b'{"command": "create-vm", "options": {"image": "tiny"}}', key, "shared queue"),
+            (b'{"command": "delete-vm", "options": {"vm-id": "a"}}', "stop-vm", "does not match"),
+            (json.dumps({"command": "start-vm", "options": {"vm-id": "nope"}}).encode(), key,
+             "unknown vm-id"),
+        ]
+        for body, routing_key, reason in cases:
+            reply = client.wait_reply(client.send_raw(body, routing_key), timeout=30)
+            assert reply["execution-info"]["status"] == "error", body
+            assert reason in reply["execution-info"]["reason"], (body, reply)
+        # A broadcast for a VM nobody has: silence, not an error from every host.
+        silent = client.collect("stop-vm", {"vm-id": "nobody-has-it"}, wait=1.5)
+        assert silent == []
+        assert wait_host(client, daemon.host_id) == []
+    assert daemon.proc.poll() is None
+    reasons = [h[topology.REJECT_HEADER] for _, h in _dead_letters(amqp_url)]
+    assert len(reasons) == 6  # every case but the unknown vm-id, which is valid input
