@@ -56,6 +56,10 @@ def test_saved_state_files_and_meta(saved_root):
     assert (saved / "state.zst").stat().st_size > 0
     assert stat.S_IMODE((saved / "template-admin.secret").stat().st_mode) == 0o600
     assert not list((saved_root / "tiny").glob(".tiny-saved-*"))
+    messages = []
+    snapshot.create(saved_root, "tiny", messages.append, memory_mb=256, vcpus=1)
+    assert messages == ["tiny: saved state up to date"]  # running VMs' backing files stay put
+    assert json.loads((saved / "meta.json").read_text())["created_at"] == meta["created_at"]
 
 
 @pytest.mark.vm

@@ -15,10 +15,12 @@ version, machine type, memory, vCPUs, accelerator, the image's recipe and the wh
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import secrets
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 import uuid
@@ -71,24 +73,33 @@ def load_meta(image: Manifest) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
+def _expected(image: Manifest, spec: VMSpec, accel: str) -> dict:
+    """The meta.json fields a saved state must have for a VM of `spec` under `accel`."""
+    return {
+        "qemu_version": qemu.qemu_version(),
+        "machine": qemu.MACHINE,
+        "memory_mb": spec.memory_mb,
+        "vcpus": spec.vcpus,
+        "accel": accel,
+        "recipe_hash": image.recipe_hash,
+        "signature": signature(image, spec, accel),
+    }
+
+
+def _meta_matches(meta: dict | None, expected: dict) -> bool:
+    return meta is not None and all(meta.get(k) == v for k, v in expected.items())
+
+
 def matching(image: Manifest, spec: VMSpec, accel: str) -> Saved | None:
     """The image's saved state if a VM of `spec` under `accel` can restore from it."""
     meta = load_meta(image)
     if meta is None or not isinstance(spec.network, UserNet):
         return None  # tap VMs boot cold: they would share the template's MAC and DHCP lease
     try:
-        wanted = {
-            "qemu_version": qemu.qemu_version(),
-            "machine": qemu.MACHINE,
-            "memory_mb": spec.memory_mb,
-            "vcpus": spec.vcpus,
-            "accel": accel,
-            "recipe_hash": image.recipe_hash,
-            "signature": signature(image, spec, accel),
-        }
-    except (OSError, ValueError):
+        expected = _expected(image, spec, accel)
+    except (OSError, ValueError, subprocess.SubprocessError):
         return None
-    if any(meta.get(key) != value for key, value in wanted.items()):
+    if not _meta_matches(meta, expected):
         return None
     state = image.saved_dir / STATE
     disk = image.saved_dir / DISK if image.disk is not None else None
@@ -112,11 +123,22 @@ def _free_port() -> int:
 
 
 def create(images_root: Path, name: str, progress: Progress = print, *, memory_mb: int = 512,
-           vcpus: int = 1, accel: str = "auto") -> Path:
-    """Boot image `name` cold, save its running state into <image>/saved/; returns that folder."""
+           vcpus: int = 1, accel: str = "auto", force: bool = False) -> Path:
+    """Boot image `name` cold, save its running state into <image>/saved/; returns that folder.
+
+    Does nothing when a matching saved state exists (unless `force`)."""
+    images_root = Path(images_root)
+    manifest_mod.validate_name(name)
+    with open(images_root / f".{name}.snapshot.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one snapshot of an image at a time
+        return _create(images_root, name, progress, memory_mb=memory_mb, vcpus=vcpus,
+                       accel=accel, force=force)
+
+
+def _create(images_root: Path, name: str, progress: Progress, *, memory_mb: int, vcpus: int,
+            accel: str, force: bool) -> Path:
     from vmbackend.machine import Machine, MachineError  # machine imports this module
 
-    images_root = Path(images_root)
     image = manifest_mod.load(images_root, name)
     verdict = accel_mod.choose(accel, kernel=image.kernel)
     password = secrets.token_urlsafe(24)
@@ -125,6 +147,11 @@ def create(images_root: Path, name: str, progress: Progress = print, *, memory_m
         disk_gb=1, hostname=f"{name}-template", admin_user=TEMPLATE_ADMIN,
         admin_password=password, network=UserNet("127.0.0.1", _free_port(), _free_port()),
     )
+    expected = _expected(image, spec, verdict.accel)
+    if not force and matching(image, spec, verdict.accel):
+        # Up to date. Never replaced needlessly: running VMs' overlays are backed by saved/disk.qcow2.
+        progress(f"{name}: saved state up to date")
+        return image.saved_dir
     work = Path(tempfile.mkdtemp(prefix=f".{name}-saved-", dir=image.folder))
     vm_dir = Path(tempfile.mkdtemp(prefix="wsnap-"))
     machine = Machine(spec, vm_dir / "vm", images_root, accel=verdict.accel)
@@ -134,7 +161,7 @@ def create(images_root: Path, name: str, progress: Progress = print, *, memory_m
             shutil.rmtree(old)
         progress(f"{name}: booting cold with the template admin ({verdict.accel})")
         started = time.monotonic()
-        machine.launch()
+        machine.launch(allow_restore=False)
         deadline = time.monotonic() + BOOT_SECONDS
         machine.wait_guest_agent(deadline)
         machine.wait_management(machine.management_url(), deadline)
@@ -159,13 +186,7 @@ def create(images_root: Path, name: str, progress: Progress = print, *, memory_m
         secret.write_text(password + "\n")
         secret.chmod(0o600)
         write_json_atomic(work / META, {
-            "qemu_version": qemu.qemu_version(),
-            "machine": qemu.MACHINE,
-            "memory_mb": memory_mb,
-            "vcpus": vcpus,
-            "accel": verdict.accel,
-            "recipe_hash": image.recipe_hash,
-            "signature": signature(image, spec, verdict.accel),
+            **expected,
             "template_admin": TEMPLATE_ADMIN,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         })
