@@ -287,3 +287,42 @@ def csrf(html: str) -> str:
     if not match:
         raise AssertionError("no CSRF token in the page")
     return match.group(1)
+
+
+def admin_session(system: System, username: str = "staff", password: str = "staff-pass-1234") -> requests.Session:
+    """A logged-in staff member of the Django admin."""
+    system.manage(
+        "shell", "-c",
+        "from django.contrib.auth.models import User; "
+        f"User.objects.create_superuser({username!r}, 'staff@example.com', {password!r})",
+    )
+    session = requests.Session()
+    url = f"{system.base_url}/admin/login/"
+    page = session.get(url, timeout=10)
+    resp = session.post(
+        url,
+        data={"username": username, "password": password, "csrfmiddlewaretoken": csrf(page.text),
+              "next": "/admin/"},
+        headers={"Referer": url}, timeout=10,
+    )
+    resp.raise_for_status()
+    if "/admin/login/" in resp.url:
+        raise AssertionError("staff login failed")
+    return session
+
+
+def admin_action(session: requests.Session, system: System, model: str, query: str, action: str) -> None:
+    """Runs an admin changelist action on the rows that the search `query` finds."""
+    url = f"{system.base_url}/admin/orders/{model}/"
+    page = session.get(url, params={"q": query}, timeout=10)
+    page.raise_for_status()
+    selected = re.findall(r'name="_selected_action" value="([^"]+)"', page.text)
+    if not selected:
+        raise AssertionError(f"no {model} found for {query!r}")
+    resp = session.post(
+        url + f"?q={query}",
+        data={"action": action, "_selected_action": selected, "index": "0",
+              "csrfmiddlewaretoken": csrf(page.text)},
+        headers={"Referer": url}, timeout=10,
+    )
+    resp.raise_for_status()
