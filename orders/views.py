@@ -68,7 +68,7 @@ def _steps(order: Order, instance: Instance | None) -> list[dict[str, str]]:
         return []
     note = ""
     if not order.is_paid:
-        current = 0
+        current, note = 0, "waiting for the payment"
     elif instance is not None and instance.is_ready:
         current = len(STEPS)
     elif instance is not None and instance.stage in (
@@ -78,12 +78,14 @@ def _steps(order: Order, instance: Instance | None) -> list[dict[str, str]]:
         current = 2
     else:
         current = 1
-        if instance is None or not instance.stage:
+        if instance is None or instance.status == Instance.Status.REQUESTED:
             note = "waiting for a host with room"
     steps = []
     for i, (key, label) in enumerate(STEPS):
         state = "done" if i < current else "current" if i == current else "todo"
-        steps.append({"key": key, "label": label, "state": state, "note": note * (i == current)})
+        steps.append(
+            {"key": key, "label": label, "state": state, "note": note if i == current else ""}
+        )
     return steps
 
 

@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(os.environ.get("WARREN_SCREENSHOTS", "/tmp"))  # noqa: S108
+SCREENSHOTS = Path(os.environ.get("WARREN_SCREENSHOTS", "/tmp"))
 WAIT_MS = 20_000  # the page polls every 2 s; generous for a loaded CI machine
 PASSWORD = "Tr0ub4dor-and-3-more-words"
 ADMIN_PASSWORD = "vm-admin-secret-3f9a"
