@@ -42,7 +42,7 @@ __all__ = ["Machine", "MachineError", "MachineGone", "TapNet", "UserNet", "VMSpe
 log = logging.getLogger(__name__)
 
 STATE_FILE = "machine.json"
-LAUNCH_SECONDS = 20.0  # QEMU up and answering QMP (restore: the incoming state loaded)
+LAUNCH_SECONDS = 60.0  # QEMU up and answering QMP (restore: the incoming state loaded)
 HTTP_TIMEOUT = 5.0
 RESTORE_SETTINGS = "/usr/local/sbin/warren-restore-settings"
 COOKIE_ALPHABET = string.ascii_uppercase
