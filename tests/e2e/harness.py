@@ -110,6 +110,7 @@ class System:
     def prepare(self) -> None:
         self.manage("migrate", "--noinput")
         self.manage("seed_plans")
+        self.manage("collectstatic", "--noinput", "--verbosity", "0")
 
     def start(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
