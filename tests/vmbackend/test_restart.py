@@ -1,0 +1,116 @@
+"""Restart safety: SIGKILL mid-boot, SIGTERM, and VMs that died while the daemon was away."""
+
+import os
+import signal
+
+import pytest
+
+from tests.vmbackend.daemon_helpers import (
+    Daemons,
+    basic_auth_status,
+    clean_broker,
+    events_for,
+    qemu_pids,
+    read_state,
+    vms_of,
+    wait_host,
+)
+from vmbackend.client import Client
+
+ADMIN = {"username": "warren-restart", "password": "restart-password-123"}
+READY_TIMEOUT = 240
+
+
+@pytest.fixture
+def daemons(tmp_path, amqp_url, tiny_images_root):
+    clean_broker(amqp_url)
+    pool = Daemons(tmp_path, amqp_url, tiny_images_root)
+    yield pool
+    pool.cleanup()
+
+
+@pytest.fixture
+def client(amqp_url):
+    with Client(amqp_url) as c:
+        c.watch_events("#")
+        yield c
+
+
+@pytest.mark.vm
+def test_sigkill_mid_boot_then_restart_ends_ready_once_with_one_qemu(daemons, client):
+    first = daemons.start(host_id="t-kill-boot")
+    wait_host(client, first.host_id)
+    client.call("create-vm", {"image": "tiny", "vm-id": "vm-kill-1", "memory-mb": 256,
+                              "admin": ADMIN})
+    client.wait_event("vm-kill-1", ("instance.progress",), 60)
+    for _ in range(100):  # wait until QEMU runs, then kill the daemon before readiness
+        if qemu_pids(first.state_dir):
+            break
+        client.pump(0.1)
+    first.signal(signal.SIGKILL)
+    first.wait(30)
+    pids = qemu_pids(first.state_dir)
+    assert len(pids) == 1  # QEMU outlived the daemon
+    assert read_state(first.state_dir, "vm-kill-1")["status"] in ("accepted", "booting")
+
+    second = daemons.start(host_id="t-kill-boot")
+    ready = client.wait_event("vm-kill-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
+    assert ready["type"] == "instance.ready", ready
+    assert basic_auth_status(ready["management_url"], ADMIN["username"], ADMIN["password"]) == 200
+    client.pump(3.0)
+    assert len(events_for(client, "vm-kill-1", "instance.ready")) == 1
+    assert qemu_pids(second.state_dir) == pids
+    assert vms_of(client, second.host_id)["vm-kill-1"]["status"] == "ready"
+
+
+@pytest.mark.vm
+def test_sigterm_then_restart_adopts_the_running_vm(daemons, client):
+    first = daemons.start(host_id="t-term")
+    wait_host(client, first.host_id)
+    client.call("create-vm", {"image": "tiny", "vm-id": "vm-adopt-1", "memory-mb": 256,
+                              "admin": ADMIN})
+    ready = client.wait_event("vm-adopt-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
+    assert ready["type"] == "instance.ready"
+    pids = qemu_pids(first.state_dir)
+    first.signal(signal.SIGTERM)
+    assert first.wait(60) == 0
+    assert "daemon stopping" in first.log_text()
+
+    second = daemons.start(host_id="t-term")
+    assert vms_of(client, second.host_id)["vm-adopt-1"]["status"] == "ready"
+    assert qemu_pids(second.state_dir) == pids
+    # The adopted VM is really managed: stop through the new daemon.
+    reply = client.call("stop-vm", {"vm-id": "vm-adopt-1", "kill": True}, timeout=60)
+    assert reply["response"]["status"] == "stopped"
+    assert qemu_pids(second.state_dir) == []
+
+
+@pytest.mark.vm
+def test_a_vm_that_died_while_the_daemon_was_away_is_reported_lost(daemons, client):
+    first = daemons.start(host_id="t-lost")
+    wait_host(client, first.host_id)
+    client.call("create-vm", {"image": "tiny", "vm-id": "vm-lost-1", "memory-mb": 256})
+    ready = client.wait_event("vm-lost-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
+    assert ready["type"] == "instance.ready"
+    first.signal(signal.SIGKILL)
+    first.wait(30)
+    for pid in qemu_pids(first.state_dir):
+        os.kill(pid, signal.SIGKILL)
+
+    second = daemons.start(host_id="t-lost")
+    lost = client.wait_event("vm-lost-1", ("instance.lost",), 60)
+    assert "gone" in lost["reason"]
+    assert vms_of(client, second.host_id)["vm-lost-1"]["status"] == "lost"
+
+
+@pytest.mark.vm
+def test_a_vm_whose_qemu_dies_under_a_running_daemon_is_reported_lost(daemons, client):
+    daemon = daemons.start()
+    wait_host(client, daemon.host_id)
+    client.call("create-vm", {"image": "tiny", "vm-id": "vm-lost-2", "memory-mb": 256})
+    ready = client.wait_event("vm-lost-2", ("instance.ready", "instance.failed"), READY_TIMEOUT)
+    assert ready["type"] == "instance.ready"
+    for pid in qemu_pids(daemon.state_dir):
+        os.kill(pid, signal.SIGKILL)
+    lost = client.wait_event("vm-lost-2", ("instance.lost",), 60)
+    assert lost["reason"] == "QEMU process exited"
