@@ -1,0 +1,106 @@
+"""`python -m warren run`: what it starts, how it restarts a crashed service, how Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.harness import free_port, wait_until
+from warren.run import ROOT, Options, Supervisor, backoff, service_commands, setup_commands
+
+pytestmark = pytest.mark.django_db(databases=[])
+
+
+def test_it_runs_every_service_the_system_needs():
+    services = service_commands(Options(port=8123))
+    assert set(services) == {"web", "relay", "events", "vmbackend"}
+    assert "127.0.0.1:8123" in services["web"]
+    assert "vmbackend" not in service_commands(Options(daemon=False))
+
+
+def test_it_builds_the_sold_image_and_its_saved_state_before_starting():
+    steps = [" ".join(argv[1:]) for argv in setup_commands(Options(image="rabbitmq"))]
+    assert steps.index("manage.py migrate --noinput") < steps.index("manage.py seed_plans")
+    assert "-m vmbackend image build rabbitmq --distro debian" in steps
+    assert "-m vmbackend image snapshot rabbitmq" in steps
+    assert not any("image" in s for s in setup_commands(Options(build_images=False)))
+
+
+def test_restart_backoff_grows_and_is_capped():
+    assert [backoff(n) for n in (1, 2, 3)] == [1, 2, 4]
+    assert backoff(50) == 30
+
+
+def test_a_crashed_service_is_started_again_and_stop_ends_everything():
+    crash = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    supervisor = Supervisor({"crash": crash, "sleeper": sleeper}, dict(os.environ))
+    now = time.monotonic()
+    supervisor.poll_once(now)
+    crash_child, sleeper_child = supervisor.children
+    first_pid = crash_child.proc.pid
+    crash_child.proc.wait(timeout=10)
+    supervisor.poll_once(now + 0.1)  # notices the exit, schedules a restart
+    assert crash_child.proc is None and crash_child.failures == 1
+    supervisor.poll_once(now + 0.1 + backoff(1))
+    assert crash_child.proc is not None and crash_child.proc.pid != first_pid
+    supervisor.stop()
+    assert sleeper_child.proc.poll() is not None
+
+
+@pytest.mark.vm
+def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(tmp_path: Path, amqp_url: str):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "WARREN_AMQP_URL": amqp_url,
+        "WARREN_STATE_DIR": str(tmp_path / "vmbackend"),
+        "WARREN_HOST_ID": "run-test",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "warren", "run", "--port", str(port), "--image", "tiny",
+         "--skip-image-build"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=2).ok, 120, "the shop")
+        assert "Bunny" in requests.get(f"http://127.0.0.1:{port}/", timeout=5).text
+        children = _children(proc.pid)
+        assert len(children) >= 4, "web, relay, event worker and daemon run under the supervisor"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=60) == 0
+        alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        assert alive == [], "every service stopped with the supervisor"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = proc.stdout.read().decode()
+    assert "event=stopped" in output
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(status.parent.name))
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
