@@ -19,7 +19,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orders import views
+from orders.checkout import CheckoutError
 from orders.models import Instance, Order, WebhookEvent
+from orders.offline_checkout import OfflinePaymentError
 from store.models import Plan
 
 pytestmark = pytest.mark.django_db
@@ -151,6 +153,7 @@ def test_detail_is_not_reachable_by_integer_id(client: Client, order: Order) -> 
     assert _login(client, order.user).get(f"/orders/{order.pk}/").status_code == 404
 
 
+@override_settings(STRIPE_SECRET_KEY="")
 def test_detail_of_an_unpaid_order_waits_for_payment(client: Client, order: Order) -> None:
     response = _login(client, order.user).get(_url("detail", order))
     assert response.status_code == 200
@@ -337,6 +340,19 @@ def test_checkout_creates_a_pending_order_and_goes_to_the_offline_payment(
     assert response["Location"] == _url("offline_checkout", order)
 
 
+@override_settings(STRIPE_SECRET_KEY="sk_test_123")
+def test_checkout_says_so_when_stripe_is_unavailable(
+    client: Client, owner: AbstractUser, plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(**kwargs: Any) -> None:
+        raise CheckoutError("Payment provider unavailable, please try again")
+
+    monkeypatch.setattr(views, "start_checkout", unavailable)
+    response = _login(client, owner).post(reverse("orders:checkout", args=[plan.slug]), follow=True)
+    assert response.redirect_chain == [(reverse("store:pricing"), 302)]
+    assert "Payment provider unavailable" in response.content.decode()
+
+
 def test_checkout_of_an_inactive_plan_is_404(client: Client, owner: AbstractUser, plan: Plan) -> None:
     Plan.objects.filter(pk=plan.pk).update(is_active=False)
     response = _login(client, owner).post(reverse("orders:checkout", args=[plan.slug]))
@@ -391,6 +407,21 @@ def test_offline_checkout_pays_through_the_webhook_url(
 
 
 @override_settings(STRIPE_SECRET_KEY="")
+def test_offline_checkout_says_so_when_the_payment_fails(
+    client: Client, order: Order, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(**kwargs: Any) -> None:
+        raise OfflinePaymentError("webhook endpoint answered 400")
+
+    monkeypatch.setattr(views, "complete_offline_payment", refused)
+    response = _login(client, order.user).post(_url("offline_checkout", order), follow=True)
+    assert response.redirect_chain == [(_url("offline_checkout", order), 302)]
+    assert "The payment did not go through" in response.content.decode()
+    order.refresh_from_db()
+    assert order.status == Order.Status.PENDING_PAYMENT
+
+
+@override_settings(STRIPE_SECRET_KEY="")
 def test_offline_checkout_of_a_paid_order_goes_to_the_order(client: Client, order: Order) -> None:
     _paid(order)
     response = _login(client, order.user).get(_url("offline_checkout", order))
@@ -440,6 +471,20 @@ def test_cancel_of_a_ready_order_deletes_the_vm(client: Client, order: Order) ->
     assert order.instance.status == Instance.Status.DELETING
     assert order.instance.outbox_messages.filter(routing_key="delete-vm").count() == 1
     assert "is being deleted" in response.content.decode()
+
+
+def test_cancel_says_so_when_stripe_refuses(
+    client: Client, order: Order, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(**kwargs: Any) -> None:
+        raise CheckoutError("Could not cancel the subscription")
+
+    _ready(order)
+    monkeypatch.setattr(views, "cancel_order", refused)
+    response = _login(client, order.user).post(_url("cancel", order), follow=True)
+    assert "Could not cancel the subscription" in response.content.decode()
+    order.refresh_from_db()
+    assert order.status == Order.Status.READY
 
 
 def test_cancel_needs_a_post(client: Client, order: Order) -> None:
