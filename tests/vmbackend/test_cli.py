@@ -1,9 +1,20 @@
 import json
+import os
 import socket
 import subprocess
 import sys
 
-from tests.vmbackend.daemon_helpers import ROOT
+import pytest
+
+from tests.vmbackend.daemon_helpers import (
+    ROOT,
+    Daemons,
+    basic_auth_status,
+    clean_broker,
+    qemu_pids,
+    wait_host,
+)
+from vmbackend.client import Client
 
 
 def _run(*args, env=None, timeout=60):
@@ -50,3 +61,46 @@ def test_image_commands_still_reach_the_image_tool():
     done = _run("image", "--help")
     assert done.returncode == 0
     assert "image" in done.stdout.lower()
+
+
+@pytest.fixture
+def daemons(tmp_path, amqp_url, tiny_images_root):
+    clean_broker(amqp_url)
+    pool = Daemons(tmp_path, amqp_url, tiny_images_root)
+    yield pool
+    pool.cleanup()
+
+
+@pytest.mark.vm
+def test_the_cli_drives_a_vm_from_create_to_delete(daemons, amqp_url):
+    daemon = daemons.start()
+    with Client(amqp_url) as client:
+        wait_host(client, daemon.host_id)
+    env = dict(os.environ, WARREN_AMQP_URL=amqp_url)
+
+    done = _run("create-vm", "--image", "tiny", "--memory-mb", "256", "--wait-ready", env=env,
+                timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    decoder = json.JSONDecoder()
+    reply, end = decoder.raw_decode(done.stdout)
+    ready, _ = decoder.raw_decode(done.stdout[end:].lstrip())
+    vm_id = reply["response"]["vm-id"]
+    assert ready["type"] == "instance.ready" and ready["instance_id"] == vm_id
+    assert basic_auth_status(ready["management_url"], reply["response"]["admin-username"],
+                             reply["response"]["admin-password"]) == 200
+
+    listed = json.loads(_run("list-vms", env=env).stdout)
+    assert [(vm["vm-id"], vm["status"]) for vm in listed] == [(vm_id, "ready")]
+
+    stopped = json.loads(_run("stop-vm", vm_id, "--kill", env=env).stdout)
+    assert stopped["response"] == {"vm-id": vm_id, "status": "stopped"}
+    assert qemu_pids(daemon.state_dir) == []
+
+    unknown = _run("--host", daemon.host_id, "start-vm", "no-such-vm", env=env)
+    assert unknown.returncode == 1
+    assert json.loads(unknown.stdout)["execution-info"]["reason"] == "unknown vm-id"
+
+    deleted = _run("delete-vm", vm_id, env=env)
+    assert deleted.returncode == 0
+    assert json.loads(deleted.stdout)["response"]["status"] == "deleted"
+    assert json.loads(_run("list-vms", env=env).stdout) == []

@@ -195,3 +195,21 @@ def test_the_create_queue_is_declared_with_the_shared_arguments(amqp_url):
         channel.queue_delete(topology.host_queue("args-check"))
     finally:
         conn.close()
+
+
+@pytest.mark.vm
+def test_heartbeats_keep_flowing_while_a_vm_boots(daemons, client, amqp_url):
+    """AMQP heartbeat of 1 s: if a boot blocked pika's I/O thread, the broker would drop the
+    connection (and host.heartbeat events would pause) during the boot."""
+    daemon = daemons.start(amqp_url=amqp_url + "?heartbeat=1")
+    wait_host(client, daemon.host_id)
+    _ok(client.call("create-vm", {"image": "tiny", "vm-id": "vm-hb-1", "memory-mb": 256}))
+    ready = client.wait_event("vm-hb-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
+    assert ready["type"] == "instance.ready"
+    accepted = events_for(client, "vm-hb-1", "instance.accepted")[0]
+    during = [e for e in client.events if e["type"] == "host.heartbeat"
+              and e["host_id"] == daemon.host_id
+              and accepted["occurred_at"] < e["occurred_at"] < ready["occurred_at"]]
+    assert during, "no host.heartbeat published while the VM booted"
+    assert "broker connection lost" not in daemon.log_text()
+    assert daemon.proc.poll() is None
