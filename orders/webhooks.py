@@ -252,6 +252,16 @@ def on_async_payment_failed(session: dict[str, Any]) -> _Outcome:
     return _Outcome(Result.PROCESSED, order, "payment failed, order cancelled")
 
 
+def on_checkout_session_expired(session: dict[str, Any]) -> _Outcome:
+    order = _session_order(session)
+    if order is None:
+        return _Outcome(Result.UNKNOWN_ORDER, None, f"session {_id_of(session.get('id'))}")
+    if order.status != Order.Status.PENDING_PAYMENT:
+        return _Outcome(Result.IGNORED, order, f"already {order.status}")
+    cancel_order_locked(order=order, reason="Checkout expired without payment")
+    return _Outcome(Result.PROCESSED, order, "checkout expired, order cancelled")
+
+
 def _invoice_subscription(invoice: dict[str, Any]) -> tuple[str, Any]:
     """(subscription id, order ref) of an invoice, in the old and the current API shape."""
     details = (invoice.get("parent") or {}).get("subscription_details") or {}
@@ -313,6 +323,7 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], _Outcome]] = {
     "checkout.session.completed": on_checkout_session_completed,
     "checkout.session.async_payment_succeeded": on_async_payment_succeeded,
     "checkout.session.async_payment_failed": on_async_payment_failed,
+    "checkout.session.expired": on_checkout_session_expired,
     "invoice.paid": on_invoice_paid,
     "invoice.payment_failed": on_invoice_payment_failed,
     "customer.subscription.deleted": on_subscription_deleted,

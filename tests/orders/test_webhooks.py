@@ -204,6 +204,26 @@ def test_a_failed_async_payment_cancels_the_order(order, post_webhook):
     assert not OutboxMessage.objects.exists()
 
 
+def test_an_expired_checkout_cancels_the_unpaid_order(order, post_webhook):
+    post_webhook(
+        stripe_event("checkout.session.expired", checkout_session(order, status="expired"))
+    )
+
+    order = _reload(order)
+    assert (order.status, order.cancel_reason) == (
+        Order.Status.CANCELLED,
+        "Checkout expired without payment",
+    )
+
+
+def test_an_expired_session_does_not_touch_a_paid_order(order, post_webhook):
+    post_webhook(_completed(order))
+
+    post_webhook(stripe_event("checkout.session.expired", checkout_session(order)))
+
+    assert _reload(order).status == Order.Status.PAID
+
+
 def test_invoice_paid_before_the_session_event_provisions_once(order, post_webhook):
     post_webhook(stripe_event("invoice.paid", invoice(order)))
     order = _reload(order)
