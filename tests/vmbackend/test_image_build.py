@@ -52,13 +52,14 @@ class FakeRecipe(Recipe):
             ctx.rootfs.mkdir(exist_ok=True)
             (ctx.rootfs / f"file{i}").write_text("x")
             (ctx.work / "vmlinuz").write_text(f"kernel from {self.source.read_text()}")
+            (ctx.work / ctx.disk_name).write_text(f"disk from {self.source.read_text()}")
             if i == self.fail_at:
                 raise self.exc("boom in the fake step")
 
         return run
 
     def manifest(self, ctx: Context) -> dict:
-        return {"kernel": "vmlinuz", "initrd": None, "disk": None, "append": "console=ttyS0",
+        return {"kernel": "vmlinuz", "initrd": None, "disk": ctx.disk_name, "append": "console=ttyS0",
                 "guest": {"kind": "tiny", "management_port": 15672}}  # fmt: skip
 
 
@@ -141,6 +142,21 @@ def test_a_cache_hit_does_no_work_and_force_or_a_changed_recipe_rebuilds(root: P
     assert recipe.calls == 9
     assert manifest.load(root, "fake").recipe_hash != built_at
     assert manifest.load(root, "fake").kernel.read_text() == "kernel from version 2"
+
+
+def test_a_rebuild_keeps_what_existing_vms_use(root: Path, source: Path):
+    build.build(root, FakeRecipe("fake", source), progress=quiet)
+    first = manifest.load(root, "fake")
+    (first.folder / "saved").mkdir()
+    (first.folder / "saved" / "meta.json").write_text("{}")
+    source.write_text("version 2")
+    build.build(root, FakeRecipe("fake", source), progress=quiet)
+    second = manifest.load(root, "fake")
+    assert second.disk != first.disk  # a new name: old overlays never see new content
+    assert second.disk.read_text() == "disk from version 2"
+    assert first.disk.read_text() == "disk from version 1"  # still there, same path
+    assert (second.folder / "saved" / "meta.json").is_file()
+    assert leftovers(root) == []
 
 
 def test_a_failing_step_leaves_no_image_and_no_temp_folder(root: Path, source: Path):

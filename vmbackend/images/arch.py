@@ -143,7 +143,7 @@ class ArchRecipe(Recipe):
         return {
             "kernel": "vmlinuz",
             "initrd": "initrd.img",
-            "disk": "disk.qcow2",
+            "disk": ctx.disk_name,
             "append": APPEND,
             "guest": {"kind": "rabbitmq", "management_port": 15672, "amqp_port": 5672},
             "saved_state": None,

@@ -62,11 +62,18 @@ class Context:
     final: Path  # where the image will live (for manifest validation only; do not write there)
     progress: Progress
     log_path: Path  # full output of commands (kept after a failure, outside the work folder)
+    recipe_hash: str = ""
     facts: dict[str, Any] = field(default_factory=dict)  # steps pass data to later steps
 
     @property
     def rootfs(self) -> Path:
         return self.work / "rootfs"
+
+    @property
+    def disk_name(self) -> str:
+        """The base disk's file name, unique per recipe: VMs' overlays name their backing file
+        by absolute path, so a rebuild must never put different content under an old name."""
+        return f"disk-{self.recipe_hash.removeprefix('sha256:')[:16]}.qcow2"
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,9 @@ def build(
         work.mkdir()
         log_path = images_root / f".{name}.build.log"
         log_path.write_text("")
-        ctx = Context(work=work, final=final, progress=progress, log_path=log_path)
+        ctx = Context(
+            work=work, final=final, progress=progress, log_path=log_path, recipe_hash=wanted
+        )
         try:
             steps = list(recipe.steps())
             for i, step in enumerate(steps, 1):
@@ -346,6 +355,8 @@ def _finish(ctx: Context, recipe: Recipe, name: str, wanted: str, progress: Prog
         if data.get(key) and not (ctx.work / data[key]).is_file():
             raise BuildError(f"recipe did not produce {data[key]}")
     manifest.write_json_atomic(ctx.work / manifest.MANIFEST, data)
+    if ctx.final.exists():
+        _carry_over(ctx.final, ctx.work, progress)
     old = ctx.final.with_name(f".{name}.old-{os.getpid()}")
     if ctx.final.exists():
         os.rename(ctx.final, old)
@@ -354,6 +365,21 @@ def _finish(ctx: Context, recipe: Recipe, name: str, wanted: str, progress: Prog
         remove_tree(old)
     size = sum(p.stat().st_blocks * 512 for p in ctx.final.rglob("*") if p.is_file())
     progress(f"image {name} ready in {ctx.final} ({size / 1e6:.0f} MB on disk)")
+
+
+def _carry_over(previous: Path, new: Path, progress: Progress) -> None:
+    """Keep what existing VMs may still depend on when an image is rebuilt: the previous base
+    disks (`disk-<hash>.qcow2`, backing files of VM overlays) and the saved state (its disk is
+    an overlay of the previous base disk; a saved state whose recipe no longer matches is not
+    used for new VMs). Remove retired disks by hand once no VM uses them."""
+    for disk in sorted(previous.glob("disk-*.qcow2")):
+        if not (new / disk.name).exists():
+            os.rename(disk, new / disk.name)
+            progress(f"kept the previous base disk {disk.name} for VMs that use it")
+    saved = previous / "saved"
+    if saved.is_dir() and not (new / "saved").exists():
+        os.rename(saved, new / "saved")
+        progress("kept the previous saved state (it will not match the new recipe)")
 
 
 def list_images(images_root: Path) -> list[dict[str, Any]]:

@@ -68,7 +68,7 @@ def tree_bytes(path: Path) -> int:
 
 
 def make_disk(ctx: Context, *, compress: bool) -> None:
-    """ctx.rootfs → ext4 (no partition table) in a sparse file → ctx.work/disk.qcow2."""
+    """ctx.rootfs → ext4 (no partition table) in a sparse file → ctx.work/<ctx.disk_name>."""
     used = tree_bytes(ctx.rootfs)
     ctx.facts["rootfs_bytes"] = used
     size = -(-(int(used * 1.1) + HEADROOM_BYTES) // (256 * MIB)) * 256 * MIB  # up to 256 MiB
@@ -81,13 +81,13 @@ def make_disk(ctx: Context, *, compress: bool) -> None:
         ["mkfs.ext4", "-q", "-F", "-L", "warren-root", "-m", "1", "-d", str(ctx.rootfs), str(raw)],
         ctx,
     )
-    qcow = ctx.work / "disk.qcow2"
+    qcow = ctx.work / ctx.disk_name
     cmd = ["qemu-img", "convert", "-O", "qcow2"]
     if compress:
         cmd += ["-c", "-o", "compression_type=zstd"]
     run([*cmd, str(raw), str(qcow)], ctx)
     raw.unlink()
-    ctx.progress(f"  disk.qcow2 {qcow.stat().st_size / 1e6:.0f} MB")
+    ctx.progress(f"  {qcow.name} {qcow.stat().st_size / 1e6:.0f} MB")
 
 
 def kernel_version(root: Path) -> str:
