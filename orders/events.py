@@ -227,7 +227,7 @@ def _on_accepted(order: Order, instance: Instance, event: dict[str, Any]) -> str
 
 
 def _on_progress(order: Order, instance: Instance, event: dict[str, Any]) -> str:
-    if instance.status == I.REQUESTED:
+    if instance.status in (I.REQUESTED, I.LOST):
         instance.move_to(I.BOOTING, stage=event["stage"])
     elif instance.status == I.BOOTING:
         Instance.objects.filter(pk=instance.pk).update(
@@ -236,7 +236,7 @@ def _on_progress(order: Order, instance: Instance, event: dict[str, Any]) -> str
         instance.stage = event["stage"]
     else:
         return "ignored"
-    _order_to(order, O.PROVISIONING, sources=(O.PAID,))
+    _order_to(order, O.PROVISIONING, sources=(O.PAID, O.FAILED))
     return "applied"
 
 
@@ -245,7 +245,14 @@ def _on_ready(order: Order, instance: Instance, event: dict[str, Any]) -> str:
         # The VM finished booting after the order was cancelled: delete it (again).
         resend_deletion(instance=instance)
         return "deletion_resent"
-    if instance.status not in (I.REQUESTED, I.BOOTING):
+    if instance.status == I.READY:
+        # Ready again after a stop/start on its host: the forwarded ports may have changed.
+        fields = {"management_url": event["management_url"], "amqp_url": event["amqp_url"]}
+        Instance.objects.filter(pk=instance.pk).update(**fields, updated_at=timezone.now())
+        for name, value in fields.items():
+            setattr(instance, name, value)
+        return "applied"
+    if instance.status not in (I.REQUESTED, I.BOOTING, I.LOST):
         return "ignored"
     instance.move_to(
         I.READY,
@@ -255,7 +262,8 @@ def _on_ready(order: Order, instance: Instance, event: dict[str, Any]) -> str:
         failure_reason="",
         ready_at=timezone.now(),
     )
-    _order_to(order, O.READY, sources=(O.PAID, O.PROVISIONING))  # past_due stays past_due
+    # past_due stays past_due; failed only happens here for a lost VM its host revived.
+    _order_to(order, O.READY, sources=(O.PAID, O.PROVISIONING, O.FAILED))
     log.info("event=instance_ready order_id=%s instance_id=%s", order.public_id, instance.public_id)
     return "applied"
 
@@ -307,7 +315,11 @@ def _on_lost(order: Order, instance: Instance, event: dict[str, Any]) -> str:
 
 
 def _on_power(order: Order, instance: Instance, event: dict[str, Any]) -> str:
-    return "applied"  # stopped / started: recorded by seq; the shop does not show power state
+    if event["type"] == "instance.started" and instance.status == I.LOST:
+        # The host boots a lost VM again from its disk (an operator's start-vm).
+        instance.move_to(I.BOOTING, stage=Instance.Stage.VM_STARTING, failure_reason="")
+        _order_to(order, O.PROVISIONING, sources=(O.FAILED,))
+    return "applied"  # otherwise recorded by seq only: the shop does not show power state
 
 
 APPLY: dict[str, Callable[[Order, Instance, dict[str, Any]], str]] = {

@@ -96,8 +96,9 @@ class Order(_StateMachine):
         S.READY: frozenset({S.PAST_DUE, S.FAILED, S.DELETING}),
         # invoice.paid after a failed renewal brings the order back to where its VM is.
         S.PAST_DUE: frozenset({S.PAID, S.PROVISIONING, S.READY, S.FAILED, S.DELETING}),
-        # A failed order has no VM (the host cleaned it up): staff retry -> paid, or cancel.
-        S.FAILED: frozenset({S.PAID, S.CANCELLED, S.DELETING}),
+        # A failed order: staff retry -> paid, or cancel. A *lost* VM that its host boots again
+        # (start-vm) brings the order back -> provisioning / ready.
+        S.FAILED: frozenset({S.PAID, S.PROVISIONING, S.READY, S.CANCELLED, S.DELETING}),
         S.CANCELLED: frozenset(),
         S.DELETING: frozenset({S.DELETED}),
         S.DELETED: frozenset(),
@@ -194,7 +195,8 @@ class Instance(_StateMachine):
         S.READY: frozenset({S.FAILED, S.DELETING, S.LOST}),
         # Staff retry: a fresh vm-id is requested (see orders/provisioning.py).
         S.FAILED: frozenset({S.REQUESTED, S.DELETING}),
-        S.LOST: frozenset({S.REQUESTED, S.DELETING}),
+        # Lost = its QEMU died; the host keeps the disk and may boot it again (start-vm).
+        S.LOST: frozenset({S.REQUESTED, S.BOOTING, S.READY, S.DELETING}),
         S.DELETING: frozenset({S.DELETED}),
         S.DELETED: frozenset(),
     }

@@ -327,3 +327,45 @@ def test_the_command_drains_the_queue(instance, amqp, orders_amqp_url):
     call_command("consume_events", "--once", "--url", orders_amqp_url)
 
     assert _fresh(instance).status == Instance.Status.BOOTING
+
+
+def test_a_lost_vm_booted_again_by_its_host_makes_the_order_ready_again(instance):
+    handle_message(json.dumps(_ready(instance, 1)).encode())
+    handle_message(json.dumps(_event(instance, "instance.lost", 2, reason="qemu died")).encode())
+    assert _fresh(instance).order.status == Order.Status.FAILED
+
+    handle_message(json.dumps(_event(instance, "instance.started", 3)).encode())
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (
+        Instance.Status.BOOTING,
+        Order.Status.PROVISIONING,
+    )
+
+    handle_message(json.dumps(_ready(instance, 4)).encode())
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (Instance.Status.READY, Order.Status.READY)
+    assert fresh.failure_reason == ""
+
+
+def test_ready_again_after_a_restart_updates_the_urls(instance):
+    handle_message(json.dumps(_ready(instance, 1)).encode())
+    again = {**_ready(instance, 4), "management_url": "http://127.0.0.1:20011/"}
+
+    assert handle_message(json.dumps(again).encode()) == "applied"
+
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.management_url) == (
+        Instance.Status.READY,
+        "http://127.0.0.1:20011/",
+    )
+
+
+def test_a_failed_vm_never_comes_back_by_itself(instance):
+    handle_message(
+        json.dumps(_event(instance, "instance.failed", 1, reason="boot timeout")).encode()
+    )
+
+    assert handle_message(json.dumps(_ready(instance, 2)).encode()) == "ignored"
+
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (Instance.Status.FAILED, Order.Status.FAILED)
