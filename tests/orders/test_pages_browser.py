@@ -9,6 +9,7 @@ the real VM is the end-to-end test's job. Screenshots go to $WARREN_SCREENSHOTS 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -37,30 +38,41 @@ PASSWORD = "Tr0ub4dor-and-3-more-words"
 ADMIN_PASSWORD = "vm-admin-secret-3f9a"
 
 
-@pytest.fixture
-def browser_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BrowserContext]:
+def _chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, javascript: bool) -> Iterator[Page]:
     # Playwright's sync API keeps an asyncio loop in this thread; the test's own ORM calls are
     # still plain synchronous ones.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
+        context: BrowserContext = pw.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),  # a fresh profile per test
             executable_path=CHROMIUM,
             headless=True,
             args=CHROMIUM_ARGS,
             viewport={"width": 1200, "height": 900},
+            java_script_enabled=javascript,
         )
         try:
-            yield context
+            page = context.pages[0] if context.pages else context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            expect.set_options(timeout=WAIT_MS)
+            yield page
         finally:
             context.close()
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
-def page(browser_context: BrowserContext) -> Page:
-    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    return page
+def page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
+    yield from _chromium(tmp_path, monkeypatch, javascript=True)
+
+
+@pytest.fixture
+def page_without_js(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
+    yield from _chromium(tmp_path, monkeypatch, javascript=False)
 
 
 def _shot(page: Page, name: str) -> None:
@@ -217,3 +229,34 @@ def test_a_failure_shows_up_with_its_reason_without_reload(
     expect(state.locator(".badge")).to_have_text("Provisioning failed")
     assert page.evaluate("window.__noReload") == 1
     _shot(page, "12-order-failed")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_without_javascript_the_page_refreshes_and_the_password_is_a_form_post(
+    live_server, page_without_js: Page, django_user_model
+) -> None:
+    page = page_without_js
+    seed_plans()
+    user = django_user_model.objects.create_user("frank", "frank@example.com", PASSWORD)
+    order = Order.objects.create(
+        user=user, plan=Plan.objects.get(slug="warren"), status=Order.Status.PAID,
+        paid_at=timezone.now(),
+    )
+    Instance.objects.create(order=order, admin_username="warren-f1", admin_password=ADMIN_PASSWORD)
+    page.goto(f"{live_server.url}/accounts/login/?next=/orders/{order.public_id}/")
+    page.fill("#id_username", "frank")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator("#order-state .badge")).to_have_text("Paid, VM requested")
+
+    _simulate(order, Order.Status.READY, status=Instance.Status.READY,
+              management_url="http://127.0.0.1:15998/", amqp_url="amqp://warren-f1@127.0.0.1:5998/")
+    # The <noscript> meta refresh (5 s) reloads the page.
+    expect(page.locator("#management-url")).to_have_attribute("href", "http://127.0.0.1:15998/")
+    assert ADMIN_PASSWORD not in page.content()
+
+    page.click("text=Show password")
+    expect(page.locator("#admin-password")).to_have_text(ADMIN_PASSWORD)
+    assert page.url.endswith(f"/orders/{order.public_id}/credentials/")
+    _shot(page, "13-credentials-without-js")
