@@ -130,7 +130,7 @@ def apply_heartbeat(event: dict[str, Any], *, now: datetime) -> str:
         "capacity": event.get("capacity", 0),
         "running": event.get("running", 0),
         "free_slots": event.get("free_slots", 0),
-        "version": str(event.get("version", ""))[:50],
+        "version": str(event.get("daemon_version") or "")[:50],
         "silent_since": None,
     }
     # Race: two consumers may see the first heartbeat of a new host at once; the unique host_id

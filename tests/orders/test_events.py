@@ -302,12 +302,14 @@ def test_heartbeats_record_hosts_and_silent_hosts_are_marked(
         "capacity": 2,
         "running": 1,
         "free_slots": 1,
+        "daemon_version": "0.3",
     }
     _publish(amqp, beat, _ready(instance, 1))
     _consume(orders_amqp_url)
 
     host = Host.objects.get(host_id="host-a")
     assert (host.capacity, host.running, host.free_slots, host.silent_since) == (2, 1, 1, None)
+    assert host.version == "0.3"
     assert mark_silent_hosts(timezone.now()) == []
 
     later = host.last_heartbeat_at + timedelta(seconds=91)
