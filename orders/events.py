@@ -26,7 +26,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from orders import broker
 from orders.models import Host, Instance, Order
-from orders.provisioning import delete_vm_body, enqueue, resend_deletion
+from orders.provisioning import delete_vm_body, enqueue, forget_credentials, resend_deletion
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,7 @@ def _on_failed(order: Order, instance: Instance, event: dict[str, Any]) -> str:
     if instance.status == I.DELETING:
         # The host gave up on a VM we were deleting anyway, and cleaned it up.
         instance.move_to(I.DELETED, failure_reason=reason)
+        forget_credentials(instance=instance)
         _order_to(order, O.DELETED, sources=(O.DELETING,))
         return "applied"
     if instance.status not in (I.REQUESTED, I.BOOTING, I.READY):
@@ -291,6 +292,7 @@ def _on_failed(order: Order, instance: Instance, event: dict[str, Any]) -> str:
 def _on_deleted(order: Order, instance: Instance, event: dict[str, Any]) -> str:
     if instance.status == I.DELETING:
         instance.move_to(I.DELETED)
+        forget_credentials(instance=instance)
         _order_to(order, O.DELETED, sources=(O.DELETING,))
         return "applied"
     if instance.status in (I.REQUESTED, I.BOOTING, I.READY):

@@ -228,6 +228,18 @@ def retry_provisioning(*, instance: Instance) -> Instance:
     return locked
 
 
+def forget_credentials(*, instance: Instance) -> None:
+    """The VM is gone: drop its admin password from the instance and from the sent create-vm rows,
+    so the secret does not outlive the server it opened."""
+    Instance.objects.filter(pk=instance.pk).update(admin_password="")
+    instance.admin_password = ""
+    for row in instance.outbox_messages.filter(routing_key="create-vm", sent_at__isnull=False):
+        admin = (row.body.get("options") or {}).get("admin")
+        if isinstance(admin, dict) and admin.get("password"):
+            admin["password"] = ""
+            row.save(update_fields=["body"])
+
+
 def order_status_for(instance: Instance) -> str:
     """The order status that matches where the instance is (used when past_due is paid)."""
     return {

@@ -57,6 +57,14 @@ class _Outcome:
 
 def _verify(payload: bytes, signature: str) -> dict[str, Any]:
     try:
+        return _construct(payload, signature)
+    except WebhookError as exc:
+        log.warning("event=stripe_webhook_rejected reason=%r size=%s", str(exc), len(payload))
+        raise
+
+
+def _construct(payload: bytes, signature: str) -> dict[str, Any]:
+    try:
         event = stripe.Webhook.construct_event(
             payload,
             signature,

@@ -237,6 +237,7 @@ def test_ready_after_cancellation_deletes_the_vm_again(instance, amqp, orders_am
 
 
 def test_deleted_finishes_a_cancellation(instance, amqp, orders_amqp_url):
+    OutboxMessage.objects.update(sent_at=timezone.now())  # the relay sent the create-vm
     _publish(amqp, _ready(instance, 1))
     _consume(orders_amqp_url)
     cancel_order(order=instance.order, reason="done")
@@ -246,6 +247,12 @@ def test_deleted_finishes_a_cancellation(instance, amqp, orders_amqp_url):
 
     fresh = _fresh(instance)
     assert (fresh.status, fresh.order.status) == (Instance.Status.DELETED, Order.Status.DELETED)
+    # The password does not outlive the VM: gone from the instance and the sent create-vm row.
+    assert fresh.admin_password == ""
+    assert OutboxMessage.objects.get(routing_key="create-vm").body["options"]["admin"] == {
+        "username": instance.admin_username,
+        "password": "",
+    }
 
 
 def test_a_lost_vm_fails_the_order_and_staff_retry_under_a_new_vm_id(

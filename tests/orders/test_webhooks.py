@@ -72,6 +72,15 @@ def test_it_rejects_a_bad_signature(order, post_webhook):
     assert not OutboxMessage.objects.exists()
 
 
+def test_a_rejection_is_logged_without_the_payload(order, post_webhook, caplog):
+    caplog.set_level("WARNING")
+
+    post_webhook(_completed(order), secret="whsec_someone_else")
+
+    assert "event=stripe_webhook_rejected" in caplog.text
+    assert str(order.public_id) not in caplog.text
+
+
 def test_it_rejects_a_missing_signature(order, client):
     from django.urls import reverse
 
