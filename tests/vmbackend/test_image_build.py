@@ -149,6 +149,7 @@ def test_a_rebuild_keeps_what_existing_vms_use(root: Path, source: Path):
     first = manifest.load(root, "fake")
     (first.folder / "saved").mkdir()
     (first.folder / "saved" / "meta.json").write_text("{}")
+    (first.folder / "disk.qcow2").write_text("an image from before disks had per-recipe names")
     source.write_text("version 2")
     build.build(root, FakeRecipe("fake", source), progress=quiet)
     second = manifest.load(root, "fake")
@@ -156,6 +157,7 @@ def test_a_rebuild_keeps_what_existing_vms_use(root: Path, source: Path):
     assert second.disk.read_text() == "disk from version 2"
     assert first.disk.read_text() == "disk from version 1"  # still there, same path
     assert (second.folder / "saved" / "meta.json").is_file()
+    assert (second.folder / "disk.qcow2").is_file()
     assert leftovers(root) == []
 
 

@@ -369,10 +369,10 @@ def _finish(ctx: Context, recipe: Recipe, name: str, wanted: str, progress: Prog
 
 def _carry_over(previous: Path, new: Path, progress: Progress) -> None:
     """Keep what existing VMs may still depend on when an image is rebuilt: the previous base
-    disks (`disk-<hash>.qcow2`, backing files of VM overlays) and the saved state (its disk is
+    disks (`disk-<hash>.qcow2`, earlier `disk.qcow2`; backing files of VM overlays) and the saved state (its disk is
     an overlay of the previous base disk; a saved state whose recipe no longer matches is not
     used for new VMs). Remove retired disks by hand once no VM uses them."""
-    for disk in sorted(previous.glob("disk-*.qcow2")):
+    for disk in sorted(previous.glob("disk*.qcow2")):  # also the older fixed name disk.qcow2
         if not (new / disk.name).exists():
             os.rename(disk, new / disk.name)
             progress(f"kept the previous base disk {disk.name} for VMs that use it")
