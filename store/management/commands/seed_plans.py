@@ -1,4 +1,4 @@
-"""Create (or bring up to date) the demo plans. Safe to run any number of times."""
+"""Create the demo plans. Safe to run any number of times."""
 
 from typing import Any
 
@@ -44,23 +44,23 @@ DEMO_PLANS: list[dict[str, Any]] = [
 
 
 def seed_plans() -> tuple[int, int]:
-    """Create missing demo plans and reset the sizes of existing ones; returns (created, updated).
+    """Create the demo plans that are missing; returns (created, already there).
 
-    Staff-edited fields that are not part of the demo definition (Stripe price id, active flag)
-    are left alone, so re-running this after setting up Stripe changes nothing they chose.
+    A plan that exists (same slug) is left exactly as it is: `make run` calls this on every
+    start, and staff may have changed prices, limits or the Stripe price id since.
     """
-    created = updated = 0
+    created = existing = 0
     for spec in DEMO_PLANS:
         defaults = {k: v for k, v in spec.items() if k != "slug"}
-        _, was_created = Plan.objects.update_or_create(slug=spec["slug"], defaults=defaults)
+        _, was_created = Plan.objects.get_or_create(slug=spec["slug"], defaults=defaults)
         created += was_created
-        updated += not was_created
-    return created, updated
+        existing += not was_created
+    return created, existing
 
 
 class Command(BaseCommand):
-    help = "Create the demo plans (Bunny, Hare, Warren); existing ones are updated, never duplicated."
+    help = "Create the demo plans (Bunny, Hare, Warren) that do not exist yet; never changes existing ones."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        created, updated = seed_plans()
-        self.stdout.write(f"demo plans: {created} created, {updated} updated")
+        created, existing = seed_plans()
+        self.stdout.write(f"demo plans: {created} created, {existing} already there")
