@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=500, help="requests per scenario")
     parser.add_argument("--database-url", default="", help="default: a temporary SQLite file")
+    parser.add_argument("--sqlite-wal", action="store_true", help="SQLite in WAL journal mode")
     return parser.parse_args()
 
 
@@ -108,6 +109,11 @@ def main() -> None:
     warnings.simplefilter("ignore")  # whitenoise: no collected static files in a bench run
     with tempfile.TemporaryDirectory() as tmp:
         setup_django(args.database_url or f"sqlite:///{Path(tmp) / 'bench.sqlite3'}")
+        if args.sqlite_wal:
+            from django.db import connection
+
+            with connection.cursor() as cursor:  # persistent: stored in the database file
+                cursor.execute("PRAGMA journal_mode=WAL")
         run(args.n)
 
 
@@ -183,7 +189,13 @@ def run(n: int) -> None:
     results = {name: measure(name, build(), client) for name, build in scenarios}
     assert OutboxMessage.objects.count() == n, "every paid order has exactly one create-vm row"
 
-    print(f"database: {connection.vendor}, requests per scenario: {n}, sequential, in-process WSGI")
+    journal = ""
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            journal = f" (journal_mode={cursor.execute('PRAGMA journal_mode').fetchone()[0]})"
+    print(
+        f"database: {connection.vendor}{journal}, requests per scenario: {n}, sequential, in-process WSGI"
+    )
     print(f"{'scenario':<10} {'req/s':>9} {'median ms':>10} {'p95 ms':>8} {'x empty (median)':>17}")
     base = results["empty"]["median_ms"]
     for name, r in results.items():
