@@ -5,8 +5,10 @@ and the images in WARREN_IMAGE_DIR (default ~/.cache/warren/images; build the ti
 `python -m vmbackend image build tiny`). For each of N sequential create-vm requests it measures
 
   total    = publish of create-vm -> instance.ready received by the client
-  guest    = the ready event's `seconds` (from QEMU launched to management API answering)
-  overhead = total - guest   (accepting, recording, launching QEMU, events: the daemon's part)
+  guest    = the ready event's `seconds` (from the QEMU launch starting to the management API
+             answering: overlay, QEMU start, guest boot)
+  overhead = total - guest   (validating, recording durably, replying, acking, events:
+             the daemon's own part)
 
 and prints medians, plus the RSS of each QEMU process and of the daemon.
 
@@ -118,7 +120,7 @@ def main() -> int:
         return 1
     print(f"image={args.image} runs={len(totals)} memory_mb={args.memory_mb}")
     print(f"median total (publish -> ready event)   {statistics.median(totals):.2f} s")
-    print(f"median guest (QEMU launched -> ready)     {statistics.median(guests):.2f} s")
+    print(f"median guest (QEMU launch -> ready)       {statistics.median(guests):.2f} s")
     print(f"median daemon overhead (total - guest)    {statistics.median(overheads):.3f} s")
     print(f"median QEMU RSS per VM                    {statistics.median(qemu_rss) / 1024:.0f} MiB")
     print(f"daemon RSS                                {daemon_rss / 1024:.0f} MiB")

@@ -525,9 +525,10 @@ class Daemon:
             network.create_tap(record.tap, self.cfg.bridge)
         machine = Machine(spec_for(self.cfg, record), self.store.vm_dir(record.vm_id),
                           self.cfg.image_dir, accel=self.cfg.accel)
+        started = time.time()
         boot = machine.start()
         self.report(record, "instance.started", {}, status=BOOTING, stage="vm_starting",
-                    boot=boot, boot_started_at=time.time())
+                    boot=boot, boot_started_at=started)
         provision = Provision(self.cfg, self.store, record, self.report, machine=machine)
         addresses = provision.wait_guest()
         provision.wait_rabbitmq(addresses)

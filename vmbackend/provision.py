@@ -109,6 +109,8 @@ class Provision:
     # -- steps
     def launch(self) -> None:
         self._check_cancel()
+        if not self.record.boot_started_at:  # the boot deadline and `seconds` count from here
+            self.report(self.record, None, {}, boot_started_at=time.time())
         self._stage("vm_starting")
         if self.record.network == "bridge":
             network.create_tap(self.record.tap, self.cfg.bridge)
@@ -116,8 +118,7 @@ class Provision:
                           self.cfg.image_dir, accel=self.cfg.accel)
         self.machine = machine
         boot = machine.launch()
-        self.report(self.record, None, {}, status=BOOTING, boot=boot,
-                    boot_started_at=self.record.boot_started_at or time.time())
+        self.report(self.record, None, {}, status=BOOTING, boot=boot)
         log.info("vm launched host_id=%s vm_id=%s boot=%s pid=%s", self.cfg.host_id,
                  self.record.vm_id, boot, machine.pid)
 
