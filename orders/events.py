@@ -204,8 +204,6 @@ def _from_other_host(order: Order, instance: Instance, event: dict[str, Any]) ->
         old_host,
         instance.host_id,
     )
-    if instance.status == I.LOST:
-        return "other_host"  # a lost instance stays with staff: they retry or cancel
     return _on_ready(order, instance, event)
 
 

@@ -378,3 +378,14 @@ def test_a_failed_vm_never_comes_back_by_itself(instance):
 
     fresh = _fresh(instance)
     assert (fresh.status, fresh.order.status) == (Instance.Status.FAILED, Order.Status.FAILED)
+
+
+def test_a_ready_vm_on_a_second_host_replaces_a_lost_one(instance):
+    handle_message(json.dumps(_ready(instance, 1, host="host-a")).encode())
+    handle_message(json.dumps(_event(instance, "instance.lost", 2, host="host-a")).encode())
+
+    assert handle_message(json.dumps(_ready(instance, 1, host="host-b")).encode()) == "applied"
+
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.host_id, fresh.order.status) == ("ready", "host-b", "ready")
+    assert OutboxMessage.objects.filter(routing_key="host.host-a").count() == 1
