@@ -87,6 +87,18 @@ def test_two_restored_vms_differ(saved_root, machine_factory):
     assert a.guest_exec("/bin/hostname")[1] != b.guest_exec("/bin/hostname")[1]
     assert http_request("GET", f"{a.management_url()}api/overview", b.spec.admin_user,
                         b.spec.admin_password)[0] == 401
+    assert _cookie(a) != _cookie(b)
+
+
+def _cookie(m):
+    """The fresh cookie personalize() sent (the rotation runs in the background)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        code, out = m.guest_exec("/bin/cat", ["/run/warren/erlang_cookie"])
+        if code == 0 and len(out) == 32:
+            return out
+        time.sleep(0.5)
+    raise AssertionError("no cookie was written")
 
 
 @pytest.mark.vm
