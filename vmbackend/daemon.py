@@ -479,6 +479,8 @@ class Daemon:
 
             self._from_worker(finish)
 
+        log.info("command started host_id=%s vm_id=%s command=%s", self.cfg.host_id, cmd.vm_id,
+                 cmd.command)
         threading.Thread(target=work, name=f"{cmd.command}-{cmd.vm_id}", daemon=True).start()
 
     def run_command(self, cmd: VMCommand) -> dict[str, Any]:
@@ -489,6 +491,11 @@ class Daemon:
             self.delete(record)
             return {"vm-id": record.vm_id, "status": "deleted"}
         if record.status in (ACCEPTED, BOOTING):
+            with self.lock:
+                boot = self.boots.get(record.vm_id)
+            if cmd.command == "start-vm" and boot is not None:
+                boot[1].join(timeout=self.cfg.boot_deadline)  # starting a booting VM: its outcome
+                return {"vm-id": record.vm_id, "status": record.status}
             raise Rejected(f"vm-id {record.vm_id} is still booting (delete-vm cancels a boot)")
         if record.status == FAILED:
             raise Rejected(f"vm-id {record.vm_id} failed; only delete-vm applies")
@@ -519,16 +526,23 @@ class Daemon:
     def start(self, record: VMRecord) -> None:
         """Boot a stopped (or lost) VM from its disk and wait until it is ready again."""
         machine = self._machine(record)
-        if machine is not None and machine.is_running() and record.status == READY:
-            return
-        if record.network == "bridge":
-            network.create_tap(record.tap, self.cfg.bridge)
-        machine = Machine(spec_for(self.cfg, record), self.store.vm_dir(record.vm_id),
-                          self.cfg.image_dir, accel=self.cfg.accel)
-        started = time.time()
-        boot = machine.start()
-        self.report(record, "instance.started", {}, status=BOOTING, stage="vm_starting",
-                    boot=boot, boot_started_at=started)
+        if machine is not None and machine.is_running():
+            if record.status == READY:
+                return
+            # QEMU already runs: a start cut short by a daemon stop. Wait for it, never a
+            # second QEMU on the same disk.
+            if record.status != BOOTING:
+                self.report(record, "instance.started", {}, status=BOOTING, stage="vm_starting",
+                            boot_started_at=time.time())
+        else:
+            if record.network == "bridge":
+                network.create_tap(record.tap, self.cfg.bridge)
+            machine = Machine(spec_for(self.cfg, record), self.store.vm_dir(record.vm_id),
+                              self.cfg.image_dir, accel=self.cfg.accel)
+            started = time.time()
+            boot = machine.start()
+            self.report(record, "instance.started", {}, status=BOOTING, stage="vm_starting",
+                        boot=boot, boot_started_at=started)
         provision = Provision(self.cfg, self.store, record, self.report, machine=machine)
         addresses = provision.wait_guest()
         provision.wait_rabbitmq(addresses)

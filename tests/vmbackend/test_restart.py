@@ -114,3 +114,31 @@ def test_a_vm_whose_qemu_dies_under_a_running_daemon_is_reported_lost(daemons, c
         os.kill(pid, signal.SIGKILL)
     lost = client.wait_event("vm-lost-2", ("instance.lost",), 60)
     assert lost["reason"] == "QEMU process exited"
+
+
+@pytest.mark.vm
+def test_sigterm_hands_an_in_flight_command_back_and_the_next_daemon_finishes_it(daemons, client):
+    first = daemons.start(host_id="t-inflight")
+    wait_host(client, first.host_id)
+    client.call("create-vm", {"image": "tiny", "vm-id": "vm-flight-1", "memory-mb": 256,
+                              "admin": ADMIN})
+    ready = client.wait_event("vm-flight-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
+    assert ready["type"] == "instance.ready"
+    stopped = client.call("stop-vm", {"vm-id": "vm-flight-1", "kill": True}, timeout=60)
+    assert stopped["response"]["status"] == "stopped"
+
+    pending = client.send("start-vm", {"vm-id": "vm-flight-1"})
+    for _ in range(300):
+        if "command=start-vm" in first.log_text():
+            break
+        client.pump(0.1)
+    first.signal(signal.SIGTERM)
+    assert first.wait(60) == 0
+    assert not client.replies.get(pending)  # not answered: handed back unacked
+
+    second = daemons.start(host_id="t-inflight")
+    reply = client.wait_reply(pending, READY_TIMEOUT)
+    assert reply["execution-info"]["status"] == "success", reply
+    assert reply["response"]["status"] == "ready"
+    assert len(qemu_pids(second.state_dir)) == 1
+    assert basic_auth_status(ready["management_url"], ADMIN["username"], ADMIN["password"]) == 200
