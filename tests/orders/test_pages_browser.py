@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
@@ -57,7 +58,13 @@ def _chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, javascript: bo
             expect.set_options(timeout=WAIT_MS)
             yield page
         finally:
+            # Leave the shop first: no poll or refresh may still be running in the live server
+            # when the test database is torn down.
             context.close()
+            # Inside Playwright's sync API the test's ORM calls run in a context of their own
+            # with their own database connection: close it here, or PostgreSQL refuses to drop
+            # the test database at the end of the session ("being accessed by other users").
+            connections.close_all()
 
 
 @pytest.fixture(autouse=True)
