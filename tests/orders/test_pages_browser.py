@@ -9,30 +9,19 @@ the real VM is the end-to-end test's job. Screenshots go to $WARREN_SCREENSHOTS 
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.db import connections
 from django.utils import timezone
-from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from orders.models import Instance, Order
 from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
+from tests.browser import chromium
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(os.environ.get("WARREN_SCREENSHOTS", "/tmp"))
 WAIT_MS = 20_000  # the page polls every 2 s; generous for a loaded CI machine
 PASSWORD = "Tr0ub4dor-and-3-more-words"
@@ -43,15 +32,7 @@ def _chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, javascript: bo
     # Playwright's sync API keeps an asyncio loop in this thread; the test's own ORM calls are
     # still plain synchronous ones.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as pw:
-        context: BrowserContext = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),  # a fresh profile per test
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1200, "height": 900},
-            java_script_enabled=javascript,
-        )
+    with chromium(tmp_path / "chromium-profile", javascript=javascript) as context:
         try:
             page = context.pages[0] if context.pages else context.new_page()
             page.set_default_timeout(WAIT_MS)
@@ -65,11 +46,6 @@ def _chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, javascript: bo
             # with their own database connection: close it here, or PostgreSQL refuses to drop
             # the test database at the end of the session ("being accessed by other users").
             connections.close_all()
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

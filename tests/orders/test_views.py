@@ -33,12 +33,6 @@ PASSWORD = "s3cret-Admin-Pa55word-xyz"
 # -- personas and orders --------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: Any) -> None:
-    """PBKDF2's real cost makes every create_user take a noticeable fraction of a second."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def _user(name: str, **extra: Any) -> AbstractUser:
     return get_user_model().objects.create_user(name, f"{name}@example.com", "pw-123456789", **extra)
 
