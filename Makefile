@@ -31,12 +31,12 @@ images: setup
 run: setup
 	$(PY) -m warren run
 
-# Fast tier: no real RabbitMQ image boots (the tiny test image boots in seconds). Under 5 minutes.
+# Fast tier: no VM boots at all (unit, database, broker and browser tests). Run it after every change.
 test-fast: setup
-	$(PY) -m vmbackend image build tiny
-	$(PYTEST) -m "not slow" -x -q
+	$(PYTEST) -m "not slow and not vm" -q
 
-# Everything CI runs: fast tier on SQLite and PostgreSQL, then the slow tier (real RabbitMQ VMs).
+# Everything CI runs: fast tier and the tiny-image VM tests on SQLite, the database tests again on
+# PostgreSQL, then the slow tier (real RabbitMQ VMs).
 test: images
 	$(PYTEST) -m "not slow" -q
 	DATABASE_URL=$(PG_URL) $(PYTEST) -m "not slow and not vm and not browser" -q tests/store tests/orders tests/accounts
