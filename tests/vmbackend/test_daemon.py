@@ -213,3 +213,40 @@ def test_heartbeats_keep_flowing_while_a_vm_boots(daemons, client, amqp_url):
     assert during, "no host.heartbeat published while the VM booted"
     assert "broker connection lost" not in daemon.log_text()
     assert daemon.proc.poll() is None
+
+
+@pytest.fixture
+def real_image_daemons(tmp_path, amqp_url):
+    from vmbackend.images import manifest
+
+    root = manifest.default_images_root()
+    manifest.load(root, "rabbitmq")  # `make images` builds it; a missing image is an error here
+    clean_broker(amqp_url)
+    pool = Daemons(tmp_path, amqp_url, root)
+    yield pool
+    pool.cleanup()
+
+
+@pytest.mark.slow
+def test_the_real_rabbitmq_image_ends_ready_with_working_management_and_amqp_urls(
+        real_image_daemons, client):
+    daemon = real_image_daemons.start(extra_env={"WARREN_BOOT_DEADLINE": "900"})
+    wait_host(client, daemon.host_id)
+    created = _ok(client.call("create-vm", {"image": "rabbitmq", "vm-id": "vm-real-1",
+                                            "memory-mb": 512}))
+    password = created["admin-password"]
+    ready = client.wait_event("vm-real-1", ("instance.ready", "instance.failed"), 900)
+    assert ready["type"] == "instance.ready", ready
+    assert ready["boot"] in ("cold", "restore")
+    user = ready["admin_username"]
+    assert basic_auth_status(ready["management_url"], user, password) == 200
+    assert basic_auth_status(ready["management_url"], "guest", "guest") == 401
+    # The AMQP URL (plus the password the requester holds) opens a real AMQP connection.
+    amqp = ready["amqp_url"].replace(f"amqp://{user}@", f"amqp://{user}:{password}@") + "%2F"
+    conn = pika.BlockingConnection(pika.URLParameters(amqp))
+    try:
+        conn.channel().queue_declare("", exclusive=True)
+    finally:
+        conn.close()
+    assert _ok(client.call("delete-vm", {"vm-id": "vm-real-1"}, timeout=120))["status"] == "deleted"
+    assert qemu_pids(daemon.state_dir) == []
