@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", default="")
     parser.add_argument("--images-root", type=Path, default=manifest.default_images_root())
     parser.add_argument("--vcpus", type=int, default=1)
+    parser.add_argument("--modes", default="cold,restore", help="cold, restore or both")
     args = parser.parse_args(argv)
     root: Path = args.images_root
     tiny.build(root, progress=lambda m: None)
@@ -106,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                                 ignore=shutil.ignore_patterns("saved"))
                 snapshot.create(image_root, "tiny", lambda m: None,
                                 memory_mb=MEMORY["tiny"], vcpus=args.vcpus)
-            print(f"{image}: {args.runs} cold and {args.runs} restore boots", flush=True)
-            cold = run_mode(image_root, image, "cold", args.runs, args.vcpus, work)
-            restore = None
-            if snapshot.load_meta(manifest.load(image_root, image)) is None:
+            modes = args.modes.split(",")
+            print(f"{image}: {args.runs} boots each: {', '.join(modes)}", flush=True)
+            cold = restore = None
+            if "cold" in modes:
+                cold = run_mode(image_root, image, "cold", args.runs, args.vcpus, work)
+            if "restore" not in modes:
+                pass
+            elif snapshot.load_meta(manifest.load(image_root, image)) is None:
                 print(f"  {image}: no saved state (run `python -m vmbackend image snapshot "
                       f"{image}`); restore skipped")
             else:

@@ -168,6 +168,7 @@ class Machine:
         )
         self._save_state(boot=boot, accel=verdict.accel, personalized=boot == "cold",
                          template_admin=saved.template_admin if saved else None,
+                         template_secret=str(saved.template_secret) if saved else None,
                          started_at=time.time())
         self._spawn(args)
         try:
@@ -390,7 +391,8 @@ class Machine:
         self._check_alive("personalizing")
         # Order: the admin swap first (HTTP, fast), then the hostname script (guest-exec costs
         # seconds per process under TCG on a loaded host), the clock, and the cookie rotation.
-        self._swap_admin(state.get("template_admin"), deadline)
+        self._swap_admin(state.get("template_admin"),
+                         snapshot.read_secret(state.get("template_secret")), deadline)
         self._restore_settings({"hostname": self.spec.hostname}, deadline)
         try:
             self.agent().set_time(timeout=max(5.0, deadline - time.monotonic()))
@@ -421,14 +423,14 @@ class Machine:
             raise MachineError(f"personalize: {RESTORE_SETTINGS} exited {result.exitcode}: "
                                f"{result.stderr[-300:]!r}")
 
-    def _swap_admin(self, template_user: str | None, deadline: float) -> None:
+    def _swap_admin(self, template_user: str | None, template_pw: str | None,
+                    deadline: float) -> None:
         """Create the VM's own administrator through the management API, check it, and delete
         the template's. Idempotent: a retry after a partial swap finishes it."""
         base = self.management_url()
         me, pw = self.spec.admin_user, self.spec.admin_password
         status, _ = self._try_get(f"{base}api/whoami", me, pw)
         if status != 200:
-            template_pw = snapshot.template_password(self.images_root, self.spec.image)
             if not template_user or template_pw is None:
                 raise MachineError("personalize: the saved state's template admin is unknown")
             self._wait_http_ok(f"{base}api/overview", template_user, template_pw, deadline,

@@ -53,13 +53,27 @@ def test_saved_state_files_and_meta(saved_root):
     assert meta["memory_mb"] == 256 and meta["vcpus"] == 1
     assert meta["machine"] == qemu.MACHINE and meta["qemu_version"] == qemu.qemu_version()
     assert meta["template_admin"] == snapshot.TEMPLATE_ADMIN
-    assert (saved / "state.zst").stat().st_size > 0
-    assert stat.S_IMODE((saved / "template-admin.secret").stat().st_mode) == 0o600
-    assert not list((saved_root / "tiny").glob(".tiny-saved-*"))
+    assert (saved / meta["state"]).stat().st_size > 0
+    assert meta["disk"] is None  # tiny has no disk
+    assert stat.S_IMODE((saved / meta["template_secret"]).stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o700
     messages = []
     snapshot.create(saved_root, "tiny", messages.append, memory_mb=256, vcpus=1)
     assert messages == ["tiny: saved state up to date"]  # running VMs' backing files stay put
     assert json.loads((saved / "meta.json").read_text())["created_at"] == meta["created_at"]
+
+
+@pytest.mark.vm
+def test_a_new_saved_state_keeps_the_files_earlier_vms_use(saved_root, machine_factory):
+    m = machine_factory(images_root=saved_root, memory_mb=256)
+    assert m.launch() == "restore"
+    before = json.loads((saved_root / "tiny" / "saved" / "meta.json").read_text())
+    snapshot.create(saved_root, "tiny", lambda msg: None, memory_mb=256, vcpus=1, force=True)
+    after = json.loads((saved_root / "tiny" / "saved" / "meta.json").read_text())
+    assert after["state"] != before["state"]
+    assert (saved_root / "tiny" / "saved" / before["state"]).is_file()
+    _ready(m)  # the VM restored earlier personalizes with its own template password
+    assert m.guest_exec("/bin/hostname") == (0, f"{m.spec.hostname}\n".encode())
 
 
 @pytest.mark.vm

@@ -1,13 +1,16 @@
 """Saved state of a booted image, so new VMs restore in seconds instead of booting (issue 4).
 
-    <image>/saved/state.zst                 QMP migrate output (zstd), taken while paused
-    <image>/saved/disk.qcow2                the overlay at that moment (images with a disk)
-    <image>/saved/meta.json                 what must match for a restore (see `matching`)
-    <image>/saved/template-admin.secret     the template admin's password, mode 0600
+    <image>/saved/meta.json                       what must match for a restore (see `matching`),
+                                                  and the names of the files below
+    <image>/saved/state-<id>.zst                  QMP migrate output (zstd), taken while paused
+    <image>/saved/disk-<id>.qcow2                 the overlay at that moment (images with a disk)
+    <image>/saved/template-admin-<id>.secret      the template admin's password, mode 0600
 
 `create` boots the image cold with template credentials, waits until the management API answers,
 stops the VM, raises the migration bandwidth, migrates to `exec:zstd -1 ...`, copies the overlay
-and writes meta.json last (a saved/ without it does not exist). A VM restores only when QEMU
+and writes meta.json last (a saved/ without it does not exist). Files of an earlier saved state
+stay: VMs restored from it have overlays backed by its disk. (meta.json without file names means
+the first layout: state.zst, disk.qcow2, template-admin.secret.) A VM restores only when QEMU
 version, machine type, memory, vCPUs, accelerator, the image's recipe and the whole device set
 (the same devices, fw_cfg names, drive and netdev type) match; otherwise it boots cold.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -56,6 +60,7 @@ class Saved:
     state: Path
     disk: Path | None
     template_admin: str
+    template_secret: Path
     meta: dict
 
 
@@ -101,19 +106,37 @@ def matching(image: Manifest, spec: VMSpec, accel: str) -> Saved | None:
         return None
     if not _meta_matches(meta, expected):
         return None
-    state = image.saved_dir / STATE
-    disk = image.saved_dir / DISK if image.disk is not None else None
+    try:
+        state = manifest_mod.resolve_inside(image.saved_dir, meta.get("state", STATE))
+        disk = None
+        if image.disk is not None:
+            disk = manifest_mod.resolve_inside(image.saved_dir, meta.get("disk", DISK))
+        secret = manifest_mod.resolve_inside(image.saved_dir, meta.get("template_secret", SECRET_FILE))
+    except manifest_mod.ImageError:
+        return None
     if not state.is_file() or (disk is not None and not disk.is_file()):
         return None
-    return Saved(state=state, disk=disk, template_admin=str(meta.get("template_admin")), meta=meta)
+    return Saved(state=state, disk=disk, template_admin=str(meta.get("template_admin")),
+                 template_secret=secret, meta=meta)
+
+
+def read_secret(path: Path | str | None) -> str | None:
+    """A template password file's content (None when it is gone)."""
+    try:
+        return Path(path).read_text().strip() if path else None
+    except OSError:
+        return None
 
 
 def template_password(images_root: Path, name: str) -> str | None:
-    path = manifest_mod.image_dir(images_root, name) / SAVED / SECRET_FILE
+    """The template admin's password of image `name`'s current saved state."""
+    image = manifest_mod.load(images_root, name)
+    meta = load_meta(image) or {}
     try:
-        return path.read_text().strip()
-    except OSError:
+        path = manifest_mod.resolve_inside(image.saved_dir, meta.get("template_secret", SECRET_FILE))
+    except manifest_mod.ImageError:
         return None
+    return read_secret(path)
 
 
 def _free_port() -> int:
@@ -149,16 +172,20 @@ def _create(images_root: Path, name: str, progress: Progress, *, memory_mb: int,
     )
     expected = _expected(image, spec, verdict.accel)
     if not force and matching(image, spec, verdict.accel):
-        # Up to date. Never replaced needlessly: running VMs' overlays are backed by saved/disk.qcow2.
+        # Up to date: nothing to do (restored VMs' overlays are backed by the saved disk).
         progress(f"{name}: saved state up to date")
         return image.saved_dir
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-saved-", dir=image.folder))
+    # New files get their own names next to the old ones, and meta.json (written last) switches
+    # to them: VMs restored earlier keep their backing disk, and a failed run changes nothing.
+    saved = image.saved_dir
+    saved.mkdir(mode=0o700, exist_ok=True)
+    sid = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    state_file, disk_file = saved / f"state-{sid}.zst", saved / f"disk-{sid}.qcow2"
+    secret_file = saved / f"template-admin-{sid}.secret"
     vm_dir = Path(tempfile.mkdtemp(prefix="wsnap-"))
     machine = Machine(spec, vm_dir / "vm", images_root, accel=verdict.accel)
+    done = False
     try:
-        old = image.saved_dir
-        if old.exists():  # never restore from a half-replaced state; never boot from it either
-            shutil.rmtree(old)
         progress(f"{name}: booting cold with the template admin ({verdict.accel})")
         started = time.monotonic()
         machine.launch(allow_restore=False)
@@ -170,7 +197,7 @@ def _create(images_root: Path, name: str, progress: Progress, *, memory_mb: int,
         with qmp.session(paths.qmp, timeout=30) as mon:
             qmp.run(mon, "stop")
             qmp.run(mon, "migrate-set-parameters", **{"max-bandwidth": MIGRATE_BANDWIDTH})
-            qmp.run(mon, "migrate", uri=qemu.outgoing_to(work / STATE))
+            qmp.run(mon, "migrate", uri=qemu.outgoing_to(state_file))
             end = time.monotonic() + MIGRATE_SECONDS
             while True:
                 status = qmp.run(mon, "query-migrate").get("status")
@@ -180,22 +207,27 @@ def _create(images_root: Path, name: str, progress: Progress, *, memory_mb: int,
                     raise SnapshotError(f"migration {status or 'timed out'}")
                 time.sleep(0.1)
         if image.disk is not None:
-            shutil.copy2(paths.disk, work / DISK)
+            shutil.copy2(paths.disk, disk_file)
         machine.kill()
-        secret = work / SECRET_FILE
-        secret.write_text(password + "\n")
-        secret.chmod(0o600)
-        write_json_atomic(work / META, {
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        write_json_atomic(saved / META, {
             **expected,
+            "state": state_file.name,
+            "disk": disk_file.name if image.disk is not None else None,
+            "template_secret": secret_file.name,
             "template_admin": TEMPLATE_ADMIN,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         })
-        work.rename(old)
-        progress(f"{name}: saved state in {old} ({(old / STATE).stat().st_size >> 20} MiB)")
-        return old
+        done = True
+        progress(f"{name}: saved state {state_file} ({state_file.stat().st_size >> 20} MiB)")
+        return saved
     except (MachineError, qmp.QMPFailure, OSError) as exc:
         raise SnapshotError(f"{name}: saving state failed: {exc}") from exc
     finally:
         machine.destroy()
         shutil.rmtree(vm_dir, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        if not done:
+            for path in (state_file, disk_file, secret_file):
+                path.unlink(missing_ok=True)
