@@ -215,6 +215,28 @@ def test_heartbeats_keep_flowing_while_a_vm_boots(daemons, client, amqp_url):
     assert daemon.proc.poll() is None
 
 
+@pytest.mark.vm
+def test_a_boot_past_its_deadline_fails_with_a_reason_and_is_cleaned_up(daemons, client):
+    daemon = daemons.start(capacity=1, extra_env={"WARREN_BOOT_DEADLINE": "1"})
+    wait_host(client, daemon.host_id)
+    _ok(client.call("create-vm", {"image": "tiny", "vm-id": "vm-late-1", "memory-mb": 256}))
+    failed = client.wait_event("vm-late-1", ("instance.failed", "instance.ready"), 120)
+    assert failed["type"] == "instance.failed"
+    assert "did not answer" in failed["reason"] or "not ready" in failed["reason"], failed
+    assert qemu_pids(daemon.state_dir) == []
+    assert not (daemon.state_dir / "machines" / "vm-late-1").exists()
+    state = read_state(daemon.state_dir, "vm-late-1")
+    assert (state["status"], state["ports"]) == ("failed", {})
+    assert vms_of(client, daemon.host_id)["vm-late-1"]["status"] == "failed"
+    # The failed VM freed the only slot: the host takes the next request.
+    _ok(client.call("create-vm", {"image": "tiny", "vm-id": "vm-late-2", "memory-mb": 256}))
+    # A repeated create-vm for the failed id re-publishes the failure, it does not retry.
+    _ok(client.call("create-vm", {"image": "tiny", "vm-id": "vm-late-1", "memory-mb": 256}))
+    client.pump(1.0)
+    assert len(events_for(client, "vm-late-1", "instance.failed")) == 2
+    assert len(events_for(client, "vm-late-1", "instance.accepted")) == 1
+
+
 @pytest.fixture
 def real_image_daemons(tmp_path, amqp_url):
     from vmbackend.images import manifest

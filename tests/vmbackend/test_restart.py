@@ -142,3 +142,29 @@ def test_sigterm_hands_an_in_flight_command_back_and_the_next_daemon_finishes_it
     assert reply["response"]["status"] == "ready"
     assert len(qemu_pids(second.state_dir)) == 1
     assert basic_auth_status(ready["management_url"], ADMIN["username"], ADMIN["password"]) == 200
+
+
+@pytest.mark.vm
+def test_a_boot_whose_qemu_died_while_the_daemon_was_away_fails_cleanly(daemons, client):
+    first = daemons.start(host_id="t-dead-boot")
+    wait_host(client, first.host_id)
+    client.call("create-vm", {"image": "tiny", "vm-id": "vm-dead-1", "memory-mb": 256})
+    for _ in range(300):
+        state = read_state(first.state_dir, "vm-dead-1")
+        if state and state["status"] == "booting":
+            break
+        client.pump(0.1)
+    first.signal(signal.SIGKILL)
+    first.wait(30)
+    state = read_state(first.state_dir, "vm-dead-1")
+    assert state["status"] == "booting"
+    for pid in qemu_pids(first.state_dir):
+        os.kill(pid, signal.SIGKILL)
+
+    second = daemons.start(host_id="t-dead-boot")
+    failed = client.wait_event("vm-dead-1", ("instance.failed", "instance.ready"), 60)
+    assert failed["type"] == "instance.failed"
+    assert "QEMU exited while the daemon was not running" in failed["reason"]
+    state = read_state(second.state_dir, "vm-dead-1")
+    assert (state["status"], state["ports"]) == ("failed", {})
+    assert not (second.state_dir / "machines" / "vm-dead-1").exists()
