@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 
 from vmbackend import topology
 from vmbackend.client import Client
@@ -29,13 +30,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def clean_broker(amqp_url: str) -> None:
-    """Drop the shared queues so one test's leftovers never reach another test's daemon."""
+    """Empty the shared queues (never delete them: other areas' consumers may be attached), so
+    one test's leftovers never reach another test's daemon or the shop's event tests."""
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
+        channel = conn.channel()
+        topology.declare_common(channel)
+        topology.declare_events_store(channel)
         for queue in (topology.CREATE_QUEUE, topology.DEAD_QUEUE, topology.EVENTS_STORE_QUEUE):
-            channel = conn.channel()
-            channel.queue_delete(queue)
-        topology.declare_common(conn.channel())
+            channel.queue_purge(queue)
     finally:
         conn.close()
 
@@ -245,6 +248,10 @@ class Daemons:
     def cleanup(self) -> None:
         for proc in self.started:
             proc.stop()
+        try:
+            clean_broker(self.amqp_url)
+        except pika.exceptions.AMQPError:
+            pass  # the broker itself is never stopped by these tests; nothing to clean then
         for pid in qemu_pids(self.short):
             try:
                 os.kill(pid, signal.SIGKILL)

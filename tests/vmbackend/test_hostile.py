@@ -40,6 +40,7 @@ def daemon(amqp_url, tmp_path):
                          log_path=tmp_path / "daemon.log")
     yield proc
     proc.stop()
+    clean_broker(amqp_url)
 
 
 def _dead_letters(amqp_url):
