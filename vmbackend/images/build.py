@@ -40,12 +40,16 @@ class BuildError(Exception):
     """A build step failed; the message says which step and why."""
 
 
+def _print_now(line: str) -> None:
+    print(line, flush=True)  # visible at once even when stdout is a pipe (make | tee, CI logs)
+
+
 class Clock:
     """Prints progress lines prefixed with the seconds since the build started."""
 
-    def __init__(self, out: Callable[[str], None] = print) -> None:
+    def __init__(self, out: Callable[[str], None] | None = None) -> None:
         self.start = time.monotonic()
-        self.out = out
+        self.out = out or _print_now
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
