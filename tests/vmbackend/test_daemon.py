@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 
 import pika
 import pytest
@@ -235,6 +236,36 @@ def test_a_boot_past_its_deadline_fails_with_a_reason_and_is_cleaned_up(daemons,
     client.pump(1.0)
     assert len(events_for(client, "vm-late-1", "instance.failed")) == 2
     assert len(events_for(client, "vm-late-1", "instance.accepted")) == 1
+
+
+def test_a_host_out_of_ports_fails_the_vm_with_a_reason(tmp_path, amqp_url, tiny_images_root):
+    clean_broker(amqp_url)
+    pool = Daemons(tmp_path, amqp_url, tiny_images_root)
+    blockers = []
+    try:
+        for _ in range(2):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            blockers.append(sock)
+        taken = sorted(s.getsockname()[1] for s in blockers)
+        if taken[1] != taken[0] + 1:  # need a two-port range that is fully taken
+            blockers.append(socket.socket())
+            blockers[-1].bind(("127.0.0.1", taken[0] + 1))
+            blockers[-1].listen()
+        daemon = pool.start(extra_env={"WARREN_PORT_RANGE": f"{taken[0]}-{taken[0] + 1}"})
+        with Client(amqp_url) as client:
+            client.watch_events("#")
+            wait_host(client, daemon.host_id)
+            _ok(client.call("create-vm", {"image": "tiny", "vm-id": "vm-noport-1"}))
+            failed = client.wait_event("vm-noport-1", ("instance.failed",), 30)
+            assert "no 2 free ports" in failed["reason"]
+            assert qemu_pids(daemon.state_dir) == []
+            assert vms_of(client, daemon.host_id)["vm-noport-1"]["status"] == "failed"
+    finally:
+        for sock in blockers:
+            sock.close()
+        pool.cleanup()
 
 
 @pytest.fixture
