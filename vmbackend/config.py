@@ -43,6 +43,9 @@ class Config:
     boot_deadline: float
     heartbeat_interval: float
     stop_timeout: float
+    # Start new VMs from the image's saved state when it matches (seconds instead of minutes);
+    # off: always cold boot (for comparison, or when a saved state is suspected bad).
+    restore: bool = True
 
     def redacted_amqp_url(self) -> str:
         """The AMQP URL with its password replaced, for logs."""
@@ -65,6 +68,7 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("boot_deadline", "WARREN_BOOT_DEADLINE"),
     ("heartbeat_interval", "WARREN_HEARTBEAT_INTERVAL"),
     ("stop_timeout", "WARREN_STOP_TIMEOUT"),
+    ("restore", "WARREN_RESTORE"),
 )
 
 
@@ -98,6 +102,15 @@ def _float(name: str, raw: str, low: float, high: float) -> float:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
 def _port_range(raw: str) -> tuple[int, int]:
@@ -168,6 +181,7 @@ def load(env: Mapping[str, str] | None = None,
         heartbeat_interval=_float("heartbeat_interval", given.get("heartbeat_interval", "15"),
                                   0.1, 3600),
         stop_timeout=_float("stop_timeout", given.get("stop_timeout", "30"), 0, 3600),
+        restore=_bool("restore", given.get("restore", "1")),
     )
 
 

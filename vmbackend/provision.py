@@ -117,7 +117,7 @@ class Provision:
         machine = Machine(spec_for(self.cfg, self.record), self.store.vm_dir(self.record.vm_id),
                           self.cfg.image_dir, accel=self.cfg.accel)
         self.machine = machine
-        boot = machine.launch()
+        boot = machine.launch(allow_restore=self.cfg.restore)
         self.report(self.record, None, {}, status=BOOTING, boot=boot)
         log.info("vm launched host_id=%s vm_id=%s boot=%s pid=%s", self.cfg.host_id,
                  self.record.vm_id, boot, machine.pid)

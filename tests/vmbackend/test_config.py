@@ -17,6 +17,7 @@ def test_it_has_safe_defaults():
     assert cfg.accel == "auto"
     assert cfg.boot_deadline == 600
     assert cfg.heartbeat_interval == 15
+    assert cfg.restore is True
     assert cfg.image_dir == Path("~/.cache/warren/images").expanduser()
     assert cfg.state_dir == Path("~/.local/state/warren/vmbackend/host-a").expanduser()
 
@@ -33,8 +34,9 @@ def test_environment_sets_every_setting(tmp_path):
         "WARREN_ADVERTISED_HOST": "vm.example.test", "WARREN_PORT_RANGE": "30000-30009",
         "WARREN_NETWORK": "bridge", "WARREN_BRIDGE": "br-test", "WARREN_ACCEL": "tcg",
         "WARREN_BOOT_DEADLINE": "120", "WARREN_HEARTBEAT_INTERVAL": "0.5",
-        "WARREN_STOP_TIMEOUT": "5",
+        "WARREN_STOP_TIMEOUT": "5", "WARREN_RESTORE": "off",
     })
+    assert cfg.restore is False
     assert (cfg.capacity, cfg.port_min, cfg.port_max) == (3, 30000, 30009)
     assert cfg.state_dir == tmp_path / "st"
     assert cfg.image_dir == tmp_path / "img"
@@ -63,6 +65,7 @@ def test_a_flag_overrides_the_environment():
     ("WARREN_BRIDGE", "a-very-long-bridge-name", "bridge"),
     ("WARREN_AMQP_URL", "http://x", "amqp_url"),
     ("WARREN_BOOT_DEADLINE", "0", "boot_deadline"),
+    ("WARREN_RESTORE", "maybe", "restore"),
 ])
 def test_it_refuses_bad_values_naming_the_setting(var, value, needle):
     env = {"WARREN_HOST_ID": "h"}
