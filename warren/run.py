@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import environ
+
 log = logging.getLogger("warren.run")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,6 +195,9 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Options]:
 
 def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # One .env for every service: Django reads it itself, the host daemon only sees the
+    # environment, so load it here where all children inherit it (real variables win).
+    environ.Env.read_env(ROOT / ".env", overwrite=False)
     _, opts = parse_args(argv)
     env = child_environment(opts)
     try:
