@@ -1,9 +1,9 @@
 """The shop's side of the control broker (docs/protocol.md): topology and connections.
 
-Every AMQP connection the shop opens comes from `connect()` (timeouts, heartbeats), and every
-queue or exchange it declares is declared in `declare_topology()`, with arguments identical to the
-host daemon's (vmbackend/topology.py): RabbitMQ refuses a second declaration with different
-arguments (PRECONDITION_FAILED), and tests/orders/test_broker.py declares both to prove they agree.
+Every AMQP connection the shop opens comes from `connect()` (timeouts, heartbeats). The names
+and arguments of exchanges and queues are the contract's, defined once in vmbackend/topology.py
+(plain Python, no Django) and used by both sides: RabbitMQ refuses a second declaration with
+different arguments (PRECONDITION_FAILED), so there must be only one definition.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ import pika
 from django.conf import settings
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-COMMANDS_EXCHANGE = "computing"
-CREATE_VM_QUEUE = "computing.create-vm"
-DLX = "computing.dlx"
-DEAD_QUEUE = "computing.dead"
-EVENTS_EXCHANGE = "warren.events"
-STORE_EVENTS_QUEUE = "warren.events.store"
-REJECT_HEADER = "x-warren-reject-reason"
-WORK_QUEUE_ARGUMENTS = {"x-dead-letter-exchange": DLX}
+from vmbackend import topology
+
+COMMANDS_EXCHANGE = topology.COMMANDS_EXCHANGE
+CREATE_VM_QUEUE = topology.CREATE_QUEUE
+DLX = topology.DLX
+DEAD_QUEUE = topology.DEAD_QUEUE
+EVENTS_EXCHANGE = topology.EVENTS_EXCHANGE
+STORE_EVENTS_QUEUE = topology.EVENTS_STORE_QUEUE
+REJECT_HEADER = topology.REJECT_HEADER
+WORK_QUEUE_ARGUMENTS = topology.WORK_QUEUE_ARGS
 
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 30
@@ -43,16 +45,8 @@ def connect(url: str | None = None) -> BlockingConnection:
 
 def declare_topology(channel: BlockingChannel) -> None:
     """Everything the shop publishes to or consumes from, declared idempotently."""
-    channel.exchange_declare(COMMANDS_EXCHANGE, exchange_type="direct", durable=True)
-    channel.exchange_declare(DLX, exchange_type="fanout", durable=True)
-    channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)
-    channel.queue_declare(DEAD_QUEUE, durable=True)
-    channel.queue_bind(DEAD_QUEUE, DLX)
-    # create-vm must survive until a host has room, even if no host is running yet.
-    channel.queue_declare(CREATE_VM_QUEUE, durable=True, arguments=WORK_QUEUE_ARGUMENTS)
-    channel.queue_bind(CREATE_VM_QUEUE, COMMANDS_EXCHANGE, routing_key="create-vm")
-    channel.queue_declare(STORE_EVENTS_QUEUE, durable=True)
-    channel.queue_bind(STORE_EVENTS_QUEUE, EVENTS_EXCHANGE, routing_key="#")
+    topology.declare_common(channel)
+    topology.declare_events_store(channel)
 
 
 def json_properties(message_id: str, headers: dict | None = None) -> pika.BasicProperties:
