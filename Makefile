@@ -33,11 +33,13 @@ run: setup
 
 # Fast tier: no VM boots at all (unit, database, broker and browser tests). Run it after every change.
 test-fast: setup
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PYTEST) -m "not slow and not vm" -q
 
 # Everything CI runs: fast tier and the tiny-image VM tests on SQLite, the database tests again on
 # PostgreSQL, then the slow tier (real RabbitMQ VMs).
 test: images
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PYTEST) -m "not slow" -q
 	DATABASE_URL=$(PG_URL) $(PYTEST) -m "not slow and not vm and not browser" -q tests/store tests/orders tests/accounts
 	$(PYTEST) -m slow -q
