@@ -165,10 +165,20 @@ class GuestAgent:
              timeout: float = 30.0) -> ExecResult:
         """Run a program in the guest, wait for it, and return its exit code and output."""
         deadline = time.monotonic() + timeout
+        pid = self.exec_start(path, args, input_data=input_data, timeout=timeout)
+        return self.exec_wait(pid, path, deadline)
+
+    def exec_start(self, path: str, args: Iterable[str] = (), *, input_data: bytes | None = None,
+                   timeout: float = 10.0) -> int:
+        """Start a program in the guest and return its pid at once (the agent runs it
+        asynchronously), so the caller can do other work meanwhile."""
         arguments: dict[str, Any] = {"path": path, "arg": list(args), "capture-output": True}
         if input_data is not None:
             arguments["input-data"] = base64.b64encode(input_data).decode()
-        pid = self.execute("guest-exec", arguments, timeout=timeout)["pid"]
+        return int(self.execute("guest-exec", arguments, timeout=timeout)["pid"])
+
+    def exec_wait(self, pid: int, path: str, deadline: float) -> ExecResult:
+        """Wait (until `deadline`, a time.monotonic() value) for a program from exec_start."""
         while True:
             status = self.execute("guest-exec-status", {"pid": pid},
                                   timeout=max(0.5, deadline - time.monotonic()))
@@ -179,7 +189,7 @@ class GuestAgent:
                     stderr=base64.b64decode(status.get("err-data", "")),
                 )
             if time.monotonic() >= deadline:
-                raise GuestAgentError(f"guest-exec {path}: still running after {timeout:.0f} s")
+                raise GuestAgentError(f"guest-exec {path}: still running past its deadline")
             time.sleep(0.05)
 
 

@@ -389,34 +389,39 @@ class Machine:
         if state.get("boot") != "restore" or state.get("personalized"):
             return
         self._check_alive("personalizing")
-        # Order: the admin swap first (HTTP, fast), then the hostname script (guest-exec costs
-        # seconds per process under TCG on a loaded host), the clock, and the cookie rotation.
+        # Under TCG every program the guest agent runs costs seconds, so the guest-side work
+        # overlaps the host-side: the hostname script starts first, the admin swap (HTTP) and
+        # the clock run while it works, then we collect its result.
+        hostname = self._start_restore_settings({"hostname": self.spec.hostname})
         self._swap_admin(state.get("template_admin"),
                          snapshot.read_secret(state.get("template_secret")), deadline)
-        self._restore_settings({"hostname": self.spec.hostname}, deadline)
         try:
             self.agent().set_time(timeout=max(5.0, deadline - time.monotonic()))
         except GuestAgentError as exc:
             raise MachineError(f"personalize: {exc}") from exc
+        self._finish_restore_settings(hostname, deadline)
         # The cookie rotation is not waited for: it takes many seconds under TCG, the script
         # reports its outcome in the guest (/run/warren/cookie-rotation), and the management
         # API does not depend on it.
         cookie = "".join(secrets.choice(COOKIE_ALPHABET) for _ in range(32))
         try:
-            self.agent().execute("guest-exec", {
-                "path": RESTORE_SETTINGS,
-                "input-data": base64.b64encode(json.dumps({"erlang_cookie": cookie}).encode()).decode(),
-            }, timeout=10)
+            self.agent().exec_start(RESTORE_SETTINGS,
+                                    input_data=json.dumps({"erlang_cookie": cookie}).encode())
         except GuestAgentError as exc:
             raise MachineError(f"personalize: cookie rotation not started: {exc}") from exc
         self._save_state(personalized=True)
         log.info("vm personalized vm_id=%s", self.spec.vm_id)
 
-    def _restore_settings(self, settings: dict[str, str], deadline: float) -> None:
-        """Run the image's restore-settings script with `settings` as JSON on stdin."""
+    def _start_restore_settings(self, settings: dict[str, str]) -> int:
+        """Start the image's restore-settings script with `settings` as JSON on stdin."""
         try:
-            result = self.agent().exec(RESTORE_SETTINGS, input_data=json.dumps(settings).encode(),
-                                       timeout=max(5.0, deadline - time.monotonic()))
+            return self.agent().exec_start(RESTORE_SETTINGS, input_data=json.dumps(settings).encode())
+        except GuestAgentError as exc:
+            raise MachineError(f"personalize: {exc}") from exc
+
+    def _finish_restore_settings(self, pid: int, deadline: float) -> None:
+        try:
+            result = self.agent().exec_wait(pid, RESTORE_SETTINGS, max(deadline, time.monotonic() + 5))
         except GuestAgentError as exc:
             raise MachineError(f"personalize: {exc}") from exc
         if result.exitcode != 0:
