@@ -91,7 +91,10 @@ def _steps(order: Order, instance: Instance | None) -> list[dict[str, str]]:
 
 def _state_context(order: Order) -> dict[str, Any]:
     instance = _get_instance(order)
-    final = not (order.status == Order.Status.PENDING_PAYMENT or order.is_in_progress)
+    # A failed order keeps polling: staff may retry it, and the customer should see that happen.
+    final = not (
+        order.status in (Order.Status.PENDING_PAYMENT, Order.Status.FAILED) or order.is_in_progress
+    )
     show_connection = bool(
         instance
         and instance.is_ready

@@ -218,6 +218,8 @@ def test_detail_of_a_failed_order_gives_the_reason(client: Client, order: Order)
     html = _login(client, order.user).get(_url("detail", order)).content.decode()
     assert "We could not set up your server" in html
     assert "RabbitMQ did not start within 10 minutes" in html
+    # Staff may retry a failed order: the page keeps following it.
+    assert 'data-final="false"' in html
 
 
 def test_detail_of_a_deleting_order_says_so(client: Client, order: Order) -> None:
