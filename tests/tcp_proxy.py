@@ -18,6 +18,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self.connections = 0  # accepted and forwarded, over the proxy's life
 
     def up(self) -> TcpProxy:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -64,6 +65,7 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._conns.update((client, upstream))
+                self.connections += 1
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 

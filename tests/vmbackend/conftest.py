@@ -62,3 +62,25 @@ def machine_factory(tiny_images_root: Path, short_tmp: Path) -> Iterator[Callabl
     yield make
     for machine in made:
         machine.destroy()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, amqp_url: str, tiny_images_root: Path) -> Iterator[object]:
+    """A pool of real `python -m vmbackend daemon` processes on the session's vhost, with
+    the shared queues purged before and everything they started cleaned up after."""
+    from tests.vmbackend.daemon_helpers import Daemons, clean_broker
+
+    clean_broker(amqp_url)
+    pool = Daemons(tmp_path, amqp_url, tiny_images_root)
+    yield pool
+    pool.cleanup()
+
+
+@pytest.fixture
+def client(amqp_url: str) -> Iterator[object]:
+    """A request/response client that also watches every event."""
+    from vmbackend.client import Client
+
+    with Client(amqp_url) as c:
+        c.watch_events("#")
+        yield c

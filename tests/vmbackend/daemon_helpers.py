@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import uuid
@@ -139,80 +136,6 @@ def with_port(amqp_url: str, port: int) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     creds = netloc[0] + "@" if len(netloc) == 2 else ""
     return urllib.parse.urlunsplit((parts.scheme, f"{creds}127.0.0.1:{port}", parts.path, "", ""))
-
-
-class TcpProxy:
-    """A loopback TCP proxy to the broker; `cut()` drops every connection and refuses new ones
-    until `resume()` (the daemon sees a broker outage; the real broker keeps running)."""
-
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672)):
-        self.target = target
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.listener.listen(16)
-        self.accepting = threading.Event()
-        self.accepting.set()
-        self.pairs: list[tuple[socket.socket, socket.socket]] = []
-        self.lock = threading.Lock()
-        self.closed = False
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.accepting.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.pairs.append((client, upstream))
-                self.connections += 1
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while True:
-                readable, _, _ = select.select([a, b], [], [], 1.0)
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    (b if sock is a else a).sendall(data)
-        except OSError:
-            return
-        finally:
-            a.close()
-            b.close()
-
-    def cut(self) -> None:
-        self.accepting.clear()
-        with self.lock:
-            pairs, self.pairs = self.pairs, []
-        for a, b in pairs:
-            for sock in (a, b):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-
-    def resume(self) -> None:
-        self.accepting.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self.cut()
-        self.listener.close()
 
 
 def read_state(state_dir: Path, vm_id: str) -> dict[str, Any] | None:

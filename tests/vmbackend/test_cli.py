@@ -8,9 +8,7 @@ import pytest
 
 from tests.vmbackend.daemon_helpers import (
     ROOT,
-    Daemons,
     basic_auth_status,
-    clean_broker,
     qemu_pids,
     wait_host,
 )
@@ -61,14 +59,6 @@ def test_image_commands_still_reach_the_image_tool():
     done = _run("image", "--help")
     assert done.returncode == 0
     assert "image" in done.stdout.lower()
-
-
-@pytest.fixture
-def daemons(tmp_path, amqp_url, tiny_images_root):
-    clean_broker(amqp_url)
-    pool = Daemons(tmp_path, amqp_url, tiny_images_root)
-    yield pool
-    pool.cleanup()
 
 
 @pytest.mark.vm

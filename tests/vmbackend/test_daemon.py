@@ -7,9 +7,9 @@ import socket
 import pika
 import pytest
 
+from tests.tcp_proxy import TcpProxy
 from tests.vmbackend.daemon_helpers import (
     Daemons,
-    TcpProxy,
     basic_auth_status,
     clean_broker,
     events_for,
@@ -24,21 +24,6 @@ from vmbackend.client import Client
 
 ADMIN = {"username": "warren-test1", "password": "correct-horse-battery-1"}
 READY_TIMEOUT = 240
-
-
-@pytest.fixture
-def daemons(tmp_path, amqp_url, tiny_images_root):
-    clean_broker(amqp_url)
-    pool = Daemons(tmp_path, amqp_url, tiny_images_root)
-    yield pool
-    pool.cleanup()
-
-
-@pytest.fixture
-def client(amqp_url):
-    with Client(amqp_url) as c:
-        c.watch_events("#")
-        yield c
 
 
 def _ok(reply):
@@ -144,13 +129,13 @@ def test_delete_during_boot_cancels_the_boot(daemons, client):
 @pytest.mark.vm
 def test_it_reconnects_after_the_broker_connection_drops_and_loses_no_event(
         daemons, client, amqp_url):
-    proxy = TcpProxy()
+    proxy = TcpProxy("127.0.0.1", 5672).up()
     try:
         daemon = daemons.start(amqp_url=with_port(amqp_url, proxy.port))
         wait_host(client, daemon.host_id)
         _ok(client.call("create-vm", {"image": "tiny", "vm-id": "vm-outage-1", "memory-mb": 256}))
         client.wait_event("vm-outage-1", ("instance.accepted",), 30)
-        proxy.cut()  # the boot goes on while the daemon cannot reach the broker
+        proxy.down()  # the boot goes on while the daemon cannot reach the broker
         state = None
         for _ in range(READY_TIMEOUT):
             client.pump(1.0)
@@ -159,7 +144,7 @@ def test_it_reconnects_after_the_broker_connection_drops_and_loses_no_event(
                 break
         assert state["status"] == "ready"
         assert any(e["type"] == "instance.ready" for e in state["outbox"])  # kept, not lost
-        proxy.resume()
+        proxy.up()
         ready = client.wait_event("vm-outage-1", ("instance.ready",), 120)
         assert ready["management_url"]
         wait_host(client, daemon.host_id)
@@ -167,7 +152,7 @@ def test_it_reconnects_after_the_broker_connection_drops_and_loses_no_event(
         assert daemon.proc.poll() is None
         assert proxy.connections >= 2
     finally:
-        proxy.close()
+        proxy.down()
 
 
 @pytest.mark.vm

@@ -3,19 +3,11 @@
 import pika
 import pytest
 
-from tests.vmbackend.daemon_helpers import Daemons, clean_broker, events_for, qemu_pids, wait_host
+from tests.vmbackend.daemon_helpers import events_for, qemu_pids, wait_host
 from vmbackend import topology
 from vmbackend.client import Client
 
 READY_TIMEOUT = 300
-
-
-@pytest.fixture
-def daemons(tmp_path, amqp_url, tiny_images_root):
-    clean_broker(amqp_url)
-    pool = Daemons(tmp_path, amqp_url, tiny_images_root)
-    yield pool
-    pool.cleanup()
 
 
 def _queued(amqp_url):

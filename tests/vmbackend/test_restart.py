@@ -6,34 +6,16 @@ import signal
 import pytest
 
 from tests.vmbackend.daemon_helpers import (
-    Daemons,
     basic_auth_status,
-    clean_broker,
     events_for,
     qemu_pids,
     read_state,
     vms_of,
     wait_host,
 )
-from vmbackend.client import Client
 
 ADMIN = {"username": "warren-restart", "password": "restart-password-123"}
 READY_TIMEOUT = 240
-
-
-@pytest.fixture
-def daemons(tmp_path, amqp_url, tiny_images_root):
-    clean_broker(amqp_url)
-    pool = Daemons(tmp_path, amqp_url, tiny_images_root)
-    yield pool
-    pool.cleanup()
-
-
-@pytest.fixture
-def client(amqp_url):
-    with Client(amqp_url) as c:
-        c.watch_events("#")
-        yield c
 
 
 @pytest.mark.vm
