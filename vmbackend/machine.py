@@ -155,7 +155,9 @@ class Machine:
             base = saved.disk if saved is not None and saved.disk is not None else image.disk
             self.paths.disk.unlink(missing_ok=True)
             try:
-                qemu.create_overlay(base, self.paths.disk, self.spec.disk_gb)
+                # A restored guest already knows its disk's size: grow it after `cont` instead
+                # (block_resize), so the guest is told and can grow its file system.
+                qemu.create_overlay(base, self.paths.disk, None if saved else self.spec.disk_gb)
             except (subprocess.SubprocessError, OSError) as exc:
                 raise MachineError(f"cannot create the disk overlay: {exc}") from exc
         for stale in (self.paths.qmp, self.paths.qga, self.paths.pidfile):
@@ -173,12 +175,27 @@ class Machine:
         self._spawn(args)
         try:
             self._post_launch(restore=saved is not None)
+            if saved is not None and image.disk is not None and fresh:
+                self._grow_restored_disk(base)
         except BaseException:
             self.kill()
             raise
         log.info("vm started vm_id=%s pid=%s boot=%s accel=%s (%s)", self.spec.vm_id, self.pid,
                  boot, verdict.accel, verdict.reason)
         return boot
+
+    def _grow_restored_disk(self, base: Path) -> None:
+        """Give a restored VM the disk size it was sold: the saved guest still has the template's
+        size, and only a live resize tells its kernel (the image's restore-settings script then
+        grows the file system)."""
+        wanted = self.spec.disk_gb * 1024**3
+        try:
+            # The overlay is in use by QEMU now (qemu-img would hit its lock): ask the base.
+            if qemu.base_virtual_size(base) >= wanted:
+                return
+            qmp.command(self.paths.qmp, "block_resize", timeout=10, device="disk0", size=wanted)
+        except (qmp.QMPFailure, subprocess.SubprocessError, OSError, ValueError) as exc:
+            raise MachineError(f"cannot grow the restored disk to {self.spec.disk_gb} GB: {exc}") from exc
 
     def _pre_launch_image(self) -> manifest_mod.Manifest:
         try:

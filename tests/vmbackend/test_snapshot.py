@@ -181,3 +181,13 @@ def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_im
     status, body = http_request("GET", f"{a.management_url()}api/vhost-limits/%2F",
                                 a.spec.admin_user, a.spec.admin_password)
     assert status == 200 and b"max-connections" in body
+    # The plan's disk size, not the template's: the restored guest was told of the resize and
+    # grew its root file system (the template's disk is 2 GiB).
+    assert a.guest_exec("/bin/cat", ["/sys/block/vda/size"])[1].strip() == str(4 * 1024**3 // 512).encode()
+    deadline = time.monotonic() + 60
+    while True:
+        df = a.guest_exec("/bin/df", ["-B1M", "--output=size", "/"])[1].split()
+        if int(df[-1]) > 3500 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert int(df[-1]) > 3500, f"root file system did not grow: {df}"
