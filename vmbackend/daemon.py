@@ -565,6 +565,10 @@ class Daemon:
                     log.info("kill during cancel host_id=%s vm_id=%s error=%s",
                              self.cfg.host_id, record.vm_id, exc)
             thread.join(timeout=self.cfg.stop_timeout + 30)
+            # Race: the boot may have created (and started) its Machine after we looked above;
+            # once the boot thread has ended, its machine is the one to destroy.
+            if provision.machine is not None:
+                machine = provision.machine
         cleanup(self.cfg, self.store, record, machine)
         self.machines.pop(record.vm_id, None)
         self.report(record, "instance.deleted", {}, status=DELETED, ports={})

@@ -118,6 +118,9 @@ class Provision:
                           self.cfg.image_dir, accel=self.cfg.accel)
         self.machine = machine
         boot = machine.launch(allow_restore=self.cfg.restore)
+        if self.cancel.is_set():  # delete-vm arrived while QEMU was starting: no orphan VM
+            machine.kill()
+            raise Cancelled(self.record.vm_id)
         self.report(self.record, None, {}, status=BOOTING, boot=boot)
         log.info("vm launched host_id=%s vm_id=%s boot=%s pid=%s", self.cfg.host_id,
                  self.record.vm_id, boot, machine.pid)
