@@ -68,3 +68,41 @@ def test_a_failure_reason_never_contains_the_password_and_is_bounded():
     assert "pw-0123456789abcdef" not in reason and "***" in reason
     assert len(reason) <= 600
     assert safe_reason(TimeoutError(), record) == "TimeoutError"
+
+
+@pytest.mark.vm
+def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
+        tiny_images_root, short_tmp, monkeypatch):
+    """delete-vm racing the launch: the cancel lands after QEMU was spawned, before the boot
+    goes on. The boot must kill its own QEMU rather than leave an orphan."""
+    import socket
+
+    from vmbackend.machine import Machine
+    from vmbackend.provision import Provision
+    from vmbackend.state import StateStore
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    cfg = _cfg(WARREN_IMAGE_DIR=str(tiny_images_root), WARREN_STATE_DIR=str(short_tmp))
+    store = StateStore(short_tmp)
+    record = _record(vm_id="vm-race-1", ports={"management": port(), "amqp": port()})
+    reports = []
+    provision = Provision(cfg, store, record, lambda *a, **k: reports.append(a))
+    real_launch = Machine.launch
+    launched = []
+
+    def launch_then_cancel(machine, **kwargs):
+        boot = real_launch(machine, **kwargs)
+        launched.append(machine.pid)
+        provision.cancel.set()  # the delete arrives right now
+        return boot
+
+    monkeypatch.setattr(Machine, "launch", launch_then_cancel)
+    provision.run()
+
+    assert launched and launched[0] is not None, "QEMU really started"
+    assert not provision.machine.is_running(), "the cancelled boot killed its QEMU"
+    assert not any(a and a[1] == "instance.failed" for a in reports), "a cancel is not a failure"
