@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 from typing import Any
 
 import pika.exceptions
@@ -11,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from orders.events import EventConsumer
+from orders.management.worker_signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +24,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, once: bool, url: str | None, **options: Any) -> None:
         consumer = EventConsumer(url=url)
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info("event=consumer_stopping signal=%s", signum)
-            consumer.stop()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("event=consumer_started once=%s", once)
         try:
-            counts = consumer.run(once=once)
+            with stop_on_signals(consumer.stop, log, "consumer_stopping"):
+                counts = consumer.run(once=once)
         except (pika.exceptions.AMQPError, OSError, DatabaseError) as exc:  # only with --once
             raise CommandError(f"cannot consume events ({type(exc).__name__})") from exc
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         log.info(
             "event=consumer_stopped %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
         )

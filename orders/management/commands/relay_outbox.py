@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import signal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from orders.management.worker_signals import stop_on_signals
 from orders.outbox import BROKER_ERRORS, Relay
 
 log = logging.getLogger(__name__)
@@ -25,20 +25,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, once: bool, url: str | None, poll: float, **options: Any) -> None:
         relay = Relay(url=url, poll_interval=poll)
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info("event=relay_stopping signal=%s", signum)
-            relay.stop()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("event=relay_started once=%s", once)
         try:
-            sent = relay.run(once=once)
+            with stop_on_signals(relay.stop, log, "relay_stopping"):
+                sent = relay.run(once=once)
         except BROKER_ERRORS as exc:  # only with --once; the loop itself retries
             raise CommandError(
                 f"broker unavailable ({type(exc).__name__}); rows stay unsent"
             ) from exc
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         log.info("event=relay_stopped sent=%s", sent)
