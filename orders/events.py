@@ -274,17 +274,7 @@ def _on_failed(order: Order, instance: Instance, event: dict[str, Any]) -> str:
         forget_credentials(instance=instance)
         _order_to(order, O.DELETED, sources=(O.DELETING,))
         return "applied"
-    if instance.status not in (I.REQUESTED, I.BOOTING, I.READY):
-        return "ignored"
-    instance.move_to(I.FAILED, failure_reason=reason)
-    _order_to(order, O.FAILED, sources=tuple(Order.LIVE))
-    log.warning(
-        "event=instance_failed order_id=%s instance_id=%s reason=%r",
-        order.public_id,
-        instance.public_id,
-        reason,
-    )
-    return "applied"
+    return _end_live_instance(order, instance, I.FAILED, reason)
 
 
 def _on_deleted(order: Order, instance: Instance, event: dict[str, Any]) -> str:
@@ -300,16 +290,20 @@ def _on_deleted(order: Order, instance: Instance, event: dict[str, Any]) -> str:
 
 
 def _on_lost(order: Order, instance: Instance, event: dict[str, Any]) -> str:
+    # A deleting instance is ignored there: the delete-vm cleans up what is left.
+    return _end_live_instance(order, instance, I.LOST, str(event.get("reason") or "lost")[:2000])
+
+
+def _end_live_instance(order: Order, instance: Instance, status: str, reason: str) -> str:
+    """A live instance has no working VM any more (failed or lost): the order fails with the
+    reason, which staff see and can retry."""
     if instance.status not in (I.REQUESTED, I.BOOTING, I.READY):
-        return "ignored"  # deleting: the delete-vm cleans up what is left
-    reason = str(event.get("reason") or "lost")[:2000]
-    instance.move_to(I.LOST, failure_reason=reason)
+        return "ignored"
+    instance.move_to(status, failure_reason=reason)
     _order_to(order, O.FAILED, sources=tuple(Order.LIVE))
     log.warning(
-        "event=instance_lost order_id=%s instance_id=%s reason=%r",
-        order.public_id,
-        instance.public_id,
-        reason,
+        "event=instance_%s order_id=%s instance_id=%s reason=%r",
+        status, order.public_id, instance.public_id, reason,
     )
     return "applied"
 

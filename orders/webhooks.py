@@ -250,24 +250,24 @@ def on_async_payment_succeeded(session: dict[str, Any]) -> _Outcome:
     return _fulfil(order, **_session_ids(session))
 
 
-def on_async_payment_failed(session: dict[str, Any]) -> _Outcome:
+def _cancel_unpaid(session: dict[str, Any], *, reason: str, detail: str) -> _Outcome:
+    """The checkout ended without money: cancel the order if it is still waiting for payment."""
     order = _session_order(session)
     if order is None:
         return _Outcome(Result.UNKNOWN_ORDER, None, f"session {_id_of(session.get('id'))}")
     if order.status != Order.Status.PENDING_PAYMENT:
         return _Outcome(Result.IGNORED, order, f"already {order.status}")
-    cancel_order_locked(order=order, reason="Payment failed")
-    return _Outcome(Result.PROCESSED, order, "payment failed, order cancelled")
+    cancel_order_locked(order=order, reason=reason)
+    return _Outcome(Result.PROCESSED, order, detail)
+
+
+def on_async_payment_failed(session: dict[str, Any]) -> _Outcome:
+    return _cancel_unpaid(session, reason="Payment failed", detail="payment failed, order cancelled")
 
 
 def on_checkout_session_expired(session: dict[str, Any]) -> _Outcome:
-    order = _session_order(session)
-    if order is None:
-        return _Outcome(Result.UNKNOWN_ORDER, None, f"session {_id_of(session.get('id'))}")
-    if order.status != Order.Status.PENDING_PAYMENT:
-        return _Outcome(Result.IGNORED, order, f"already {order.status}")
-    cancel_order_locked(order=order, reason="Checkout expired without payment")
-    return _Outcome(Result.PROCESSED, order, "checkout expired, order cancelled")
+    return _cancel_unpaid(session, reason="Checkout expired without payment",
+                          detail="checkout expired, order cancelled")
 
 
 def _invoice_subscription(invoice: dict[str, Any]) -> tuple[str, Any]:
