@@ -9,8 +9,10 @@ import threading
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to target. `down()` closes the listener and every open
-    connection (clients see the broker vanish); `up()` listens again on the same port."""
+    """Forwards 127.0.0.1:<port> to target. `down()` drops every open connection and every new
+    one at once (clients see the broker vanish); `up()` forwards again. The listening socket is
+    kept while down: giving the port back would let another socket (even a client's own
+    ephemeral port, connecting to it) take it before `up()`."""
 
     def __init__(self, target_host: str, target_port: int, port: int = 0):
         self.target = (target_host, target_port)
@@ -18,24 +20,23 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._forwarding = False
         self.connections = 0  # accepted and forwarded, over the proxy's life
 
     def up(self) -> TcpProxy:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        if self._listener is None:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(64)
+            self.port = listener.getsockname()[1]
+            self._listener = listener
+            threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._forwarding = True
         return self
 
     def down(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
+        self._forwarding = False
         with self._lock:
             conns, self._conns = self._conns, set()
         for conn in conns:
@@ -53,6 +54,9 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if not self._forwarding:
+                client.close()  # the broker is "down": the connection dies at once
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -60,10 +64,10 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
-                if self._listener is not listener:  # went down meanwhile
+                if not self._forwarding:  # went down while we were connecting upstream
                     client.close()
                     upstream.close()
-                    return
+                    continue
                 self._conns.update((client, upstream))
                 self.connections += 1
             for src, dst in ((client, upstream), (upstream, client)):

@@ -122,7 +122,7 @@ def test_the_command_publishes_pending_rows(order, amqp, orders_amqp_url):
 @pytest.mark.django_db(transaction=True)
 def test_the_relay_loop_retries_until_the_broker_is_back(order, amqp, orders_amqp_url):
     proxy = TcpProxy("127.0.0.1", 5672).up()
-    proxy.down()  # the port is known, nothing listens on it: the broker is "down"
+    proxy.down()  # the port is known, every connection to it dies: the broker is "down"
     row = _paid(order)
     relay = Relay(
         url=_url_via(orders_amqp_url, proxy.url_host), backoff_initial=0.05, backoff_max=0.2
