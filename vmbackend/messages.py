@@ -1,8 +1,15 @@
-"""Commands in, replies and events out (docs/protocol.md).
+"""The control protocol's messages (docs/protocol.md), built and parsed here for both sides.
+
+This module is the contract: the shop builds its commands with `create_vm_body`/`delete_vm_body`
+and reads events with `parse_event`; the daemon reads commands with `parse` and builds events with
+`event`. Neither side writes a body by hand, so the two cannot drift apart.
 
 `parse` turns a raw AMQP body into one typed command or raises `Rejected` with a reason that is
-safe to send back to the sender and to put in a dead-letter header (it never echoes a password).
-Validation is plain code: no `assert`, no schema library.
+safe to send back to the sender and to put in a dead-letter header (it never echoes a password);
+`parse_event` does the same for events (`MalformedEvent`). Both bound the body's size and nesting
+depth BEFORE decoding, so no body can make them raise anything else (a deep `[[[...` would be a
+RecursionError inside json, a 5000-digit number a ValueError). Plain code: no `assert`, no schema
+library, no Django.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_BODY_BYTES = 64 * 1024
+MAX_DEPTH = 32  # deepest nesting of objects/arrays in any body (create-vm needs 3)
+MAX_INT_DIGITS = 20  # 2**63-1 has 19 digits; longer numbers are refused before int() sees them
 CREATE_VM = "create-vm"
 LIST_VMS = "list-vms"
 VM_COMMANDS = ("start-vm", "stop-vm", "restart-vm", "delete-vm")
@@ -162,16 +171,89 @@ def _vm_command(command: str, options: dict[str, Any]) -> VMCommand:
     return VMCommand(command=command, vm_id=validate_vm_id(options["vm-id"]), kill=kill)
 
 
+_STRUCTURE = re.compile(r'[\[\]{}"\\]')
+
+
+def _too_deep(text: str) -> bool:
+    """True when objects/arrays nest deeper than MAX_DEPTH (brackets inside strings don't count).
+
+    A scan over the structural characters only; json itself would recurse once per level."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth, in_string, skip = 0, False, -1
+    for match in _STRUCTURE.finditer(text):
+        position, char = match.start(), match.group()
+        if position == skip:
+            continue
+        if in_string:
+            if char == "\\":
+                skip = position + 1  # the escaped character, e.g. \"
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError("number too long")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bad_string(value: Any) -> bool:
+    """A NUL byte or a lone surrogate anywhere (keys too): neither may reach a file or a database."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_bad_string(k) or _bad_string(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_bad_string(item) for item in value)
+    return False
+
+
+def _load(body: bytes, error: type[Rejected]) -> dict[str, Any]:
+    """Decode one body to a JSON object, or raise `error` with a reason. Never anything else."""
+    if not isinstance(body, bytes | bytearray):
+        raise error("body must be bytes")
+    if len(body) > MAX_BODY_BYTES:
+        raise error(f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        text = bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        raise error("body is not UTF-8 JSON") from None
+    if _too_deep(text):
+        raise error(f"body nests deeper than {MAX_DEPTH} levels")
+    try:
+        data = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        raise error("body is not UTF-8 JSON (or has a number longer than 20 digits)") from None
+    if not isinstance(data, dict):
+        raise error("body must be a JSON object")
+    if _bad_string(data):
+        raise error("body has a NUL byte or an unpaired surrogate in a string")
+    return data
+
+
 def parse(body: bytes) -> Command:
     """Validate one command body; raise Rejected with a reason."""
-    if len(body) > MAX_BODY_BYTES:
-        raise Rejected(f"body larger than {MAX_BODY_BYTES} bytes")
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise Rejected("body is not UTF-8 JSON") from None
-    if not isinstance(data, dict):
-        raise Rejected("body must be a JSON object")
+    data = _load(body, Rejected)
     version = data.get("version", PROTOCOL_VERSION)
     if version != PROTOCOL_VERSION or isinstance(version, bool):
         raise Rejected(f"unsupported version (this host speaks {PROTOCOL_VERSION})")
@@ -204,9 +286,46 @@ def error(reason: str) -> bytes:
     return _dumps({"execution-info": {"status": "error", "reason": reason}})
 
 
+def command_body(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A request body as a dict (the shop stores it in its outbox before publishing)."""
+    return {"version": PROTOCOL_VERSION, "command": name, "options": options or {}}
+
+
 def command(name: str, options: dict[str, Any] | None = None) -> bytes:
     """A request body (used by the client)."""
-    return _dumps({"version": PROTOCOL_VERSION, "command": name, "options": options or {}})
+    return encode(command_body(name, options))
+
+
+def create_vm_body(
+    *,
+    vm_id: str,
+    image: str,
+    memory_mb: int,
+    vcpus: int,
+    disk_gb: int,
+    admin_username: str,
+    admin_password: str,
+    limits: dict[str, int],
+) -> dict[str, Any]:
+    """The create-vm command the shop sends (no reply_to: events tell it what happened)."""
+    return command_body(CREATE_VM, {
+        "image": image,
+        "vm-id": vm_id,
+        "memory-mb": memory_mb,
+        "vcpus": vcpus,
+        "disk-gb": disk_gb,
+        "admin": {"username": admin_username, "password": admin_password},
+        "limits": limits,
+    })
+
+
+def delete_vm_body(*, vm_id: str) -> dict[str, Any]:
+    return command_body("delete-vm", {"vm-id": vm_id})
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    """The bytes on the wire for a command or event dict."""
+    return _dumps(body)
 
 
 def now_iso() -> str:
@@ -229,8 +348,161 @@ def event(type_: str, *, instance_id: str | None, host_id: str, seq: int,
         if key in body:
             raise ValueError(f"event field {key} is reserved")
         body[key] = value
+    if isinstance(body.get("reason"), str):
+        # A failure reason carries a console tail; the shop refuses events with a longer one.
+        body["reason"] = body["reason"][:MAX_REASON]
     return body
 
 
 def encode_event(body: dict[str, Any]) -> bytes:
     return _dumps(body)
+
+
+# -- events, as the shop reads them ---------------------------------------------------------------
+
+INSTANCE_ACCEPTED = "instance.accepted"
+INSTANCE_PROGRESS = "instance.progress"
+INSTANCE_READY = "instance.ready"
+INSTANCE_FAILED = "instance.failed"
+INSTANCE_STOPPED = "instance.stopped"
+INSTANCE_STARTED = "instance.started"
+INSTANCE_DELETED = "instance.deleted"
+INSTANCE_LOST = "instance.lost"
+HEARTBEAT = "host.heartbeat"
+INSTANCE_EVENTS = frozenset({
+    INSTANCE_ACCEPTED, INSTANCE_PROGRESS, INSTANCE_READY, INSTANCE_FAILED,
+    INSTANCE_STOPPED, INSTANCE_STARTED, INSTANCE_DELETED, INSTANCE_LOST,
+})
+STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
+BOOT_KINDS = ("cold", "restore")
+
+MAX_SEQ = 2**63 - 1  # the shop stores it in a signed 64-bit column
+MAX_COUNT = 1_000_000  # capacity, running, free_slots
+MAX_TYPE = 100
+MAX_HOST_ID = 100
+MAX_URL = 500
+MAX_REASON = 4000
+MAX_SHORT = 100  # message_id, occurred_at, image, admin_username, each IP address
+MAX_ADDRESSES = 64
+MAX_VERSION = 50  # daemon_version
+HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MANAGEMENT_URL_RE = re.compile(r"^https?://[^\s]+$")
+AMQP_URL_RE = re.compile(r"^amqps?://[^\s]+$")
+
+
+class MalformedEvent(Rejected):
+    """The body is not a valid event of protocol version 1; the shop dead-letters it."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as the shop reads it. Type-specific fields are empty/zero when absent."""
+
+    type: str
+    host_id: str
+    seq: int
+    instance_id: uuid.UUID | None = None
+    message_id: str = ""
+    occurred_at: str = ""
+    stage: str = ""
+    management_url: str = ""
+    amqp_url: str = ""
+    admin_username: str = ""
+    reason: str = ""
+    image: str = ""
+    capacity: int = 0
+    running: int = 0
+    free_slots: int = 0
+    daemon_version: str = ""
+
+    @property
+    def is_instance_event(self) -> bool:
+        return self.type in INSTANCE_EVENTS
+
+
+def _event_str(data: dict[str, Any], name: str, limit: int, *, required: bool = False,
+               pattern: re.Pattern[str] | None = None, what: str = "") -> str:
+    value = data.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value) or len(value) > limit:
+        kind = "a non-empty string" if required else "a string"
+        raise MalformedEvent(f"{name} must be {kind} of at most {limit} characters")
+    if value and pattern is not None and not pattern.fullmatch(value):
+        raise MalformedEvent(f"{name} must be {what}")
+    return value
+
+
+def _event_int(data: dict[str, Any], name: str, high: int, *, required: bool = False) -> int:
+    if name not in data and not required:
+        return 0
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise MalformedEvent(f"{name} must be an integer between 0 and {high}")
+    return value
+
+
+def _ready_extras(data: dict[str, Any]) -> None:
+    """Fields of instance.ready the shop does not store, checked so nothing odd passes."""
+    addresses = data.get("ip_addresses", [])
+    if not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES or not all(
+        isinstance(a, str) and len(a) <= MAX_SHORT for a in addresses
+    ):
+        raise MalformedEvent(f"ip_addresses must be a list of at most {MAX_ADDRESSES} strings")
+    if data.get("boot", "cold") not in BOOT_KINDS:
+        raise MalformedEvent(f"boot must be one of {', '.join(BOOT_KINDS)}")
+    seconds = data.get("seconds")
+    if seconds is not None and (
+        isinstance(seconds, bool) or not isinstance(seconds, int | float)
+        or not 0 <= seconds <= 10**9
+    ):
+        raise MalformedEvent("seconds must be a non-negative number")
+
+
+def parse_event(body: bytes) -> Event:
+    """Validate one event body (docs/protocol.md, Events); raise MalformedEvent with a reason.
+
+    An unknown `type` is accepted with its envelope only (a newer daemon's event is no error)."""
+    data = _load(body, MalformedEvent)
+    version = data.get("version", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise MalformedEvent(f"unsupported version (this shop speaks {PROTOCOL_VERSION})")
+    event_type = _event_str(data, "type", MAX_TYPE, required=True)
+    fields: dict[str, Any] = {
+        "type": event_type,
+        "host_id": _event_str(data, "host_id", MAX_HOST_ID, required=True, pattern=HOST_ID_RE,
+                              what="a host id ([A-Za-z0-9][A-Za-z0-9._-]*)"),
+        "message_id": _event_str(data, "message_id", MAX_SHORT),
+        "occurred_at": _event_str(data, "occurred_at", MAX_SHORT),
+        "seq": _event_int(data, "seq", MAX_SEQ, required=event_type in INSTANCE_EVENTS),
+    }
+    if event_type in INSTANCE_EVENTS:
+        instance_id = _event_str(data, "instance_id", MAX_SHORT, required=True)
+        try:
+            fields["instance_id"] = uuid.UUID(instance_id)
+        except ValueError:
+            raise MalformedEvent("instance_id must be a UUID") from None
+    if event_type == INSTANCE_ACCEPTED:
+        fields["image"] = _event_str(data, "image", MAX_SHORT)
+    elif event_type == INSTANCE_PROGRESS:
+        if data.get("stage") not in STAGES:
+            raise MalformedEvent(f"stage must be one of {', '.join(STAGES)}")
+        fields["stage"] = data["stage"]
+    elif event_type == INSTANCE_READY:
+        fields["management_url"] = _event_str(
+            data, "management_url", MAX_URL, required=True, pattern=MANAGEMENT_URL_RE,
+            what="an http:// or https:// URL")
+        fields["amqp_url"] = _event_str(
+            data, "amqp_url", MAX_URL, required=True, pattern=AMQP_URL_RE,
+            what="an amqp:// or amqps:// URL")
+        fields["admin_username"] = _event_str(
+            data, "admin_username", MAX_SHORT, pattern=USERNAME_RE,
+            what="a user name ([A-Za-z0-9][A-Za-z0-9._-]*)")
+        _ready_extras(data)
+    elif event_type in (INSTANCE_FAILED, INSTANCE_LOST):
+        fields["reason"] = _event_str(data, "reason", MAX_REASON)
+    elif event_type == HEARTBEAT:
+        for name in ("capacity", "running", "free_slots"):
+            fields[name] = _event_int(data, name, MAX_COUNT)
+        fields["daemon_version"] = _event_str(data, "daemon_version", MAX_VERSION)
+    return Event(**fields)

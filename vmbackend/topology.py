@@ -6,8 +6,10 @@ RabbitMQ refuses the second declaration with PRECONDITION_FAILED.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from vmbackend.messages import CREATE_VM, HOST_COMMANDS
@@ -18,6 +20,7 @@ DLX = "computing.dlx"
 DEAD_QUEUE = "computing.dead"
 EVENTS_EXCHANGE = "warren.events"
 REJECT_HEADER = "x-warren-reject-reason"
+MAX_REJECT_REASON = 500  # characters of the reason kept in the header
 WORK_QUEUE_ARGS: dict[str, Any] = {"x-dead-letter-exchange": DLX}
 
 
@@ -58,3 +61,33 @@ def declare_events_store(channel: BlockingChannel) -> None:
     ever connected are kept rather than dropped by an exchange with no queue."""
     channel.queue_declare(EVENTS_STORE_QUEUE, durable=True)
     channel.queue_bind(EVENTS_STORE_QUEUE, EVENTS_EXCHANGE, routing_key="#")
+
+
+def publish_dead_letter(
+    channel: BlockingChannel,
+    routing_key: str,
+    body: bytes,
+    properties: Any,
+    reason: str,
+    extra_headers: dict[str, Any] | None = None,
+) -> None:
+    """Publish a message that cannot be served to computing.dlx, unchanged, with the reason.
+
+    Used for rejected commands (the daemon) and rejected events (the shop). The message keeps its
+    own headers, message_id and correlation_id; `extra_headers` say where it was rejected.
+    """
+    headers = dict(getattr(properties, "headers", None) or {})
+    headers.update(extra_headers or {})
+    headers[REJECT_HEADER] = reason[:MAX_REJECT_REASON]
+    channel.basic_publish(
+        exchange=DLX,
+        routing_key=routing_key,
+        body=body,
+        properties=pika.BasicProperties(
+            content_type=getattr(properties, "content_type", None) or "application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            headers=headers,
+            message_id=getattr(properties, "message_id", None) or str(uuid.uuid4()),
+            correlation_id=getattr(properties, "correlation_id", None),
+        ),
+    )
