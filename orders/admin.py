@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 
-from orders.events import instances_on_silent_hosts, mark_silent_hosts
+from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
 from orders.models import Host, Instance, Order, OutboxMessage, WebhookEvent
 from orders.outbox import requeue
 from orders.provisioning import ProvisioningError, cancel_order, retry_provisioning

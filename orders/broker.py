@@ -2,26 +2,18 @@
 
 Every AMQP connection the shop opens comes from `connect()` (timeouts, heartbeats). The names
 and arguments of exchanges and queues are the contract's, defined once in vmbackend/topology.py
-(plain Python, no Django) and used by both sides: RabbitMQ refuses a second declaration with
+(plain Python, no Django) and used by both sides directly (no aliases here): RabbitMQ refuses a second declaration with
 different arguments (PRECONDITION_FAILED), so there must be only one definition.
 """
 
 from __future__ import annotations
 
 import pika
+import pika.exceptions
 from django.conf import settings
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from vmbackend import topology
-
-COMMANDS_EXCHANGE = topology.COMMANDS_EXCHANGE
-CREATE_VM_QUEUE = topology.CREATE_QUEUE
-DLX = topology.DLX
-DEAD_QUEUE = topology.DEAD_QUEUE
-EVENTS_EXCHANGE = topology.EVENTS_EXCHANGE
-STORE_EVENTS_QUEUE = topology.EVENTS_STORE_QUEUE
-REJECT_HEADER = topology.REJECT_HEADER
-WORK_QUEUE_ARGUMENTS = topology.WORK_QUEUE_ARGS
 
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 30
@@ -41,6 +33,15 @@ def connection_parameters(url: str | None = None) -> pika.URLParameters:
 def connect(url: str | None = None) -> BlockingConnection:
     """A blocking connection with timeouts. Raises pika.exceptions.AMQPError when unreachable."""
     return pika.BlockingConnection(connection_parameters(url))
+
+
+def close_quietly(connection: BlockingConnection | None) -> None:
+    """Close a connection that may already be broken (the error that broke it was logged)."""
+    if connection is not None and connection.is_open:
+        try:
+            connection.close()
+        except (pika.exceptions.AMQPError, OSError):
+            pass
 
 
 def declare_topology(channel: BlockingChannel) -> None:

@@ -1,14 +1,17 @@
 """Orders, their VM instances, Stripe webhook receipts, the AMQP outbox and host heartbeats.
 
-Both state machines (Order and Instance) are written down once, in ORDER_TRANSITIONS and
-INSTANCE_TRANSITIONS below, and every status change goes through `move_to()`: a conditional UPDATE
-(compare-and-set on the status we read) so two workers racing on the same row change it once.
+Both state machines (Order and Instance) are written down once, in `Order.TRANSITIONS` and
+`Instance.TRANSITIONS` below, with the named status sets beside them; what each host event does to
+them is written down once too, in `HOST_EVENT_TRANSITIONS`. Every status change goes through
+`move_to()`: a conditional UPDATE (compare-and-set on the status we read) so two workers racing on
+the same row change it once.
 docs/orders.md explains the states and the decisions behind them.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -103,7 +106,10 @@ class Order(_StateMachine):
         S.DELETING: frozenset({S.DELETED}),
         S.DELETED: frozenset(),
     }
-    LIVE = frozenset({S.PAID, S.PROVISIONING, S.READY, S.PAST_DUE})
+    # Named status sets: every rule that asks "is the order one of ..." uses one of these.
+    LIVE = frozenset({S.PAID, S.PROVISIONING, S.READY, S.PAST_DUE})  # paid for, VM wanted
+    CANCELLABLE = LIVE | {S.PENDING_PAYMENT, S.FAILED}  # not already on its way out
+    IN_PROGRESS = frozenset({S.PAID, S.PROVISIONING, S.DELETING})  # about to change by itself
 
     public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(
@@ -158,14 +164,7 @@ class Order(_StateMachine):
     @property
     def can_cancel(self) -> bool:
         """The customer (or staff) may cancel: it is not already on its way out."""
-        return self.status in (
-            self.Status.PENDING_PAYMENT,
-            self.Status.PAID,
-            self.Status.PROVISIONING,
-            self.Status.READY,
-            self.Status.PAST_DUE,
-            self.Status.FAILED,
-        )
+        return self.status in self.CANCELLABLE
 
     @property
     def is_paid(self) -> bool:
@@ -174,11 +173,7 @@ class Order(_StateMachine):
     @property
     def is_in_progress(self) -> bool:
         """The order page should keep refreshing itself: something is about to change."""
-        return self.status in (self.Status.PAID, self.Status.PROVISIONING, self.Status.DELETING)
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (self.Status.CANCELLED, self.Status.DELETED)
+        return self.status in self.IN_PROGRESS
 
 
 class Instance(_StateMachine):
@@ -200,6 +195,10 @@ class Instance(_StateMachine):
         S.DELETING: frozenset({S.DELETED}),
         S.DELETED: frozenset(),
     }
+    LIVE = frozenset({S.REQUESTED, S.BOOTING, S.READY})  # a VM exists or is on its way
+    NOT_YET_READY = frozenset({S.REQUESTED, S.BOOTING, S.LOST})  # a ready event makes it ready
+    RETRYABLE = frozenset({S.FAILED, S.LOST})  # staff may ask for a new VM
+    WITHOUT_VM = frozenset({S.FAILED, S.DELETED})  # the host cleaned up: nothing to delete
 
     order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="instance")
     public_id = models.UUIDField(unique=True, default=uuid.uuid4)
@@ -250,20 +249,99 @@ class Instance(_StateMachine):
         return self.status == self.Status.READY
 
     @property
-    def is_booting(self) -> bool:
-        return self.status in (self.Status.REQUESTED, self.Status.BOOTING)
-
-    @property
-    def is_gone(self) -> bool:
-        return self.status == self.Status.DELETED
-
-    @property
     def can_retry(self) -> bool:
-        return self.status in (self.Status.FAILED, self.Status.LOST)
+        return self.status in self.RETRYABLE
 
     @property
     def vm_id(self) -> str:
         return str(self.public_id)
+
+
+# -- host events -> transitions --------------------------------------------------------------
+#
+# What a host's event does to an instance and its order, for each (event type, instance status).
+# A pair that is not listed changes nothing ("ignored"). The applier (orders/host_events.py) reads
+# this table; it only adds the fields an event carries (stage, URLs, reason) and the side effects
+# named in `effect`. docs/orders.md explains the choices.
+
+
+@dataclass(frozen=True)
+class EventStep:
+    instance_to: str | None = None  # None: the instance keeps its status
+    order_to: str | None = None  # the order moves there, but only from one of `order_from`
+    order_from: frozenset[str] = frozenset()
+    effect: str = ""  # one of the EFFECT_* names below, or nothing
+
+
+EFFECT_RESEND_DELETION = "resend_deletion"  # a host has the VM of a deleting instance
+EFFECT_FORGET_CREDENTIALS = "forget_credentials"  # the VM is gone: drop its password
+EFFECT_UPDATE_URLS = "update_urls"  # ready again after a restart: ports may have changed
+EFFECT_UPDATE_STAGE = "update_stage"  # boot progress within booting
+
+_IS, _OS = InstanceStatus, OrderStatus
+_RESEND = EventStep(effect=EFFECT_RESEND_DELETION)
+_GONE = EventStep(_IS.DELETED, _OS.DELETED, frozenset({_OS.DELETING}), EFFECT_FORGET_CREDENTIALS)
+
+
+def _ends(status: str) -> EventStep:
+    """A live instance without a working VM any more: the order fails (staff can retry)."""
+    return EventStep(status, _OS.FAILED, Order.LIVE)
+
+
+HOST_EVENT_TRANSITIONS: dict[tuple[str, str], EventStep] = {
+    # accepted: a host took the create-vm.
+    ("instance.accepted", _IS.REQUESTED): EventStep(
+        _IS.BOOTING, _OS.PROVISIONING, frozenset({_OS.PAID})
+    ),
+    # Cancelled before any host had it: the first delete-vm reached nobody.
+    ("instance.accepted", _IS.DELETING): _RESEND,
+    # progress: booting; a lost VM its host boots again is booting too.
+    **{
+        ("instance.progress", status): EventStep(
+            _IS.BOOTING, _OS.PROVISIONING, frozenset({_OS.PAID, _OS.FAILED})
+        )
+        for status in (_IS.REQUESTED, _IS.LOST)
+    },
+    ("instance.progress", _IS.BOOTING): EventStep(
+        None, _OS.PROVISIONING, frozenset({_OS.PAID, _OS.FAILED}), EFFECT_UPDATE_STAGE
+    ),
+    # ready: past_due stays past_due; failed only happens here for a lost VM its host revived.
+    **{
+        ("instance.ready", status): EventStep(
+            _IS.READY, _OS.READY, frozenset({_OS.PAID, _OS.PROVISIONING, _OS.FAILED})
+        )
+        for status in Instance.NOT_YET_READY
+    },
+    ("instance.ready", _IS.READY): EventStep(effect=EFFECT_UPDATE_URLS),
+    # The VM finished booting after the order was cancelled: delete it (again).
+    ("instance.ready", _IS.DELETING): _RESEND,
+    # failed / lost / deleted on the host: a live instance ends, the order fails.
+    **{("instance.failed", status): _ends(_IS.FAILED) for status in Instance.LIVE},
+    **{("instance.lost", status): _ends(_IS.LOST) for status in Instance.LIVE},
+    # An operator deleted the VM on the host: the customer has nothing, as if it were lost.
+    **{("instance.deleted", status): _ends(_IS.LOST) for status in Instance.LIVE},
+    # A VM we were deleting anyway: the host gave up on it or deleted it.
+    ("instance.failed", _IS.DELETING): _GONE,
+    ("instance.deleted", _IS.DELETING): _GONE,
+    # (instance.lost of a deleting instance: not listed, the delete-vm cleans up what is left.)
+    # The host boots a lost VM again from its disk (an operator's start-vm).
+    ("instance.started", _IS.LOST): EventStep(
+        _IS.BOOTING, _OS.PROVISIONING, frozenset({_OS.FAILED})
+    ),
+}
+# stopped/started otherwise: recorded by seq only (the shop does not show power state).
+RECORDED_ONLY = frozenset({"instance.stopped", "instance.started"})
+
+# Which order status matches where its instance is (invoice.paid after past_due goes back there).
+ORDER_STATUS_FOR_INSTANCE: dict[str, str] = {
+    _IS.REQUESTED: _OS.PAID,
+    _IS.BOOTING: _OS.PROVISIONING,
+    _IS.READY: _OS.READY,
+    _IS.FAILED: _OS.FAILED,
+    _IS.LOST: _OS.FAILED,
+    _IS.DELETING: _OS.DELETING,
+    _IS.DELETED: _OS.DELETED,
+}
 
 
 class WebhookEvent(models.Model):

@@ -9,10 +9,10 @@ key). A broker outage leaves rows unsent; the relay backs off (capped) and tries
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pika.exceptions
@@ -24,6 +24,9 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from orders import broker
 from orders.models import OutboxMessage
+from orders.provisioning import DELETE_VM
+from vmbackend import messages
+from vmbackend.backoff import Backoff, run_with_reconnect
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def _mark_sent(row: OutboxMessage, *, keep_error: bool = False) -> None:
 def publish_row(channel: BlockingChannel, row: OutboxMessage) -> None:
     """Publish one row and wait for the broker's confirm (the channel is in confirm mode)."""
     _record_attempt(row)
-    body = json.dumps(row.body, separators=(",", ":")).encode()
+    body = messages.encode(row.body)
     try:
         channel.basic_publish(
             exchange=row.exchange,
@@ -68,7 +71,7 @@ def publish_row(channel: BlockingChannel, row: OutboxMessage) -> None:
             mandatory=True,
         )
     except pika.exceptions.UnroutableError as exc:
-        if row.routing_key == "delete-vm":
+        if row.routing_key == DELETE_VM:
             # No host queue exists, so no host can have this VM. Should a host take the create-vm
             # later, its instance.accepted makes the event consumer send delete-vm again.
             _record_failure(row, "unroutable: no host queue exists, nothing to delete")
@@ -142,58 +145,54 @@ class Relay:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     stop_event: threading.Event = field(default_factory=threading.Event)
+    total: int = 0
 
     def stop(self) -> None:
         self.stop_event.set()
 
     def run(self, *, once: bool = False) -> int:
-        """Run until stopped (or, with once, until one pass published what was pending)."""
-        backoff = self.backoff_initial
-        total = 0
-        connection: BlockingConnection | None = None
-        skipped: set[int] = set()
-        skip_since = time.monotonic()
-        while not self.stop_event.is_set():
-            try:
-                if connection is None or connection.is_closed:
-                    connection, channel = open_channel(self.url)
-                    log.info("event=relay_connected")
-                    skipped.clear()
-                    backoff = self.backoff_initial
+        """Run until stopped (or, with once, until one pass published what was pending).
+
+        Reconnects with a capped backoff; with once, a broker or database error propagates."""
+        self.total = 0
+        run_with_reconnect(
+            lambda connected: self.serve(connected, once=once),
+            stop=self.stop_event,
+            errors=(*BROKER_ERRORS, DatabaseError),
+            on_error=_log_unavailable,
+            backoff=Backoff(self.backoff_initial, self.backoff_max),
+            reraise=once,
+        )
+        return self.total
+
+    def serve(self, connected: Callable[[], None], *, once: bool = False) -> bool:
+        """One broker session: publish and poll until stopped. Returns True when `once` is done."""
+        connection, channel = open_channel(self.url)
+        try:
+            log.info("event=relay_connected")
+            connected()
+            skipped: set[int] = set()  # cleared on reconnect: a new session
+            skip_since = time.monotonic()
+            while not self.stop_event.is_set():
                 if not db_connection.in_atomic_block:  # tests run the loop inside one
                     close_old_connections()
                 if time.monotonic() - skip_since > SKIP_RESET_SECONDS:
                     skipped.clear()
                     skip_since = time.monotonic()
                 sent = publish_pending(channel, skip=skipped)
-                total += sent
-                if once and sent < BATCH_SIZE:
-                    break
+                self.total += sent
                 if sent < BATCH_SIZE:
+                    if once:
+                        return True
                     # Keep heartbeats flowing while idle.
                     connection.process_data_events(time_limit=self.poll_interval)
-            except (*BROKER_ERRORS, DatabaseError) as exc:
-                log.warning(
-                    "event=relay_unavailable error=%s retry_in=%.1fs",
-                    type(exc).__name__,
-                    backoff,
-                )
-                _close(connection)
-                connection = None
-                if once:
-                    raise
-                self.stop_event.wait(backoff)
-                backoff = min(backoff * 2, self.backoff_max)
-        _close(connection)
-        return total
+        finally:
+            broker.close_quietly(connection)
+        return False
 
 
-def _close(connection: BlockingConnection | None) -> None:
-    if connection is not None and connection.is_open:
-        try:
-            connection.close()
-        except BROKER_ERRORS:
-            pass
+def _log_unavailable(exc: BaseException, retry_in: float) -> None:
+    log.warning("event=relay_unavailable error=%s retry_in=%.1fs", type(exc).__name__, retry_in)
 
 
 def requeue(*, message: OutboxMessage) -> bool:

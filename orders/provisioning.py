@@ -8,7 +8,6 @@ request are committed together or not at all, and a broker outage only delays th
 from __future__ import annotations
 
 import logging
-import secrets
 import uuid
 from typing import Any
 
@@ -16,13 +15,13 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from orders import broker
-from orders.models import Instance, Order, OutboxMessage
+from orders.models import ORDER_STATUS_FOR_INSTANCE, Instance, Order, OutboxMessage
+from vmbackend import messages, topology
+
+CREATE_VM = messages.CREATE_VM
+DELETE_VM = "delete-vm"
 
 log = logging.getLogger(__name__)
-
-PROTOCOL_VERSION = 1
-
 
 class ProvisioningError(Exception):
     """A staff or customer action that does not fit the order's current state."""
@@ -33,7 +32,7 @@ def enqueue(
     routing_key: str,
     body: dict[str, Any],
     instance: Instance | None = None,
-    exchange: str = broker.COMMANDS_EXCHANGE,
+    exchange: str = topology.COMMANDS_EXCHANGE,
 ) -> OutboxMessage:
     """Record a command to publish; commits (or rolls back) with the caller's transaction."""
     return OutboxMessage.objects.create(
@@ -42,33 +41,25 @@ def enqueue(
 
 
 def create_vm_body(*, instance: Instance) -> dict[str, Any]:
-    """The create-vm command of docs/protocol.md for this instance (no reply_to: events tell)."""
+    """The create-vm command of docs/protocol.md for this instance (built by the contract)."""
     plan = instance.order.plan
-    return {
-        "version": PROTOCOL_VERSION,
-        "command": "create-vm",
-        "options": {
-            "image": settings.INSTANCE_IMAGE,
-            "vm-id": str(instance.public_id),
-            "memory-mb": plan.memory_mb,
-            "vcpus": plan.vcpus,
-            "disk-gb": plan.disk_gb,
-            "admin": {"username": instance.admin_username, "password": instance.admin_password},
-            "limits": {"max-connections": plan.max_connections, "max-queues": plan.max_queues},
-        },
-    }
+    return messages.create_vm_body(
+        vm_id=instance.vm_id,
+        image=settings.INSTANCE_IMAGE,
+        memory_mb=plan.memory_mb,
+        vcpus=plan.vcpus,
+        disk_gb=plan.disk_gb,
+        admin_username=instance.admin_username,
+        admin_password=instance.admin_password,
+        limits={"max-connections": plan.max_connections, "max-queues": plan.max_queues},
+    )
 
 
-def delete_vm_body(*, vm_id: str) -> dict[str, Any]:
-    return {"version": PROTOCOL_VERSION, "command": "delete-vm", "options": {"vm-id": vm_id}}
-
-
-def _new_admin_username() -> str:
-    return f"warren-{secrets.token_hex(3)}"
-
-
-def _new_admin_password() -> str:
-    return secrets.token_urlsafe(24)  # 32 url-safe characters
+def delete_vm(*, instance: Instance, vm_id: str, routing_key: str = DELETE_VM) -> OutboxMessage:
+    """Queue a delete-vm for `vm_id` (broadcast to every host, or to one with host.<id>)."""
+    return enqueue(
+        routing_key=routing_key, body=messages.delete_vm_body(vm_id=vm_id), instance=instance
+    )
 
 
 def request_provisioning(
@@ -88,12 +79,11 @@ def request_provisioning(
         return None
     # Order.instance is one-to-one: even a second writer that slipped past the status check
     # could not create a second instance (IntegrityError rolls its whole transaction back).
+    username, password = messages.generate_admin()  # warren-xxxxxx, 32 url-safe characters
     instance = Instance.objects.create(
-        order=order,
-        admin_username=_new_admin_username(),
-        admin_password=_new_admin_password(),
+        order=order, admin_username=username, admin_password=password
     )
-    enqueue(routing_key="create-vm", body=create_vm_body(instance=instance), instance=instance)
+    enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance)
     log.info(
         "event=provisioning_requested order_id=%s instance_id=%s plan=%s",
         order.public_id,
@@ -109,7 +99,7 @@ def request_deletion(*, order: Order, instance: Instance) -> None:
         instance.move_to(Instance.Status.DELETING)
     if order.status != Order.Status.DELETING:
         order.move_to(Order.Status.DELETING)
-    enqueue(routing_key="delete-vm", body=delete_vm_body(vm_id=instance.vm_id), instance=instance)
+    delete_vm(instance=instance, vm_id=instance.vm_id)
     log.info(
         "event=deletion_requested order_id=%s instance_id=%s",
         order.public_id,
@@ -120,7 +110,7 @@ def request_deletion(*, order: Order, instance: Instance) -> None:
 def resend_deletion(*, instance: Instance) -> None:
     """delete-vm again for an instance already deleting: a host has just announced it (the first
     delete-vm was broadcast before any host knew the vm-id, so nobody acted on it)."""
-    enqueue(routing_key="delete-vm", body=delete_vm_body(vm_id=instance.vm_id), instance=instance)
+    delete_vm(instance=instance, vm_id=instance.vm_id)
     log.info(
         "event=deletion_resent order_id=%s instance_id=%s",
         instance.order.public_id,
@@ -140,8 +130,8 @@ def cancel_order_locked(*, order: Order, reason: str) -> bool:
         return False
     now = timezone.now()
     instance = Instance.objects.select_for_update().filter(order=order).first()
-    if instance is None or instance.status in (Instance.Status.FAILED, Instance.Status.DELETED):
-        if order.status in (Order.Status.PENDING_PAYMENT, Order.Status.FAILED):
+    if instance is None or instance.status in Instance.WITHOUT_VM:
+        if order.can_move_to(Order.Status.CANCELLED):  # awaiting payment, or failed
             changed = order.move_to(Order.Status.CANCELLED, cancelled_at=now, cancel_reason=reason)
         else:
             # A paid order whose instance is gone already (should not happen): record it.
@@ -202,7 +192,7 @@ def retry_provisioning(*, instance: Instance) -> Instance:
             )
         old_vm_id = locked.vm_id
         if locked.status == Instance.Status.LOST:
-            enqueue(routing_key="delete-vm", body=delete_vm_body(vm_id=old_vm_id), instance=locked)
+            delete_vm(instance=locked, vm_id=old_vm_id)
         locked.move_to(
             Instance.Status.REQUESTED,
             public_id=uuid.uuid4(),
@@ -217,7 +207,7 @@ def retry_provisioning(*, instance: Instance) -> Instance:
         )
         order.move_to(Order.Status.PAID)
         locked.order = order
-        enqueue(routing_key="create-vm", body=create_vm_body(instance=locked), instance=locked)
+        enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=locked), instance=locked)
         log.info(
             "event=provisioning_retried order_id=%s instance_id=%s old_instance_id=%s attempt=%s",
             order.public_id,
@@ -233,7 +223,7 @@ def forget_credentials(*, instance: Instance) -> None:
     so the secret does not outlive the server it opened."""
     Instance.objects.filter(pk=instance.pk).update(admin_password="")
     instance.admin_password = ""
-    for row in instance.outbox_messages.filter(routing_key="create-vm", sent_at__isnull=False):
+    for row in instance.outbox_messages.filter(routing_key=CREATE_VM, sent_at__isnull=False):
         admin = (row.body.get("options") or {}).get("admin")
         if isinstance(admin, dict) and admin.get("password"):
             admin["password"] = ""
@@ -242,12 +232,4 @@ def forget_credentials(*, instance: Instance) -> None:
 
 def order_status_for(instance: Instance) -> str:
     """The order status that matches where the instance is (used when past_due is paid)."""
-    return {
-        Instance.Status.REQUESTED: Order.Status.PAID,
-        Instance.Status.BOOTING: Order.Status.PROVISIONING,
-        Instance.Status.READY: Order.Status.READY,
-        Instance.Status.FAILED: Order.Status.FAILED,
-        Instance.Status.LOST: Order.Status.FAILED,
-        Instance.Status.DELETING: Order.Status.DELETING,
-        Instance.Status.DELETED: Order.Status.DELETED,
-    }[Instance.Status(instance.status)]
+    return ORDER_STATUS_FOR_INSTANCE[instance.status]

@@ -1,4 +1,4 @@
-"""The event consumer against the real RabbitMQ: host events change instances and orders once."""
+"""The host-event consumer against the real RabbitMQ: host events change instances and orders once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
-from orders.events import (
+from orders.host_events import (
     EventConsumer,
     handle_message,
     instances_on_silent_hosts,

@@ -15,8 +15,8 @@ import pika
 import pytest
 from django.db import OperationalError
 
-from orders import events, outbox
-from orders.events import EventConsumer
+from orders import host_events, outbox
+from orders.host_events import EventConsumer
 from orders.outbox import Relay
 from orders.provisioning import enqueue
 from tests.orders.conftest import get_all
@@ -98,7 +98,7 @@ def test_a_database_error_leaves_the_event_on_the_queue(amqp, orders_amqp_url):
     )
     consumer = EventConsumer(url=orders_amqp_url, idle_timeout=0.3)
 
-    with mock.patch.object(events, "handle_message", side_effect=OperationalError("db down")):
+    with mock.patch.object(host_events, "handle_message", side_effect=OperationalError("db down")):
         with pytest.raises(OperationalError):
             consumer.run(once=True)
 
@@ -114,7 +114,7 @@ def test_the_consumer_loop_backs_off_on_a_database_error_and_goes_on(amqp, order
         pika.BasicProperties(delivery_mode=2),
     )
     consumer = EventConsumer(url=orders_amqp_url, idle_timeout=0.2, backoff_initial=0.01)
-    real = events.handle_message
+    real = host_events.handle_message
     calls = {"n": 0}
 
     def flaky(body: bytes) -> str:
@@ -124,7 +124,7 @@ def test_the_consumer_loop_backs_off_on_a_database_error_and_goes_on(amqp, order
         consumer.stop()  # applied on the retry: enough
         return real(body)
 
-    with mock.patch.object(events, "handle_message", side_effect=flaky):
+    with mock.patch.object(host_events, "handle_message", side_effect=flaky):
         counts = consumer.run()
 
     assert counts == {"applied": 1}

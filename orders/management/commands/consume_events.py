@@ -1,15 +1,13 @@
-"""manage.py consume_events: apply the host daemons' events to orders (see orders/events.py)."""
+"""manage.py consume_events: apply the host daemons' events (see orders/host_events.py)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import pika.exceptions
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError
 
-from orders.events import EventConsumer
+from orders.host_events import CONSUMER_ERRORS, EventConsumer
 from orders.management.worker_signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -28,7 +26,7 @@ class Command(BaseCommand):
         try:
             with stop_on_signals(consumer.stop, log, "consumer_stopping"):
                 counts = consumer.run(once=once)
-        except (pika.exceptions.AMQPError, OSError, DatabaseError) as exc:  # only with --once
+        except CONSUMER_ERRORS as exc:  # only with --once; the loop itself retries
             raise CommandError(f"cannot consume events ({type(exc).__name__})") from exc
         log.info(
             "event=consumer_stopped %s", " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
