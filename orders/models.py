@@ -107,9 +107,14 @@ class Order(_StateMachine):
         S.DELETED: frozenset(),
     }
     # Named status sets: every rule that asks "is the order one of ..." uses one of these.
-    LIVE = frozenset({S.PAID, S.PROVISIONING, S.READY, S.PAST_DUE})  # paid for, VM wanted
+    IN_GOOD_STANDING = frozenset({S.PAID, S.PROVISIONING, S.READY})  # paid up, VM wanted
+    LIVE = IN_GOOD_STANDING | {S.PAST_DUE}  # paid for once, VM wanted
+    ON_ITS_WAY = IN_GOOD_STANDING | {S.PENDING_PAYMENT}  # the order page shows the steps
+    SERVING = frozenset({S.READY, S.PAST_DUE})  # the customer may see the connection details
     CANCELLABLE = LIVE | {S.PENDING_PAYMENT, S.FAILED}  # not already on its way out
     IN_PROGRESS = frozenset({S.PAID, S.PROVISIONING, S.DELETING})  # about to change by itself
+    # The order page polls: in progress, or waiting for a payment or a staff retry.
+    MAY_CHANGE = IN_PROGRESS | {S.PENDING_PAYMENT, S.FAILED}
 
     public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(
@@ -169,11 +174,6 @@ class Order(_StateMachine):
     @property
     def is_paid(self) -> bool:
         return self.paid_at is not None
-
-    @property
-    def is_in_progress(self) -> bool:
-        """The order page should keep refreshing itself: something is about to change."""
-        return self.status in self.IN_PROGRESS
 
 
 class Instance(_StateMachine):

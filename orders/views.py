@@ -63,8 +63,7 @@ STEPS = [
 
 def _steps(order: Order, instance: Instance | None) -> list[dict[str, str]]:
     """The provisioning steps with done/current/todo, for orders on their way to a server."""
-    S = Order.Status
-    if order.status not in (S.PENDING_PAYMENT, S.PAID, S.PROVISIONING, S.READY):
+    if order.status not in Order.ON_ITS_WAY:
         return []
     note = ""
     if not order.is_paid:
@@ -92,14 +91,8 @@ def _steps(order: Order, instance: Instance | None) -> list[dict[str, str]]:
 def _state_context(order: Order) -> dict[str, Any]:
     instance = _get_instance(order)
     # A failed order keeps polling: staff may retry it, and the customer should see that happen.
-    final = not (
-        order.status in (Order.Status.PENDING_PAYMENT, Order.Status.FAILED) or order.is_in_progress
-    )
-    show_connection = bool(
-        instance
-        and instance.is_ready
-        and order.status in (Order.Status.READY, Order.Status.PAST_DUE)
-    )
+    final = order.status not in Order.MAY_CHANGE
+    show_connection = bool(instance and instance.is_ready and order.status in Order.SERVING)
     return {
         "order": order,
         "instance": instance,

@@ -306,7 +306,7 @@ def on_invoice_payment_failed(invoice: dict[str, Any]) -> _Outcome:
     order = _invoice_order(invoice)
     if order is None:
         return _Outcome(Result.UNKNOWN_ORDER, None, f"invoice {_id_of(invoice.get('id'))}")
-    if order.status in (Order.Status.PAID, Order.Status.PROVISIONING, Order.Status.READY):
+    if order.status in Order.IN_GOOD_STANDING:
         order.move_to(Order.Status.PAST_DUE)
         return _Outcome(Result.PROCESSED, order, "renewal failed, past due")
     # A first invoice that fails leaves the order awaiting payment; others change nothing.

@@ -1,0 +1,175 @@
+"""The shop and the daemon agree on the wire format (fast: no broker, no VM).
+
+Both sides use vmbackend/messages.py; these tests hold the two halves against each other: what the
+shop writes to its outbox (and the relay publishes) is read by the daemon's parser with the same
+fields, and every event the daemon builds is read by the shop's parser and applied.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.test import override_settings
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orders.host_events import handle_message
+from orders.models import Instance, Order, OutboxMessage
+from orders.provisioning import cancel_order, request_provisioning
+from vmbackend import messages
+from vmbackend.messages import CreateVM, VMCommand
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def instance(order: Order) -> Instance:
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        return request_provisioning(order=locked)
+
+
+def _published(row: OutboxMessage) -> bytes:
+    """The bytes the relay puts on the wire for a row (orders/outbox.py publish_row)."""
+    return messages.encode(row.body)
+
+
+@override_settings(INSTANCE_IMAGE="rabbitmq")
+def test_the_create_vm_the_shop_writes_is_read_by_the_daemon_field_by_field(order):
+    with transaction.atomic():
+        instance = request_provisioning(order=Order.objects.select_for_update().get(pk=order.pk))
+    row = OutboxMessage.objects.get(routing_key="create-vm")
+    plan = order.plan
+
+    command = messages.parse(_published(row))
+
+    assert command == CreateVM(
+        vm_id=str(instance.public_id),
+        image="rabbitmq",
+        memory_mb=plan.memory_mb,
+        vcpus=plan.vcpus,
+        disk_gb=plan.disk_gb,
+        admin_username=instance.admin_username,
+        admin_password=instance.admin_password,
+        password_generated=False,
+        limits={"max-connections": plan.max_connections, "max-queues": plan.max_queues},
+    )
+
+
+def test_the_delete_vm_the_shop_writes_is_read_by_the_daemon(instance):
+    cancel_order(order=instance.order, reason="customer", cancel_subscription=False)
+    row = OutboxMessage.objects.get(routing_key="delete-vm")
+
+    assert messages.parse(_published(row)) == VMCommand("delete-vm", str(instance.public_id))
+
+
+def _daemon_events(vm_id: str) -> list[dict[str, Any]]:
+    """Every event type, with the fields the daemon sends (vmbackend/daemon.py, provision.py)."""
+
+    def event(type_: str, seq: int, **fields: Any) -> dict[str, Any]:
+        return messages.event(type_, instance_id=vm_id, host_id="host-a", seq=seq, **fields)
+
+    return [
+        event("instance.accepted", 1, image="rabbitmq"),
+        event("instance.progress", 2, stage="vm_starting"),
+        event("instance.progress", 3, stage="guest_up"),
+        event("instance.progress", 4, stage="rabbitmq_starting"),
+        event(
+            "instance.ready", 5, management_url="http://127.0.0.1:20001/",
+            amqp_url="amqp://warren-3f9e1c@127.0.0.1:20002/", admin_username="warren-3f9e1c",
+            ip_addresses=["10.0.2.15"], boot="cold", seconds=101.7,
+        ),
+        event("instance.stopped", 6),
+        event("instance.started", 7),
+        event(
+            "instance.ready", 8, management_url="http://127.0.0.1:20001/",
+            amqp_url="amqp://warren-3f9e1c@127.0.0.1:20002/", admin_username="warren-3f9e1c",
+            ip_addresses=[], boot="restore", seconds=None,
+        ),
+        event("instance.lost", 9, reason="QEMU process was gone when the daemon started"),
+        event("instance.failed", 10, reason="guest agent did not answer; console tail: " + "x" * 9000),
+        event("instance.deleted", 11),
+    ]
+
+
+def test_every_event_the_daemon_builds_is_read_by_the_shop_with_its_fields(instance):
+    for body in _daemon_events(instance.vm_id):
+        event = messages.parse_event(messages.encode_event(body))
+
+        assert (event.type, event.host_id, event.seq) == (body["type"], "host-a", body["seq"])
+        assert event.instance_id == instance.public_id
+        assert event.message_id == body["message_id"]
+        for name in ("stage", "management_url", "amqp_url", "admin_username", "reason", "image"):
+            assert getattr(event, name) == body.get(name, ""), name
+
+
+def test_a_heartbeat_the_daemon_builds_is_read_by_the_shop():
+    body = messages.event("host.heartbeat", instance_id=None, host_id="host-a", seq=42,
+                          capacity=2, running=1, free_slots=1, daemon_version="0.1.0")
+
+    event = messages.parse_event(messages.encode_event(body))
+
+    assert (event.capacity, event.running, event.free_slots, event.daemon_version) == (
+        2, 1, 1, "0.1.0")
+    assert handle_message(messages.encode_event(body)) == "applied"
+
+
+def test_a_boot_the_daemon_reports_makes_the_order_ready(instance):
+    results = [
+        handle_message(messages.encode_event(body)) for body in _daemon_events(instance.vm_id)[:5]
+    ]
+
+    assert results == ["applied"] * 5
+    instance.refresh_from_db()
+    assert instance.status == Instance.Status.READY
+    assert instance.order.status == Order.Status.READY
+
+
+def test_a_long_failure_reason_is_cut_by_the_builder_not_refused_by_the_shop():
+    body = messages.event("instance.failed", instance_id="0b6c3f9e-3c2e-4d55-8a53-9f2d4c6d7a10",
+                          host_id="h", seq=1, reason="y" * 100_000)
+
+    assert len(messages.parse_event(messages.encode_event(body)).reason) == messages.MAX_REASON
+
+
+_host_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    host_id=_host_ids,
+    seq=st.integers(min_value=0, max_value=2**63 - 1),
+    vm_id=st.uuids(),
+    stage=st.sampled_from(messages.STAGES),
+    port=st.integers(min_value=1, max_value=65535),
+    username=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"),
+    reason=st.text(max_size=200).filter(lambda t: "\x00" not in t),
+)
+def test_any_event_the_daemon_can_build_is_accepted_by_the_shop(
+    host_id, seq, vm_id, stage, port, username, reason
+):
+    """Property: the builder's output within the daemon's own bounds always parses."""
+    cases = {
+        "instance.progress": {"stage": stage},
+        "instance.ready": {"management_url": f"http://127.0.0.1:{port}/",
+                           "amqp_url": f"amqp://{username}@127.0.0.1:{port}/",
+                           "admin_username": username, "ip_addresses": ["10.0.2.15"],
+                           "boot": "cold", "seconds": 1.5},
+        "instance.failed": {"reason": reason},
+    }
+    for type_, fields in cases.items():
+        body = messages.event(type_, instance_id=str(vm_id), host_id=host_id, seq=seq, **fields)
+        event = messages.parse_event(messages.encode_event(body))
+        assert (event.host_id, event.seq, event.instance_id) == (host_id, seq, vm_id)
+
+
+def test_the_wire_format_is_the_documented_one(instance):
+    """docs/protocol.md: version, command, options; the shop adds nothing else."""
+    body = json.loads(_published(OutboxMessage.objects.get(routing_key="create-vm")))
+
+    assert set(body) == {"version", "command", "options"}
+    assert set(body["options"]) == {
+        "image", "vm-id", "memory-mb", "vcpus", "disk-gb", "admin", "limits"}
