@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pika
 import pika.exceptions
 import pytest
 
 from orders import broker
+from tests.orders.conftest import get_all
 from vmbackend import topology
 
 
@@ -36,3 +38,33 @@ def test_a_declaration_with_other_arguments_would_be_refused(orders_amqp_url):
         assert refused.value.reply_code == 406
     finally:
         connection.close()
+
+
+def test_a_dead_letter_keeps_the_message_and_says_why_and_where(amqp):
+    original = pika.BasicProperties(
+        content_type="application/json", message_id="m-1", correlation_id="c-1",
+        headers={"x-sender": "ops-script"},
+    )
+
+    topology.publish_dead_letter(
+        amqp, "create-vm", b'{"command": 1}', original, "r" * 2000,
+        {"x-warren-host-id": "host-a"},
+    )
+
+    ((method, properties, body),) = get_all(amqp, topology.DEAD_QUEUE)
+    assert (body, method.routing_key) == (b'{"command": 1}', "create-vm")
+    assert (properties.message_id, properties.correlation_id) == ("m-1", "c-1")
+    assert properties.delivery_mode == 2
+    assert properties.headers == {
+        "x-sender": "ops-script",
+        "x-warren-host-id": "host-a",
+        topology.REJECT_HEADER: "r" * topology.MAX_REJECT_REASON,
+    }
+
+
+def test_a_dead_letter_without_properties_gets_a_message_id(amqp):
+    topology.publish_dead_letter(amqp, "x", b"junk", None, "not JSON")
+
+    ((_, properties, _),) = get_all(amqp, topology.DEAD_QUEUE)
+    assert properties.message_id
+    assert properties.headers == {topology.REJECT_HEADER: "not JSON"}
