@@ -1,4 +1,4 @@
-"""The host-event consumer against the real RabbitMQ: host events change instances and orders once."""
+"""The host-event consumer against the real RabbitMQ: events change instances and orders once."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from orders.host_events import (
     EventConsumer,
@@ -19,9 +21,17 @@ from orders.host_events import (
     instances_on_silent_hosts,
     mark_silent_hosts,
 )
-from orders.models import Host, Instance, Order, OutboxMessage
+from orders.models import (
+    HOST_EVENT_TRANSITIONS,
+    ORDER_STATUS_FOR_INSTANCE,
+    Host,
+    Instance,
+    Order,
+    OutboxMessage,
+)
 from orders.provisioning import cancel_order, request_provisioning, retry_provisioning
 from tests.orders.conftest import get_all
+from vmbackend import messages
 
 pytestmark = pytest.mark.django_db
 
@@ -389,3 +399,59 @@ def test_a_ready_vm_on_a_second_host_replaces_a_lost_one(instance):
     fresh = _fresh(instance)
     assert (fresh.status, fresh.host_id, fresh.order.status) == ("ready", "host-b", "ready")
     assert OutboxMessage.objects.filter(routing_key="host.host-a").count() == 1
+
+
+# -- the event -> transition table ------------------------------------------------------------------
+
+
+def test_every_step_of_the_event_table_is_an_allowed_transition():
+    for (event_type, status), step in HOST_EVENT_TRANSITIONS.items():
+        assert event_type in messages.INSTANCE_EVENTS
+        if step.instance_to is not None:
+            assert Instance(status=status).can_move_to(step.instance_to), (event_type, status)
+        for order_status in step.order_from:
+            assert Order(status=order_status).can_move_to(step.order_to), (event_type, order_status)
+        assert step.effect in {"", *EFFECTS}
+
+
+EFFECTS = {"resend_deletion", "forget_credentials", "update_urls", "update_stage"}
+_EVENT_FIELDS = {
+    "instance.progress": {"stage": "guest_up"},
+    "instance.ready": {"management_url": "http://127.0.0.1:1/", "amqp_url": "amqp://u@127.0.0.1:2/"},
+    "instance.failed": {"reason": "boom"},
+    "instance.lost": {"reason": "gone"},
+}
+
+
+# The factory makes a fresh order per example, so sharing it across examples is intended.
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from([*sorted(messages.INSTANCE_EVENTS), "cancel"]), max_size=8))
+def test_any_sequence_of_host_events_keeps_order_and_instance_in_step(order_factory, steps):
+    """Property: whatever a host reports, in any order, the handler never raises and the order's
+    status stays the one that matches its instance (cancelled for a failed VM cancelled)."""
+    instance = order_factory()
+    for seq, step in enumerate(steps, start=1):
+        if step == "cancel":
+            cancel_order(order=instance.order, reason="test", cancel_subscription=False)
+        else:
+            body = messages.event(step, instance_id=instance.vm_id, host_id="host-a", seq=seq,
+                                  **_EVENT_FIELDS.get(step, {}))
+            result = handle_message(messages.encode_event(body))
+            assert result in {"applied", "ignored", "deletion_resent"}
+        fresh = _fresh(instance)
+        expected = ORDER_STATUS_FOR_INSTANCE[fresh.status]
+        if fresh.order.status == Order.Status.CANCELLED:
+            assert fresh.status in Instance.WITHOUT_VM
+        else:
+            assert fresh.order.status == expected, (steps[:seq], fresh.status)
+
+
+@pytest.fixture
+def order_factory(plan, customer):
+    def make() -> Instance:
+        with transaction.atomic():
+            fresh = Order.objects.create(user=customer, plan=plan)
+            return request_provisioning(order=Order.objects.select_for_update().get(pk=fresh.pk))
+
+    return make
