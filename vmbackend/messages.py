@@ -20,6 +20,7 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -171,34 +172,21 @@ def _vm_command(command: str, options: dict[str, Any]) -> VMCommand:
     return VMCommand(command=command, vm_id=validate_vm_id(options["vm-id"]), kill=kill)
 
 
-_STRUCTURE = re.compile(r'[\[\]{}"\\]')
+_ESCAPE = re.compile(r"\\.", re.DOTALL)  # \" or \\ inside a string
+_STRING = re.compile(r'"[^"]*"')  # once escapes are gone; linear, no backtracking
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def _too_deep(text: str) -> bool:
     """True when objects/arrays nest deeper than MAX_DEPTH (brackets inside strings don't count).
 
-    A scan over the structural characters only; json itself would recurse once per level."""
+    json itself recurses once per level, so this runs first: drop escapes, then strings, then
+    everything but brackets, and sum the steps with C-level iterators (no Python loop per char)."""
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return False
-    depth, in_string, skip = 0, False, -1
-    for match in _STRUCTURE.finditer(text):
-        position, char = match.start(), match.group()
-        if position == skip:
-            continue
-        if in_string:
-            if char == "\\":
-                skip = position + 1  # the escaped character, e.g. \"
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > MAX_DEPTH
 
 
 def _bounded_int(text: str) -> int:
