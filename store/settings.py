@@ -150,6 +150,13 @@ CLIENT_IP_HEADER = env.str("WARREN_CLIENT_IP_HEADER", default="")
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Warren <noreply@warren.localhost>")
+# For the SMTP backend (django.core.mail.backends.smtp.EmailBackend) in production.
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_TIMEOUT = 10
 
 # Public base URL of the shop, used for Stripe success/cancel URLs and the offline checkout.
 SITE_URL = env.str("WARREN_SITE_URL", default="http://127.0.0.1:8000")
