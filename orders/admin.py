@@ -46,7 +46,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         list_filter = self.get_list_filter(request) if request is not None else self.list_filter
         for item in list_filter:
             if isinstance(item, type) and issubclass(item, admin.SimpleListFilter):
-                fields.add(item.parameter_name)
+                fields.add(getattr(item, "parameter_name", ""))
             elif isinstance(item, (list, tuple)):
                 fields.add(item[0].split(LOOKUP_SEP)[0])
             elif isinstance(item, str):
