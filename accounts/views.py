@@ -1,4 +1,5 @@
 import logging
+import smtplib
 
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
@@ -69,5 +70,15 @@ def _tell_owners_of_a_new_account(
         body = render_to_string(
             "registration/email_in_use_email.txt", {**context, "user": owner}
         )
-        send_mail("Another Warren account uses your email address", body, None, [owner.email])  # type: ignore[attr-defined]
+        try:
+            send_mail(
+                "Another Warren account uses your email address",
+                body,
+                None,
+                [owner.email],  # type: ignore[attr-defined]
+            )
+        except (OSError, smtplib.SMTPException) as exc:
+            # A mail server error must not turn this signup into a 500 that only an address in
+            # use can cause.
+            log.warning("event=signup_notice_failed user_id=%s error=%s", owner.pk, exc)
     log.info("event=signup_email_in_use new_user_id=%s owners=%d", new_user.pk, len(owners))

@@ -98,3 +98,17 @@ def test_it_redirects_a_logged_in_user(client: Client) -> None:
     client.force_login(user)
     response = client.get(reverse("signup"))
     assert response.status_code == 302
+
+
+def test_a_mail_server_error_does_not_give_the_address_away(client: Client, monkeypatch) -> None:
+    import smtplib
+
+    def down(*args, **kwargs):
+        raise smtplib.SMTPServerDisconnected("gone")
+
+    get_user_model().objects.create_user("bob", "alice@example.com", PASSWORD)
+    monkeypatch.setattr("accounts.views.send_mail", down)
+
+    response = _signup(client)
+
+    assert (response.status_code, response["Location"]) == (302, reverse("store:pricing"))
