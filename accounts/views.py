@@ -1,9 +1,32 @@
-from django.contrib.auth import login
+import logging
+import smtplib
+
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.mail import send_mail
+from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from accounts.forms import SignupForm
+from accounts.forms import SignupForm, ThrottledAuthenticationForm
+
+log = logging.getLogger(__name__)
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login with the failed-login throttle; a locked-out attempt answers 429."""
+
+    authentication_form = ThrottledAuthenticationForm
+
+    def form_invalid(self, form: Form) -> HttpResponse:
+        response = super().form_invalid(form)
+        if form.has_error("__all__", "throttled"):
+            response.status_code = 429
+        return response
 
 
 def _safe_next(request: HttpRequest) -> str:
@@ -22,9 +45,40 @@ def signup(request: HttpRequest) -> HttpResponse:
 
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        owners = list(get_user_model().objects.filter(email__iexact=form.cleaned_data["email"]))
         user = form.save()
+        if owners:
+            _tell_owners_of_a_new_account(request, owners, user)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect(_safe_next(request))
 
     ctx = {"form": form, "next": request.POST.get("next") or request.GET.get("next", "")}
     return render(request, "registration/signup.html", ctx)
+
+
+def _tell_owners_of_a_new_account(
+    request: HttpRequest, owners: list[AbstractBaseUser], new_user: AbstractBaseUser
+) -> None:
+    """Someone signed up with an address that already has an account: its owner hears of it by
+    mail (the page says nothing, so signup does not reveal which addresses are registered)."""
+    context = {
+        "new_username": new_user.get_username(),
+        "login_url": request.build_absolute_uri(reverse("login")),
+        "reset_url": request.build_absolute_uri(reverse("password_reset")),
+    }
+    for owner in owners:
+        body = render_to_string(
+            "registration/email_in_use_email.txt", {**context, "user": owner}
+        )
+        try:
+            send_mail(
+                "Another Warren account uses your email address",
+                body,
+                None,
+                [owner.email],  # type: ignore[attr-defined]
+            )
+        except (OSError, smtplib.SMTPException) as exc:
+            # A mail server error must not turn this signup into a 500 that only an address in
+            # use can cause.
+            log.warning("event=signup_notice_failed user_id=%s error=%s", owner.pk, exc)
+    log.info("event=signup_email_in_use new_user_id=%s owners=%d", new_user.pk, len(owners))

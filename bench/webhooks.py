@@ -43,6 +43,8 @@ def setup_django(database_url: str) -> None:
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "store.settings")
     os.environ["WARREN_LOG_LEVEL"] = "WARNING"
+    # Django's test Client sends Host: testserver, no longer among the default allowed hosts.
+    os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver")
     sys.path.insert(0, str(ROOT))
     import django
 

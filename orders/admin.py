@@ -1,7 +1,10 @@
 """Staff views of orders, instances, webhook receipts, outbox rows and hosts.
 
 State is changed only through the actions (which call the services), never by editing fields:
-every model here is read-only in its change form. The VM admin password is never displayed.
+every model here is read-only in its change form. The VM admin password is never displayed, and
+never filterable: the changelists accept query-string lookups only on their list_filter and
+date_hierarchy fields, never on a secret or a message body (a `?admin_password__regex=^a` lookup
+answered "found" / "not found" and so leaked the password a character at a time).
 """
 
 from __future__ import annotations
@@ -12,20 +15,43 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 
+from orders.checkout import CheckoutError
 from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
 from orders.models import Host, Instance, Order, OutboxMessage, WebhookEvent
 from orders.outbox import requeue
 from orders.provisioning import ProvisioningError, cancel_order, retry_provisioning
 
 MASK = "********"
+# Never a lookup through these, on any model or relation (a regex lookup is an oracle).
+SECRET_FIELDS = frozenset({"admin_password", "password", "body"})
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Rows are created by the shop's workflows; staff look and use actions."""
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        """Only the lookups the list's own filters make (Django allows any local field)."""
+        parts = lookup.split(LOOKUP_SEP)
+        if SECRET_FIELDS.intersection(parts) or parts[0] not in self._filter_fields(request):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def _filter_fields(self, request: HttpRequest | None) -> set[str]:
+        fields = {self.date_hierarchy.split(LOOKUP_SEP)[0]} if self.date_hierarchy else set()
+        list_filter = self.get_list_filter(request) if request is not None else self.list_filter
+        for item in list_filter:
+            if isinstance(item, type) and issubclass(item, admin.SimpleListFilter):
+                fields.add(getattr(item, "parameter_name", ""))
+            elif isinstance(item, (list, tuple)):
+                fields.add(item[0].split(LOOKUP_SEP)[0])
+            elif isinstance(item, str):
+                fields.add(item.split(LOOKUP_SEP)[0])
+        return fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -74,7 +100,13 @@ class OrderAdmin(ReadOnlyAdmin):
         for order in queryset:
             if not order.can_cancel:
                 continue
-            cancel_order(order=order, reason=f"Cancelled by staff ({request.user})")
+            try:
+                cancel_order(order=order, reason=f"Cancelled by staff ({request.user})")
+            except CheckoutError as exc:  # Stripe refused or is down: this order is unchanged
+                self.message_user(
+                    request, f"Order {order.public_id} not cancelled: {exc}", level=messages.ERROR
+                )
+                continue
             done += 1
         skipped = queryset.count() - done
         self.message_user(request, f"Cancelled {done} order(s); {skipped} could not be cancelled.")
@@ -147,14 +179,14 @@ class WebhookEventAdmin(ReadOnlyAdmin):
 
 
 def masked_body(body: Any) -> Any:
-    """The outbox body with the VM admin password replaced, for display."""
-    shown = copy.deepcopy(body)
-    admin_creds = (
-        ((shown or {}).get("options") or {}).get("admin") if isinstance(shown, dict) else None
-    )
-    if isinstance(admin_creds, dict) and "password" in admin_creds:
-        admin_creds["password"] = MASK
-    return shown
+    """The outbox body with every "password" value replaced, at any depth, for display."""
+    if isinstance(body, dict):
+        return {
+            key: MASK if key == "password" else masked_body(value) for key, value in body.items()
+        }
+    if isinstance(body, list):
+        return [masked_body(item) for item in body]
+    return copy.copy(body)
 
 
 class SentFilter(admin.SimpleListFilter):

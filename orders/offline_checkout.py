@@ -1,9 +1,11 @@
 """The stand-in for Stripe's hosted checkout when the shop runs without Stripe keys.
 
 It completes a payment the way Stripe does: it builds a `checkout.session.completed` event, signs
-it with the webhook secret (header `t=<ts>,v1=<hmac-sha256 of "<ts>.<body>">`) and POSTs it to the
-shop's own webhook URL, so the production path (signature check, event receipt, fulfilment) runs.
-It cannot run while a Stripe secret key is configured.
+it with the webhook secret (header `t=<ts>,v1=<hmac-sha256 of "<ts>.<body>">`) and hands body and
+signature to `process_webhook()`, the function behind the webhook view, so the production path
+(signature check, event receipt, fulfilment) runs. In-process on purpose: an HTTP request to "our
+own" URL would be built from the request's Host header, which the customer controls (the shop
+could be made to post elsewhere or probe ports). It cannot run while a Stripe secret key is set.
 """
 
 from __future__ import annotations
@@ -14,27 +16,22 @@ import json
 import logging
 import secrets
 import time
-import urllib.error
-import urllib.request
 from typing import Any
-from urllib.parse import urlsplit
 
 import stripe
 from django.conf import settings
 
 from orders.models import Order
+from orders.webhooks import WebhookError, WebhookResult, process_webhook
 
 log = logging.getLogger(__name__)
-
-POST_TIMEOUT = 10.0  # seconds
-
 
 class OfflinePaymentsDisabled(Exception):
     """A Stripe secret key is configured: only Stripe may complete payments."""
 
 
 class OfflinePaymentError(Exception):
-    """The shop's webhook endpoint did not accept the offline payment event."""
+    """The webhook workflow refused the offline payment event."""
 
 
 def offline_payments_enabled() -> bool:
@@ -86,32 +83,21 @@ def checkout_completed_event(*, order: Order, created: int) -> dict[str, Any]:
     }
 
 
-def complete_offline_payment(*, order: Order, webhook_url: str) -> int:
-    """Pay `order` offline through the shop's own webhook endpoint. Returns the HTTP status."""
+def complete_offline_payment(*, order: Order) -> WebhookResult:
+    """Pay `order` offline through the webhook workflow, signature check included."""
     if not offline_payments_enabled():
         raise OfflinePaymentsDisabled("Offline payments are impossible while Stripe keys are set")
-    if urlsplit(webhook_url).scheme not in ("http", "https"):
-        raise OfflinePaymentError(f"not an HTTP URL: {webhook_url}")
     now = int(time.time())
     event = checkout_completed_event(order=order, created=now)
     payload = json.dumps(event).encode()
     signature = sign_payload(payload, secret=settings.STRIPE_WEBHOOK_SECRET, timestamp=now)
-    request = urllib.request.Request(  # noqa: S310 - scheme checked above
-        webhook_url,
-        data=payload,
-        method="POST",
-        headers={"Content-Type": "application/json", "Stripe-Signature": signature},
-    )
     log.info("event=offline_payment_sending order_id=%s event_id=%s", order.public_id, event["id"])
     try:
-        with urllib.request.urlopen(request, timeout=POST_TIMEOUT) as response:  # noqa: S310
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (urllib.error.URLError, OSError) as exc:
+        result = process_webhook(payload=payload, signature=signature)
+    except WebhookError as exc:
         log.error("event=offline_payment_failed order_id=%s error=%s", order.public_id, exc)
-        raise OfflinePaymentError(f"webhook endpoint unreachable: {exc}") from exc
-    log.info("event=offline_payment_sent order_id=%s status=%s", order.public_id, status)
-    if status >= 300:
-        raise OfflinePaymentError(f"webhook endpoint answered {status}")
-    return status
+        raise OfflinePaymentError(str(exc)) from exc
+    log.info(
+        "event=offline_payment_done order_id=%s result=%s", order.public_id, result.result
+    )
+    return result

@@ -139,9 +139,8 @@ def offline_checkout(request: HttpRequest, public_id: UUID) -> HttpResponse:
         return redirect("orders:detail", order.public_id)
 
     if request.method == "POST":
-        webhook_url = request.build_absolute_uri(reverse("orders:stripe_webhook"))
         try:
-            complete_offline_payment(order=order, webhook_url=webhook_url)
+            complete_offline_payment(order=order)
         except OfflinePaymentError:
             messages.error(request, "The payment did not go through. Please try again.")
             return redirect("orders:offline_checkout", order.public_id)

@@ -4,7 +4,10 @@
 
 - The signature is checked by the stripe library with settings.STRIPE_WEBHOOK_TOLERANCE; a bad or
   stale signature, or a body that is not a JSON event, raises WebhookError (the view answers 400)
-  before anything is written.
+  before anything is written. So does a signed body of the wrong shape (`_check_event`): nesting
+  deeper than MAX_DEPTH (checked before decoding: the decoder recurses per level), an id or type
+  longer than its column, a NUL or an unpaired surrogate in any string (PostgreSQL refuses both),
+  or an object the handlers read (`parent`, `metadata`, ...) that is not an object.
 - The event id is inserted under a unique constraint in the same transaction as its effects, so a
   redelivery (sequential or concurrent) is acknowledged and changes nothing.
 - Every handled event finds its order by the order id we gave Stripe (client_reference_id /
@@ -17,7 +20,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,31 +68,122 @@ def _verify(payload: bytes, signature: str) -> dict[str, Any]:
         raise
 
 
+# Stripe's events nest about six levels deep; json's decoder recurses once per level.
+MAX_DEPTH = 32
+ID_MAX_LENGTH = 255  # WebhookEvent.stripe_event_id and the Stripe id columns of Order
+TYPE_MAX_LENGTH = 100  # WebhookEvent.type
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_too_deep(payload: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether `payload` opens more than `limit` arrays/objects inside each other (strings,
+    which may hold brackets, are skipped). Cheap enough to run before json.loads."""
+    depth = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', payload)):
+        if bracket.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def _construct(payload: bytes, signature: str) -> dict[str, Any]:
     try:
-        event = stripe.Webhook.construct_event(
-            payload,
-            signature,
-            settings.STRIPE_WEBHOOK_SECRET,
-            tolerance=settings.STRIPE_WEBHOOK_TOLERANCE,
+        text = payload.decode("utf-8")
+        stripe.WebhookSignature.verify_header(
+            text, signature, settings.STRIPE_WEBHOOK_SECRET, settings.STRIPE_WEBHOOK_TOLERANCE
         )
     except stripe.SignatureVerificationError as exc:
         raise WebhookError(f"bad signature: {exc.user_message or exc}") from exc
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except UnicodeDecodeError as exc:
         raise WebhookError("payload is not JSON") from exc
-    except (AttributeError, TypeError) as exc:  # JSON that is not an object
-        raise WebhookError("payload is not a JSON object") from exc
-    data = event.to_dict()
-    obj = (data.get("data") or {}).get("object") if isinstance(data.get("data"), dict) else None
-    if (
-        not isinstance(data.get("id"), str)
-        or not data["id"]
-        or not isinstance(data.get("type"), str)
+    if json_too_deep(payload):
+        raise WebhookError("payload nested too deeply")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
+        raise WebhookError("payload is not JSON") from exc
+    return _check_event(data)
+
+
+_REFERENCES = ("id", "customer", "subscription")  # an id, or an expanded object with an id
+_TEXTS = ("client_reference_id", "payment_status")
+_OBJECTS = ("metadata", "parent", "subscription_details", "lines")
+
+
+def _check_event(data: Any) -> dict[str, Any]:
+    """`data` if it has the shape the handlers rely on, else WebhookError."""
+    if not isinstance(data, dict):
+        raise WebhookError("payload is not a JSON object")
+    if not _text(data.get("id"), ID_MAX_LENGTH, empty=False) or not _text(
+        data.get("type"), TYPE_MAX_LENGTH, empty=False
     ):
-        raise WebhookError("event has no id or type")
+        raise WebhookError("event id or type missing or too long")
+    obj = data["data"].get("object") if isinstance(data.get("data"), dict) else None
     if not isinstance(obj, dict):
         raise WebhookError("event has no data.object")
+    if not _storable(data):
+        raise WebhookError("event holds a NUL or an unpaired surrogate")
+    _check_object(obj, "data.object")
+    for where, nested in (
+        ("parent", obj.get("parent")),
+        ("parent.subscription_details", (obj.get("parent") or {}).get("subscription_details")),
+        ("subscription_details", obj.get("subscription_details")),
+    ):
+        if nested is not None:
+            _check_object(nested, where)
+    lines = (obj.get("lines") or {}).get("data")
+    if lines is not None and not (
+        isinstance(lines, list) and all(isinstance(line, dict) for line in lines)
+    ):
+        raise WebhookError("lines.data is not a list of objects")
+    for line in lines or ():
+        _check_object(line, "lines.data[]")
     return data
+
+
+def _check_object(obj: dict[str, Any], where: str) -> None:
+    for key in _OBJECTS:
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            raise WebhookError(f"{where}.{key} is not an object")
+    for key in _REFERENCES:
+        value = obj.get(key)
+        if isinstance(value, dict):
+            value = value.get("id")
+        if value is not None and not _text(value, ID_MAX_LENGTH):
+            raise WebhookError(f"{where}.{key} is not an id")
+    for key in _TEXTS:
+        value = obj.get(key)
+        if value is not None and not _text(value, ID_MAX_LENGTH):
+            raise WebhookError(f"{where}.{key} is not a short string")
+
+
+def _text(value: Any, max_length: int, *, empty: bool = True) -> bool:
+    return isinstance(value, str) and (empty or bool(value)) and len(value) <= max_length
+
+
+def _storable(value: Any) -> bool:
+    """No string (or key) anywhere holds a NUL or a lone surrogate (a text column refuses both)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def process_webhook(*, payload: bytes, signature: str) -> WebhookResult:

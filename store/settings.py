@@ -1,5 +1,11 @@
-"""Warren settings: everything configurable comes from the environment (see .env.example)."""
+"""Warren settings: everything configurable comes from the environment (see .env.example).
 
+store/checks.py refuses to start (a system check error) with the public development secrets in a
+configuration that takes real money or runs without DEBUG.
+"""
+
+import os
+import secrets
 from pathlib import Path
 
 import environ
@@ -9,11 +15,57 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+# Public values that ship in this repository (and in older copies of .env.example).
+DEV_SECRET_KEY = "dev-insecure-warren-key-change-me"  # noqa: S105 - public on purpose
+DEV_STRIPE_WEBHOOK_SECRET = "whsec_warren_offline_development"  # noqa: S105
+
+
+def _local_secret_key(path: Path) -> str:
+    """A random key kept in var/ for a machine that sets none (development, `make run`).
+
+    Every process of one checkout (web workers, relay, event worker) must share it, so it is
+    written once, atomically (hard link of a complete file), and read by everyone after.
+    """
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp.write_text(secrets.token_urlsafe(50))
+    tmp.chmod(0o600)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process won the race: use its key
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
+
+
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
-# The development default is only usable with DEBUG on; production must set its own key.
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="dev-insecure-warren-key-change-me")
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+# Production sets its own long random key (and the same one on every web host). Unset or empty:
+# a random key generated once for this checkout in var/secret_key.
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret_key(
+    BASE_DIR / "var" / "secret_key"
+)
+# No "testserver": Django's test setup adds it itself.
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+# The https:// origins browsers post forms from when that is not the Host the proxy passes on.
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# Behind a TLS-terminating proxy (docs/deploy.md): HTTPS only, HSTS, cookies never sent over
+# plain HTTP, and the proxy's X-Forwarded-Proto tells Django the request came in over TLS. The
+# proxy must set that header itself (overwriting any a client sent).
+HTTPS = env.bool("WARREN_HTTPS", default=False)
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("WARREN_HSTS_SECONDS", default=31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("WARREN_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("WARREN_HSTS_PRELOAD", default=True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -85,8 +137,26 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# The login throttle's counters (accounts/throttle.py). The default lives in one process's memory:
+# with several web workers or hosts, point this at a shared cache (docs/deploy.md).
+CACHES = {"default": env.cache("WARREN_CACHE_URL", default="locmemcache://")}
+# Failed logins before a lockout, per username and per client address, and the lockout's length.
+LOGIN_FAILURES_PER_USERNAME = env.int("WARREN_LOGIN_FAILURES_PER_USERNAME", default=5)
+LOGIN_FAILURES_PER_ADDRESS = env.int("WARREN_LOGIN_FAILURES_PER_ADDRESS", default=20)
+LOGIN_LOCKOUT_SECONDS = env.int("WARREN_LOGIN_LOCKOUT_SECONDS", default=900)
+# Request header holding the client's address, set by the TLS proxy (e.g. X-Real-IP). Empty: the
+# TCP peer (REMOTE_ADDR), which behind a proxy is the proxy itself.
+CLIENT_IP_HEADER = env.str("WARREN_CLIENT_IP_HEADER", default="")
+
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Warren <noreply@warren.localhost>")
+# For the SMTP backend (django.core.mail.backends.smtp.EmailBackend) in production.
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_TIMEOUT = 10
 
 # Public base URL of the shop, used for Stripe success/cancel URLs and the offline checkout.
 SITE_URL = env.str("WARREN_SITE_URL", default="http://127.0.0.1:8000")
@@ -95,7 +165,7 @@ SITE_URL = env.str("WARREN_SITE_URL", default="http://127.0.0.1:8000")
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
 # The development default only ever signs offline payments; production sets Stripe's whsec_.
-STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_warren_offline_development")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default=DEV_STRIPE_WEBHOOK_SECRET)
 STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
 
 # The control broker between the shop and the host daemons.

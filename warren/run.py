@@ -71,8 +71,9 @@ def service_commands(opts: Options, python: str = sys.executable) -> dict[str, l
         "web": [
             python, "-m", "gunicorn", "store.wsgi:application",
             "--bind", f"{opts.bind}:{opts.port}",
-            # Threads: the offline checkout page POSTs to the shop's own webhook endpoint.
-            "--worker-class", "gthread", "--workers", str(opts.web_workers), "--threads", "8",
+            # Sync workers: no request waits on another request of ours (the offline payment
+            # runs in-process), and no page streams.
+            "--workers", str(opts.web_workers),
             "--access-logfile", "-", "--graceful-timeout", "10",
         ],
         "relay": [python, "manage.py", "relay_outbox"],

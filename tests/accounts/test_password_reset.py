@@ -48,3 +48,12 @@ def test_a_bad_link_is_refused(client: Client, alice: AbstractUser) -> None:
     response = client.get(url)
     assert response.status_code == 200
     assert b"no longer valid" in response.content
+
+
+def test_a_known_and_an_unknown_address_get_the_same_answer(client: Client, alice: AbstractUser) -> None:
+    known = client.post(reverse("password_reset"), {"email": "alice@example.com"}, follow=True)
+    unknown = client.post(reverse("password_reset"), {"email": "nobody@example.com"}, follow=True)
+
+    assert known.redirect_chain == unknown.redirect_chain == [(reverse("password_reset_done"), 302)]
+    assert known.content == unknown.content
+    assert len(mail.outbox) == 1  # only the real account gets a mail

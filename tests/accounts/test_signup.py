@@ -1,5 +1,6 @@
 import pytest
 from django.contrib.auth import get_user_model
+from django.core import mail
 from django.test import Client
 from django.urls import reverse
 
@@ -55,12 +56,35 @@ def test_it_requires_an_email(client: Client) -> None:
     assert not get_user_model().objects.exists()
 
 
-def test_it_rejects_a_duplicate_email(client: Client) -> None:
+def test_a_known_email_answers_exactly_like_a_new_one(client: Client) -> None:
+    # Refusing it ("already exists") told anyone which addresses have an account here.
+    fresh = _signup(client, username="carol", email="carol@example.com")
+    client.logout()
     get_user_model().objects.create_user("bob", "Alice@Example.com", PASSWORD)
-    response = _signup(client)
-    assert response.status_code == 200
-    assert b"already exists" in response.content
-    assert not get_user_model().objects.filter(username="alice").exists()
+    mail.outbox.clear()
+
+    known = _signup(client)
+
+    assert (known.status_code, known["Location"]) == (fresh.status_code, fresh["Location"])
+    assert get_user_model().objects.filter(username="alice").exists()
+    assert "_auth_user_id" in client.session
+
+
+def test_the_owner_of_a_known_email_hears_of_the_new_account(client: Client) -> None:
+    get_user_model().objects.create_user("bob", "Alice@Example.com", PASSWORD)
+
+    _signup(client)
+
+    (message,) = mail.outbox
+    assert message.to == ["Alice@example.com"]  # create_user lowercases the domain
+    assert '"alice"' in message.body and "bob" in message.body
+    assert "/accounts/password_reset/" in message.body
+
+
+def test_a_new_email_sends_no_mail(client: Client) -> None:
+    _signup(client)
+
+    assert mail.outbox == []
 
 
 def test_it_rejects_a_weak_password(client: Client) -> None:
@@ -74,3 +98,17 @@ def test_it_redirects_a_logged_in_user(client: Client) -> None:
     client.force_login(user)
     response = client.get(reverse("signup"))
     assert response.status_code == 302
+
+
+def test_a_mail_server_error_does_not_give_the_address_away(client: Client, monkeypatch) -> None:
+    import smtplib
+
+    def down(*args, **kwargs):
+        raise smtplib.SMTPServerDisconnected("gone")
+
+    get_user_model().objects.create_user("bob", "alice@example.com", PASSWORD)
+    monkeypatch.setattr("accounts.views.send_mail", down)
+
+    response = _signup(client)
+
+    assert (response.status_code, response["Location"]) == (302, reverse("store:pricing"))

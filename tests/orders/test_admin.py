@@ -150,3 +150,96 @@ def test_webhook_receipts_are_listed(admin_client, order, post_webhook):
     page = admin_client.get(reverse("admin:orders_webhookevent_changelist"), {"q": event["id"]})
 
     assert event["id"] in page.content.decode()
+
+
+# -- lookups that could reveal a secret ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("instance", {"admin_password__regex": "^"}),
+        ("instance", {"admin_password__startswith": ""}),
+        ("instance", {"admin_password": "x"}),
+        ("order", {"instance__admin_password__regex": "^"}),
+        ("order", {"user__password__regex": "^"}),
+        ("outboxmessage", {"body__options__admin__password__regex": "^"}),
+        ("outboxmessage", {"body__contains": "password"}),
+        ("outboxmessage", {"body__icontains": "a"}),
+        ("outboxmessage", {"instance__admin_password__regex": "^"}),
+    ],
+)
+def test_lookups_on_secrets_and_bodies_are_refused(admin_client, instance, model, params):
+    response = admin_client.get(reverse(f"admin:orders_{model}_changelist"), params)
+
+    assert response.status_code == 400
+    assert instance.admin_password not in response.content.decode()
+
+
+def test_a_password_regex_cannot_tell_a_right_prefix_from_a_wrong_one(admin_client, instance):
+    url = reverse("admin:orders_instance_changelist")
+    right = admin_client.get(url, {"admin_password__regex": f"^{instance.admin_password[:4]}"})
+    wrong = admin_client.get(url, {"admin_password__regex": "^\\x00"})
+
+    assert (right.status_code, wrong.status_code) == (400, 400)
+    assert right.content == wrong.content
+
+
+def test_lookups_outside_the_lists_filters_are_refused(admin_client, instance):
+    url = reverse("admin:orders_instance_changelist")
+
+    assert admin_client.get(url, {"admin_username__regex": "^w"}).status_code == 400
+    assert admin_client.get(url, {"failure_reason__contains": "x"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("order", {"status__exact": "paid"}),
+        ("order", {"plan__id__exact": "1"}),
+        ("order", {"created_at__year": "2026"}),
+        ("order", {"created_at__gte": "2026-01-01"}),
+        ("instance", {"status__exact": "requested", "host_silent": "yes"}),
+        ("instance", {"host_id": "host-a"}),
+        ("outboxmessage", {"sent": "no", "routing_key__exact": "create-vm"}),
+        ("webhookevent", {"livemode__exact": "0", "received_at__month": "11", "received_at__year": "2026"}),
+    ],
+)
+def test_the_lists_own_filters_still_work(admin_client, instance, model, params):
+    response = admin_client.get(reverse(f"admin:orders_{model}_changelist"), params)
+
+    assert response.status_code == 200
+
+
+def test_the_password_is_masked_anywhere_in_an_outbox_body(admin_client, instance):
+    row = OutboxMessage.objects.get()
+    row.body = {**row.body, "extra": [{"password": "hunter2-nested"}]}
+    row.save()
+
+    page = admin_client.get(reverse("admin:orders_outboxmessage_change", args=[row.pk]))
+
+    html = page.content.decode()
+    assert instance.admin_password not in html
+    assert "hunter2-nested" not in html
+    assert html.count("********") == 2
+
+
+def test_a_stripe_error_in_the_cancel_action_is_a_message(admin_client, instance, settings):
+    from unittest import mock
+
+    import stripe
+
+    settings.STRIPE_SECRET_KEY = "sk_test_warren"
+    Order.objects.filter(pk=instance.order_id).update(stripe_subscription_id="sub_123")
+
+    with mock.patch(
+        "stripe.SubscriptionService.cancel", side_effect=stripe.APIConnectionError("down")
+    ):
+        response = _action(admin_client, "order", "cancel_orders", instance.order_id)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "not cancelled" in html
+    assert "Cancelled 0 order(s); 1 could not be cancelled." in html
+    assert Order.objects.get(pk=instance.order_id).status == Order.Status.PAID
+    assert not OutboxMessage.objects.filter(routing_key="delete-vm").exists()
