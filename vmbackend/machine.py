@@ -16,18 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shlex
 import shutil
 import signal
-import string
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from vmbackend import accel as accel_mod
-from vmbackend import qemu, qmp, saved_state
+from vmbackend import personalize, qemu, qmp, saved_state
 from vmbackend.files import write_json_atomic
 from vmbackend.guest_agent import GuestAgent, GuestAgentError
 from vmbackend.images import manifest as manifest_mod
@@ -40,8 +38,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "machine.json"
 LAUNCH_SECONDS = 60.0  # QEMU up and answering QMP (restore: the incoming state loaded)
-RESTORE_SETTINGS = "/usr/local/sbin/warren-restore-settings"
-COOKIE_ALPHABET = string.ascii_uppercase
 
 
 class MachineError(Exception):
@@ -179,12 +175,11 @@ class Machine:
     def _write_fw_cfg(self) -> None:
         folder = self.paths.fw_cfg_dir
         folder.mkdir(mode=0o700, exist_ok=True)
-        cookie = "".join(secrets.choice(COOKIE_ALPHABET) for _ in range(32))
         values = {
             "hostname": self.spec.hostname,
             "admin_user": self.spec.admin_user,
             "admin_password": self.spec.admin_password,
-            "erlang_cookie": cookie,
+            "erlang_cookie": personalize.erlang_cookie(),
         }
         for key in qemu.FW_CFG_KEYS:
             path = folder / key
@@ -336,16 +331,15 @@ class Machine:
         """The management API at `base_url` as this VM's own admin."""
         return ManagementAPI(base_url, self.spec.admin_user, self.spec.admin_password)
 
-    def _wait_ok(self, api: ManagementAPI, path: str, deadline: float, what: str) -> None:
-        try:
-            api.wait_until_ok(path, deadline, check=lambda: self._check_alive(f"waiting for {what}"))
-        except ManagementAPIError as exc:
-            raise MachineError(f"{what} did not answer: {exc}; "
-                               f"console: {_tail(self.paths.console)}") from exc
-
     def wait_management(self, base_url: str, deadline: float) -> None:
         """Until GET {base_url}api/overview answers 200 with the VM's own credentials."""
-        self._wait_ok(self._api(base_url), "api/overview", deadline, "the management API")
+        try:
+            self._api(base_url).wait_until_ok(
+                "api/overview", deadline,
+                check=lambda: self._check_alive("waiting for the management API"))
+        except ManagementAPIError as exc:
+            raise MachineError(f"the management API did not answer: {exc}; "
+                               f"console: {_tail(self.paths.console)}") from exc
 
     def apply_limits(self, base_url: str) -> None:
         """The spec's vhost limits ({"max-connections": n, ...}) on "/" via the management API."""
@@ -359,75 +353,21 @@ class Machine:
     # -- restore personalization ----------------------------------------------------------------
     def personalize(self, deadline: float) -> None:
         """After a restore: the guest's clock, hostname, a fresh Erlang cookie, and the VM's own
-        admin in place of the template's. After a cold boot fw_cfg did it all: a no-op."""
+        admin in place of the template's (vmbackend/personalize.py). After a cold boot fw_cfg
+        did it all: a no-op."""
         state = self._state()
         if state.get("boot") != "restore" or state.get("personalized"):
             return
         self._check_alive("personalizing")
-        # Under TCG every program the guest agent runs costs seconds, so the guest-side work
-        # overlaps the host-side: the hostname script starts first, the admin swap (HTTP) and
-        # the clock run while it works, then we collect its result.
-        hostname = self._start_restore_settings({"hostname": self.spec.hostname})
-        self._swap_admin(state.get("template_admin"),
-                         saved_state.read_secret(state.get("template_secret")), deadline)
         try:
-            self.agent().set_time(timeout=max(5.0, deadline - time.monotonic()))
-        except GuestAgentError as exc:
-            raise MachineError(f"personalize: {exc}") from exc
-        self._finish_restore_settings(hostname, deadline)
-        # The cookie rotation is not waited for: it takes many seconds under TCG, the script
-        # reports its outcome in the guest (/run/warren/cookie-rotation), and the management
-        # API does not depend on it.
-        cookie = "".join(secrets.choice(COOKIE_ALPHABET) for _ in range(32))
-        try:
-            self.agent().exec_start(RESTORE_SETTINGS,
-                                    input_data=json.dumps({"erlang_cookie": cookie}).encode())
-        except GuestAgentError as exc:
-            raise MachineError(f"personalize: cookie rotation not started: {exc}") from exc
+            personalize.run(self.agent(), self.spec, self.management_url,
+                            template_admin=state.get("template_admin"),
+                            template_password=saved_state.read_secret(state.get("template_secret")),
+                            deadline=deadline, check=self._check_alive)
+        except personalize.PersonalizeError as exc:
+            raise MachineError(f"personalize: {exc}; console: {_tail(self.paths.console)}") from exc
         self._save_state(personalized=True)
         log.info("vm personalized vm_id=%s", self.spec.vm_id)
-
-    def _start_restore_settings(self, settings: dict[str, str]) -> int:
-        """Start the image's restore-settings script with `settings` as JSON on stdin."""
-        try:
-            return self.agent().exec_start(RESTORE_SETTINGS, input_data=json.dumps(settings).encode())
-        except GuestAgentError as exc:
-            raise MachineError(f"personalize: {exc}") from exc
-
-    def _finish_restore_settings(self, pid: int, deadline: float) -> None:
-        try:
-            result = self.agent().exec_wait(pid, RESTORE_SETTINGS, max(deadline, time.monotonic() + 5))
-        except GuestAgentError as exc:
-            raise MachineError(f"personalize: {exc}") from exc
-        if result.exitcode != 0:
-            raise MachineError(f"personalize: {RESTORE_SETTINGS} exited {result.exitcode}: "
-                               f"{result.stderr[-300:]!r}")
-
-    def _swap_admin(self, template_user: str | None, template_pw: str | None,
-                    deadline: float) -> None:
-        """Create the VM's own administrator through the management API, check it, and delete
-        the template's. Idempotent: a retry after a partial swap finishes it."""
-        base = self.management_url()
-        me = self._api(base)
-        try:
-            me.whoami()
-            swapped = True
-        except ManagementAPIError:
-            swapped = False
-        try:
-            if not swapped:
-                if not template_user or template_pw is None:
-                    raise MachineError("personalize: the saved state's template admin is unknown")
-                template = ManagementAPI(base, template_user, template_pw)
-                self._wait_ok(template, "api/overview", deadline,
-                              "the management API (template admin)")
-                template.set_user(me.user, self.spec.admin_password)
-                template.set_permissions(me.user)
-                self._wait_ok(me, "api/whoami", deadline, "the VM's own admin")
-            if template_user and template_user != me.user:
-                me.delete_user(template_user)
-        except ManagementAPIError as exc:
-            raise MachineError(f"personalize: {exc}") from exc
 
     # -- stop -----------------------------------------------------------------------------------
     def powerdown(self, timeout: float = 30) -> None:
