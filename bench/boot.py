@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vmbackend import saved_state  # noqa: E402
 from vmbackend.images import manifest, snapshot, tiny  # noqa: E402
 from vmbackend.machine import Machine, UserNet, VMSpec  # noqa: E402
 
@@ -67,7 +68,7 @@ def one_boot(root: Path, image: str, memory_mb: int, vcpus: int, work: Path, mod
 
 
 def run_mode(root: Path, image: str, mode: str, runs: int, vcpus: int, work: Path) -> dict | None:
-    meta = snapshot.load_meta(manifest.load(root, image)) or {}
+    meta = saved_state.load_meta(manifest.load(root, image)) or {}
     memory_mb = meta.get("memory_mb", MEMORY.get(image, 512))  # the saved state's size, if any
     vcpus = meta.get("vcpus", vcpus)
     results = []
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 cold = run_mode(image_root, image, "cold", args.runs, args.vcpus, work)
             if "restore" not in modes:
                 pass
-            elif snapshot.load_meta(manifest.load(image_root, image)) is None:
+            elif saved_state.load_meta(manifest.load(image_root, image)) is None:
                 print(f"  {image}: no saved state (run `python -m vmbackend image snapshot "
                       f"{image}`); restore skipped")
             else:

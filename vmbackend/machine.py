@@ -13,28 +13,23 @@ Folder layout (vm_dir, also QEMU's working directory, mode 0700):
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
 import logging
 import os
-import secrets
 import shlex
 import shutil
 import signal
-import string
 import subprocess
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from vmbackend import accel as accel_mod
-from vmbackend import qemu, qmp
+from vmbackend import personalize, qemu, qmp, saved_state
+from vmbackend.files import write_json_atomic
 from vmbackend.guest_agent import GuestAgent, GuestAgentError
 from vmbackend.images import manifest as manifest_mod
-from vmbackend.images import snapshot
-from vmbackend.images.manifest import write_json_atomic
+from vmbackend.management_api import ManagementAPI, ManagementAPIError
 from vmbackend.qemu import TapNet, UserNet, VMPaths, VMSpec
 
 __all__ = ["Machine", "MachineError", "MachineGone", "TapNet", "UserNet", "VMSpec"]
@@ -43,9 +38,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "machine.json"
 LAUNCH_SECONDS = 60.0  # QEMU up and answering QMP (restore: the incoming state loaded)
-HTTP_TIMEOUT = 5.0
-RESTORE_SETTINGS = "/usr/local/sbin/warren-restore-settings"
-COOKIE_ALPHABET = string.ascii_uppercase
 
 
 class MachineError(Exception):
@@ -75,29 +67,6 @@ def _pid_is_our_qemu(pid: int, vm_id: str) -> bool:
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return False
     return f"warren-{vm_id},process=warren-{vm_id}".encode() in cmdline
-
-
-def http_request(method: str, url: str, user: str, password: str, body: Any = None,
-                 timeout: float = HTTP_TIMEOUT) -> tuple[int, bytes]:
-    """One HTTP request with basic auth; (status, body). OSError when nothing answers."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"only http:// URLs, not {url!r}")
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    headers = {"Authorization": f"Basic {token}", "Connection": "close"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    try:
-        conn.request(method, parts.path or "/", body=data, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    except http.client.HTTPException as exc:
-        raise ConnectionError(f"bad HTTP answer: {exc!r}") from exc
-    finally:
-        conn.close()
 
 
 class Machine:
@@ -147,7 +116,7 @@ class Machine:
             raise MachineError(f"vm {self.spec.vm_id} is already running (pid {self.pid})")
         image = self._pre_launch_image()
         verdict = accel_mod.choose(self.accel_request, kernel=image.kernel)
-        saved = snapshot.matching(image, self.spec, verdict.accel) if allow_restore else None
+        saved = saved_state.matching(image, self.spec, verdict.accel) if allow_restore else None
         self.vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.vm_dir, 0o700)
         self._write_fw_cfg()
@@ -206,12 +175,11 @@ class Machine:
     def _write_fw_cfg(self) -> None:
         folder = self.paths.fw_cfg_dir
         folder.mkdir(mode=0o700, exist_ok=True)
-        cookie = "".join(secrets.choice(COOKIE_ALPHABET) for _ in range(32))
         values = {
             "hostname": self.spec.hostname,
             "admin_user": self.spec.admin_user,
             "admin_password": self.spec.admin_password,
-            "erlang_cookie": cookie,
+            "erlang_cookie": personalize.erlang_cookie(),
         }
         for key in qemu.FW_CFG_KEYS:
             path = folder / key
@@ -359,122 +327,47 @@ class Machine:
     def _image_guest(self) -> manifest_mod.Guest:
         return self._pre_launch_image().guest
 
-    def _wait_http_ok(self, url: str, user: str, password: str, deadline: float,
-                      what: str) -> None:
-        started = time.monotonic()
-        last = "no answer"
-        while time.monotonic() < deadline:
-            self._check_alive(f"waiting for {what}")
-            try:
-                status, _ = http_request("GET", url, user, password,
-                                         timeout=max(0.2, min(HTTP_TIMEOUT, deadline - time.monotonic())))
-                if status == 200:
-                    return
-                last = f"HTTP {status}"
-            except OSError as exc:
-                last = str(exc) or type(exc).__name__
-            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-        raise MachineError(f"{what} did not answer within {time.monotonic() - started:.0f} s "
-                           f"(last: {last}); console: {_tail(self.paths.console)}")
+    def _api(self, base_url: str) -> ManagementAPI:
+        """The management API at `base_url` as this VM's own admin."""
+        return ManagementAPI(base_url, self.spec.admin_user, self.spec.admin_password)
 
     def wait_management(self, base_url: str, deadline: float) -> None:
         """Until GET {base_url}api/overview answers 200 with the VM's own credentials."""
-        self._wait_http_ok(f"{base_url}api/overview", self.spec.admin_user,
-                           self.spec.admin_password, deadline, "the management API")
+        try:
+            self._api(base_url).wait_until_ok(
+                "api/overview", deadline,
+                check=lambda: self._check_alive("waiting for the management API"))
+        except ManagementAPIError as exc:
+            raise MachineError(f"the management API did not answer: {exc}; "
+                               f"console: {_tail(self.paths.console)}") from exc
 
     def apply_limits(self, base_url: str) -> None:
         """The spec's vhost limits ({"max-connections": n, ...}) on "/" via the management API."""
+        api = self._api(base_url)
         for name, value in sorted(self.spec.limits.items()):
-            url = f"{base_url}api/vhost-limits/%2F/{urllib.parse.quote(name, safe='')}"
-            self._mgmt(url, "PUT", {"value": int(value)}, self.spec.admin_user,
-                       self.spec.admin_password, f"vhost limit {name}")
-
-    def _mgmt(self, url: str, method: str, body: Any, user: str, password: str, what: str) -> int:
-        try:
-            status, text = http_request(method, url, user, password, body)
-        except OSError as exc:
-            raise MachineError(f"{what}: management API unreachable: {exc}") from exc
-        if status >= 300:
-            raise MachineError(f"{what}: management API answered {status} {text[:200]!r}")
-        return status
+            try:
+                api.set_vhost_limit(name, value)
+            except ManagementAPIError as exc:
+                raise MachineError(f"vhost limit {name}: {exc}") from exc
 
     # -- restore personalization ----------------------------------------------------------------
     def personalize(self, deadline: float) -> None:
         """After a restore: the guest's clock, hostname, a fresh Erlang cookie, and the VM's own
-        admin in place of the template's. After a cold boot fw_cfg did it all: a no-op."""
+        admin in place of the template's (vmbackend/personalize.py). After a cold boot fw_cfg
+        did it all: a no-op."""
         state = self._state()
         if state.get("boot") != "restore" or state.get("personalized"):
             return
         self._check_alive("personalizing")
-        # Under TCG every program the guest agent runs costs seconds, so the guest-side work
-        # overlaps the host-side: the hostname script starts first, the admin swap (HTTP) and
-        # the clock run while it works, then we collect its result.
-        hostname = self._start_restore_settings({"hostname": self.spec.hostname})
-        self._swap_admin(state.get("template_admin"),
-                         snapshot.read_secret(state.get("template_secret")), deadline)
         try:
-            self.agent().set_time(timeout=max(5.0, deadline - time.monotonic()))
-        except GuestAgentError as exc:
-            raise MachineError(f"personalize: {exc}") from exc
-        self._finish_restore_settings(hostname, deadline)
-        # The cookie rotation is not waited for: it takes many seconds under TCG, the script
-        # reports its outcome in the guest (/run/warren/cookie-rotation), and the management
-        # API does not depend on it.
-        cookie = "".join(secrets.choice(COOKIE_ALPHABET) for _ in range(32))
-        try:
-            self.agent().exec_start(RESTORE_SETTINGS,
-                                    input_data=json.dumps({"erlang_cookie": cookie}).encode())
-        except GuestAgentError as exc:
-            raise MachineError(f"personalize: cookie rotation not started: {exc}") from exc
+            personalize.run(self.agent(), self.spec, self.management_url,
+                            template_admin=state.get("template_admin"),
+                            template_password=saved_state.read_secret(state.get("template_secret")),
+                            deadline=deadline, check=self._check_alive)
+        except personalize.PersonalizeError as exc:
+            raise MachineError(f"personalize: {exc}; console: {_tail(self.paths.console)}") from exc
         self._save_state(personalized=True)
         log.info("vm personalized vm_id=%s", self.spec.vm_id)
-
-    def _start_restore_settings(self, settings: dict[str, str]) -> int:
-        """Start the image's restore-settings script with `settings` as JSON on stdin."""
-        try:
-            return self.agent().exec_start(RESTORE_SETTINGS, input_data=json.dumps(settings).encode())
-        except GuestAgentError as exc:
-            raise MachineError(f"personalize: {exc}") from exc
-
-    def _finish_restore_settings(self, pid: int, deadline: float) -> None:
-        try:
-            result = self.agent().exec_wait(pid, RESTORE_SETTINGS, max(deadline, time.monotonic() + 5))
-        except GuestAgentError as exc:
-            raise MachineError(f"personalize: {exc}") from exc
-        if result.exitcode != 0:
-            raise MachineError(f"personalize: {RESTORE_SETTINGS} exited {result.exitcode}: "
-                               f"{result.stderr[-300:]!r}")
-
-    def _swap_admin(self, template_user: str | None, template_pw: str | None,
-                    deadline: float) -> None:
-        """Create the VM's own administrator through the management API, check it, and delete
-        the template's. Idempotent: a retry after a partial swap finishes it."""
-        base = self.management_url()
-        me, pw = self.spec.admin_user, self.spec.admin_password
-        status, _ = self._try_get(f"{base}api/whoami", me, pw)
-        if status != 200:
-            if not template_user or template_pw is None:
-                raise MachineError("personalize: the saved state's template admin is unknown")
-            self._wait_http_ok(f"{base}api/overview", template_user, template_pw, deadline,
-                               "the management API (template admin)")
-            user_url = f"{base}api/users/{urllib.parse.quote(me, safe='')}"
-            self._mgmt(user_url, "PUT", {"password": pw, "tags": "administrator"},
-                       template_user, template_pw, "create the VM's admin")
-            perm_url = f"{base}api/permissions/%2F/{urllib.parse.quote(me, safe='')}"
-            self._mgmt(perm_url, "PUT", {"configure": ".*", "write": ".*", "read": ".*"},
-                       template_user, template_pw, "grant the VM's admin")
-            self._wait_http_ok(f"{base}api/whoami", me, pw, deadline, "the VM's own admin")
-        if template_user and template_user != me:
-            url = f"{base}api/users/{urllib.parse.quote(template_user, safe='')}"
-            status, _ = http_request("DELETE", url, me, pw)
-            if status not in (204, 404):
-                raise MachineError(f"personalize: deleting the template admin answered {status}")
-
-    def _try_get(self, url: str, user: str, password: str) -> tuple[int, bytes]:
-        try:
-            return http_request("GET", url, user, password)
-        except OSError:
-            return 0, b""
 
     # -- stop -----------------------------------------------------------------------------------
     def powerdown(self, timeout: float = 30) -> None:

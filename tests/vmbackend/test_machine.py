@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from vmbackend.images import manifest
-from vmbackend.machine import Machine, MachineError, MachineGone, http_request
+from vmbackend.machine import Machine, MachineError, MachineGone
+from vmbackend.management_api import ManagementAPI
 
 pytestmark = pytest.mark.vm
 
@@ -30,6 +31,12 @@ def _qemu_pids(vm_id):
     return found
 
 
+def _get(base, path, user, password):
+    """GET `path` on the management API at `base` as `user`: (status, body), any status."""
+    answer = ManagementAPI(base, user, password).request("GET", path)
+    return answer.status, answer.body
+
+
 def _ready(machine):
     machine.wait_guest_agent(time.monotonic() + BOOT)
     machine.wait_management(machine.management_url(), time.monotonic() + BOOT)
@@ -44,9 +51,9 @@ def test_a_tiny_vm_boots_and_answers_as_itself(machine_factory):
     base = m.management_url()
     assert base == f"http://127.0.0.1:{m.spec.network.management_port}/"
     m.wait_management(base, time.monotonic() + BOOT)
-    assert http_request("GET", f"{base}api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
-    assert http_request("GET", f"{base}api/overview", "guest", "guest")[0] == 401
-    assert http_request("GET", f"{base}api/overview", m.spec.admin_user, "wrong")[0] == 401
+    assert _get(base, "api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
+    assert _get(base, "api/overview", "guest", "guest")[0] == 401
+    assert _get(base, "api/overview", m.spec.admin_user, "wrong")[0] == 401
     m.apply_limits(base)
     code, out = m.guest_exec("/bin/cat", ["/run/warren/limits"])
     assert (code, sorted(out.decode().split())) == (0, ["max-connections=7", "max-queues=9"])
@@ -79,8 +86,8 @@ def test_two_vms_get_their_own_hostnames(machine_factory):
     names = {m.guest_exec("/bin/hostname")[1].strip() for m in (a, b)}
     assert names == {a.spec.hostname.encode(), b.spec.hostname.encode()}
     # each VM's credentials only work on that VM
-    assert http_request("GET", f"{a.management_url()}api/overview", b.spec.admin_user,
-                        b.spec.admin_password)[0] == 401
+    assert _get(a.management_url(), "api/overview", b.spec.admin_user,
+                b.spec.admin_password)[0] == 401
 
 
 def test_powerdown_stops_the_guest_through_acpi(machine_factory):

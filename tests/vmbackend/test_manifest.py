@@ -4,6 +4,7 @@ import stat
 
 import pytest
 
+from vmbackend import files
 from vmbackend.images import manifest
 from vmbackend.images.manifest import ImageError
 
@@ -112,6 +113,7 @@ def test_write_manifest_is_atomic_and_validated(tmp_path):
         manifest.write_manifest(folder, {**data, "guest": {"kind": "bad"}})
 
 
-def test_write_json_atomic_sets_the_mode(tmp_path):
+def test_write_json_atomic_is_the_shared_one_and_sets_the_mode(tmp_path):
+    assert manifest.write_json_atomic is files.write_json_atomic
     manifest.write_json_atomic(tmp_path / "s.json", {"a": 1}, mode=0o600)
     assert stat.S_IMODE((tmp_path / "s.json").stat().st_mode) == 0o600

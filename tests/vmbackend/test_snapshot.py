@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from vmbackend import qemu
+from vmbackend import qemu, saved_state
 from vmbackend.images import manifest, snapshot
-from vmbackend.machine import http_request
+from vmbackend.management_api import ManagementAPI
 
 BOOT = 90
 
@@ -24,6 +24,12 @@ def saved_root(tiny_images_root, tmp_path_factory):
     shutil.copytree(tiny_images_root / "tiny", root / "tiny", ignore=shutil.ignore_patterns("saved"))
     snapshot.create(root, "tiny", lambda m: None, memory_mb=256, vcpus=1)
     return root
+
+
+def _get(base, path, user, password):
+    """GET `path` on the management API at `base` as `user`: (status, body), any status."""
+    answer = ManagementAPI(base, user, password).request("GET", path)
+    return answer.status, answer.body
 
 
 def _ready(m):
@@ -39,10 +45,10 @@ def test_device_signature_ignores_names_ports_and_command_line():
     a = qemu.VMSpec(vm_id="a", image="t", memory_mb=256, vcpus=1, disk_gb=1, hostname="a",
                     admin_user="a", admin_password="a", network=qemu.UserNet("127.0.0.1", 1, 2))
     b = dataclasses.replace(a, vm_id="b", hostname="b", network=qemu.UserNet("127.0.0.1", 3, 4))
-    assert snapshot.signature(image, a, "tcg") == snapshot.signature(image, b, "tcg")
-    assert snapshot.signature(image, a, "tcg") != snapshot.signature(
+    assert saved_state.signature(image, a, "tcg") == saved_state.signature(image, b, "tcg")
+    assert saved_state.signature(image, a, "tcg") != saved_state.signature(
         image, dataclasses.replace(a, memory_mb=512), "tcg")
-    assert snapshot.signature(image, a, "tcg") != snapshot.signature(image, a, "kvm")
+    assert saved_state.signature(image, a, "tcg") != saved_state.signature(image, a, "kvm")
 
 
 
@@ -83,12 +89,12 @@ def test_a_vm_restores_and_becomes_itself(saved_root, machine_factory):
     _ready(m)
     base = m.management_url()
     assert m.guest_exec("/bin/hostname") == (0, f"{m.spec.hostname}\n".encode())
-    assert http_request("GET", f"{base}api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
-    template_pw = snapshot.template_password(saved_root, "tiny")
-    assert http_request("GET", f"{base}api/overview", snapshot.TEMPLATE_ADMIN, template_pw)[0] == 401
-    assert http_request("GET", f"{base}api/overview", "guest", "guest")[0] == 401
+    assert _get(base, "api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
+    template_pw = saved_state.template_password(saved_root, "tiny")
+    assert _get(base, "api/overview", snapshot.TEMPLATE_ADMIN, template_pw)[0] == 401
+    assert _get(base, "api/overview", "guest", "guest")[0] == 401
     m.personalize(time.monotonic() + 10)  # a second call changes nothing
-    assert http_request("GET", f"{base}api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
+    assert _get(base, "api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
 
 
 @pytest.mark.vm
@@ -99,8 +105,8 @@ def test_two_restored_vms_differ(saved_root, machine_factory):
     _ready(a)
     _ready(b)
     assert a.guest_exec("/bin/hostname")[1] != b.guest_exec("/bin/hostname")[1]
-    assert http_request("GET", f"{a.management_url()}api/overview", b.spec.admin_user,
-                        b.spec.admin_password)[0] == 401
+    assert _get(a.management_url(), "api/overview", b.spec.admin_user,
+                b.spec.admin_password)[0] == 401
     assert _cookie(a) != _cookie(b)
 
 
@@ -148,7 +154,7 @@ def test_a_tampered_meta_is_not_restored_from(saved_root, machine_factory, tmp_p
     meta_path.write_text(json.dumps(meta))
     image = manifest.load(root, "tiny")
     spec = machine_factory(images_root=root, memory_mb=256).spec
-    assert snapshot.matching(image, spec, "tcg") is None
+    assert saved_state.matching(image, spec, "tcg") is None
 
 
 @pytest.mark.slow
@@ -157,9 +163,9 @@ def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_im
     if "rabbitmq" not in manifest.available(root):
         pytest.skip(f"no rabbitmq image under {root}: run `python -m vmbackend image build rabbitmq`")
     image = manifest.load(root, "rabbitmq")
-    if snapshot.load_meta(image) is None:
+    if saved_state.load_meta(image) is None:
         pytest.skip("the rabbitmq image has no saved state: run `python -m vmbackend image snapshot rabbitmq`")
-    meta = snapshot.load_meta(image)
+    meta = saved_state.load_meta(image)
     a = machine_factory(image="rabbitmq", images_root=root, memory_mb=meta["memory_mb"],
                         vcpus=meta["vcpus"], disk_gb=4, limits={"max-connections": 5})
     b = machine_factory(image="rabbitmq", images_root=root, memory_mb=meta["memory_mb"],
@@ -173,13 +179,13 @@ def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_im
     a.apply_limits(a.management_url())
     for m in (a, b):
         base = m.management_url()
-        assert http_request("GET", f"{base}api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
-        assert http_request("GET", f"{base}api/overview", "guest", "guest")[0] == 401
-        assert http_request("GET", f"{base}api/overview", snapshot.TEMPLATE_ADMIN,
-                            snapshot.template_password(root, "rabbitmq"))[0] == 401
+        assert _get(base, "api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
+        assert _get(base, "api/overview", "guest", "guest")[0] == 401
+        assert _get(base, "api/overview", snapshot.TEMPLATE_ADMIN,
+                    saved_state.template_password(root, "rabbitmq"))[0] == 401
     assert a.guest_exec("/bin/hostname")[1] != b.guest_exec("/bin/hostname")[1]
-    status, body = http_request("GET", f"{a.management_url()}api/vhost-limits/%2F",
-                                a.spec.admin_user, a.spec.admin_password)
+    status, body = _get(a.management_url(), "api/vhost-limits/%2F", a.spec.admin_user,
+                        a.spec.admin_password)
     assert status == 200 and b"max-connections" in body
     # The plan's disk size, not the template's: the restored guest was told of the resize and
     # grew its root file system (the template's disk is 2 GiB).

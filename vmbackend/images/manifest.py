@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# One implementation (vmbackend/files.py); accel.py and build.py call it through this module.
+from vmbackend.files import write_json_atomic
 
 FORMAT = 1
 MANIFEST = "image.json"
@@ -161,23 +163,6 @@ def available(images_root: Path) -> list[str]:
     return sorted(
         p.name for p in root.iterdir() if NAME_RE.fullmatch(p.name) and (p / MANIFEST).is_file()
     )
-
-
-def write_json_atomic(path: Path, data: Any, *, mode: int = 0o644) -> None:
-    """Write JSON to `path` through a temp file in the same folder + fsync + rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(folder: Path, data: dict[str, Any]) -> Manifest:
