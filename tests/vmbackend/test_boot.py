@@ -1,10 +1,10 @@
-"""The create flow's pure parts: URLs, the VMSpec, failure reasons."""
+"""Booting one VM: the pure parts (URLs, the VMSpec, failure reasons) and real-QEMU failure paths."""
 
 import pytest
 
 from vmbackend import config
+from vmbackend.boot import safe_reason, spec_for, urls_for
 from vmbackend.machine import MachineError, TapNet, UserNet
-from vmbackend.provision import safe_reason, spec_for, urls_for
 from vmbackend.state import VMRecord
 
 
@@ -77,8 +77,8 @@ def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
     goes on. The boot must kill its own QEMU rather than leave an orphan."""
     import socket
 
+    from vmbackend.boot import Boot
     from vmbackend.machine import Machine
-    from vmbackend.provision import Provision
     from vmbackend.state import StateStore
 
     def port() -> int:
@@ -90,19 +90,19 @@ def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
     store = StateStore(short_tmp)
     record = _record(vm_id="vm-race-1", ports={"management": port(), "amqp": port()})
     reports = []
-    provision = Provision(cfg, store, record, lambda *a, **k: reports.append(a))
+    boot = Boot(cfg, store, record, lambda *a, **k: reports.append(a))
     real_launch = Machine.launch
     launched = []
 
     def launch_then_cancel(machine, **kwargs):
         boot = real_launch(machine, **kwargs)
         launched.append(machine.pid)
-        provision.cancel.set()  # the delete arrives right now
+        boot.cancel.set()  # the delete arrives right now
         return boot
 
     monkeypatch.setattr(Machine, "launch", launch_then_cancel)
-    provision.run()
+    boot.run()
 
     assert launched and launched[0] is not None, "QEMU really started"
-    assert not provision.machine.is_running(), "the cancelled boot killed its QEMU"
+    assert not boot.machine.is_running(), "the cancelled boot killed its QEMU"
     assert not any(a and a[1] == "instance.failed" for a in reports), "a cancel is not a failure"
