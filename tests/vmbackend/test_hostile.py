@@ -5,6 +5,8 @@ import json
 
 import pika
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.vmbackend.daemon_helpers import (
     DaemonProcess,
@@ -12,6 +14,7 @@ from tests.vmbackend.daemon_helpers import (
     unique_host_id,
     wait_host,
 )
+from tests.vmbackend.test_registry import BODIES
 from vmbackend import topology
 from vmbackend.client import Client
 
@@ -100,3 +103,60 @@ def test_bad_host_commands_are_rejected_and_unknown_vms_answered(daemon, amqp_ur
     assert daemon.proc.poll() is None
     reasons = [h[topology.REJECT_HEADER] for _, h in _dead_letters(amqp_url)]
     assert len(reasons) == 6  # every case but the unknown vm-id, which is valid input
+
+
+def _ready_count(amqp_url, queue):
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def test_bodies_that_crash_a_json_parser_are_dead_lettered_and_the_daemon_lives(daemon, amqp_url):
+    """A 50 KB body of `[` (RecursionError in json) and a 5000-digit number (ValueError from
+    int()) used to escape the parser and kill the daemon."""
+    nested = b"[" * 50_000
+    huge = (b'{"command": "create-vm", "options": {"image": "tiny", "memory-mb": '
+            + b"9" * 5000 + b"}}")
+    key = topology.host_key(daemon.host_id)
+    cases = [(nested, "create-vm", "nests too deeply"), (nested, key, "nests too deeply"),
+             (huge, "create-vm", "could not be parsed"), (huge, key, "could not be parsed")]
+    with Client(amqp_url) as client:
+        wait_host(client, daemon.host_id)
+        for body, routing_key, reason in cases:
+            reply = client.wait_reply(client.send_raw(body, routing_key), timeout=30)
+            assert reply["execution-info"]["status"] == "error", routing_key
+            assert reason in reply["execution-info"]["reason"], reply
+        assert wait_host(client, daemon.host_id) == []
+    assert daemon.proc.poll() is None
+    dead = _dead_letters(amqp_url)
+    assert len(dead) == len(cases)
+    for (_body, headers), (_, _, reason) in zip(dead, cases, strict=True):
+        assert reason in headers[topology.REJECT_HEADER]
+    assert "Traceback" not in daemon.log_text()
+
+
+@settings(max_examples=1, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.data_too_large, HealthCheck.too_slow])
+@given(batch=st.lists(BODIES, min_size=25, max_size=25))
+def test_a_generated_batch_of_garbage_is_settled_and_the_daemon_keeps_serving(
+        daemon, amqp_url, batch):
+    key = topology.host_key(daemon.host_id)
+    with Client(amqp_url) as client:
+        wait_host(client, daemon.host_id)
+        sent = [(client.send_raw(body, rk), body) for body in batch
+                for rk in ("create-vm", key)]
+        replies = [client.wait_reply(cid, timeout=30) for cid, _ in sent]
+        assert wait_host(client, daemon.host_id) == []
+    assert daemon.proc.poll() is None
+    rejected = [r for r in replies if r["execution-info"]["status"] == "error"
+                and r["execution-info"]["reason"] != "unknown vm-id"]
+    assert len(_dead_letters(amqp_url)) == len(rejected)
+    assert "internal error" not in daemon.log_text()
+    # Nothing left for a redelivery loop: stop the daemon (unacked messages would go back to
+    # their queues) and both queues are empty.
+    daemon.stop()
+    assert _ready_count(amqp_url, topology.CREATE_QUEUE) == 0
+    assert _ready_count(amqp_url, topology.host_queue(daemon.host_id)) == 0
