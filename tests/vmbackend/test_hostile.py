@@ -160,3 +160,45 @@ def test_a_generated_batch_of_garbage_is_settled_and_the_daemon_keeps_serving(
     daemon.stop()
     assert _ready_count(amqp_url, topology.CREATE_QUEUE) == 0
     assert _ready_count(amqp_url, topology.host_queue(daemon.host_id)) == 0
+
+
+def test_an_exception_while_handling_one_message_dead_letters_it_with_the_reason(
+        amqp_url, tmp_path):
+    """The guard around every handler: a bug hit by one message (here a handler that raises)
+    ends in a dead letter with the reason and an ack, not a dead daemon or a requeue loop."""
+    from vmbackend import config
+    from vmbackend.amqp_io import Delivery
+    from vmbackend.daemon import Daemon
+
+    clean_broker(amqp_url)
+    cfg = config.load(env={"WARREN_HOST_ID": "guard-1", "WARREN_AMQP_URL": amqp_url,
+                           "WARREN_STATE_DIR": str(tmp_path / "state"),
+                           "WARREN_IMAGE_DIR": str(tmp_path)})
+    daemon = Daemon(cfg)
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = conn.channel()
+        topology.declare_common(channel)
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.basic_publish("", queue, b'{"command": "list-vms"}')
+        method, props, body = None, None, None
+        for _ in range(50):
+            method, props, body = channel.basic_get(queue)
+            if method is not None:
+                break
+            conn.sleep(0.1)
+        delivery = Delivery(channel, method, props, body)
+
+        def broken(_delivery):
+            raise KeyError("a bug")
+
+        daemon.guarded(broken, delivery)  # does not raise
+        assert delivery.settled
+        channel.close()  # an unacked message would go back to the queue now
+        count = conn.channel().queue_declare(queue, passive=True).method.message_count
+        assert count == 0
+    finally:
+        conn.close()
+    dead = _dead_letters(amqp_url)
+    assert len(dead) == 1
+    assert dead[0][1][topology.REJECT_HEADER] == "internal error: KeyError: 'a bug'"

@@ -264,6 +264,10 @@ KEYS = st.sampled_from(["image", "vm-id", "memory-mb", "vcpus", "disk-gb", "admi
 COMMANDS = st.sampled_from([*messages.COMMANDS, "rm -rf /", ""])
 BODIES = (
     st.binary(max_size=300)
+    | st.integers(1, 60_000).map(lambda n: b"[" * n)  # RecursionError in json when deep
+    | st.integers(1, 6000).map(  # int() refuses more than 4300 digits
+        lambda n: b'{"command": "create-vm", "options": {"image": "tiny", "memory-mb": '
+        + b"9" * n + b"}}")
     | JSON.map(lambda v: json.dumps(v).encode())
     | st.builds(lambda c, o: json.dumps({"command": c, "options": o}).encode(),
                 COMMANDS, st.dictionaries(KEYS, JSON, max_size=6))
