@@ -40,6 +40,15 @@ CONNECTION_ERRORS = (
 )
 
 
+def connection_lost(exc: BaseException, delivery: Delivery) -> bool:
+    """Whether `exc` is the broker connection failing (reconnect; the broker redelivers) rather
+    than one message failing (dead-letter it). A plain OSError counts only when the channel is
+    gone with it: a full disk while connected must not loop the message through redelivery."""
+    if isinstance(exc, pika.exceptions.AMQPError):
+        return True
+    return isinstance(exc, OSError) and not delivery.channel.is_open
+
+
 @dataclass
 class Delivery:
     """One consumed message and whether it was settled (acked, nacked or dead-lettered)."""

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 
 from vmbackend import messages, topology
-from vmbackend.amqp_io import CONNECTION_ERRORS, AmqpIO, Delivery
+from vmbackend.amqp_io import CONNECTION_ERRORS, AmqpIO, Delivery, connection_lost
 from vmbackend.commands import Commands
 from vmbackend.config import Config
 from vmbackend.images import manifest
@@ -74,9 +74,9 @@ class Daemon:
         unsettled) instead of killing the daemon. Connection errors go to the reconnect loop."""
         try:
             handler(delivery)
-        except CONNECTION_ERRORS:
-            raise
         except Exception as exc:  # noqa: BLE001 - one message must never stop the daemon
+            if connection_lost(exc, delivery):
+                raise
             log.exception("message handling failed host_id=%s routing_key=%s",
                           self.cfg.host_id, delivery.routing_key)
             if not delivery.settled:
@@ -115,7 +115,11 @@ class Daemon:
             self.update_consuming()
             return
         record, failure = self.registry.add_new(cmd)
-        self.registry.report(record, "instance.accepted", {"image": record.image})
+        try:
+            self.registry.report(record, "instance.accepted", {"image": record.image})
+        except Exception:
+            self.registry.forget(record.vm_id)  # never promise a VM without its state file
+            raise
         log.info("vm accepted host_id=%s vm_id=%s image=%s memory_mb=%s", self.cfg.host_id,
                  record.vm_id, record.image, record.memory_mb)
         self.io.reply(delivery, messages.success(create_response(record, self.cfg.host_id)))

@@ -246,6 +246,10 @@ class Registry:
                                           port_min=self.cfg.port_min, port_max=self.cfg.port_max)
         record.ports = {"management": management, "amqp": amqp}
 
+    def forget(self, vm_id: str) -> None:
+        with self.lock:
+            self.records.pop(vm_id, None)
+
     def republish(self, record: VMRecord) -> None:
         """Queue the VM's current state again (a duplicate create-vm), with a newer seq."""
         event_type, fields = state_event(record)

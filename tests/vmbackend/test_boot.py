@@ -95,10 +95,10 @@ def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
     launched = []
 
     def launch_then_cancel(machine, **kwargs):
-        boot = real_launch(machine, **kwargs)
+        how = real_launch(machine, **kwargs)
         launched.append(machine.pid)
         boot.cancel.set()  # the delete arrives right now
-        return boot
+        return how
 
     monkeypatch.setattr(Machine, "launch", launch_then_cancel)
     boot.run()

@@ -162,43 +162,78 @@ def test_a_generated_batch_of_garbage_is_settled_and_the_daemon_keeps_serving(
     assert _ready_count(amqp_url, topology.host_queue(daemon.host_id)) == 0
 
 
+def _one_delivery(conn, body):
+    """A real delivery (basic_get from a private queue) to hand to the daemon's handlers."""
+    from vmbackend.amqp_io import Delivery
+
+    channel = conn.channel()
+    topology.declare_common(channel)
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.basic_publish("", queue, body)
+    for _ in range(50):
+        method, props, got = channel.basic_get(queue)
+        if method is not None:
+            return Delivery(channel, method, props, got), queue
+        conn.sleep(0.1)
+    raise AssertionError("the message never arrived")
+
+
+def _settled_and_gone(conn, delivery, queue):
+    assert delivery.settled
+    delivery.channel.close()  # an unacked message would go back to the queue now
+    return conn.channel().queue_declare(queue, passive=True).method.message_count == 0
+
+
+def _in_process_daemon(amqp_url, tmp_path, image_dir):
+    from vmbackend import config
+    from vmbackend.daemon import Daemon
+
+    cfg = config.load(env={"WARREN_HOST_ID": "guard-1", "WARREN_AMQP_URL": amqp_url,
+                           "WARREN_STATE_DIR": str(tmp_path / "state"),
+                           "WARREN_IMAGE_DIR": str(image_dir),
+                           "WARREN_PORT_RANGE": "21000-28999"})
+    return Daemon(cfg)
+
+
 def test_an_exception_while_handling_one_message_dead_letters_it_with_the_reason(
         amqp_url, tmp_path):
     """The guard around every handler: a bug hit by one message (here a handler that raises)
     ends in a dead letter with the reason and an ack, not a dead daemon or a requeue loop."""
-    from vmbackend import config
-    from vmbackend.amqp_io import Delivery
-    from vmbackend.daemon import Daemon
-
     clean_broker(amqp_url)
-    cfg = config.load(env={"WARREN_HOST_ID": "guard-1", "WARREN_AMQP_URL": amqp_url,
-                           "WARREN_STATE_DIR": str(tmp_path / "state"),
-                           "WARREN_IMAGE_DIR": str(tmp_path)})
-    daemon = Daemon(cfg)
+    daemon = _in_process_daemon(amqp_url, tmp_path, tmp_path)
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
-        channel = conn.channel()
-        topology.declare_common(channel)
-        queue = channel.queue_declare("", exclusive=True).method.queue
-        channel.basic_publish("", queue, b'{"command": "list-vms"}')
-        method, props, body = None, None, None
-        for _ in range(50):
-            method, props, body = channel.basic_get(queue)
-            if method is not None:
-                break
-            conn.sleep(0.1)
-        delivery = Delivery(channel, method, props, body)
+        delivery, queue = _one_delivery(conn, b'{"command": "list-vms"}')
 
         def broken(_delivery):
             raise KeyError("a bug")
 
         daemon.guarded(broken, delivery)  # does not raise
-        assert delivery.settled
-        channel.close()  # an unacked message would go back to the queue now
-        count = conn.channel().queue_declare(queue, passive=True).method.message_count
-        assert count == 0
+        assert _settled_and_gone(conn, delivery, queue)
     finally:
         conn.close()
     dead = _dead_letters(amqp_url)
     assert len(dead) == 1
     assert dead[0][1][topology.REJECT_HEADER] == "internal error: KeyError: 'a bug'"
+
+
+def test_a_create_vm_whose_state_cannot_be_written_is_dead_lettered_and_forgotten(
+        amqp_url, tmp_path, tiny_images_root):
+    """An OSError from the disk (not the broker) must not send the daemon into its reconnect
+    loop (the message would come back forever), and no VM may be promised without its file."""
+    clean_broker(amqp_url)
+    daemon = _in_process_daemon(amqp_url, tmp_path, tiny_images_root)
+    vms = tmp_path / "state" / "vms"
+    vms.rmdir()
+    vms.write_text("a file where the folder should be")  # every state write fails now
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        body = b'{"command": "create-vm", "options": {"image": "tiny", "vm-id": "vm-nodisk"}}'
+        delivery, queue = _one_delivery(conn, body)
+        daemon.on_create(delivery)  # does not raise
+        assert _settled_and_gone(conn, delivery, queue)
+    finally:
+        conn.close()
+    assert daemon.registry.records == {}
+    dead = _dead_letters(amqp_url)
+    assert len(dead) == 1 and "internal error" in dead[0][1][topology.REJECT_HEADER]
