@@ -35,6 +35,31 @@ LOST = "lost"            # QEMU died while nobody asked it to
 DELETED = "deleted"      # gone; the record stays only until instance.deleted is confirmed
 FREE_SLOT_STATUSES = (FAILED, DELETED)
 
+# The host side's state machine: every status change goes through `move`, which checks it here.
+# A VM that was ready once never goes to FAILED (that would delete its disk): a failed start or
+# a start cut off by a crash ends LOST, its disk kept and startable again.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    ACCEPTED: frozenset({BOOTING, FAILED, DELETED}),
+    BOOTING: frozenset({READY, FAILED, LOST, DELETED}),
+    READY: frozenset({STOPPED, LOST, DELETED}),
+    STOPPED: frozenset({BOOTING, LOST, DELETED}),
+    LOST: frozenset({BOOTING, STOPPED, DELETED}),
+    FAILED: frozenset({DELETED}),
+    DELETED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    """A status change the table does not allow: a bug in the daemon, never input."""
+
+
+def can_move(old: str, new: str, *, ever_ready: bool = False) -> bool:
+    if old == new:
+        return True
+    if new == FAILED and ever_ready:
+        return False  # failing would clean up the customer's disk
+    return new in TRANSITIONS.get(old, frozenset())
+
 
 @dataclass
 class VMRecord:
@@ -62,6 +87,8 @@ class VMRecord:
     reason: str = ""
     created_at: float = field(default_factory=time.time)
     boot_started_at: float = 0.0
+    ever_ready: bool = False  # was READY once: its disk is the customer's, only delete-vm removes it
+    last_event: dict[str, Any] = field(default_factory=dict)  # {"type", "fields"} last queued
     seq: int = 0
     outbox: list[dict[str, Any]] = field(default_factory=list)
 
@@ -74,7 +101,22 @@ class VMRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VMRecord:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "ever_ready" not in values:  # a record written before the field existed
+            values["ever_ready"] = (values.get("status") in (READY, STOPPED, LOST)
+                                    or bool(values.get("management_url")))
+        return cls(**values)
+
+
+def move(record: VMRecord, status: str) -> None:
+    """Set `record.status` if the table allows it; an illegal change is logged and refused."""
+    if not can_move(record.status, status, ever_ready=record.ever_ready):
+        log.error("illegal status change vm_id=%s from=%s to=%s ever_ready=%s", record.vm_id,
+                  record.status, status, record.ever_ready)
+        raise IllegalTransition(f"vm {record.vm_id}: {record.status} -> {status}")
+    record.status = status
+    if status == READY:
+        record.ever_ready = True
 
 
 class StateStore:

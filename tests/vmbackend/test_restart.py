@@ -150,3 +150,75 @@ def test_a_boot_whose_qemu_died_while_the_daemon_was_away_fails_cleanly(daemons,
     state = read_state(second.state_dir, "vm-dead-1")
     assert (state["status"], state["ports"]) == ("failed", {})
     assert not (second.state_dir / "machines" / "vm-dead-1").exists()
+
+
+def _ready_then_stopped(daemons, client, host_id, vm_id):
+    """A daemon with one VM that was ready and is now stopped; a file stands for the customer's
+    data in its machine folder (the tiny image boots without a disk of its own)."""
+    daemon = daemons.start(host_id=host_id)
+    wait_host(client, daemon.host_id)
+    client.call("create-vm", {"image": "tiny", "vm-id": vm_id, "memory-mb": 256, "admin": ADMIN})
+    ready = client.wait_event(vm_id, ("instance.ready", "instance.failed"), READY_TIMEOUT)
+    assert ready["type"] == "instance.ready", ready
+    stopped = client.call("stop-vm", {"vm-id": vm_id, "kill": True}, timeout=60)
+    assert stopped["response"]["status"] == "stopped"
+    data = daemon.state_dir / "machines" / vm_id / "customer-data"
+    data.write_bytes(b"keep me")
+    return daemon, data
+
+
+def _wait_start_running(client, daemon, vm_id):
+    for _ in range(600):
+        state = read_state(daemon.state_dir, vm_id)
+        if state["status"] == "booting" and qemu_pids(daemon.state_dir):
+            return
+        client.pump(0.1)
+    raise AssertionError("the start never got QEMU running")
+
+
+@pytest.mark.vm
+def test_a_start_cut_off_by_a_crash_keeps_the_disk_and_the_vm_starts_again(daemons, client):
+    """Issue 9 B: QEMU and the daemon die during a start-vm. The next daemon must not fail the
+    VM and delete its folder (it was ready once): it is lost, and the redelivered start-vm
+    boots it again from the same folder."""
+    first, data = _ready_then_stopped(daemons, client, "t-start-crash", "vm-keep-1")
+    pending = client.send("start-vm", {"vm-id": "vm-keep-1"})
+    _wait_start_running(client, first, "vm-keep-1")
+    first.signal(signal.SIGKILL)
+    first.wait(30)
+    for pid in qemu_pids(first.state_dir):
+        os.kill(pid, signal.SIGKILL)
+    assert read_state(first.state_dir, "vm-keep-1")["status"] == "booting"
+
+    second = daemons.start(host_id="t-start-crash")
+    lost = client.wait_event("vm-keep-1", ("instance.lost", "instance.failed"), 60)
+    assert lost["type"] == "instance.lost", lost
+    assert "QEMU exited while the daemon was not running" in lost["reason"]
+    reply = client.wait_reply(pending, READY_TIMEOUT)  # handed back unacked, now served
+    assert reply["execution-info"]["status"] == "success", reply
+    assert reply["response"]["status"] == "ready"
+    assert data.read_bytes() == b"keep me"
+    assert events_for(client, "vm-keep-1", "instance.failed") == []
+    assert len(qemu_pids(second.state_dir)) == 1
+    assert read_state(second.state_dir, "vm-keep-1")["ever_ready"] is True
+
+
+@pytest.mark.vm
+def test_a_start_whose_qemu_dies_is_answered_and_the_vm_can_start_again(daemons, client):
+    """The live side of issue 9 B and issue 8 item 2: a failed start-vm ends lost with the
+    reason (not `booting` with every later start refused); the next start-vm works."""
+    daemon, data = _ready_then_stopped(daemons, client, "t-start-dies", "vm-keep-2")
+    pending = client.send("start-vm", {"vm-id": "vm-keep-2"})
+    _wait_start_running(client, daemon, "vm-keep-2")
+    for pid in qemu_pids(daemon.state_dir):
+        os.kill(pid, signal.SIGKILL)
+    reply = client.wait_reply(pending, 120)
+    assert reply["execution-info"]["status"] == "error", reply
+    assert "start-vm failed" in reply["execution-info"]["reason"]
+    assert vms_of(client, daemon.host_id)["vm-keep-2"]["status"] == "lost"
+    assert data.read_bytes() == b"keep me"
+
+    again = client.call("start-vm", {"vm-id": "vm-keep-2"}, timeout=READY_TIMEOUT)
+    assert again["response"]["status"] == "ready", again
+    assert data.read_bytes() == b"keep me"
+    assert events_for(client, "vm-keep-2", "instance.failed") == []

@@ -4,7 +4,22 @@ import stat
 
 import pytest
 
-from vmbackend.state import DELETED, FAILED, READY, StateStore, VMRecord, write_atomic
+from vmbackend.state import (
+    ACCEPTED,
+    BOOTING,
+    DELETED,
+    FAILED,
+    LOST,
+    READY,
+    STOPPED,
+    TRANSITIONS,
+    IllegalTransition,
+    StateStore,
+    VMRecord,
+    can_move,
+    move,
+    write_atomic,
+)
 
 
 def _record(vm_id="vm-1", **kw):
@@ -83,3 +98,57 @@ def test_failed_and_deleted_vms_free_their_slot():
 def test_unknown_keys_from_a_newer_daemon_are_ignored():
     record = _record()
     assert VMRecord.from_dict(record.to_dict() | {"future_field": 1}) == record
+
+
+# -- the host-side state machine
+ALL = (ACCEPTED, BOOTING, READY, STOPPED, FAILED, LOST, DELETED)
+
+
+def test_every_status_has_a_row_and_deleted_is_final():
+    assert set(TRANSITIONS) == set(ALL)
+    assert all(targets <= set(ALL) for targets in TRANSITIONS.values())
+    assert TRANSITIONS[DELETED] == frozenset()
+    assert TRANSITIONS[FAILED] == {DELETED}
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (ACCEPTED, BOOTING), (ACCEPTED, FAILED), (BOOTING, READY), (BOOTING, LOST),
+    (READY, STOPPED), (READY, LOST), (STOPPED, BOOTING), (LOST, BOOTING), (LOST, STOPPED),
+    (STOPPED, LOST), (FAILED, DELETED), (READY, DELETED),
+])
+def test_allowed_changes(old, new):
+    assert can_move(old, new)
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (ACCEPTED, READY), (FAILED, BOOTING), (DELETED, ACCEPTED), (READY, ACCEPTED),
+    (STOPPED, READY), (READY, FAILED), (STOPPED, FAILED),
+])
+def test_illegal_changes(old, new):
+    assert not can_move(old, new)
+
+
+def test_a_vm_that_was_ready_once_never_fails():
+    assert can_move(BOOTING, FAILED)
+    assert not can_move(BOOTING, FAILED, ever_ready=True)
+    assert can_move(BOOTING, LOST, ever_ready=True)
+
+
+def test_move_refuses_an_illegal_change_and_leaves_the_status():
+    record = _record(status=FAILED)
+    with pytest.raises(IllegalTransition):
+        move(record, READY)
+    assert record.status == FAILED
+    record = _record(status=BOOTING)
+    move(record, READY)
+    assert (record.status, record.ever_ready) == (READY, True)
+
+
+def test_a_record_from_before_ever_ready_existed_infers_it():
+    old = _record(status=STOPPED).to_dict()
+    del old["ever_ready"]
+    assert VMRecord.from_dict(old).ever_ready
+    old.update(status=ACCEPTED)
+    assert not VMRecord.from_dict(old).ever_ready
+    old.update(status=BOOTING, management_url="http://x/")  # a start cut off by a crash
+    assert VMRecord.from_dict(old).ever_ready

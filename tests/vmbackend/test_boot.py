@@ -1,10 +1,10 @@
-"""The create flow's pure parts: URLs, the VMSpec, failure reasons."""
+"""Booting one VM: the pure parts (URLs, the VMSpec, failure reasons) and real-QEMU failure paths."""
 
 import pytest
 
 from vmbackend import config
+from vmbackend.boot import safe_reason, spec_for, urls_for
 from vmbackend.machine import MachineError, TapNet, UserNet
-from vmbackend.provision import safe_reason, spec_for, urls_for
 from vmbackend.state import VMRecord
 
 
@@ -77,8 +77,8 @@ def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
     goes on. The boot must kill its own QEMU rather than leave an orphan."""
     import socket
 
+    from vmbackend.boot import Boot
     from vmbackend.machine import Machine
-    from vmbackend.provision import Provision
     from vmbackend.state import StateStore
 
     def port() -> int:
@@ -90,19 +90,102 @@ def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
     store = StateStore(short_tmp)
     record = _record(vm_id="vm-race-1", ports={"management": port(), "amqp": port()})
     reports = []
-    provision = Provision(cfg, store, record, lambda *a, **k: reports.append(a))
+    boot = Boot(cfg, store, record, lambda *a, **k: reports.append(a))
     real_launch = Machine.launch
     launched = []
 
     def launch_then_cancel(machine, **kwargs):
-        boot = real_launch(machine, **kwargs)
+        how = real_launch(machine, **kwargs)
         launched.append(machine.pid)
-        provision.cancel.set()  # the delete arrives right now
-        return boot
+        boot.cancel.set()  # the delete arrives right now
+        return how
 
     monkeypatch.setattr(Machine, "launch", launch_then_cancel)
-    provision.run()
+    boot.run()
 
     assert launched and launched[0] is not None, "QEMU really started"
-    assert not provision.machine.is_running(), "the cancelled boot killed its QEMU"
+    assert not boot.machine.is_running(), "the cancelled boot killed its QEMU"
     assert not any(a and a[1] == "instance.failed" for a in reports), "a cancel is not a failure"
+
+
+def _start_setup(tiny_images_root, short_tmp, **record_kw):
+    import socket
+
+    from vmbackend.state import StateStore
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    cfg = _cfg(WARREN_IMAGE_DIR=str(tiny_images_root), WARREN_STATE_DIR=str(short_tmp))
+    store = StateStore(short_tmp)
+    record = _record(ports={"management": port(), "amqp": port()}, **record_kw)
+    reports = []
+
+    def report(rec, event_type, fields, **updates):
+        from vmbackend.state import move
+
+        if "status" in updates:
+            move(rec, updates.pop("status"))
+        for key, value in updates.items():
+            setattr(rec, key, value)
+        reports.append((event_type, fields))
+
+    return cfg, store, record, reports, report
+
+
+@pytest.mark.vm
+def test_a_start_whose_qemu_dies_leaves_the_vm_lost_with_its_folder(tiny_images_root,
+                                                                    short_tmp):
+    """QEMU dies during a start-vm: the VM ends lost with the reason (not `booting` forever,
+    not failed with its folder and disk deleted) and can be started again."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from vmbackend.boot import Boot
+    from vmbackend.state import LOST, READY, STOPPED
+
+    cfg, store, record, reports, report = _start_setup(
+        tiny_images_root, short_tmp, vm_id="vm-nostart-1", status=STOPPED, ever_ready=True)
+    data = store.vm_dir(record.vm_id) / "customer-data"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"keep me")
+    boot = Boot(cfg, store, record, report, existing_disk=True)
+    thread = threading.Thread(target=boot.run)  # never raises
+    thread.start()
+    for _ in range(600):
+        if boot.machine is not None and boot.machine.pid:
+            break
+        time.sleep(0.05)
+    os.kill(boot.machine.pid, signal.SIGKILL)
+    thread.join(120)
+
+    assert record.status == LOST and record.reason
+    assert reports[-1] == ("instance.lost", {"reason": record.reason})
+    assert data.read_bytes() == b"keep me"
+    assert not boot.machine.is_running()
+    again = Boot(cfg, store, record, report, existing_disk=True)
+    again.run()
+    try:
+        assert record.status == READY, record.reason
+        assert data.read_bytes() == b"keep me"
+    finally:
+        again.machine.destroy()
+
+
+@pytest.mark.vm
+def test_a_new_vm_whose_first_launch_fails_is_failed_and_cleaned_up(tiny_images_root,
+                                                                   short_tmp, monkeypatch):
+    from vmbackend.boot import Boot
+    from vmbackend.state import FAILED
+
+    cfg, store, record, reports, report = _start_setup(tiny_images_root, short_tmp,
+                                                       vm_id="vm-nolaunch-1")
+    cfg = _cfg(WARREN_IMAGE_DIR=str(short_tmp / "no-images"), WARREN_STATE_DIR=str(short_tmp))
+    boot = Boot(cfg, store, record, report)
+    boot.run()
+    assert record.status == FAILED and reports[-1][0] == "instance.failed"
+    assert not store.vm_dir(record.vm_id).exists()

@@ -1,10 +1,12 @@
-"""The create flow on top of Machine: launch, wait for the guest, wait for RabbitMQ, report.
+"""Booting one VM on top of Machine: launch, wait for the guest, wait for RabbitMQ, report.
 
-One `Provision` runs in a worker thread per VM. Each step is a method the tests can call on its
-own; `run()` chains them and turns any failure into `instance.failed` plus cleanup. Every state
-change goes through `report`, which the daemon implements as "update the record, write the state
-file durably, queue the event for publishing" — so a daemon killed at any point resumes from the
-last recorded step.
+One `Boot` runs in a worker thread per VM, for a create-vm (a new disk) or a start-vm (the VM's
+existing disk). Each step is a method the tests can call on its own; `run()` chains them and
+turns any failure into the right end state: a new VM that never was ready ends `instance.failed`
+plus cleanup; a VM that was ready once ends `instance.lost` with its disk kept, startable again
+(only delete-vm ever removes a customer's disk). Every state change goes through `report`
+(`Registry.report`: update the record, write the state file durably, queue the event) — so a
+daemon killed at any point resumes from the last recorded step.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from vmbackend import network
 from vmbackend.config import Config
 from vmbackend.machine import Machine, MachineError, TapNet, UserNet, VMSpec
-from vmbackend.state import BOOTING, FAILED, READY, StateStore, VMRecord
+from vmbackend.state import BOOTING, FAILED, LOST, READY, StateStore, VMRecord
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,21 @@ def safe_reason(exc: BaseException, record: VMRecord) -> str:
     return text[:MAX_REASON]
 
 
-class Provision:
-    """Boot one recorded VM to readiness (or resume a boot after a daemon restart)."""
+class Boot:
+    """Boot one recorded VM to readiness (or resume a boot after a daemon restart).
+
+    `existing_disk`: a start-vm of a VM that has a disk already (boot it again, always cold)
+    instead of a create-vm's first launch.
+    """
 
     def __init__(self, cfg: Config, store: StateStore, record: VMRecord, report: Report,
-                 machine: Machine | None = None):
+                 machine: Machine | None = None, *, existing_disk: bool = False):
         self.cfg = cfg
         self.store = store
         self.record = record
         self.report = report
         self.machine = machine
+        self.existing_disk = existing_disk
         self.cancel = threading.Event()
         self.started = time.monotonic()
 
@@ -108,6 +114,9 @@ class Provision:
 
     # -- steps
     def launch(self) -> None:
+        if self.existing_disk:
+            self.relaunch()
+            return
         self._check_cancel()
         if not self.record.boot_started_at:  # the boot deadline and `seconds` count from here
             self.report(self.record, None, {}, boot_started_at=time.time())
@@ -124,6 +133,20 @@ class Provision:
         self.report(self.record, None, {}, status=BOOTING, boot=boot)
         log.info("vm launched host_id=%s vm_id=%s boot=%s pid=%s", self.cfg.host_id,
                  self.record.vm_id, boot, machine.pid)
+
+    def relaunch(self) -> None:
+        """Start QEMU again on the VM's own disk (start-vm of a stopped or lost VM)."""
+        if self.record.network == "bridge":
+            network.create_tap(self.record.tap, self.cfg.bridge)
+        machine = Machine(spec_for(self.cfg, self.record), self.store.vm_dir(self.record.vm_id),
+                          self.cfg.image_dir, accel=self.cfg.accel)
+        self.machine = machine
+        started = time.time()
+        boot = machine.start()
+        self.report(self.record, "instance.started", {}, status=BOOTING, stage="vm_starting",
+                    boot=boot, boot_started_at=started)
+        log.info("vm started host_id=%s vm_id=%s pid=%s", self.cfg.host_id, self.record.vm_id,
+                 machine.pid)
 
     def wait_guest(self) -> list[str]:
         self._check_cancel()
@@ -157,13 +180,31 @@ class Provision:
                  seconds)
 
     def fail(self, exc: BaseException) -> None:
-        """Clean up the half-made VM and publish instance.failed with the reason."""
+        """End a boot that cannot finish: `lose` a VM that was ready once, else clean up the
+        half-made VM and publish instance.failed with the reason."""
+        if self.record.ever_ready:
+            self.lose(exc)
+            return
         reason = safe_reason(exc, self.record)
         log.error("vm failed host_id=%s vm_id=%s reason=%s", self.cfg.host_id,
                   self.record.vm_id, reason)
         cleanup(self.cfg, self.store, self.record, self.machine)
         self.report(self.record, "instance.failed", {"reason": reason}, status=FAILED,
                     reason=reason, ports={})
+
+    def lose(self, exc: BaseException) -> None:
+        """A VM that was ready once did not come back: stop what is left of its QEMU, keep its
+        folder and disk, publish instance.lost with the reason. start-vm may try again."""
+        reason = safe_reason(exc, self.record)
+        log.error("vm start failed host_id=%s vm_id=%s reason=%s", self.cfg.host_id,
+                  self.record.vm_id, reason)
+        try:
+            if self.machine is not None and self.machine.is_running():
+                self.machine.kill()
+        except MachineError as error:
+            log.error("kill after a failed start host_id=%s vm_id=%s error=%s",
+                      self.cfg.host_id, self.record.vm_id, error)
+        self.report(self.record, "instance.lost", {"reason": reason}, status=LOST, reason=reason)
 
     def run(self) -> None:
         """Launch (unless resuming an adopted machine), wait, report; never raises."""
@@ -174,7 +215,7 @@ class Provision:
             self.wait_rabbitmq(addresses)
         except Cancelled:
             log.info("boot cancelled host_id=%s vm_id=%s", self.cfg.host_id, self.record.vm_id)
-        except Exception as exc:  # noqa: BLE001 - any failure must end as instance.failed
+        except Exception as exc:  # noqa: BLE001 - any failure must end as failed or lost
             if self.cancel.is_set():
                 log.info("boot cancelled host_id=%s vm_id=%s", self.cfg.host_id,
                          self.record.vm_id)
@@ -193,9 +234,3 @@ def cleanup(cfg: Config, store: StateStore, record: VMRecord, machine: Machine |
     if record.network == "bridge" and record.tap:
         network.delete_tap(record.tap)
 
-
-def ready_fields(record: VMRecord) -> dict[str, Any]:
-    """The instance.ready fields of a ready record (for re-publishing after a duplicate)."""
-    return {"management_url": record.management_url, "amqp_url": record.amqp_url,
-            "admin_username": record.admin_username, "ip_addresses": record.ip_addresses,
-            "boot": record.boot or "cold", "seconds": record.seconds}

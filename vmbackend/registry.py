@@ -1,0 +1,286 @@
+"""The host's VMs and the rules about them: pure Python, no pika, no QEMU.
+
+What a reader can look up here: the VMRecords and their slots, which vm-ids have a command in
+progress (the busy set) or a boot running, whether a command may run now on a VM, what a
+duplicate create-vm gets, which state event to re-publish, and how one message body becomes a
+command or a reason to dead-letter it. Every status change goes through `Registry.report`, which
+checks it against `state.TRANSITIONS`, writes the state file durably and queues the event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from vmbackend import messages, network, ports
+from vmbackend.config import Config
+from vmbackend.messages import CreateVM, ListVMs, Rejected, VMCommand
+from vmbackend.state import (
+    ACCEPTED,
+    BOOTING,
+    DELETED,
+    FAILED,
+    LOST,
+    READY,
+    STOPPED,
+    StateStore,
+    VMRecord,
+    move,
+)
+
+log = logging.getLogger(__name__)
+
+# Answers of `Registry.claim` and `Registry.create_decision`.
+CLAIMED, UNKNOWN, BUSY = "claimed", "unknown", "busy"
+NEW, DUPLICATE, FULL = "new", "duplicate", "full"
+# Answers of `command_plan`.
+RUN, DELETE, WAIT_FOR_BOOT = "run", "delete", "wait-for-boot"
+
+
+def hostname_for(vm_id: str) -> str:
+    """A valid hostname from a vm-id (vm-ids may hold `_`, hostnames may not)."""
+    return "vm-" + vm_id[:12].lower().replace("_", "-").rstrip("-")
+
+
+def _parse(body: bytes) -> messages.Command:
+    """`messages.parse`, with any exception it lets through (deep nesting, a number too long
+    for int()) turned into Rejected: one hostile body never kills the daemon or loops through
+    a requeue."""
+    try:
+        return messages.parse(body)
+    except Rejected:
+        raise
+    except RecursionError:
+        raise Rejected("body nests too deeply") from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the sender's problem
+        raise Rejected(f"body could not be parsed ({type(exc).__name__})") from None
+
+
+def parse_create(body: bytes) -> CreateVM:
+    """The create-vm in a delivery from the shared queue, or Rejected with the reason."""
+    cmd = _parse(body)
+    if not isinstance(cmd, CreateVM):
+        raise Rejected(f"{cmd.command} must not be sent with routing key create-vm")
+    return cmd
+
+
+def parse_host(body: bytes, *, routing_key: str, host_key: str) -> ListVMs | VMCommand:
+    """The command in a delivery to the host queue (own key or a broadcast key), or Rejected."""
+    cmd = _parse(body)
+    if isinstance(cmd, CreateVM):
+        raise Rejected("create-vm goes to routing key create-vm (the shared queue)")
+    if routing_key != host_key and routing_key != cmd.command:
+        raise Rejected(f"routing key {routing_key} does not match command {cmd.command}")
+    return cmd
+
+
+def command_plan(record: VMRecord, command: str, *, boot_running: bool) -> str:
+    """What start/stop/restart/delete-vm does to `record` now; Rejected if it may not run."""
+    if command == "delete-vm":
+        return DELETE
+    if record.status in (ACCEPTED, BOOTING):
+        if command == "start-vm" and boot_running:
+            return WAIT_FOR_BOOT  # starting a booting VM: its answer is the boot's outcome
+        raise Rejected(f"vm-id {record.vm_id} is still booting (delete-vm cancels a boot)")
+    if record.status == FAILED:
+        raise Rejected(f"vm-id {record.vm_id} failed; only delete-vm applies")
+    return RUN
+
+
+def ready_fields(record: VMRecord) -> dict[str, Any]:
+    """The instance.ready fields of a ready record."""
+    return {"management_url": record.management_url, "amqp_url": record.amqp_url,
+            "admin_username": record.admin_username, "ip_addresses": record.ip_addresses,
+            "boot": record.boot or "cold", "seconds": record.seconds}
+
+
+def state_event(record: VMRecord) -> tuple[str, dict[str, Any]]:
+    """The event that tells a listener where `record` is now: the last one queued for it.
+
+    By status alone an accepted VM whose launch already published `progress` would re-publish
+    `accepted` with a newer seq and move a listener backwards (issue 9 D).
+    """
+    if record.last_event:
+        return record.last_event["type"], dict(record.last_event["fields"])
+    # A record written before `last_event` existed: derive it from the status.
+    if record.status == READY:
+        return "instance.ready", ready_fields(record)
+    if record.status == FAILED:
+        return "instance.failed", {"reason": record.reason}
+    if record.status == STOPPED:
+        return "instance.stopped", {}
+    if record.status == LOST:
+        return "instance.lost", {"reason": record.reason or "QEMU process exited"}
+    if record.status == BOOTING and record.stage:
+        return "instance.progress", {"stage": record.stage}
+    return "instance.accepted", {"image": record.image}
+
+
+def new_record(cfg: Config, cmd: CreateVM) -> VMRecord:
+    return VMRecord(vm_id=cmd.vm_id, image=cmd.image, memory_mb=cmd.memory_mb,
+                    vcpus=cmd.vcpus, disk_gb=cmd.disk_gb, hostname=hostname_for(cmd.vm_id),
+                    admin_username=cmd.admin_username, admin_password=cmd.admin_password,
+                    password_generated=cmd.password_generated, limits=dict(cmd.limits),
+                    network=cfg.network)
+
+
+def create_response(record: VMRecord, host_id: str) -> dict[str, Any]:
+    response = {"vm-id": record.vm_id, "host-id": host_id,
+                "admin-username": record.admin_username}
+    if record.password_generated:
+        response["admin-password"] = record.admin_password
+    return response
+
+
+class Registry:
+    """This host's VM records, the slots they hold and what is being done to them. Thread-safe."""
+
+    def __init__(self, cfg: Config, store: StateStore,
+                 on_event: Callable[[], None] = lambda: None):
+        self.cfg = cfg
+        self.store = store
+        self.on_event = on_event  # asks the AMQP side to flush the outbox
+        self.lock = threading.RLock()
+        self.records: dict[str, VMRecord] = {}
+        self.busy: set[str] = set()  # vm-ids with a start/stop/restart/delete in progress
+        self.boots: dict[str, Any] = {}  # vm-id -> (Boot, Thread) of a boot in a worker thread
+
+    def load(self) -> list[VMRecord]:
+        with self.lock:
+            self.records = self.store.load_all()
+            return list(self.records.values())
+
+    # -- state and events
+    def report(self, record: VMRecord, event_type: str | None, fields: dict[str, Any],
+               **updates: Any) -> None:
+        """Apply `updates` (a status change checked by `state.move`), queue the event, write the
+        state file; then ask for a flush. Durable before it returns; raises IllegalTransition
+        (changing nothing) for a status change the table forbids."""
+        with self.lock:
+            if "status" in updates:
+                move(record, updates.pop("status"))
+            for key, value in updates.items():
+                setattr(record, key, value)
+            if event_type is not None:
+                record.seq += 1
+                record.outbox.append(messages.event(
+                    event_type, instance_id=record.vm_id, host_id=self.cfg.host_id,
+                    seq=record.seq, **fields))
+                record.last_event = {"type": event_type, "fields": dict(fields)}
+            self.store.save(record)
+        if event_type is not None:
+            self.on_event()
+
+    def pending_events(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        with self.lock:
+            return [(r.vm_id, list(r.outbox)) for r in self.records.values() if r.outbox]
+
+    def confirmed(self, vm_id: str, message_id: str) -> bool:
+        """The broker confirmed the event: drop it from the outbox (and forget a deleted VM
+        whose last event that was). False when there is nothing more to send for `vm_id`."""
+        with self.lock:
+            record = self.records.get(vm_id)
+            if record is None or not record.outbox:
+                return False
+            if record.outbox[0]["message_id"] == message_id:
+                record.outbox.pop(0)
+            if record.status == DELETED and not record.outbox:
+                self.store.remove(vm_id)
+                del self.records[vm_id]
+            else:
+                self.store.save(record)
+            return True
+
+    # -- capacity
+    def free_slots(self) -> int:
+        with self.lock:
+            used = sum(1 for r in self.records.values() if r.holds_slot())
+        return self.cfg.capacity - used
+
+    def running(self) -> int:
+        with self.lock:
+            return sum(1 for r in self.records.values() if r.status in (BOOTING, READY))
+
+    def list_vms(self) -> list[dict[str, Any]]:
+        with self.lock:
+            records = [r for r in self.records.values() if r.status != DELETED]
+        return [{"vm-id": r.vm_id, "host-id": self.cfg.host_id, "status": r.status,
+                 "image": r.image, "ip-addresses": r.ip_addresses,
+                 "management-url": r.management_url, "amqp-url": r.amqp_url,
+                 "memory-mb": r.memory_mb, "vcpus": r.vcpus} for r in records]
+
+    # -- create-vm
+    def create_decision(self, cmd: CreateVM) -> tuple[str, VMRecord | None]:
+        """NEW, DUPLICATE (with the record) or FULL (hand it to another host)."""
+        with self.lock:
+            existing = self.records.get(cmd.vm_id)
+            if existing is not None and existing.status != DELETED:
+                return DUPLICATE, existing
+            if self.free_slots() <= 0:
+                return FULL, None
+            return NEW, None
+
+    def add_new(self, cmd: CreateVM) -> tuple[VMRecord, str | None]:
+        """Record a new VM with its ports or tap; the reason it cannot boot, if any."""
+        with self.lock:
+            record = new_record(self.cfg, cmd)
+            failure = None
+            try:
+                self._attach_network(record)
+            except (ports.NoFreePorts, network.NetworkError) as exc:
+                failure = str(exc)
+            self.records[record.vm_id] = record
+        return record, failure
+
+    def _attach_network(self, record: VMRecord) -> None:
+        """Ports (user mode) or tap name + MAC (bridge mode), unique among this host's VMs."""
+        others = [r for r in self.records.values() if r.vm_id != record.vm_id]
+        if record.network == "bridge":
+            record.tap = network.tap_name(record.vm_id)
+            record.mac = network.mac_for(record.vm_id, taken=[r.mac for r in others if r.mac])
+            return
+        used = [p for r in others for p in r.ports.values()]
+        management, amqp = ports.allocate(2, used=used, bind_address=self.cfg.bind_address,
+                                          port_min=self.cfg.port_min, port_max=self.cfg.port_max)
+        record.ports = {"management": management, "amqp": amqp}
+
+    def forget(self, vm_id: str) -> None:
+        with self.lock:
+            self.records.pop(vm_id, None)
+
+    def republish(self, record: VMRecord) -> None:
+        """Queue the VM's current state again (a duplicate create-vm), with a newer seq."""
+        event_type, fields = state_event(record)
+        self.report(record, event_type, fields)
+
+    # -- host commands
+    def claim(self, cmd: VMCommand) -> tuple[str, VMRecord | None]:
+        """CLAIMED (the vm-id is now busy: call `release` when done), UNKNOWN or BUSY."""
+        with self.lock:
+            record = self.records.get(cmd.vm_id)
+            if record is None or record.status == DELETED:
+                return UNKNOWN, None
+            if cmd.vm_id in self.busy:
+                return BUSY, record
+            self.busy.add(cmd.vm_id)
+            return CLAIMED, record
+
+    def release(self, vm_id: str) -> None:
+        with self.lock:
+            self.busy.discard(vm_id)
+
+    def boot_of(self, vm_id: str) -> Any:
+        with self.lock:
+            return self.boots.get(vm_id)
+
+    def unattended_ready(self) -> list[VMRecord]:
+        """Ready VMs nobody works on: the ones whose QEMU the liveness check may look at."""
+        with self.lock:
+            return [r for r in self.records.values() if self.is_unattended_ready(r)]
+
+    def is_unattended_ready(self, record: VMRecord) -> bool:
+        with self.lock:
+            return (record.status == READY and record.vm_id not in self.busy
+                    and record.vm_id not in self.boots)
