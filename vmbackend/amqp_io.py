@@ -171,15 +171,10 @@ class AmqpIO:
         """Send the message to the dead-letter exchange with the reason, answer, ack."""
         log.warning("command rejected host_id=%s routing_key=%s reason=%s", self.cfg.host_id,
                     delivery.routing_key, reason)
-        props = delivery.props
-        headers = {topology.REJECT_HEADER: reason, "x-warren-host-id": self.cfg.host_id,
-                   "x-warren-routing-key": delivery.routing_key}
-        target = self.event_channel or delivery.channel
-        target.basic_publish(topology.DLX, delivery.routing_key, delivery.body,
-                             pika.BasicProperties(
-                                 content_type=props.content_type, delivery_mode=2,
-                                 headers=headers, message_id=props.message_id,
-                                 correlation_id=props.correlation_id))
+        topology.publish_dead_letter(
+            self.event_channel or delivery.channel, delivery.routing_key, delivery.body,
+            delivery.props, reason,
+            {"x-warren-host-id": self.cfg.host_id, "x-warren-routing-key": delivery.routing_key})
         self.reply(delivery, messages.error(reason))
         self.ack(delivery)
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 from vmbackend import messages, topology
 from vmbackend.amqp_io import CONNECTION_ERRORS, AmqpIO, Delivery, connection_lost
+from vmbackend.backoff import run_with_reconnect
 from vmbackend.commands import Commands
 from vmbackend.config import Config
 from vmbackend.images import manifest
@@ -51,8 +52,6 @@ from vmbackend.state import FAILED, StateStore
 
 log = logging.getLogger(__name__)
 
-BACKOFF_START = 0.5
-BACKOFF_CAP = 30.0
 LOOP_TICK = 0.25
 MAX_INTERNAL_REASON = 300
 
@@ -207,6 +206,20 @@ class Daemon:
             self.io.flush_events()
             self.update_consuming()
 
+    def _session(self, connected: Callable[[], None]) -> bool:
+        """One broker session: connect, catch up on events and consuming, serve until stopped."""
+        self.io.connect(self.on_host)
+        self.io.flush_events()
+        self.update_consuming()
+        connected()
+        self.serve_once(float("inf"))
+        return self.stopping.is_set()
+
+    def _connection_lost(self, exc: BaseException, retry_in: float) -> None:
+        log.warning("broker connection lost host_id=%s error=%r retry_in=%.1fs",
+                    self.cfg.host_id, exc, retry_in)
+        self.io.close()
+
     def run(self) -> int:
         """Recover, then serve with reconnects (capped backoff) until SIGTERM/SIGINT."""
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -214,20 +227,8 @@ class Daemon:
         log.info("daemon starting host_id=%s state_dir=%s capacity=%s network=%s",
                  self.cfg.host_id, self.cfg.state_dir, self.cfg.capacity, self.cfg.network)
         recover(self.commands)
-        backoff = BACKOFF_START
-        while not self.stopping.is_set():
-            try:
-                self.io.connect(self.on_host)
-                self.io.flush_events()
-                self.update_consuming()
-                backoff = BACKOFF_START
-                self.serve_once(float("inf"))
-            except CONNECTION_ERRORS as exc:
-                log.warning("broker connection lost host_id=%s error=%r retry_in=%.1fs",
-                            self.cfg.host_id, exc, backoff)
-                self.io.close()
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_CAP)
+        run_with_reconnect(self._session, stop=self.stopping, errors=CONNECTION_ERRORS,
+                           on_error=self._connection_lost)
         self.shutdown()
         return 0
 
