@@ -12,8 +12,10 @@ applied to its instance changes nothing, and status changes follow the allowed t
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,12 +23,21 @@ from typing import Any
 
 import pika.exceptions
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    transaction,
+)
 from django.db.models import QuerySet
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel
 
 from orders import broker
+from orders.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
 from orders.models import (
     EFFECT_FORGET_CREDENTIALS,
     EFFECT_RESEND_DELETION,
@@ -45,7 +56,7 @@ from vmbackend.messages import Event, MalformedEvent
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EventConsumer", "MalformedEvent", "handle_message", "mark_silent_hosts"]
+__all__ = ["EventConsumer", "MalformedEvent", "dispatch", "handle_message", "mark_silent_hosts"]
 
 # Broker or database trouble: the consumer reconnects (the event stays on the queue).
 CONSUMER_ERRORS = (pika.exceptions.AMQPError, OSError, DatabaseError)
@@ -121,34 +132,69 @@ def _record_seq(order: Order, instance: Instance, event: Event) -> None:
     instance.order = order
 
 
-def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
-    """An event about our VM from a host that is not the one that took it.
+# The other host's copy is gone already: it failed (the host cleaned up) or was deleted.
+_COPY_GONE = frozenset({messages.INSTANCE_FAILED, messages.INSTANCE_DELETED})
 
-    This happens when a create-vm was redelivered to a second host (the first one died before
-    acknowledging it). A working VM wins: a ready from the new host while ours is not ready moves
-    the instance there, and the old host gets a delete-vm addressed to it alone.
+
+def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
+    """An event about our VM from a host that is not the one that has it: a duplicate copy.
+
+    Two hosts boot the same vm-id when a create-vm was published twice (two relays, or a relay
+    killed between the broker's confirm and marking the row) or redelivered after a host died
+    before acknowledging it. The shop keeps exactly one copy (docs/orders.md, Duplicates):
+
+    - a ready copy wins over one that is not ready yet: a ready from the other host while ours is
+      requested/booting/lost moves the instance there, and the old host gets a delete-vm;
+    - once ours is settled (ready, or the order ended: failed, deleting, deleted), every event
+      from another host that still has a copy sends THAT host a delete-vm (routing key
+      host.<id>: only it deletes, and only its copy);
+    - while neither copy is ready, both boot on; whichever is ready first wins.
     """
-    old_host = instance.host_id
-    if event.type != messages.INSTANCE_READY or instance.status not in Instance.NOT_YET_READY:
+    owner = instance.host_id
+    if (
+        event.type == messages.INSTANCE_READY
+        and instance.status in Instance.NOT_YET_READY
+        and not _deletion_sent(instance, event.host_id)
+    ):
+        _record_seq(order, instance, event)
+        delete_vm(instance=instance, vm_id=instance.vm_id, routing_key=topology.host_key(owner))
+        log.warning(
+            "event=instance_moved_host order_id=%s instance_id=%s from=%s to=%s",
+            order.public_id,
+            instance.public_id,
+            owner,
+            instance.host_id,
+        )
+        return apply_step(order, instance, event)
+    settled = instance.status not in Instance.NOT_YET_READY
+    if event.type in _COPY_GONE or not settled:
         log.warning(
             "event=event_from_other_host order_id=%s instance_id=%s host_id=%s owner=%s type=%s",
             order.public_id,
             instance.public_id,
             event.host_id,
-            old_host,
+            owner,
             event.type,
         )
         return "other_host"
-    _record_seq(order, instance, event)
-    delete_vm(instance=instance, vm_id=instance.vm_id, routing_key=topology.host_key(old_host))
+    delete_vm(instance=instance, vm_id=instance.vm_id, routing_key=topology.host_key(event.host_id))
     log.warning(
-        "event=instance_moved_host order_id=%s instance_id=%s from=%s to=%s",
+        "event=duplicate_vm_deleted order_id=%s instance_id=%s host_id=%s owner=%s type=%s",
         order.public_id,
         instance.public_id,
-        old_host,
-        instance.host_id,
+        event.host_id,
+        owner,
+        event.type,
     )
-    return apply_step(order, instance, event)
+    return "duplicate_deleted"
+
+
+def _deletion_sent(instance: Instance, host_id: str) -> bool:
+    """Whether this host was already asked to delete its copy of the instance's current vm-id."""
+    bodies = instance.outbox_messages.filter(routing_key=topology.host_key(host_id)).values_list(
+        "body", flat=True
+    )
+    return any((body.get("options") or {}).get("vm-id") == instance.vm_id for body in bodies)
 
 
 def _instance_fields(event: Event, to: str) -> dict[str, Any]:
@@ -237,12 +283,40 @@ def instances_on_silent_hosts() -> QuerySet[Instance]:
 
 # -- the consumer ---------------------------------------------------------------------------------
 
+REJECTED = "rejected"
+# The database is down or restarting: the same event will apply later, so it is retried (with a
+# backoff), never dead-lettered. Every other error means this message can never be applied.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+MAX_ERROR_REASON = 300
+
+
+def dispatch(body: bytes) -> tuple[str, str]:
+    """Apply one event body; returns (result, reason to dead-letter it or "").
+
+    Never raises, except a transient database error (TRANSIENT_DB_ERRORS): a body the parser
+    refuses, and an apply that fails for good (DataError, IntegrityError, ValueError,
+    OverflowError, ...), both come back as ("rejected", reason)."""
+    try:
+        return handle_message(body), ""
+    except MalformedEvent as exc:
+        log.warning("event=host_event_rejected reason=%r size=%s", exc.reason, len(body))
+        return REJECTED, exc.reason
+    except TRANSIENT_DB_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
+        log.exception("event=host_event_failed error=%s size=%s", type(exc).__name__, len(body))
+        return REJECTED, f"could not be applied: {type(exc).__name__}: {str(exc)[:MAX_ERROR_REASON]}"
+
 
 def _refresh_db_connection() -> None:
     # A long-running worker must drop broken or expired connections between messages. Not inside
     # an atomic block (tests run steps inside one).
     if not connection.in_atomic_block:
         close_old_connections()
+
+
+class StopRequested(Exception):
+    """The worker was asked to stop while it waited for the database."""
 
 
 @dataclass
@@ -253,46 +327,110 @@ class EventConsumer:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     silent_check_interval: float = 15.0
+    dead_letter_interval: float = 2.0
     stop_event: threading.Event = field(default_factory=threading.Event)
     counts: dict[str, int] = field(default_factory=dict)
     last_silent_check: float = 0.0
+    last_dead_letter_check: float = 0.0
+    # The database's backoff lives as long as the consumer: a reconnect to the broker does not
+    # reset it (that made a poison message loop at the shortest delay); an applied event does.
+    db_backoff: Backoff = field(init=False)
+    once: bool = False
+
+    def __post_init__(self) -> None:
+        self.db_backoff = Backoff(self.backoff_initial, self.backoff_max)
 
     def stop(self) -> None:
         self.stop_event.set()
 
+    def with_database(self, channel: BlockingChannel, step: Callable[[], Any]) -> Any:
+        """Run `step`, retrying it while the database is unavailable (with the consumer's backoff;
+        the broker connection keeps its heartbeats meanwhile). With `once`, the error propagates.
+        Raises StopRequested when asked to stop while waiting."""
+        while True:
+            _refresh_db_connection()
+            try:
+                result = step()
+            except TRANSIENT_DB_ERRORS as exc:
+                delay = self.db_backoff.next()
+                log.warning(
+                    "event=database_unavailable error=%s retry_in=%.1fs", type(exc).__name__, delay
+                )
+                if self.once:
+                    raise
+                self._sleep(channel, delay)
+                continue
+            self.db_backoff.reset()
+            return result
+
+    def _sleep(self, channel: BlockingChannel, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop_event.is_set():
+                raise StopRequested
+            channel.connection.sleep(min(left, 0.5))  # serves the broker's heartbeats
+        if self.stop_event.is_set():
+            raise StopRequested
+
     def handle_delivery(
         self, channel: BlockingChannel, method: Any, properties: Any, body: bytes
     ) -> str:
-        """Apply one delivery, then ack it (after the DB commit). Malformed: dead-letter + ack."""
-        _refresh_db_connection()
+        """Apply one delivery, then ack it (after the DB commit). One that can never be applied
+        is dead-lettered with the reason and acked; the database being down is waited out."""
         try:
-            result = handle_message(body)
-        except MalformedEvent as exc:
-            log.warning("event=host_event_rejected reason=%r size=%s", exc.reason, len(body))
-            topology.publish_dead_letter(
-                channel, topology.EVENTS_STORE_QUEUE, body, properties, exc.reason
-            )
-            result = "rejected"
-        except DatabaseError:
-            # The database is unavailable: leave the event on the queue and slow down.
+            result, reason = self.with_database(channel, lambda: dispatch(body))
+        except (StopRequested, *TRANSIENT_DB_ERRORS):
             channel.basic_nack(method.delivery_tag, requeue=True)
             raise
+        if reason:
+            topology.publish_dead_letter(
+                channel,
+                topology.EVENTS_STORE_QUEUE,
+                body,
+                properties,
+                reason,
+                {ROUTING_KEY_HEADER: getattr(method, "routing_key", "") or ""},
+            )
         channel.basic_ack(method.delivery_tag)
         self.counts[result] = self.counts.get(result, 0) + 1
         return result
+
+    def drain_dead_letters(self, channel: BlockingChannel, limit: int = 100) -> int:
+        """Read what is in computing.dead now (at most `limit`); each is recorded, then acked."""
+        done = 0
+        while done < limit:
+            method, properties, body = channel.basic_get(topology.DEAD_QUEUE)
+            if method is None:
+                break
+            try:
+                result = self.with_database(
+                    channel, functools.partial(_record_safely, method, properties, body)
+                )
+            except (StopRequested, *TRANSIENT_DB_ERRORS):
+                channel.basic_nack(method.delivery_tag, requeue=True)
+                raise
+            channel.basic_ack(method.delivery_tag)
+            key = f"dead_letter_{result}"
+            self.counts[key] = self.counts.get(key, 0) + 1
+            done += 1
+        return done
 
     def run(self, *, once: bool = False) -> dict[str, int]:
         """Consume until stopped; with once, until the queue has been idle for idle_timeout.
 
         Reconnects with a capped backoff; with once, a broker or database error propagates."""
-        run_with_reconnect(
-            lambda connected: self.serve(connected, once=once),
-            stop=self.stop_event,
-            errors=CONSUMER_ERRORS,
-            on_error=_log_unavailable,
-            backoff=Backoff(self.backoff_initial, self.backoff_max),
-            reraise=once,
-        )
+        self.once = once
+        try:
+            run_with_reconnect(
+                lambda connected: self.serve(connected, once=once),
+                stop=self.stop_event,
+                errors=CONSUMER_ERRORS,
+                on_error=_log_unavailable,
+                backoff=Backoff(self.backoff_initial, self.backoff_max),
+                reraise=once,
+            )
+        except StopRequested:
+            pass
         return self.counts
 
     def serve(self, connected: Callable[[], None], *, once: bool = False) -> bool:
@@ -309,19 +447,42 @@ class EventConsumer:
             ):
                 if method is not None:
                     self.handle_delivery(channel, method, properties, body)
-                elif once:
+                now = time.monotonic()
+                if method is None or now - self.last_dead_letter_check > self.dead_letter_interval:
+                    self.last_dead_letter_check = now
+                    self.drain_dead_letters(channel)
+                if method is None and once:
                     break
-                now = timezone.now()
-                if now.timestamp() - self.last_silent_check > self.silent_check_interval:
-                    _refresh_db_connection()
-                    mark_silent_hosts(now)
-                    self.last_silent_check = now.timestamp()
+                self.check_silent_hosts(channel)
                 if self.stop_event.is_set():
                     break
             channel.cancel()
         finally:
             broker.close_quietly(amqp)
         return once
+
+    def check_silent_hosts(self, channel: BlockingChannel) -> None:
+        now = timezone.now()
+        if now.timestamp() - self.last_silent_check > self.silent_check_interval:
+            self.with_database(channel, lambda: mark_silent_hosts(now))
+            self.last_silent_check = now.timestamp()
+
+
+def _record_safely(method: Any, properties: Any, body: bytes) -> str:
+    """A dead letter cannot be dead-lettered again: one that cannot even be recorded is logged
+    (the error, never the body) and dropped. Transient database errors are retried."""
+    try:
+        return handle_dead_letter(
+            body=body,
+            headers=getattr(properties, "headers", None),
+            routing_key=method.routing_key,
+            message_id=getattr(properties, "message_id", None) or "",
+        )
+    except TRANSIENT_DB_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one message must never stop the worker
+        log.exception("event=dead_letter_unrecorded error=%s", type(exc).__name__)
+        return "unrecorded"
 
 
 def _log_unavailable(exc: BaseException, retry_in: float) -> None:

@@ -426,3 +426,30 @@ class Host(models.Model):
     def is_silent_at(self, now: datetime) -> bool:
         timeout = timedelta(seconds=settings.HOST_HEARTBEAT_TIMEOUT)
         return self.last_heartbeat_at < now - timeout
+
+
+class DeadLetter(models.Model):
+    """A message nobody could serve, read back from the dead-letter queue `computing.dead`.
+
+    Commands a host refused (a create-vm here fails its order with the host's reason) and events
+    the shop refused. Kept so staff see them in the admin; bounded (orders/dead_letters.py keeps
+    the newest DEAD_LETTERS_KEPT rows). The body is stored with every password masked.
+    """
+
+    received_at = models.DateTimeField(default=timezone.now, editable=False)
+    rejected_by = models.CharField(max_length=100)  # a host id, or "shop"
+    routing_key = models.CharField(max_length=255, blank=True)
+    message_id = models.CharField(max_length=100, blank=True)
+    reason = models.TextField()
+    body = models.TextField(blank=True)
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_letters"
+    )
+    # What the shop did with it (orders/dead_letters.py): order_failed, deletion_finished, ...
+    result = models.CharField(max_length=30)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.routing_key or '-'} refused by {self.rejected_by}"

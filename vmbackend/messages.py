@@ -260,6 +260,16 @@ def parse(body: bytes) -> Command:
     return _vm_command(command, options)
 
 
+def peek(body: bytes) -> dict[str, Any] | None:
+    """The JSON object in a body that need not be a valid message (a dead letter), or None.
+
+    Same guards as `parse` (size, depth, number length), so it never raises."""
+    try:
+        return _load(body, Rejected)
+    except Rejected:
+        return None
+
+
 def _dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
 

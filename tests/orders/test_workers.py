@@ -152,3 +152,39 @@ def test_the_relay_loop_backs_off_on_a_database_error_and_goes_on(amqp, orders_a
     row.refresh_from_db()
     assert row.sent_at is not None
     assert calls["n"] == 2
+
+
+@pytest.mark.django_db
+def test_a_database_outage_is_waited_out_with_a_growing_delay_on_one_connection(
+    amqp, orders_amqp_url, caplog
+):
+    """The retry delay doubles while the database stays down and is not reset by reconnecting
+    (it was: a poison event looped at the shortest delay, 20 times in 12 s); the event is kept
+    (not redelivered through a new connection) and applied once the database is back."""
+    amqp.basic_publish(
+        "warren.events",
+        "host.heartbeat",
+        json.dumps({"type": "host.heartbeat", "host_id": "h", "capacity": 1}).encode(),
+        pika.BasicProperties(delivery_mode=2),
+    )
+    consumer = EventConsumer(url=orders_amqp_url, idle_timeout=0.2, backoff_initial=0.1)
+    real = host_events.handle_message
+    calls = {"n": 0}
+
+    def down_for_four_tries(body: bytes) -> str:
+        calls["n"] += 1
+        if calls["n"] <= 4:
+            raise OperationalError("db down")
+        consumer.stop()
+        return real(body)
+
+    caplog.set_level("WARNING", logger="orders.host_events")
+    with mock.patch.object(host_events, "handle_message", side_effect=down_for_four_tries):
+        counts = consumer.run()
+
+    delays = [r.getMessage().split("retry_in=")[1] for r in caplog.records
+              if "event=database_unavailable" in r.getMessage()]
+    assert delays == ["0.1s", "0.2s", "0.4s", "0.8s"]
+    assert consumer.db_backoff.delay == 0.1  # reset by the applied event
+    assert not [r for r in caplog.records if "event=consumer_unavailable" in r.getMessage()]
+    assert counts == {"applied": 1}
