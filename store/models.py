@@ -1,16 +1,35 @@
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+
+from vmbackend import messages
+
+
+def _within(bounds: tuple[int, ...]) -> list:
+    """Validators for the protocol's bounds of one create-vm field (vmbackend/messages.py): the
+    hosts refuse anything outside them, so a plan outside them could never get its VM."""
+    return [MinValueValidator(bounds[0]), MaxValueValidator(bounds[1])]
+
+
+def _between(field: str, bounds: tuple[int, ...]) -> models.CheckConstraint:
+    return models.CheckConstraint(
+        condition=models.Q(**{f"{field}__gte": bounds[0], f"{field}__lte": bounds[1]}),
+        name=f"plan_{field}_within_host_bounds",
+    )
 
 
 class Plan(models.Model):
-    """A hosted RabbitMQ plan: the VM size and broker limits a customer pays for monthly."""
+    """A hosted RabbitMQ plan: the VM size and broker limits a customer pays for monthly.
+
+    Sizes and limits stay within the control protocol's bounds (messages.MEMORY_MB, VCPUS,
+    DISK_GB, LIMIT), checked by the admin's form and by the database."""
 
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=80)
-    memory_mb = models.PositiveIntegerField()
-    vcpus = models.PositiveSmallIntegerField(default=1)
-    disk_gb = models.PositiveIntegerField()
-    max_connections = models.PositiveIntegerField()
-    max_queues = models.PositiveIntegerField()
+    memory_mb = models.PositiveIntegerField(validators=_within(messages.MEMORY_MB))
+    vcpus = models.PositiveSmallIntegerField(default=1, validators=_within(messages.VCPUS))
+    disk_gb = models.PositiveIntegerField(validators=_within(messages.DISK_GB))
+    max_connections = models.PositiveIntegerField(validators=_within(messages.LIMIT))
+    max_queues = models.PositiveIntegerField(validators=_within(messages.LIMIT))
     monthly_price_cents = models.PositiveIntegerField()
     currency = models.CharField(max_length=3, default="usd")
     # Stripe Price (recurring, monthly) used by Checkout; blank for the offline payment path.
@@ -21,9 +40,11 @@ class Plan(models.Model):
     class Meta:
         ordering = ["sort_order", "monthly_price_cents"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(memory_mb__gte=256), name="plan_memory_at_least_256mb"),
-            models.CheckConstraint(condition=models.Q(vcpus__gte=1), name="plan_at_least_one_vcpu"),
-            models.CheckConstraint(condition=models.Q(disk_gb__gte=1), name="plan_disk_at_least_1gb"),
+            _between("memory_mb", messages.MEMORY_MB),
+            _between("vcpus", messages.VCPUS),
+            _between("disk_gb", messages.DISK_GB),
+            _between("max_connections", messages.LIMIT),
+            _between("max_queues", messages.LIMIT),
         ]
 
     def __str__(self) -> str:
