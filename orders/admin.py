@@ -1,4 +1,4 @@
-"""Staff views of orders, instances, webhook receipts, outbox rows and hosts.
+"""Staff views of orders, instances, webhook receipts, outbox rows, hosts and dead letters.
 
 State is changed only through the actions (which call the services), never by editing fields:
 every model here is read-only in its change form. The VM admin password is never displayed, and
@@ -22,7 +22,7 @@ from django.utils.html import format_html
 
 from orders.checkout import CheckoutError
 from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
-from orders.models import Host, Instance, Order, OutboxMessage, WebhookEvent
+from orders.models import DeadLetter, Host, Instance, Order, OutboxMessage, WebhookEvent
 from orders.outbox import requeue
 from orders.provisioning import ProvisioningError, cancel_order, retry_provisioning
 
@@ -136,6 +136,7 @@ class InstanceAdmin(ReadOnlyAdmin):
         "host_id",
         "attempts",
         "updated_at",
+        "failure_reason",
     )
     list_filter = ("status", "stage", SilentHostFilter, "host_id")
     search_fields = (
@@ -278,3 +279,28 @@ class HostAdmin(ReadOnlyAdmin):
                 '<strong style="color:#b00">silent since {}</strong>', obj.silent_since
             )
         return "alive"
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    """Messages nobody could serve (computing.dead), newest first; the bodies are masked."""
+
+    list_display = ("received_at", "rejected_by", "routing_key", "result", "instance", "reason")
+    list_filter = ("result", "rejected_by", "routing_key")
+    search_fields = ("reason", "message_id", "instance__public_id", "instance__order__public_id")
+    list_select_related = ("instance",)
+    fields = (
+        "received_at",
+        "rejected_by",
+        "routing_key",
+        "message_id",
+        "result",
+        "instance",
+        "reason",
+        "body_display",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="body (passwords masked)")
+    def body_display(self, obj: DeadLetter) -> str:
+        return format_html("<pre>{}</pre>", obj.body)
