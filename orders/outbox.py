@@ -4,7 +4,9 @@ At least once: a row is marked sent only after the broker confirmed it; a crash 
 confirm and the mark publishes it again, which the daemons tolerate (vm-id is their idempotency
 key). A broker outage leaves rows unsent; the relay backs off (capped) and tries again.
 
-`publish_pending()` is one step; `Relay.run()` is the loop `manage.py relay_outbox` runs.
+`publish_pending()` is one step; `Relay.run()` is the loop `manage.py relay_outbox` runs. Only one
+relay runs at a time (orders/relay_lock.py): a second one waits for the lock and takes over when
+the first one dies.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from orders import broker
 from orders.models import OutboxMessage
 from orders.provisioning import DELETE_VM
+from orders.relay_lock import RelayLock, relay_lock
 from vmbackend import messages
 from vmbackend.backoff import Backoff, run_with_reconnect
 
@@ -71,9 +74,10 @@ def publish_row(channel: BlockingChannel, row: OutboxMessage) -> None:
             mandatory=True,
         )
     except pika.exceptions.UnroutableError as exc:
-        if row.routing_key == DELETE_VM:
-            # No host queue exists, so no host can have this VM. Should a host take the create-vm
-            # later, its instance.accepted makes the event consumer send delete-vm again.
+        if row.body.get("command") == DELETE_VM:
+            # No host queue exists (for a delete-vm to one host: that host's queue is gone), so
+            # no host can have this VM. Should a host take the create-vm later, its
+            # instance.accepted makes the event consumer send delete-vm again.
             _record_failure(row, "unroutable: no host queue exists, nothing to delete")
             _mark_sent(row, keep_error=True)
             return
@@ -97,8 +101,8 @@ def publish_pending(
     not hammer it; the relay clears `skip` every minute and on reconnect.
 
     Raises a broker error (pika AMQPError / OSError) when the connection goes; the rows not yet
-    confirmed stay unsent. One relay process is expected; a second one would only cause
-    duplicates, which consumers tolerate.
+    confirmed stay unsent. Call it from one relay only (Relay.run holds the relay lock): two
+    relays would publish every row twice.
     """
     pending = OutboxMessage.objects.filter(sent_at__isnull=True).order_by("created_at", "id")
     if skip:
@@ -136,16 +140,24 @@ def open_channel(url: str | None = None) -> tuple[BlockingConnection, BlockingCh
     return connection, channel
 
 
+class LockLost(Exception):
+    """The relay lock's database session went away: another relay may hold the lock now."""
+
+
 @dataclass
 class Relay:
-    """The relay loop: connect, publish what is pending, poll, back off when the broker is gone."""
+    """The relay loop: take the relay lock, connect, publish what is pending, poll, back off when
+    the broker is gone."""
 
     url: str | None = None
     poll_interval: float = 0.5
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    lock_poll: float = 1.0
+    lock_check_interval: float = 5.0
     stop_event: threading.Event = field(default_factory=threading.Event)
     total: int = 0
+    lock: RelayLock | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -153,17 +165,40 @@ class Relay:
     def run(self, *, once: bool = False) -> int:
         """Run until stopped (or, with once, until one pass published what was pending).
 
-        Reconnects with a capped backoff; with once, a broker or database error propagates."""
+        Waits for the relay lock first. Reconnects with a capped backoff; with once, a broker or
+        database error propagates."""
         self.total = 0
-        run_with_reconnect(
-            lambda connected: self.serve(connected, once=once),
-            stop=self.stop_event,
-            errors=(*BROKER_ERRORS, DatabaseError),
-            on_error=_log_unavailable,
-            backoff=Backoff(self.backoff_initial, self.backoff_max),
-            reraise=once,
-        )
+        lock = self.lock = self.lock or relay_lock()
+        try:
+            while self.wait_for_lock(lock):
+                try:
+                    run_with_reconnect(
+                        lambda connected: self.serve(connected, once=once),
+                        stop=self.stop_event,
+                        errors=(*BROKER_ERRORS, DatabaseError),
+                        on_error=_log_unavailable,
+                        backoff=Backoff(self.backoff_initial, self.backoff_max),
+                        reraise=once,
+                    )
+                    break
+                except LockLost:
+                    log.error("event=relay_lock_lost")
+        finally:
+            lock.release()
         return self.total
+
+    def wait_for_lock(self, lock: RelayLock) -> bool:
+        """Poll until this process holds the lock; False when stopped first."""
+        waiting = False
+        while not self.stop_event.is_set():
+            if lock.try_acquire():
+                log.info("event=relay_lock_acquired")
+                return True
+            if not waiting:
+                log.info("event=relay_waiting_for_lock")
+                waiting = True
+            self.stop_event.wait(self.lock_poll)
+        return False
 
     def serve(self, connected: Callable[[], None], *, once: bool = False) -> bool:
         """One broker session: publish and poll until stopped. Returns True when `once` is done."""
@@ -172,13 +207,18 @@ class Relay:
             log.info("event=relay_connected")
             connected()
             skipped: set[int] = set()  # cleared on reconnect: a new session
-            skip_since = time.monotonic()
+            skip_since = lock_checked = time.monotonic()
             while not self.stop_event.is_set():
                 if not db_connection.in_atomic_block:  # tests run the loop inside one
                     close_old_connections()
-                if time.monotonic() - skip_since > SKIP_RESET_SECONDS:
+                now = time.monotonic()
+                if now - skip_since > SKIP_RESET_SECONDS:
                     skipped.clear()
-                    skip_since = time.monotonic()
+                    skip_since = now
+                if now - lock_checked > self.lock_check_interval and self.lock is not None:
+                    if not self.lock.still_held():
+                        raise LockLost
+                    lock_checked = now
                 sent = publish_pending(channel, skip=skipped)
                 self.total += sent
                 if sent < BATCH_SIZE:

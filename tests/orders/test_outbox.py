@@ -204,9 +204,10 @@ def test_an_unroutable_row_stays_unsent_and_does_not_block_others(amqp, orders_a
     assert fine.sent_at is not None
 
 
+@pytest.mark.parametrize("key", ["delete-vm", "host.a-host-that-is-gone"])
 @pytest.mark.django_db
-def test_a_delete_vm_with_no_host_queue_is_marked_sent_with_a_note(amqp, orders_amqp_url):
-    row = enqueue(routing_key="delete-vm", body={"version": 1, "command": "delete-vm"})
+def test_a_delete_vm_with_no_host_queue_is_marked_sent_with_a_note(key, amqp, orders_amqp_url):
+    row = enqueue(routing_key=key, body={"version": 1, "command": "delete-vm"})
 
     Relay(url=orders_amqp_url).run(once=True)
 
