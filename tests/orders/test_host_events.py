@@ -542,3 +542,71 @@ def test_the_worker_never_raises_on_any_body(instance, data):
     assert fresh.order.status == ORDER_STATUS_FOR_INSTANCE[fresh.status] or (
         fresh.order.status == Order.Status.CANCELLED
     )
+
+
+# -- duplicate VMs on two hosts (issue 9, item 5) -----------------------------------------------
+
+
+def _handle(event: dict) -> str:
+    return handle_message(json.dumps(event).encode())
+
+
+def _deletes_for(host: str) -> list[str]:
+    return [row.body["options"]["vm-id"]
+            for row in OutboxMessage.objects.filter(routing_key=f"host.{host}")]
+
+
+def test_a_second_hosts_copy_of_a_ready_vm_is_deleted_on_that_host_only(instance):
+    _handle(_event(instance, "instance.accepted", 1, host="host-a"))
+    _handle(_ready(instance, 2, host="host-a"))
+
+    assert _handle(_event(instance, "instance.accepted", 1, host="host-b")) == "duplicate_deleted"
+    assert _handle(_event(instance, "instance.progress", 2, host="host-b",
+                          stage="guest_up")) == "duplicate_deleted"
+    # Its copy is gone: nothing more to ask.
+    assert _handle(_event(instance, "instance.deleted", 3, host="host-b")) == "other_host"
+
+    assert _deletes_for("host-b") == [instance.vm_id, instance.vm_id]
+    assert _deletes_for("host-a") == []
+    assert not OutboxMessage.objects.filter(routing_key="delete-vm").exists()  # no broadcast
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.host_id, fresh.order.status) == ("ready", "host-a", "ready")
+
+
+def test_while_neither_copy_is_ready_both_boot_and_the_first_ready_wins(instance):
+    _handle(_event(instance, "instance.accepted", 1, host="host-a"))
+    assert _handle(_event(instance, "instance.accepted", 1, host="host-b")) == "other_host"
+    assert OutboxMessage.objects.filter(routing_key__startswith="host.").count() == 0
+
+    assert _handle(_ready(instance, 2, host="host-b")) == "applied"  # b first: b wins
+    assert _handle(_ready(instance, 3, host="host-a")) == "duplicate_deleted"
+
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.host_id, fresh.order.status) == ("ready", "host-b", "ready")
+    assert _deletes_for("host-a") == [instance.vm_id, instance.vm_id]
+    assert _deletes_for("host-b") == []
+
+
+def test_a_copy_already_asked_to_go_never_takes_over(instance):
+    _handle(_ready(instance, 1, host="host-a"))
+    _handle(_event(instance, "instance.accepted", 1, host="host-b"))  # b is asked to delete
+    _handle(_event(instance, "instance.lost", 2, host="host-a", reason="qemu died"))
+
+    assert _handle(_ready(instance, 2, host="host-b")) == "other_host"
+
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.host_id) == ("lost", "host-a")
+
+
+@pytest.mark.parametrize("end", ["cancelled", "failed"])
+def test_a_copy_of_an_ended_order_is_deleted_on_its_host(instance, end):
+    _handle(_event(instance, "instance.accepted", 1, host="host-a"))
+    if end == "cancelled":
+        cancel_order(order=instance.order, reason="bye", cancel_subscription=False)
+    else:
+        _handle(_event(instance, "instance.failed", 2, host="host-a", reason="boom"))
+
+    assert _handle(_ready(instance, 4, host="host-b")) == "duplicate_deleted"
+
+    assert _deletes_for("host-b") == [instance.vm_id]
+    assert _fresh(instance).management_url == ""
