@@ -108,9 +108,13 @@ class AdvisoryLock:
     def release(self) -> None:
         if self.conn is not None:
             try:
-                self.conn.close()  # ending the session releases the lock
+                # Unlock first: the server ends a closed session (and frees its locks) a moment
+                # after the client has gone, and the next relay should not wait for that.
+                with self.conn.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock_all()")
+                self.conn.close()
             except self.db.Database.Error:
-                pass
+                pass  # the session is gone already, and its lock with it
             self.conn = None
 
 

@@ -74,14 +74,16 @@ def worker_env(request, tmp_path) -> Iterator[dict[str, str]]:
 
 
 def _wait_for_sessions_to_end() -> None:
-    """The killed relays' sessions end a moment after them; the test database is dropped after."""
-    for _ in range(100):
+    """The killed relays' sessions (and their advisory lock) end a moment after them."""
+    for _ in range(300):
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                           " AND pid <> pg_backend_pid()")
+            cursor.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid ="
+                           " l.database WHERE l.locktype = 'advisory'"
+                           " AND d.datname = current_database()")
             if cursor.fetchone()[0] == 0:
                 return
         time.sleep(0.1)
+    raise AssertionError("a killed relay's advisory lock outlived it by 30 s")
 
 
 def _enqueue(env: dict[str, str], n: int) -> None:
