@@ -3,7 +3,6 @@
 import django.core.validators
 from django.db import migrations, models
 
-
 # The protocol's bounds when this migration was written (vmbackend/messages.py).
 BOUNDS = {
     "memory_mb": (256, 16384),

@@ -1,4 +1,5 @@
-"""manage.py consume_events: apply the host daemons' events (see orders/host_events.py)."""
+"""manage.py consume_events: apply the host daemons' events and read the dead letters (see
+orders/host_events.py and orders/dead_letters.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = "Consume warren.events.store and apply instance events and host heartbeats."
+    help = (
+        "Consume warren.events.store (instance events, host heartbeats) and read computing.dead"
+        " (refused commands and events) into the shop."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
