@@ -34,7 +34,7 @@ SECRET_FIELDS = frozenset({"admin_password", "password", "body"})
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Rows are created by the shop's workflows; staff look and use actions."""
 
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         """Only the lookups the list's own filters make (Django allows any local field)."""
         parts = lookup.split(LOOKUP_SEP)
         if SECRET_FIELDS.intersection(parts) or parts[0] not in self._filter_fields(request):
@@ -47,7 +47,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         for item in list_filter:
             if isinstance(item, type) and issubclass(item, admin.SimpleListFilter):
                 fields.add(getattr(item, "parameter_name", ""))
-            elif isinstance(item, (list, tuple)):
+            elif isinstance(item, (list, tuple)) and isinstance(item[0], str):
                 fields.add(item[0].split(LOOKUP_SEP)[0])
             elif isinstance(item, str):
                 fields.add(item.split(LOOKUP_SEP)[0])
@@ -239,7 +239,7 @@ class OutboxMessageAdmin(ReadOnlyAdmin):
 
     @admin.display(description="vm-id")
     def vm_id(self, obj: OutboxMessage) -> str:
-        return ((obj.body or {}).get("options") or {}).get("vm-id", "-")
+        return str(((obj.body or {}).get("options") or {}).get("vm-id", "-"))
 
     @admin.display(description="body")
     def body_display(self, obj: OutboxMessage) -> str:

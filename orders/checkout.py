@@ -9,8 +9,9 @@ import logging
 
 import stripe
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.urls import reverse
+from stripe.params.checkout import SessionCreateParams
 
 from orders.models import Order
 from store.models import Plan
@@ -32,7 +33,7 @@ def _stripe_client() -> stripe.StripeClient:
     )
 
 
-def start_checkout(*, user: AbstractBaseUser, plan: Plan) -> tuple[Order, str]:
+def start_checkout(*, user: User, plan: Plan) -> tuple[Order, str]:
     """Create the order (pending_payment) and return where to send the customer to pay."""
     order = Order.objects.create(user=user, plan=plan)
     log.info("event=order_created order_id=%s plan=%s", order.public_id, plan.slug)
@@ -41,7 +42,7 @@ def start_checkout(*, user: AbstractBaseUser, plan: Plan) -> tuple[Order, str]:
 
     order_ref = str(order.public_id)
     site = settings.SITE_URL.rstrip("/")
-    params = {
+    params: SessionCreateParams = {
         "mode": "subscription",
         "line_items": [{"price": plan.stripe_price_id, "quantity": 1}],
         "client_reference_id": order_ref,
@@ -64,6 +65,9 @@ def start_checkout(*, user: AbstractBaseUser, plan: Plan) -> tuple[Order, str]:
             type(exc).__name__,
         )
         raise CheckoutError("Payment provider unavailable, please try again") from exc
+    if not session.url:  # only embedded sessions have none; this one is hosted
+        log.error("event=stripe_checkout_without_url order_id=%s", order.public_id)
+        raise CheckoutError("Payment provider unavailable, please try again")
     Order.objects.filter(pk=order.pk).update(stripe_checkout_session_id=session.id)
     order.stripe_checkout_session_id = session.id
     log.info("event=stripe_checkout_created order_id=%s session_id=%s", order.public_id, session.id)

@@ -93,6 +93,8 @@ def apply_heartbeat(event: Event, *, now: datetime) -> str:
 
 
 def apply_instance_event(event: Event) -> str:
+    if event.instance_id is None:  # the parser requires one on instance events
+        return "unknown_instance"
     with transaction.atomic():
         order_pk = (
             Instance.objects.filter(public_id=event.instance_id)
@@ -308,7 +310,8 @@ class EventConsumer:
                 topology.EVENTS_STORE_QUEUE, inactivity_timeout=self.idle_timeout
             ):
                 if method is not None:
-                    self.handle_delivery(channel, method, properties, body)
+                    # pika yields body None only together with method None (inactivity)
+                    self.handle_delivery(channel, method, properties, body or b"")
                 elif once:
                     break
                 now = timezone.now()

@@ -28,6 +28,7 @@ class _StateMachine(models.Model):
     """Shared compare-and-set transition for models with a `status` field and TRANSITIONS."""
 
     TRANSITIONS: dict[str, frozenset[str]] = {}
+    status: str  # each subclass's CharField
 
     class Meta:
         abstract = True
@@ -45,9 +46,9 @@ class _StateMachine(models.Model):
         if not self.can_move_to(to):
             raise InvalidTransition(f"{type(self).__name__} {self.pk}: {self.status} -> {to}")
         fields["updated_at"] = timezone.now()
-        updated = (
-            type(self).objects.filter(pk=self.pk, status=self.status).update(status=to, **fields)
-        )
+        # Typed as a manager of any model: the abstract base has no status field of its own.
+        manager: models.Manager[Any] = type(self)._default_manager
+        updated = manager.filter(pk=self.pk, status=self.status).update(status=to, **fields)
         if not updated:
             return False
         self.status = to

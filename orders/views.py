@@ -10,6 +10,7 @@ from uuid import UUID
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -28,6 +29,12 @@ from orders.offline_checkout import (
 from orders.provisioning import cancel_order
 from orders.webhooks import WebhookError, process_webhook
 from store.models import Plan
+
+
+class SignedInRequest(HttpRequest):
+    """What @login_required hands a view: `user` is a User, never AnonymousUser (for mypy)."""
+
+    user: User
 
 
 def _get_order(request: HttpRequest, public_id: UUID) -> Order:
@@ -92,7 +99,7 @@ def _state_context(order: Order) -> dict[str, Any]:
     instance = _get_instance(order)
     # A failed order keeps polling: staff may retry it, and the customer should see that happen.
     final = order.status not in Order.MAY_CHANGE
-    show_connection = bool(instance and instance.is_ready and order.status in Order.SERVING)
+    serving = instance if instance and instance.is_ready and order.status in Order.SERVING else None
     return {
         "order": order,
         "instance": instance,
@@ -100,22 +107,22 @@ def _state_context(order: Order) -> dict[str, Any]:
         "final": final,
         # Changes whenever anything the page shows changes; the page's script compares it.
         "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}",
-        "show_connection": show_connection,
-        "management_url": _without_password(instance.management_url) if show_connection else "",
-        "amqp_url": _without_password(instance.amqp_url) if show_connection else "",
+        "show_connection": serving is not None,
+        "management_url": _without_password(serving.management_url) if serving else "",
+        "amqp_url": _without_password(serving.amqp_url) if serving else "",
         "offline_payments": offline_payments_enabled(),
     }
 
 
 @login_required
-def order_list(request: HttpRequest) -> HttpResponse:
+def order_list(request: SignedInRequest) -> HttpResponse:
     orders = Order.objects.filter(user=request.user).select_related("plan")
     return render(request, "orders/list.html", {"orders": orders})
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def checkout(request: HttpRequest, plan_slug: str) -> HttpResponse:
+def checkout(request: SignedInRequest, plan_slug: str) -> HttpResponse:
     plan = get_object_or_404(Plan, slug=plan_slug, is_active=True)
     if request.method != "POST":
         # Back from the login page after a POST as an anonymous visitor: buying needs a click.

@@ -137,19 +137,19 @@ class Supervisor:
 
     def stop(self) -> None:
         self.stopping.set()
-        running = [c for c in self.children if c.proc and c.proc.poll() is None]
-        for child in running:
-            log.info("event=stopping service=%s pid=%s", child.name, child.proc.pid)
-            child.proc.terminate()
+        running = [(c, c.proc) for c in self.children if c.proc and c.proc.poll() is None]
+        for child, proc in running:
+            log.info("event=stopping service=%s pid=%s", child.name, proc.pid)
+            proc.terminate()
         deadline = time.monotonic() + STOP_TIMEOUT
-        for child in running:
+        for child, proc in running:
             try:
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("event=killing service=%s pid=%s", child.name, child.proc.pid)
-                child.proc.kill()
-                child.proc.wait()
-        for child in running:
+                log.warning("event=killing service=%s pid=%s", child.name, proc.pid)
+                proc.kill()
+                proc.wait()
+        for child, _proc in running:
             if child.pump:
                 child.pump.join(timeout=2)
         log.info("event=stopped services=%d", len(running))

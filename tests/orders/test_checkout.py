@@ -76,6 +76,17 @@ def test_a_stripe_outage_leaves_an_unpaid_order_and_a_clear_error(customer, plan
     assert (order.status, order.stripe_checkout_session_id) == ("pending_payment", "")
 
 
+def test_a_session_without_a_payment_page_is_a_clear_error(customer, plan, stripe_keys):
+    session = SimpleNamespace(id="cs_test_embedded", url=None)  # what an embedded session returns
+
+    with mock.patch(SESSION_CREATE, return_value=session):
+        with pytest.raises(CheckoutError):
+            start_checkout(user=customer, plan=plan)
+
+    order = Order.objects.get()
+    assert (order.status, order.stripe_checkout_session_id) == ("pending_payment", "")
+
+
 def _paid_with_subscription(order: Order) -> Order:
     with transaction.atomic():
         locked = Order.objects.select_for_update().get(pk=order.pk)
