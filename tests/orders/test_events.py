@@ -10,7 +10,6 @@ from typing import Any
 import pika
 import pytest
 from django.core.management import call_command
-from django.db import transaction
 from django.utils import timezone
 
 from orders.events import (
@@ -20,17 +19,10 @@ from orders.events import (
     mark_silent_hosts,
 )
 from orders.models import Host, Instance, Order, OutboxMessage
-from orders.provisioning import cancel_order, request_provisioning, retry_provisioning
+from orders.provisioning import cancel_order, retry_provisioning
 from tests.orders.conftest import get_all
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def instance(order: Order) -> Instance:
-    with transaction.atomic():
-        locked = Order.objects.select_for_update().get(pk=order.pk)
-        return request_provisioning(order=locked)
 
 
 def _event(

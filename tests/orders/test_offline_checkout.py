@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from unittest import mock
 
 import pytest
@@ -15,6 +14,7 @@ from orders.offline_checkout import (
     complete_offline_payment,
     offline_payments_enabled,
 )
+from tests.net import free_port
 
 
 def test_offline_payments_are_on_without_a_stripe_key(settings):
@@ -74,9 +74,7 @@ def test_a_refused_event_is_an_error(order, live_server, settings):
 @pytest.mark.django_db
 def test_an_unreachable_endpoint_is_an_error(order, settings):
     settings.STRIPE_SECRET_KEY = ""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listens there
 
     with pytest.raises(OfflinePaymentError, match="unreachable"):
         complete_offline_payment(order=order, webhook_url=f"http://127.0.0.1:{port}/")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import wait_until
+from tests.net import free_port
 from vmbackend.images import build, manifest
 from vmbackend.images.arch import ArchRecipe
 from vmbackend.images.build import BuildError, Context, Recipe, Step
@@ -387,9 +388,7 @@ def test_the_arch_recipe_fails_clearly_without_a_mirror(root: Path):
 
 
 def test_the_arch_recipe_fails_clearly_with_an_unreachable_mirror(root: Path):
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a loopback port nobody listens on
     mirror = f"http://127.0.0.1:{port}/$repo/os/$arch"
     result = cli("build", "rabbitmq", "--distro", "arch", root=root, env={"WARREN_ARCH_MIRROR": mirror})
     assert result.returncode == 1

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.harness import free_port, wait_until
+from tests.e2e.harness import wait_until
+from tests.net import free_port
 from warren.run import ROOT, Options, Supervisor, backoff, service_commands, setup_commands
 
 pytestmark = pytest.mark.django_db(databases=[])
