@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import signal
@@ -23,17 +22,6 @@ def _recipe(name: str, distro: str) -> build.Recipe:
     from vmbackend.images.arch import ArchRecipe
 
     return ArchRecipe(name)
-
-
-def _delegate(module: str, function: str) -> object:
-    """A function of the machine engineer's modules (tiny.py, snapshot.py), or None."""
-    try:
-        mod = importlib.import_module(f"vmbackend.images.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"vmbackend.images.{module}":
-            raise
-        return None
-    return getattr(mod, function, None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,18 +65,14 @@ def main(argv: list[str]) -> int:
             return 0
         manifest.validate_name(args.name)
         if args.command == "snapshot":
-            create = _delegate("snapshot", "create")
-            if create is None:
-                print("image snapshot: vmbackend/images/snapshot.py (create) is not available yet")
-                return 1
-            create(root, args.name, progress)  # type: ignore[operator]
+            from vmbackend.images import snapshot  # imported when used: it pulls in the VM layer
+
+            snapshot.create(root, args.name, progress)
             return 0
         if args.name == "tiny":
-            tiny_build = _delegate("tiny", "build")
-            if tiny_build is None:
-                print("image build tiny: vmbackend/images/tiny.py (build) is not available yet")
-                return 1
-            tiny_build(root, progress)  # type: ignore[operator]
+            from vmbackend.images import tiny
+
+            tiny.build(root, progress)
             return 0
         folder = build.build(
             root, _recipe(args.name, args.distro), force=args.force, progress=progress
