@@ -176,8 +176,9 @@ def basic_auth_status(url: str, user: str, password: str, timeout: float = 10) -
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     if not url.startswith("http://"):
         raise ValueError(f"not an http URL: {url}")
-    request = urllib.request.Request(url + "api/overview",  # noqa: S310 - checked above
-                                     headers={"Authorization": f"Basic {token}"})
+    request = urllib.request.Request(  # noqa: S310 - checked above
+        url + "api/overview", headers={"Authorization": f"Basic {token}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
             return response.status
