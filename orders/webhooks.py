@@ -5,9 +5,11 @@
 - The signature is checked by the stripe library with settings.STRIPE_WEBHOOK_TOLERANCE; a bad or
   stale signature, or a body that is not a JSON event, raises WebhookError (the view answers 400)
   before anything is written. So does a signed body of the wrong shape (`_check_event`): nesting
-  deeper than MAX_DEPTH (checked before decoding: the decoder recurses per level), an id or type
-  longer than its column, a NUL or an unpaired surrogate in any string (PostgreSQL refuses both),
-  or an object the handlers read (`parent`, `metadata`, ...) that is not an object.
+  deeper than vmbackend.messages.MAX_DEPTH (checked before decoding: the decoder recurses per
+  level), an id or type longer than its column, a NUL or an unpaired surrogate in any string
+  (PostgreSQL refuses both), or an object the handlers read (`parent`, `metadata`, ...) that is
+  not an object. The depth scan and the string check are the ones vmbackend/messages.py applies
+  to every AMQP message.
 - The event id is inserted under a unique constraint in the same transaction as its effects, so a
   redelivery (sequential or concurrent) is acknowledged and changes nothing.
 - Every handled event finds its order by the order id we gave Stripe (client_reference_id /
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from django.db import IntegrityError, transaction
 
 from orders.models import Instance, Order, WebhookEvent
 from orders.provisioning import cancel_order_locked, order_status_for, request_provisioning
+from vmbackend import messages  # its body bounds (depth, NUL/surrogates), written once for all
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +70,8 @@ def _verify(payload: bytes, signature: str) -> dict[str, Any]:
         raise
 
 
-# Stripe's events nest about six levels deep; json's decoder recurses once per level.
-MAX_DEPTH = 32
 ID_MAX_LENGTH = 255  # WebhookEvent.stripe_event_id and the Stripe id columns of Order
 TYPE_MAX_LENGTH = 100  # WebhookEvent.type
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"', re.DOTALL)
-_JSON_BRACKET = re.compile(rb"[\[\]{}]")
-
-
-def json_too_deep(payload: bytes, limit: int = MAX_DEPTH) -> bool:
-    """Whether `payload` opens more than `limit` arrays/objects inside each other (strings,
-    which may hold brackets, are skipped). Cheap enough to run before json.loads."""
-    depth = 0
-    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', payload)):
-        if bracket.group() in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
 
 
 def _construct(payload: bytes, signature: str) -> dict[str, Any]:
@@ -101,7 +84,7 @@ def _construct(payload: bytes, signature: str) -> dict[str, Any]:
         raise WebhookError(f"bad signature: {exc.user_message or exc}") from exc
     except UnicodeDecodeError as exc:
         raise WebhookError("payload is not JSON") from exc
-    if json_too_deep(payload):
+    if messages._too_deep(text):  # Stripe's events nest about six levels deep
         raise WebhookError("payload nested too deeply")
     try:
         data = json.loads(text)
@@ -126,7 +109,7 @@ def _check_event(data: Any) -> dict[str, Any]:
     obj = data["data"].get("object") if isinstance(data.get("data"), dict) else None
     if not isinstance(obj, dict):
         raise WebhookError("event has no data.object")
-    if not _storable(data):
+    if messages._bad_string(data):
         raise WebhookError("event holds a NUL or an unpaired surrogate")
     _check_object(obj, "data.object")
     for where, nested in (
@@ -164,26 +147,6 @@ def _check_object(obj: dict[str, Any], where: str) -> None:
 
 def _text(value: Any, max_length: int, *, empty: bool = True) -> bool:
     return isinstance(value, str) and (empty or bool(value)) and len(value) <= max_length
-
-
-def _storable(value: Any) -> bool:
-    """No string (or key) anywhere holds a NUL or a lone surrogate (a text column refuses both)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return False
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return True
 
 
 def process_webhook(*, payload: bytes, signature: str) -> WebhookResult:
