@@ -6,6 +6,7 @@ them is written down once too, in `HOST_EVENT_TRANSITIONS`. Every status change 
 `move_to()`: a conditional UPDATE (compare-and-set on the status we read) so two workers racing on
 the same row change it once.
 docs/orders.md explains the states and the decisions behind them.
+Over 400 lines as one thing: the app's models, where Django looks for them, each beside its table.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ the image folder (`<images_root>/.<name>.build-<pid>`). Only when every step has
 image.json written (last) and the folder renamed into place, so an image folder with a manifest is
 always complete. A failure or Ctrl-C removes the temporary folder; a folder left by a build that
 was killed outright is removed by the next build of that image (builds of one image hold a lock).
+About 400 lines as one thing: the engine every recipe runs on (the recipes are their own modules).
 """
 
 from __future__ import annotations
