@@ -11,7 +11,6 @@ import stripe
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.urls import reverse
-from stripe.params.checkout import SessionCreateParams
 
 from orders.models import Order
 from store.models import Plan
@@ -42,7 +41,7 @@ def start_checkout(*, user: User, plan: Plan) -> tuple[Order, str]:
 
     order_ref = str(order.public_id)
     site = settings.SITE_URL.rstrip("/")
-    params: SessionCreateParams = {
+    params: stripe.params.checkout.SessionCreateParams = {
         "mode": "subscription",
         "line_items": [{"price": plan.stripe_price_id, "quantity": 1}],
         "client_reference_id": order_ref,

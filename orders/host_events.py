@@ -310,8 +310,7 @@ class EventConsumer:
                 topology.EVENTS_STORE_QUEUE, inactivity_timeout=self.idle_timeout
             ):
                 if method is not None:
-                    # pika yields body None only together with method None (inactivity)
-                    self.handle_delivery(channel, method, properties, body or b"")
+                    self.handle_delivery(channel, method, properties, body)
                 elif once:
                     break
                 now = timezone.now()

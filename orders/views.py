@@ -99,7 +99,7 @@ def _state_context(order: Order) -> dict[str, Any]:
     instance = _get_instance(order)
     # A failed order keeps polling: staff may retry it, and the customer should see that happen.
     final = order.status not in Order.MAY_CHANGE
-    serving = instance if instance and instance.is_ready and order.status in Order.SERVING else None
+    show_connection = bool(instance and instance.is_ready and order.status in Order.SERVING)
     return {
         "order": order,
         "instance": instance,
@@ -107,9 +107,9 @@ def _state_context(order: Order) -> dict[str, Any]:
         "final": final,
         # Changes whenever anything the page shows changes; the page's script compares it.
         "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}",
-        "show_connection": serving is not None,
-        "management_url": _without_password(serving.management_url) if serving else "",
-        "amqp_url": _without_password(serving.amqp_url) if serving else "",
+        "show_connection": show_connection,
+        "management_url": _without_password(instance.management_url) if show_connection else "",
+        "amqp_url": _without_password(instance.amqp_url) if show_connection else "",
         "offline_payments": offline_payments_enabled(),
     }
 
