@@ -81,10 +81,21 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_module_list_is_complete():
     modules = _modules()
-    for name in ("vmbackend", "vmbackend.machine", "vmbackend.saved_state",
-                 "vmbackend.images.snapshot", "vmbackend.management_api", "vmbackend.files",
-                 "orders.models", "orders.webhooks", "orders.management.commands.relay_outbox",
-                 "store.settings", "store.templatetags.money", "accounts.views", "warren.run"):
+    for name in (
+        "vmbackend",
+        "vmbackend.machine",
+        "vmbackend.saved_state",
+        "vmbackend.images.snapshot",
+        "vmbackend.management_api",
+        "vmbackend.files",
+        "orders.models",
+        "orders.webhooks",
+        "orders.management.commands.relay_outbox",
+        "store.settings",
+        "store.templatetags.money",
+        "accounts.views",
+        "warren.run",
+    ):
         assert name in modules
     assert not [name for name in modules if ".migrations" in name or name.endswith("__main__")]
 
@@ -158,8 +169,13 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
     plain = [name for name in modules if name not in django]
     failed = []
     for kind, names in (("plain", plain), ("django", django)):
-        done = subprocess.run([sys.executable, "-c", _IMPORT_EACH, kind, *names], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", _IMPORT_EACH, kind, *names],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         failed += done.stdout.splitlines()
     assert failed == []
@@ -167,8 +183,13 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
 
 def test_a_module_that_fails_to_import_is_reported(tmp_path):
     (tmp_path / "broken_mod.py").write_text("import nowhere_to_be_found\n")
-    done = subprocess.run([sys.executable, "-c", _IMPORT_EACH, "plain", "json", "broken_mod"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH, "plain", "json", "broken_mod"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.stdout.splitlines() == [
         "broken_mod: ModuleNotFoundError: No module named 'nowhere_to_be_found'"
     ]
