@@ -84,7 +84,7 @@ def _construct(payload: bytes, signature: str) -> dict[str, Any]:
         raise WebhookError(f"bad signature: {exc.user_message or exc}") from exc
     except UnicodeDecodeError as exc:
         raise WebhookError("payload is not JSON") from exc
-    if messages._too_deep(text):  # Stripe's events nest about six levels deep
+    if messages.too_deep(text):  # Stripe's events nest about six levels deep
         raise WebhookError("payload nested too deeply")
     try:
         data = json.loads(text)
@@ -109,7 +109,7 @@ def _check_event(data: Any) -> dict[str, Any]:
     obj = data["data"].get("object") if isinstance(data.get("data"), dict) else None
     if not isinstance(obj, dict):
         raise WebhookError("event has no data.object")
-    if messages._bad_string(data):
+    if messages.has_bad_string(data):
         raise WebhookError("event holds a NUL or an unpaired surrogate")
     _check_object(obj, "data.object")
     for where, nested in (

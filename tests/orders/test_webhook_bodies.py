@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from orders.models import Order, OutboxMessage, WebhookEvent
 from orders.webhooks import HANDLERS
 from tests.orders.conftest import checkout_session, invoice, stripe_event, stripe_signature
-from vmbackend.messages import _too_deep
+from vmbackend.messages import too_deep
 
 pytestmark = pytest.mark.django_db
 
@@ -120,10 +120,10 @@ def test_deeply_nested_json_is_refused(client, order, depth):
 
 
 def test_a_normal_event_is_not_too_deep():  # for the depth scan the webhooks share with messages
-    assert not _too_deep(json.dumps(stripe_event("invoice.paid", {"lines": {"data": []}})))
-    assert _too_deep("[" * 33 + "]" * 33)
-    assert not _too_deep("[" * 32 + "]" * 32)
-    assert not _too_deep('{"a": "' + "[" * 100 + '\\"' + "{" * 100 + '"}')
+    assert not too_deep(json.dumps(stripe_event("invoice.paid", {"lines": {"data": []}})))
+    assert too_deep("[" * 33 + "]" * 33)
+    assert not too_deep("[" * 32 + "]" * 32)
+    assert not too_deep('{"a": "' + "[" * 100 + '\\"' + "{" * 100 + '"}')
 
 
 def test_an_invoice_with_a_null_parent_is_still_accepted(client, order):
