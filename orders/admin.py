@@ -28,7 +28,7 @@ from orders.provisioning import ProvisioningError, cancel_order, retry_provision
 
 MASK = "********"
 # Never a lookup through these, on any model or relation (a regex lookup is an oracle).
-SECRET_FIELDS = frozenset({"admin_password", "password", "body"})
+SECRET_FIELDS = frozenset({"admin_password", "admin_password_encrypted", "password", "body"})
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -67,7 +67,7 @@ class InstanceInline(admin.StackedInline):
     model = Instance
     can_delete = False
     extra = 0
-    exclude = ("admin_password",)
+    exclude = ("admin_password_encrypted",)
     show_change_link = True
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -146,7 +146,7 @@ class InstanceAdmin(ReadOnlyAdmin):
         "admin_username",
     )
     list_select_related = ("order",)
-    exclude = ("admin_password",)
+    exclude = ("admin_password_encrypted",)
     actions = ["retry"]
 
     @admin.display(description="order")

@@ -19,6 +19,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from orders import encryption
+
 
 class InvalidTransition(Exception):
     """A status change that the state machine does not allow (a bug, or a stale caller)."""
@@ -210,10 +212,11 @@ class Instance(_StateMachine):
     management_url = models.CharField(max_length=500, blank=True)
     amqp_url = models.CharField(max_length=500, blank=True)
     admin_username = models.CharField(max_length=100)
-    # Generated with `secrets` at payment time and sent in create-vm. Stored in plain text (no
-    # encryption key management in this project yet); never logged, never in admin lists, shown
-    # to the customer only on an explicit reveal.
-    admin_password = models.CharField(max_length=100)
+    # Generated with `secrets` at payment time. The column holds only a Fernet token (key from
+    # WARREN_SECRETS_KEYS, orders/encryption.py); read and write it through `admin_password`.
+    # Decrypted only where the password is used (the customer's reveal, the relay publishing
+    # create-vm), so a key problem never stops the event worker. Never logged, never in the admin.
+    admin_password_encrypted = models.TextField(blank=True)
     failure_reason = models.TextField(blank=True)
     # The (host_id, seq) of the last event applied: older or repeated events change nothing.
     last_event_seq = models.PositiveBigIntegerField(default=0)
@@ -243,6 +246,16 @@ class Instance(_StateMachine):
 
     def __repr__(self) -> str:  # never the password
         return f"<Instance {self.public_id} status={self.status} host={self.host_id or '-'}>"
+
+    @property
+    def admin_password(self) -> str:
+        """The VM's admin password in clear ("" once forgotten). Raises UnreadableSecret when no
+        configured key opens it."""
+        return encryption.decrypt(self.admin_password_encrypted)
+
+    @admin_password.setter
+    def admin_password(self, value: str) -> None:
+        self.admin_password_encrypted = encryption.encrypt(value)
 
     @property
     def is_ready(self) -> bool:
