@@ -70,6 +70,14 @@ class OrderStatus(models.TextChoices):
     DELETED = "deleted", "Deleted"
 
 
+class RefundStatus(models.TextChoices):
+    """A payment that arrived for an order that had already ended (docs/orders.md, "Refunds")."""
+
+    NONE = "", "No refund"
+    PENDING = "pending", "Refund pending"  # recorded; Stripe not done yet (or failed: retry)
+    REFUNDED = "refunded", "Refunded"
+
+
 class InstanceStatus(models.TextChoices):
     REQUESTED = "requested", "Requested"
     BOOTING = "booting", "Booting"
@@ -117,6 +125,10 @@ class Order(_StateMachine):
     IN_PROGRESS = frozenset({S.PAID, S.PROVISIONING, S.DELETING})  # about to change by itself
     # The order page polls: in progress, or waiting for a payment or a staff retry.
     MAY_CHANGE = IN_PROGRESS | {S.PENDING_PAYMENT, S.FAILED}
+    # Over: a payment arriving now is not wanted (refunded unless it paid this order before).
+    ENDED = frozenset({S.CANCELLED, S.DELETING, S.DELETED})
+
+    RefundStatus = RefundStatus
 
     public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(
@@ -134,6 +146,16 @@ class Order(_StateMachine):
     updated_at = models.DateTimeField(default=timezone.now)
     paid_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    # A payment for an order that had ended is refunded, once per order (checkout.settle_refund):
+    # pending (the fact, recorded with the webhook's receipt) -> refunded (Stripe's refund id).
+    refund_status = models.CharField(
+        max_length=10, choices=RefundStatus.choices, default=RefundStatus.NONE, blank=True
+    )
+    refund_of = models.CharField(max_length=255, blank=True)  # the Stripe pi_/ch_/in_ it paid
+    stripe_refund_id = models.CharField(max_length=255, blank=True)
+    refund_requested_at = models.DateTimeField(null=True, blank=True)
+    refunded_at = models.DateTimeField(null=True, blank=True)
+    refund_error = models.CharField(max_length=255, blank=True)  # the last failed attempt
 
     class Meta:
         ordering = ["-created_at"]
@@ -162,6 +184,25 @@ class Order(_StateMachine):
                 | models.Q(status="cancelled")
                 | models.Q(paid_at__isnull=False),
                 name="order_paid_states_have_paid_at",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(refund_status__in=RefundStatus.values),
+                name="order_refund_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(refund_status="")
+                | models.Q(refund_requested_at__isnull=False),
+                name="order_refund_has_requested_at",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(refund_status="refunded") | models.Q(refunded_at__isnull=False),
+                name="order_refunded_has_refunded_at",
+            ),
+            # One Stripe refund belongs to one order.
+            models.UniqueConstraint(
+                fields=["stripe_refund_id"],
+                condition=~models.Q(stripe_refund_id=""),
+                name="order_unique_stripe_refund",
             ),
         ]
 
