@@ -219,6 +219,8 @@ def _refund_at_stripe(order: Order) -> str:
         raise CheckoutError(f"Stripe refused the refund: {exc.code or type(exc).__name__}") from exc
     except stripe.StripeError as exc:
         raise CheckoutError(f"Stripe unavailable: {type(exc).__name__}") from exc
+    except (KeyError, TypeError) as exc:  # an answer of a shape we do not know: keep it pending
+        raise CheckoutError(f"unexpected answer from Stripe: {type(exc).__name__} {exc}") from exc
     return refund["id"]
 
 

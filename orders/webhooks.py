@@ -321,10 +321,10 @@ def _fulfil(order: Order, *, payment: str, renewal: bool = False, **stripe_ids: 
             "event=payment_for_ended_order order_id=%s status=%s", order.public_id, order.status
         )
         if request_refund(order=order, payment=payment):
-            return _Outcome(
-                Result.PROCESSED, order, f"payment for a {order.status} order: refund", True
-            )
-        return _Outcome(Result.IGNORED, order, f"{order.status}, refund already {order.refund_status}")
+            detail = f"payment for a {order.status} order: refund"
+            return _Outcome(Result.PROCESSED, order, detail, refund_due=True)
+        detail = f"{order.status}, refund already {order.refund_status}"
+        return _Outcome(Result.IGNORED, order, detail)
     return _Outcome(Result.IGNORED, order, f"already {order.status}")
 
 

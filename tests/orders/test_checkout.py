@@ -220,3 +220,17 @@ def test_a_refund_is_settled_once(order, stripe_keys):
 
     refund.assert_called_once()
     assert refund.call_args.args[0]["payment_intent"] == "pi_test_1"
+
+
+def test_an_answer_of_an_unknown_shape_keeps_the_refund_pending(order, stripe_keys):
+    order = _pending_refund(order, "in_test_odd")
+    odd = stripe.StripeObject.construct_from(
+        {"object": "list", "data": [{"object": "invoice_payment"}]}, "sk_test_warren"
+    )
+
+    with mock.patch(INVOICE_PAYMENTS, return_value=odd):
+        assert settle_refund(order=order) is False
+
+    order = Order.objects.get(pk=order.pk)
+    assert order.refund_status == "pending"
+    assert "unexpected answer" in order.refund_error
