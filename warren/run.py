@@ -195,6 +195,10 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Options]:
 
 
 def main(argv: Sequence[str]) -> int:
+    # Ctrl-C must stop the setup steps too, however we were started: a background job of a
+    # non-interactive shell inherits SIGINT ignored, and Python keeps that (the children then
+    # start with the default again, since a Python-level handler is reset by exec).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # One .env for every service: Django reads it itself, the host daemon only sees the
     # environment, so load it here where all children inherit it (real variables win).

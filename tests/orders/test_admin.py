@@ -5,21 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
 from orders.models import Host, Instance, Order, OutboxMessage
-from orders.provisioning import request_provisioning
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def instance(order: Order) -> Instance:
-    with transaction.atomic():
-        locked = Order.objects.select_for_update().get(pk=order.pk)
-        return request_provisioning(order=locked)
 
 
 def _action(admin_client, model: str, action: str, *pks: int):

@@ -36,13 +36,6 @@ from vmbackend import messages
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def instance(order: Order) -> Instance:
-    with transaction.atomic():
-        locked = Order.objects.select_for_update().get(pk=order.pk)
-        return request_provisioning(order=locked)
-
-
 def _event(
     instance: Instance, event_type: str, seq: int, host: str = "host-a", **extra: Any
 ) -> dict:

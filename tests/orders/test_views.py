@@ -4,8 +4,6 @@ Personas: the owner, another customer, a stranger (anonymous) and staff. An orde
 owner only: everyone else gets the 404 an unknown order gets (staff use the admin).
 """
 
-import hashlib
-import hmac
 import json
 import time
 import uuid
@@ -23,6 +21,7 @@ from orders.checkout import CheckoutError
 from orders.models import Instance, Order, WebhookEvent
 from orders.offline_checkout import OfflinePaymentError
 from store.models import Plan
+from tests.stripe_signing import stripe_signature
 
 pytestmark = pytest.mark.django_db
 
@@ -506,12 +505,6 @@ def test_cancel_of_a_deleted_order_changes_nothing(client: Client, order: Order)
 # -- Stripe webhook endpoint ----------------------------------------------------------------
 
 
-def _signed(body: bytes, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
-    t = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={digest}"
-
-
 def _checkout_completed(order: Order) -> bytes:
     event = {
         "id": f"evt_{uuid.uuid4().hex}",
@@ -539,7 +532,7 @@ def test_webhook_accepts_a_signed_event_and_the_order_is_paid(client: Client, or
     body = _checkout_completed(order)
     response = client.post(
         reverse("orders:stripe_webhook"), body, content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=_signed(body),
+        HTTP_STRIPE_SIGNATURE=stripe_signature(body, WEBHOOK_SECRET),
     )
     assert response.status_code == 200
     order.refresh_from_db()
@@ -552,7 +545,7 @@ def test_webhook_rejects_a_bad_signature(client: Client, order: Order) -> None:
     body = _checkout_completed(order)
     response = client.post(
         reverse("orders:stripe_webhook"), body, content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=_signed(body, secret="whsec_someone_else"),
+        HTTP_STRIPE_SIGNATURE=stripe_signature(body, "whsec_someone_else"),
     )
     assert response.status_code == 400
     order.refresh_from_db()
@@ -574,7 +567,7 @@ def test_webhook_rejects_a_stale_signature(client: Client, order: Order) -> None
     body = _checkout_completed(order)
     response = client.post(
         reverse("orders:stripe_webhook"), body, content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=_signed(body, timestamp=int(time.time()) - 301),
+        HTTP_STRIPE_SIGNATURE=stripe_signature(body, WEBHOOK_SECRET, timestamp=int(time.time()) - 301),
     )
     assert response.status_code == 400
     assert not WebhookEvent.objects.exists()
@@ -585,7 +578,7 @@ def test_webhook_rejects_malformed_json(client: Client) -> None:
     body = b"{not json"
     response = client.post(
         reverse("orders:stripe_webhook"), body, content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=_signed(body),
+        HTTP_STRIPE_SIGNATURE=stripe_signature(body, WEBHOOK_SECRET),
     )
     assert response.status_code == 400
 
