@@ -20,7 +20,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 
-from orders.checkout import CheckoutError
+from orders.checkout import CheckoutError, settle_refund
 from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
 from orders.models import Host, Instance, Order, OutboxMessage, WebhookEvent
 from orders.outbox import requeue
@@ -28,7 +28,7 @@ from orders.provisioning import ProvisioningError, cancel_order, retry_provision
 
 MASK = "********"
 # Never a lookup through these, on any model or relation (a regex lookup is an oracle).
-SECRET_FIELDS = frozenset({"admin_password", "password", "body"})
+SECRET_FIELDS = frozenset({"admin_password", "admin_password_encrypted", "password", "body"})
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -67,7 +67,7 @@ class InstanceInline(admin.StackedInline):
     model = Instance
     can_delete = False
     extra = 0
-    exclude = ("admin_password",)
+    exclude = ("admin_password_encrypted",)
     show_change_link = True
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -79,8 +79,17 @@ class InstanceInline(admin.StackedInline):
 
 @admin.register(Order)
 class OrderAdmin(ReadOnlyAdmin):
-    list_display = ("public_id", "user", "plan", "status", "created_at", "paid_at", "cancelled_at")
-    list_filter = ("status", "plan", "created_at")
+    list_display = (
+        "public_id",
+        "user",
+        "plan",
+        "status",
+        "created_at",
+        "paid_at",
+        "cancelled_at",
+        "refund",
+    )
+    list_filter = ("status", "refund_status", "plan", "created_at")
     search_fields = (
         "public_id",
         "user__username",
@@ -92,7 +101,33 @@ class OrderAdmin(ReadOnlyAdmin):
     list_select_related = ("user", "plan")
     date_hierarchy = "created_at"
     inlines = [InstanceInline]
-    actions = ["cancel_orders"]
+    actions = ["cancel_orders", "retry_refunds"]
+
+    @admin.display(description="refund", ordering="refund_status")
+    def refund(self, obj: Order) -> str:
+        if obj.refund_status == Order.RefundStatus.REFUNDED:
+            return format_html("refunded {}", obj.refunded_at.strftime("%Y-%m-%d %H:%M"))
+        if obj.refund_status == Order.RefundStatus.PENDING:
+            return format_html(
+                '<strong style="color:#b00">pending</strong> {}', obj.refund_error or ""
+            )
+        return "-"
+
+    @admin.action(description="Retry pending refunds (cancel the subscription, refund at Stripe)")
+    def retry_refunds(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        pending = queryset.filter(refund_status=Order.RefundStatus.PENDING)
+        for order in pending:
+            if settle_refund(order=order):
+                self.message_user(request, f"Order {order.public_id}: refunded.")
+            else:
+                order.refresh_from_db(fields=["refund_error"])
+                self.message_user(
+                    request,
+                    f"Order {order.public_id}: refund still pending ({order.refund_error}).",
+                    level=messages.ERROR,
+                )
+        if not pending:
+            self.message_user(request, "No pending refund among the selected orders.")
 
     @admin.action(description="Cancel the selected orders (and delete their VMs)")
     def cancel_orders(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
@@ -146,7 +181,7 @@ class InstanceAdmin(ReadOnlyAdmin):
         "admin_username",
     )
     list_select_related = ("order",)
-    exclude = ("admin_password",)
+    exclude = ("admin_password_encrypted",)
     actions = ["retry"]
 
     @admin.display(description="order")

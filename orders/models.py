@@ -20,6 +20,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from orders import encryption
+
 
 class InvalidTransition(Exception):
     """A status change that the state machine does not allow (a bug, or a stale caller)."""
@@ -70,6 +72,14 @@ class OrderStatus(models.TextChoices):
     DELETED = "deleted", "Deleted"
 
 
+class RefundStatus(models.TextChoices):
+    """A payment that arrived for an order that had already ended (docs/orders.md, "Refunds")."""
+
+    NONE = "", "No refund"
+    PENDING = "pending", "Refund pending"  # recorded; Stripe not done yet (or failed: retry)
+    REFUNDED = "refunded", "Refunded"
+
+
 class InstanceStatus(models.TextChoices):
     REQUESTED = "requested", "Requested"
     BOOTING = "booting", "Booting"
@@ -117,6 +127,10 @@ class Order(_StateMachine):
     IN_PROGRESS = frozenset({S.PAID, S.PROVISIONING, S.DELETING})  # about to change by itself
     # The order page polls: in progress, or waiting for a payment or a staff retry.
     MAY_CHANGE = IN_PROGRESS | {S.PENDING_PAYMENT, S.FAILED}
+    # Over: a payment arriving now is not wanted (refunded unless it paid this order before).
+    ENDED = frozenset({S.CANCELLED, S.DELETING, S.DELETED})
+
+    RefundStatus = RefundStatus
 
     public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(
@@ -134,6 +148,16 @@ class Order(_StateMachine):
     updated_at = models.DateTimeField(default=timezone.now)
     paid_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    # A payment for an order that had ended is refunded, once per order (checkout.settle_refund):
+    # pending (the fact, recorded with the webhook's receipt) -> refunded (Stripe's refund id).
+    refund_status = models.CharField(
+        max_length=10, choices=RefundStatus.choices, default=RefundStatus.NONE, blank=True
+    )
+    refund_of = models.CharField(max_length=255, blank=True)  # the Stripe pi_/ch_/in_ it paid
+    stripe_refund_id = models.CharField(max_length=255, blank=True)
+    refund_requested_at = models.DateTimeField(null=True, blank=True)
+    refunded_at = models.DateTimeField(null=True, blank=True)
+    refund_error = models.CharField(max_length=255, blank=True)  # the last failed attempt
 
     class Meta:
         ordering = ["-created_at"]
@@ -162,6 +186,25 @@ class Order(_StateMachine):
                 | models.Q(status="cancelled")
                 | models.Q(paid_at__isnull=False),
                 name="order_paid_states_have_paid_at",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(refund_status__in=RefundStatus.values),
+                name="order_refund_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(refund_status="")
+                | models.Q(refund_requested_at__isnull=False),
+                name="order_refund_has_requested_at",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(refund_status="refunded") | models.Q(refunded_at__isnull=False),
+                name="order_refunded_has_refunded_at",
+            ),
+            # One Stripe refund belongs to one order.
+            models.UniqueConstraint(
+                fields=["stripe_refund_id"],
+                condition=~models.Q(stripe_refund_id=""),
+                name="order_unique_stripe_refund",
             ),
         ]
 
@@ -212,10 +255,11 @@ class Instance(_StateMachine):
     management_url = models.CharField(max_length=500, blank=True)
     amqp_url = models.CharField(max_length=500, blank=True)
     admin_username = models.CharField(max_length=100)
-    # Generated with `secrets` at payment time and sent in create-vm. Stored in plain text (no
-    # encryption key management in this project yet); never logged, never in admin lists, shown
-    # to the customer only on an explicit reveal.
-    admin_password = models.CharField(max_length=100)
+    # Generated with `secrets` at payment time. The column holds only a Fernet token (key from
+    # WARREN_SECRETS_KEYS, orders/encryption.py); read and write it through `admin_password`.
+    # Decrypted only where the password is used (the customer's reveal, the relay publishing
+    # create-vm), so a key problem never stops the event worker. Never logged, never in the admin.
+    admin_password_encrypted = models.TextField(blank=True)
     failure_reason = models.TextField(blank=True)
     # The (host_id, seq) of the last event applied: older or repeated events change nothing.
     last_event_seq = models.PositiveBigIntegerField(default=0)
@@ -245,6 +289,16 @@ class Instance(_StateMachine):
 
     def __repr__(self) -> str:  # never the password
         return f"<Instance {self.public_id} status={self.status} host={self.host_id or '-'}>"
+
+    @property
+    def admin_password(self) -> str:
+        """The VM's admin password in clear ("" once forgotten). Raises UnreadableSecret when no
+        configured key opens it."""
+        return encryption.decrypt(self.admin_password_encrypted)
+
+    @admin_password.setter
+    def admin_password(self, value: str) -> None:
+        self.admin_password_encrypted = encryption.encrypt(value)
 
     @property
     def is_ready(self) -> bool:

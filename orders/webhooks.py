@@ -18,6 +18,11 @@
   checkout.session.async_payment_succeeded, or the subscription's first invoice.paid, whichever
   comes first; the others then find the order paid and only fill in missing Stripe ids.
   docs/orders.md lists what each out-of-order arrival does.
+- A payment for an order that had already ended (cancelled before it was paid, or a renewal of a
+  subscription whose order was deleted) is not kept: the refund is recorded in the transaction
+  (`checkout.request_refund`) and carried out after the commit (`checkout.settle_refund`: the one
+  Stripe call on this path). If Stripe fails, the refund stays pending for staff to retry; the
+  event is still acknowledged (docs/orders.md, "Refunds", says why not Stripe's redelivery).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from orders.checkout import request_refund, settle_refund
 from orders.models import Instance, Order, WebhookEvent
 from orders.provisioning import cancel_order_locked, order_status_for, request_provisioning
 from vmbackend import messages  # its body bounds (depth, NUL/surrogates), written once for all
@@ -60,6 +66,7 @@ class _Outcome:
     result: str
     order: Order | None = None
     detail: str = ""
+    refund_due: bool = False  # settle the refund this event recorded, after the commit
 
 
 def _verify(payload: bytes, signature: str) -> dict[str, Any]:
@@ -93,7 +100,8 @@ def _construct(payload: bytes, signature: str) -> dict[str, Any]:
     return _check_event(data)
 
 
-_REFERENCES = ("id", "customer", "subscription")  # an id, or an expanded object with an id
+# An id, or an expanded object with an id.
+_REFERENCES = ("id", "customer", "subscription", "payment_intent", "invoice", "charge")
 _TEXTS = ("client_reference_id", "payment_status")
 _OBJECTS = ("metadata", "parent", "subscription_details", "lines")
 
@@ -184,6 +192,9 @@ def process_webhook(*, payload: bytes, signature: str) -> WebhookResult:
             outcome.detail[:255],
         )
         receipt.save(update_fields=["result", "order", "detail"])
+    if outcome.refund_due and outcome.order is not None:
+        # After the commit: the pending refund is on record whatever Stripe does now.
+        settle_refund(order=outcome.order)
     order_id = outcome.order.public_id if outcome.order else None
     log_fn = log.warning if outcome.result == Result.UNKNOWN_ORDER else log.info
     log_fn(
@@ -253,21 +264,30 @@ def _fill_stripe_ids(order: Order, **ids: str) -> None:
             setattr(order, name, value)
 
 
-def _fulfil(order: Order, **stripe_ids: str) -> _Outcome:
+def _fulfil(order: Order, *, payment: str, renewal: bool = False, **stripe_ids: str) -> _Outcome:
     """Payment is proven for `order` (locked). Provision exactly once.
 
     Race: checkout.session.completed and invoice.paid (or two deliveries of one of them) can
     arrive at the same moment. Both lock the order row; the second sees it paid and does nothing.
+
+    `payment` is the Stripe payment (pi_/ch_/in_) to refund if the order has ended: one never
+    paid (cancelled while the checkout was still open, or the subscription deleted first), or a
+    renewal (`renewal`) charged after the order ended. The payment that paid an order which was
+    later cancelled (failed, deleted) arriving again is not refunded: the customer had the VM.
     """
     if order.status == Order.Status.PENDING_PAYMENT:
         request_provisioning(order=order, **stripe_ids)
         return _Outcome(Result.PROCESSED, order, "paid, VM requested")
     _fill_stripe_ids(order, **stripe_ids)
-    if order.status == Order.Status.CANCELLED:
-        # Money arrived for an order cancelled before payment was confirmed (e.g. the
-        # subscription was deleted first): no VM; staff see this receipt and refund.
-        log.warning("event=payment_for_cancelled_order order_id=%s", order.public_id)
-        return _Outcome(Result.IGNORED, order, "payment for a cancelled order: refund")
+    if order.status in Order.ENDED and (order.paid_at is None or renewal):
+        log.warning(
+            "event=payment_for_ended_order order_id=%s status=%s", order.public_id, order.status
+        )
+        if request_refund(order=order, payment=payment):
+            detail = f"payment for a {order.status} order: refund"
+            return _Outcome(Result.PROCESSED, order, detail, refund_due=True)
+        detail = f"{order.status}, refund already {order.refund_status}"
+        return _Outcome(Result.IGNORED, order, detail)
     return _Outcome(Result.IGNORED, order, f"already {order.status}")
 
 
@@ -291,6 +311,12 @@ def _session_order(session: dict[str, Any]) -> Order | None:
     )
 
 
+def _session_payment(session: dict[str, Any]) -> str:
+    """What a session's money went to: its payment intent (payment mode) or its first invoice
+    (subscription mode, where payment_intent is null)."""
+    return _id_of(session.get("payment_intent")) or _id_of(session.get("invoice"))
+
+
 def on_checkout_session_completed(session: dict[str, Any]) -> _Outcome:
     order = _session_order(session)
     if order is None:
@@ -299,14 +325,14 @@ def on_checkout_session_completed(session: dict[str, Any]) -> _Outcome:
         # Delayed payment method: async_payment_succeeded / _failed will follow.
         _fill_stripe_ids(order, **_session_ids(session))
         return _Outcome(Result.IGNORED, order, f"payment_status={session.get('payment_status')}")
-    return _fulfil(order, **_session_ids(session))
+    return _fulfil(order, payment=_session_payment(session), **_session_ids(session))
 
 
 def on_async_payment_succeeded(session: dict[str, Any]) -> _Outcome:
     order = _session_order(session)
     if order is None:
         return _Outcome(Result.UNKNOWN_ORDER, None, f"session {_id_of(session.get('id'))}")
-    return _fulfil(order, **_session_ids(session))
+    return _fulfil(order, payment=_session_payment(session), **_session_ids(session))
 
 
 def _cancel_unpaid(session: dict[str, Any], *, reason: str, detail: str) -> _Outcome:
@@ -358,7 +384,13 @@ def on_invoice_paid(invoice: dict[str, Any]) -> _Outcome:
         order.move_to(order_status_for(instance) if instance else Order.Status.PAID)
         return _Outcome(Result.PROCESSED, order, f"renewal paid, back to {order.status}")
     # The subscription's first invoice is proof of payment too (it may beat the session event).
-    return _fulfil(order, **ids)
+    payment = (
+        _id_of(invoice.get("payment_intent"))
+        or _id_of(invoice.get("charge"))
+        or _id_of(invoice.get("id"))
+    )
+    renewal = invoice.get("billing_reason") == "subscription_cycle"
+    return _fulfil(order, payment=payment, renewal=renewal, **ids)
 
 
 def on_invoice_payment_failed(invoice: dict[str, Any]) -> _Outcome:

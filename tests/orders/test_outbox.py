@@ -48,7 +48,16 @@ def test_it_publishes_with_confirms_and_marks_the_row_sent(order, amqp, orders_a
     assert row.sent_at is not None
     assert (row.attempts, row.last_error) == (1, "")
     ((method, properties, body),) = get_all(amqp, "computing.create-vm")
-    assert json.loads(body) == row.body
+    published = json.loads(body)
+    # The row holds no password; the relay filled in the instance's (decrypted) one.
+    assert row.body["options"]["admin"]["password"] == ""
+    assert published["options"]["admin"] == {
+        "username": row.instance.admin_username,
+        "password": row.instance.admin_password,
+    }
+    assert len(published["options"]["admin"]["password"]) == 32
+    published["options"]["admin"]["password"] = ""
+    assert published == row.body
     assert properties.content_type == "application/json"
     assert properties.delivery_mode == 2
     assert properties.message_id == str(row.message_id)

@@ -595,3 +595,31 @@ def test_webhook_needs_no_csrf_token(order: Order) -> None:
         HTTP_STRIPE_SIGNATURE="t=1,v1=00",
     )
     assert response.status_code == 400  # reached the view: a signature problem, not a 403
+
+
+def test_detail_of_a_cancelled_order_shows_its_refund(client: Client, order: Order) -> None:
+    refunded_at = timezone.now().replace(year=2026, month=11, day=30)
+    Order.objects.filter(pk=order.pk).update(
+        status="cancelled", cancelled_at=refunded_at, refund_status="refunded",
+        refund_requested_at=refunded_at, refunded_at=refunded_at, stripe_refund_id="re_test_1",
+        stripe_subscription_id="sub_test_1",
+    )
+    _login(client, order.user)
+
+    html = client.get(_url("detail", order)).content.decode()
+
+    assert "refunded on 30 Nov 2026" in html
+    assert "the subscription was cancelled" in html
+
+
+def test_detail_of_a_cancelled_order_shows_a_pending_refund(client: Client, order: Order) -> None:
+    Order.objects.filter(pk=order.pk).update(
+        status="cancelled", cancelled_at=timezone.now(), refund_status="pending",
+        refund_requested_at=timezone.now(), refund_error="APIConnectionError",
+    )
+    _login(client, order.user)
+
+    html = client.get(_url("detail", order)).content.decode()
+
+    assert "We are refunding it" in html
+    assert "APIConnectionError" not in html  # staff's business, not the customer's
