@@ -105,7 +105,7 @@ class OrderAdmin(ReadOnlyAdmin):
 
     @admin.display(description="refund", ordering="refund_status")
     def refund(self, obj: Order) -> str:
-        if obj.refund_status == Order.RefundStatus.REFUNDED:
+        if obj.refund_status == Order.RefundStatus.REFUNDED and obj.refunded_at is not None:
             return format_html("refunded {}", obj.refunded_at.strftime("%Y-%m-%d %H:%M"))
         if obj.refund_status == Order.RefundStatus.PENDING:
             return format_html(

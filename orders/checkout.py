@@ -8,6 +8,7 @@ for a payment that arrived for an order that had already ended.
 from __future__ import annotations
 
 import logging
+from typing import Any, cast
 
 import stripe
 from django.conf import settings
@@ -212,7 +213,7 @@ def _refund_at_stripe(order: Order) -> str:
     try:
         params = _refund_target(client, order.refund_of)
         refund = client.v1.refunds.create(
-            {**params, "metadata": {"order_id": str(order.public_id)}},
+            cast(Any, {**params, "metadata": {"order_id": str(order.public_id)}}),
             # One refund per order even if two settles race or a retry follows a lost answer.
             {"idempotency_key": f"refund-{order.public_id}"},
         )
@@ -222,9 +223,9 @@ def _refund_at_stripe(order: Order) -> str:
         raise CheckoutError(f"Stripe refused the refund: {exc.code or type(exc).__name__}") from exc
     except stripe.StripeError as exc:
         raise CheckoutError(f"Stripe unavailable: {type(exc).__name__}") from exc
-    except (KeyError, TypeError) as exc:  # an answer of a shape we do not know: keep it pending
+    except (KeyError, TypeError, AttributeError) as exc:  # an unknown answer shape: keep it pending
         raise CheckoutError(f"unexpected answer from Stripe: {type(exc).__name__} {exc}") from exc
-    return refund["id"]
+    return str(refund["id"])
 
 
 def _refund_target(client: stripe.StripeClient, payment: str) -> dict[str, str]:
@@ -236,7 +237,7 @@ def _refund_target(client: stripe.StripeClient, payment: str) -> dict[str, str]:
     if payment.startswith("in_"):
         # A subscription's Checkout Session names its first invoice, not a payment intent.
         paid = client.v1.invoice_payments.list({"invoice": payment, "status": "paid"})
-        for invoice_payment in paid["data"]:
+        for invoice_payment in paid.data:
             target = invoice_payment["payment"]  # a StripeObject: no .get(), but `in` works
             for kind in ("payment_intent", "charge"):
                 if kind in target and target[kind]:

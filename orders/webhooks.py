@@ -264,7 +264,9 @@ def _fill_stripe_ids(order: Order, **ids: str) -> None:
             setattr(order, name, value)
 
 
-def _fulfil(order: Order, *, payment: str, renewal: bool = False, **stripe_ids: str) -> _Outcome:
+def _fulfil(
+    order: Order, *, payment: str, stripe_ids: dict[str, str], renewal: bool = False
+) -> _Outcome:
     """Payment is proven for `order` (locked). Provision exactly once.
 
     Race: checkout.session.completed and invoice.paid (or two deliveries of one of them) can
@@ -325,14 +327,14 @@ def on_checkout_session_completed(session: dict[str, Any]) -> _Outcome:
         # Delayed payment method: async_payment_succeeded / _failed will follow.
         _fill_stripe_ids(order, **_session_ids(session))
         return _Outcome(Result.IGNORED, order, f"payment_status={session.get('payment_status')}")
-    return _fulfil(order, payment=_session_payment(session), **_session_ids(session))
+    return _fulfil(order, payment=_session_payment(session), stripe_ids=_session_ids(session))
 
 
 def on_async_payment_succeeded(session: dict[str, Any]) -> _Outcome:
     order = _session_order(session)
     if order is None:
         return _Outcome(Result.UNKNOWN_ORDER, None, f"session {_id_of(session.get('id'))}")
-    return _fulfil(order, payment=_session_payment(session), **_session_ids(session))
+    return _fulfil(order, payment=_session_payment(session), stripe_ids=_session_ids(session))
 
 
 def _cancel_unpaid(session: dict[str, Any], *, reason: str, detail: str) -> _Outcome:
@@ -390,7 +392,7 @@ def on_invoice_paid(invoice: dict[str, Any]) -> _Outcome:
         or _id_of(invoice.get("id"))
     )
     renewal = invoice.get("billing_reason") == "subscription_cycle"
-    return _fulfil(order, payment=payment, renewal=renewal, **ids)
+    return _fulfil(order, payment=payment, stripe_ids=ids, renewal=renewal)
 
 
 def on_invoice_payment_failed(invoice: dict[str, Any]) -> _Outcome:
