@@ -43,4 +43,7 @@ class RestartPolicy:
         return Decision(True, attempt, delay, recent)
 
     def describe(self) -> str:
+        """The words after "gave up after" / the reason a VM was not restarted."""
+        if self.burst == 0:
+            return "no restarts: self-healing is off"
         return f"{self.burst} restarts within {self.interval:.0f} s"

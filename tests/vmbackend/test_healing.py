@@ -4,6 +4,7 @@ killed coming back on its own from its own folder."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 
@@ -166,11 +167,11 @@ def test_stop_vm_is_never_mistaken_for_a_crash(daemons, client):
 
 
 def _own_images_root(tmp_path, tiny_images_root):
-    """An images root whose `tiny` is links to the real one, so a test can break its copy."""
+    """An images root with a copy of `tiny`, so a test can break its own copy."""
     root = tmp_path / "images"
     (root / "tiny").mkdir(parents=True)
-    for item in (tiny_images_root / "tiny").iterdir():
-        (root / "tiny" / item.name).symlink_to(item)
+    for item in (tiny_images_root / "tiny").iterdir():  # copies: the manifest refuses links
+        shutil.copy2(item, root / "tiny" / item.name)
     return root
 
 
@@ -182,7 +183,6 @@ def test_a_vm_that_crashes_on_every_start_ends_lost_after_the_allowed_attempts(
            "WARREN_RESTART_DELAY": "0.5"}
     daemon, _ready, marker = _ready_vm(daemons, client, "vm-heal-lost", extra_env=env)
     kernel = images / "tiny" / "vmlinuz"
-    kernel.unlink()
     kernel.write_bytes(b"not a kernel\n" * 100)  # every start's QEMU exits at once
     _kill_qemu(daemon.state_dir)
 
