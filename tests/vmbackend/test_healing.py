@@ -20,7 +20,12 @@ from tests.vmbackend.daemon_helpers import (
     vms_of,
     wait_host,
 )
+from vmbackend import config
+from vmbackend.commands import Commands
 from vmbackend.healing import MAX_DELAY, RestartPolicy
+from vmbackend.messages import VMCommand
+from vmbackend.registry import Registry
+from vmbackend.state import LOST, READY, StateStore, VMRecord
 
 POLICY = RestartPolicy(burst=3, interval=900.0, delay=5.0)
 
@@ -74,6 +79,69 @@ def test_the_decision_follows_the_count_inside_the_window(attempts, now, burst):
     # Following the decision never allows more than `burst` attempts in one window.
     if decision.restart:
         assert len(decision.recent) + 1 <= burst
+
+
+# -- Commands.heal without QEMU: which VMs it touches, and the policy's end ---------------------
+
+
+@pytest.fixture
+def commands(tmp_path):
+    cfg = config.load(env={"WARREN_HOST_ID": "h1", "WARREN_STATE_DIR": str(tmp_path / "state"),
+                           "WARREN_IMAGE_DIR": str(tmp_path / "no-images"),
+                           "WARREN_RESTART_BURST": "2", "WARREN_RESTART_DELAY": "0.01"})
+    store = StateStore(cfg.state_dir)
+    return Commands(cfg, store, Registry(cfg, store))
+
+
+def _ready_record(commands, vm_id="vm-1"):
+    record = VMRecord(vm_id=vm_id, image="tiny", memory_mb=256, vcpus=1, disk_gb=1,
+                      hostname="h", admin_username="u", admin_password="p" * 20,
+                      ports={"management": 21001, "amqp": 21002}, status=READY, ever_ready=True)
+    commands.registry.records[vm_id] = record
+    return record
+
+
+def _types(record):
+    return [event["type"] for event in record.outbox]
+
+
+def test_a_vm_a_command_holds_is_never_healed(commands):
+    record = _ready_record(commands)
+    commands.registry.claim(VMCommand(command="stop-vm", vm_id="vm-1"))
+    assert commands.heal(record, "QEMU exited") is False
+    commands.check_liveness()
+    assert (record.status, _types(record)) == (READY, [])
+
+
+def test_a_vm_that_is_booting_is_never_healed_twice(commands):
+    record = _ready_record(commands)
+    commands.registry.boots["vm-1"] = ("boot", "thread")
+    assert commands.heal(record, "QEMU exited") is False
+    assert _types(record) == []
+
+
+def test_every_failed_attempt_is_counted_and_the_policy_ends_it_lost(commands):
+    """No image on this 'host': every start fails at once, as a VM that crashes on every start."""
+    record = _ready_record(commands)
+    commands.check_liveness()  # no QEMU at all: it exited
+    _boot, thread = commands.registry.boots["vm-1"]
+    thread.join(30)
+    assert _types(record) == ["instance.restarting", "instance.restarting", "instance.lost"]
+    assert [e.get("attempt") for e in record.outbox[:2]] == [1, 2]
+    assert "gave up after 2 restarts within 900 s" in record.outbox[2]["reason"]
+    assert record.status == LOST and not record.healing
+    assert (record.restart_count, len(record.restarts)) == (2, 2)
+    saved = commands.store.load("vm-1")  # durable: a new daemon does not start counting afresh
+    assert (saved.status, saved.restart_count, len(saved.restarts)) == (LOST, 2, 2)
+    assert "vm-1" not in commands.registry.boots
+
+
+def test_a_daemon_restart_keeps_the_attempts_of_the_window(commands):
+    record = _ready_record(commands)
+    record.restarts = [time.time() - 10, time.time() - 5]  # two crashes just before
+    commands.check_liveness()
+    assert _types(record) == ["instance.lost"]  # the burst (2) is used up: no third start
+    assert record.status == LOST
 
 
 # -- with the tiny image, through a real daemon ---------------------------------------------------
