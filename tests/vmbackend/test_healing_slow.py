@@ -114,6 +114,9 @@ def real_image_daemons(tmp_path, amqp_url):
 
 
 @pytest.mark.slow
+# Two cold boots of the real image under TCG: measured 643 s for the first alone on a loaded
+# 2-core host, so the suite's 900 s default is too short.
+@pytest.mark.timeout(2 * 900 + RESTART_TIMEOUT)
 def test_a_killed_real_rabbitmq_vm_restarts_by_itself_with_its_messages(real_image_daemons,
                                                                          client):
     daemon = real_image_daemons.start(extra_env={"WARREN_BOOT_DEADLINE": str(RESTART_TIMEOUT)})
