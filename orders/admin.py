@@ -167,9 +167,11 @@ class InstanceAdmin(ReadOnlyAdmin):
         "public_id",
         "order_link",
         "status",
+        "attention",
         "stage",
         "host_id",
         "attempts",
+        "restart_count",
         "updated_at",
     )
     list_filter = ("status", "stage", SilentHostFilter, "host_id")
@@ -183,6 +185,17 @@ class InstanceAdmin(ReadOnlyAdmin):
     list_select_related = ("order",)
     exclude = ("admin_password_encrypted",)
     actions = ["retry"]
+
+    @admin.display(description="attention")
+    def attention(self, obj: Instance) -> str:
+        """A server that ran and is lost (its host gave up restarting it) needs staff now."""
+        if obj.status == Instance.Status.LOST:
+            return format_html(
+                '<strong style="color:#b00">server down: {}</strong>', obj.failure_reason[:200]
+            )
+        if obj.is_restarting:
+            return format_html('<span style="color:#a60">restarting: {}</span>', obj.failure_reason[:200])
+        return ""
 
     @admin.display(description="order")
     def order_link(self, obj: Instance) -> str:

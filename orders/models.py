@@ -267,6 +267,11 @@ class Instance(_StateMachine):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
     ready_at = models.DateTimeField(null=True, blank=True)
+    # Self-healing on the host (instance.restarting, then instance.ready): when the server last
+    # stopped on its own, when it last came back, and how often. The order page tells the truth.
+    last_crash_at = models.DateTimeField(null=True, blank=True)
+    last_restart_at = models.DateTimeField(null=True, blank=True)
+    restart_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -309,6 +314,18 @@ class Instance(_StateMachine):
         return self.status in self.RETRYABLE
 
     @property
+    def is_restarting(self) -> bool:
+        """Its server stopped on its own and the host has not brought it back yet."""
+        return self.last_crash_at is not None and (
+            self.last_restart_at is None or self.last_restart_at < self.last_crash_at
+        )
+
+    @property
+    def ran_once(self) -> bool:
+        """The customer had a working server (so a loss is a server down, not a failed setup)."""
+        return self.ready_at is not None
+
+    @property
     def vm_id(self) -> str:
         return str(self.public_id)
 
@@ -333,6 +350,7 @@ EFFECT_RESEND_DELETION = "resend_deletion"  # a host has the VM of a deleting in
 EFFECT_FORGET_CREDENTIALS = "forget_credentials"  # the VM is gone: drop its password
 EFFECT_UPDATE_URLS = "update_urls"  # ready again after a restart: ports may have changed
 EFFECT_UPDATE_STAGE = "update_stage"  # boot progress within booting
+EFFECT_RECORD_CRASH = "record_crash"  # the server stopped on its own; its host restarts it
 
 _IS, _OS = InstanceStatus, OrderStatus
 _RESEND = EventStep(effect=EFFECT_RESEND_DELETION)
@@ -383,6 +401,14 @@ HOST_EVENT_TRANSITIONS: dict[tuple[str, str], EventStep] = {
     # The host boots a lost VM again from its disk (an operator's start-vm).
     ("instance.started", _IS.LOST): EventStep(
         _IS.BOOTING, _OS.PROVISIONING, frozenset({_OS.FAILED})
+    ),
+    # Self-healing: a ready server's QEMU stopped on its own and its host starts it again from
+    # its disk. The server keeps its status (and the order stays ready: the customer's data and
+    # URLs stay); the crash time is recorded, and the next instance.ready records the restart.
+    ("instance.restarting", _IS.READY): EventStep(effect=EFFECT_RECORD_CRASH),
+    # ... and a lost one (a host back from a reboot) is booting again.
+    ("instance.restarting", _IS.LOST): EventStep(
+        _IS.BOOTING, _OS.PROVISIONING, frozenset({_OS.FAILED}), EFFECT_RECORD_CRASH
     ),
 }
 # stopped/started otherwise: recorded by seq only (the shop does not show power state).

@@ -359,16 +359,17 @@ INSTANCE_STOPPED = "instance.stopped"
 INSTANCE_STARTED = "instance.started"
 INSTANCE_DELETED = "instance.deleted"
 INSTANCE_LOST = "instance.lost"
+INSTANCE_RESTARTING = "instance.restarting"  # QEMU exited on its own; the host starts it again
 HEARTBEAT = "host.heartbeat"
 INSTANCE_EVENTS = frozenset({
     INSTANCE_ACCEPTED, INSTANCE_PROGRESS, INSTANCE_READY, INSTANCE_FAILED,
-    INSTANCE_STOPPED, INSTANCE_STARTED, INSTANCE_DELETED, INSTANCE_LOST,
+    INSTANCE_STOPPED, INSTANCE_STARTED, INSTANCE_DELETED, INSTANCE_LOST, INSTANCE_RESTARTING,
 })
 STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
 BOOT_KINDS = ("cold", "restore")
 
 MAX_SEQ = 2**63 - 1  # the shop stores it in a signed 64-bit column
-MAX_COUNT = 1_000_000  # capacity, running, free_slots
+MAX_COUNT = 1_000_000  # capacity, running, free_slots, a restart's attempt
 MAX_TYPE = 100
 MAX_HOST_ID = 100
 MAX_URL = 500
@@ -400,6 +401,7 @@ class Event:
     amqp_url: str = ""
     admin_username: str = ""
     reason: str = ""
+    attempt: int = 0
     image: str = ""
     capacity: int = 0
     running: int = 0
@@ -492,6 +494,9 @@ def parse_event(body: bytes) -> Event:
         _ready_extras(data)
     elif event_type in (INSTANCE_FAILED, INSTANCE_LOST):
         fields["reason"] = _event_str(data, "reason", MAX_REASON)
+    elif event_type == INSTANCE_RESTARTING:
+        fields["reason"] = _event_str(data, "reason", MAX_REASON)
+        fields["attempt"] = _event_int(data, "attempt", MAX_COUNT)
     elif event_type == HEARTBEAT:
         for name in ("capacity", "running", "free_slots"):
             fields[name] = _event_int(data, name, MAX_COUNT)

@@ -111,6 +111,17 @@ def test_the_vm_password_never_appears_in_the_admin(admin_client, instance):
     assert "********" in bodies[4]
 
 
+def test_a_lost_server_is_flagged_for_staff_with_the_hosts_reason(admin_client, instance):
+    reason = "RabbitMQ did not answer; its log: {badmatch,#{}} (gave up after 3 restarts)"
+    Instance.objects.filter(pk=instance.pk).update(status="lost", failure_reason=reason)
+
+    page = admin_client.get(
+        reverse("admin:orders_instance_changelist"), {"status__exact": "lost"}
+    ).content.decode()
+
+    assert "server down: RabbitMQ did not answer; its log: {badmatch,#{}}" in page
+
+
 def test_silent_hosts_and_their_instances_are_shown(admin_client, instance, settings):
     settings.HOST_HEARTBEAT_TIMEOUT = 90
     old = timezone.now() - timedelta(seconds=300)

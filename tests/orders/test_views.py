@@ -221,6 +221,69 @@ def test_detail_of_a_failed_order_gives_the_reason(client: Client, order: Order)
     assert 'data-final="false"' in html
 
 
+def _crashed(order: Order, **fields: Any) -> Instance:
+    instance = Instance.objects.get(order=order)
+    Instance.objects.filter(pk=instance.pk).update(**fields)
+    instance.refresh_from_db()
+    return instance
+
+
+def test_detail_of_a_server_being_restarted_tells_the_truth_and_keeps_following(
+    client: Client, order: Order
+) -> None:
+    _ready(order)
+    crash = timezone.now().replace(hour=14, minute=3)
+    _crashed(order, last_crash_at=crash, restart_count=1)
+    html = _login(client, order.user).get(_url("detail", order)).content.decode()
+    assert "Your server stopped unexpectedly at 14:03" in html
+    assert "is being restarted" in html
+    assert "could not set up" not in html and "Provisioning failed" not in html
+    assert 'data-final="false"' in html  # the page follows the restart
+    assert 'href="http://127.0.0.1:15001/"' in html  # same URLs meanwhile
+
+
+def test_detail_of_a_restarted_server_says_when_it_stopped_and_came_back(
+    client: Client, order: Order
+) -> None:
+    _ready(order)
+    crash = timezone.now().replace(hour=14, minute=3)
+    _crashed(order, last_crash_at=crash, last_restart_at=crash.replace(minute=5), restart_count=1)
+    response = _login(client, order.user).get(_url("status", order))
+    data = response.json()
+    assert (
+        "Your server stopped unexpectedly at 14:03 UTC and was restarted at 14:05 UTC."
+        in data["html"]
+    )
+    assert data["final"] is True
+    assert data["status_label"] == "Ready"
+
+
+def test_detail_of_a_server_that_ran_and_could_not_be_restarted_says_it_is_down(
+    client: Client, order: Order
+) -> None:
+    _paid(
+        order,
+        Order.Status.FAILED,
+        status=Instance.Status.LOST,
+        ready_at=timezone.now(),
+        last_crash_at=timezone.now().replace(hour=14, minute=3),
+        restart_count=1,
+        failure_reason="QEMU process exited unexpectedly (gave up after 3 restarts within 900 s)",
+    )
+    response = _login(client, order.user).get(_url("detail", order))
+    html = response.content.decode()
+    assert "Your server is down." in html
+    assert "stopped unexpectedly at 14:03 UTC" in html
+    assert "Our team has been alerted" in html
+    assert "We could not set up your server" not in html
+    assert "Provisioning failed" not in html and "Server down" in html
+    assert _login(client, order.user).get(_url("status", order)).json()["status_label"] == (
+        "Server down"
+    )
+    listing = client.get(reverse("orders:list")).content.decode()
+    assert "Server down" in listing and "Provisioning failed" not in listing
+
+
 def test_detail_of_a_deleting_order_says_so(client: Client, order: Order) -> None:
     _paid(order, Order.Status.DELETING, status=Instance.Status.DELETING)
     html = _login(client, order.user).get(_url("detail", order)).content.decode()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from vmbackend import config
-from vmbackend.boot import safe_reason, spec_for, urls_for
+from vmbackend import config, messages
+from vmbackend.boot import MAX_REASON, safe_reason, spec_for, urls_for
 from vmbackend.machine import MachineError, TapNet, UserNet
 from vmbackend.state import VMRecord
 
@@ -64,9 +64,9 @@ def test_the_spec_matches_the_record():
 
 def test_a_failure_reason_never_contains_the_password_and_is_bounded():
     record = _record()
-    reason = safe_reason(MachineError("login pw-0123456789abcdef refused " + "x" * 2000), record)
+    reason = safe_reason(MachineError("login pw-0123456789abcdef refused " + "x" * 5000), record)
     assert "pw-0123456789abcdef" not in reason and "***" in reason
-    assert len(reason) <= 600
+    assert len(reason) <= MAX_REASON < messages.MAX_REASON  # the event keeps it whole
     assert safe_reason(TimeoutError(), record) == "TimeoutError"
 
 
