@@ -131,7 +131,7 @@ def _state_context(order: Order) -> dict[str, Any]:
     # A failed order keeps polling: staff may retry it, and the customer should see that happen.
     # So does a server being restarted by its host.
     final = order.status not in Order.MAY_CHANGE and not restarting
-    show_connection = bool(instance and instance.is_ready and order.status in Order.SERVING)
+    serving = instance if instance and instance.is_ready and order.status in Order.SERVING else None
     restarted = (
         f":{instance.restart_count}:{restarting}" if instance and instance.last_crash_at else ""
     )
@@ -147,9 +147,9 @@ def _state_context(order: Order) -> dict[str, Any]:
         ),
         # Changes whenever anything the page shows changes; the page's script compares it.
         "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}",
-        "show_connection": show_connection,
-        "management_url": _without_password(instance.management_url) if show_connection else "",
-        "amqp_url": _without_password(instance.amqp_url) if show_connection else "",
+        "show_connection": serving is not None,
+        "management_url": _without_password(serving.management_url) if serving else "",
+        "amqp_url": _without_password(serving.amqp_url) if serving else "",
         "offline_payments": offline_payments_enabled(),
     }
 
