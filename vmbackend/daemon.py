@@ -122,15 +122,18 @@ class Daemon:
             raise
         log.info("vm accepted host_id=%s vm_id=%s image=%s memory_mb=%s", self.cfg.host_id,
                  record.vm_id, record.image, record.memory_mb)
-        self.io.reply(delivery, messages.success(create_response(record, self.cfg.host_id)))
         if failure is not None:
             self.registry.report(record, "instance.failed", {"reason": failure}, status=FAILED,
                                  reason=failure)
+        else:
+            # The record is durable, so the boot starts before any broker I/O: a connection that
+            # drops during the reply, the ack or the flush must not leave an accepted VM that
+            # never boots (its redelivered create-vm would only be answered as a duplicate).
+            self.commands.start_boot(record, None)
+        self.io.reply(delivery, messages.success(create_response(record, self.cfg.host_id)))
         self.update_consuming()
         self.io.ack(delivery)
         self.io.flush_events()
-        if failure is None:
-            self.commands.start_boot(record, None)
 
     def handle_host(self, delivery: Delivery) -> None:
         host_key = topology.host_key(self.cfg.host_id)
