@@ -36,16 +36,19 @@ test-fast: setup
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PYTEST) -m "not slow and not vm" -q
 
-# Everything CI runs: fast tier and the tiny-image VM tests on SQLite, the database tests again on
-# PostgreSQL, then the slow tier (real RabbitMQ VMs).
-test: images
+# Everything CI runs: the lint checks, the fast tier and the tiny-image VM tests on SQLite, the
+# database tests again on PostgreSQL, then the slow tier (real RabbitMQ VMs).
+test: lint images
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PYTEST) -m "not slow" -q
 	DATABASE_URL=$(PG_URL) $(PYTEST) -m "not slow and not vm and not browser" -q tests/store tests/orders tests/accounts
 	$(PYTEST) -m slow -q
 
+# Formatting, lint rules and types (settings in pyproject.toml); fails fast, before any test.
 lint: venv
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: images
 	$(PY) bench/webhooks.py

@@ -22,7 +22,8 @@ class SignupForm(UserCreationForm):
         fields = ("username", "email")
 
     def clean_email(self) -> str:
-        return self.cleaned_data["email"].strip()
+        email: str = self.cleaned_data["email"]
+        return email.strip()
 
 
 class ThrottledLoginMixin:
@@ -30,7 +31,6 @@ class ThrottledLoginMixin:
 
     request: Any
     cleaned_data: dict[str, Any]
-    error_messages: dict[str, str]
 
     def clean(self) -> dict[str, Any]:
         username = self.cleaned_data.get("username") or ""
@@ -43,7 +43,8 @@ class ThrottledLoginMixin:
                 params={"wait": throttle.wait_message(wait)},
             )
         try:
-            cleaned = super().clean()  # type: ignore[misc]
+            # The form this is mixed into (AuthenticationForm) has clean(); the mixin's base, object, not.
+            cleaned: dict[str, Any] = super().clean()  # type: ignore[misc]
         except forms.ValidationError:
             throttle.record_failure(username=username, address=address)
             raise

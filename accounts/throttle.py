@@ -26,7 +26,7 @@ def client_address(request: HttpRequest) -> str:
         forwarded = request.headers.get(header, "").split(",")[0].strip()
         if forwarded:
             return forwarded[:100]
-    return request.META.get("REMOTE_ADDR", "")
+    return str(request.META.get("REMOTE_ADDR", ""))
 
 
 def _counters(username: str, address: str) -> list[tuple[str, int]]:

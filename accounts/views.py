@@ -3,9 +3,9 @@ import smtplib
 
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.models import User
 from django.core.mail import send_mail
-from django.forms import Form
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -22,7 +22,7 @@ class LoginView(auth_views.LoginView):
 
     authentication_form = ThrottledAuthenticationForm
 
-    def form_invalid(self, form: Form) -> HttpResponse:
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
         response = super().form_invalid(form)
         if form.has_error("__all__", "throttled"):
             response.status_code = 429
@@ -57,7 +57,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 
 def _tell_owners_of_a_new_account(
-    request: HttpRequest, owners: list[AbstractBaseUser], new_user: AbstractBaseUser
+    request: HttpRequest, owners: list[User], new_user: User
 ) -> None:
     """Someone signed up with an address that already has an account: its owner hears of it by
     mail (the page says nothing, so signup does not reveal which addresses are registered)."""
@@ -75,7 +75,7 @@ def _tell_owners_of_a_new_account(
                 "Another Warren account uses your email address",
                 body,
                 None,
-                [owner.email],  # type: ignore[attr-defined]
+                [owner.email],
             )
         except (OSError, smtplib.SMTPException) as exc:
             # A mail server error must not turn this signup into a 500 that only an address in

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,18 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.net import free_port  # noqa: E402
 from vmbackend import saved_state  # noqa: E402
 from vmbackend.images import manifest, snapshot, tiny  # noqa: E402
 from vmbackend.machine import Machine, UserNet, VMSpec  # noqa: E402
 
 DEADLINE = {"tiny": 120.0, "rabbitmq": 400.0}
 MEMORY = {"tiny": 256, "rabbitmq": 512}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:

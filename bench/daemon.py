@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.qemu_procs import qemu_pids  # noqa: E402
 from vmbackend.client import Client  # noqa: E402
 
 
@@ -38,21 +39,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def qemu_pids(state_dir: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            cmd = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmd and cwd.startswith(str(state_dir)):
-            pids.append(int(entry.name))
-    return pids
 
 
 def rabbitmqctl(*args: str) -> None:

@@ -20,7 +20,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 
-from orders.checkout import CheckoutError
+from orders.checkout import CheckoutError, settle_refund
 from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
 from orders.models import DeadLetter, Host, Instance, Order, OutboxMessage, WebhookEvent
 from orders.outbox import requeue
@@ -28,13 +28,13 @@ from orders.provisioning import ProvisioningError, cancel_order, retry_provision
 
 MASK = "********"
 # Never a lookup through these, on any model or relation (a regex lookup is an oracle).
-SECRET_FIELDS = frozenset({"admin_password", "password", "body"})
+SECRET_FIELDS = frozenset({"admin_password", "admin_password_encrypted", "password", "body"})
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Rows are created by the shop's workflows; staff look and use actions."""
 
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
         """Only the lookups the list's own filters make (Django allows any local field)."""
         parts = lookup.split(LOOKUP_SEP)
         if SECRET_FIELDS.intersection(parts) or parts[0] not in self._filter_fields(request):
@@ -47,7 +47,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         for item in list_filter:
             if isinstance(item, type) and issubclass(item, admin.SimpleListFilter):
                 fields.add(getattr(item, "parameter_name", ""))
-            elif isinstance(item, (list, tuple)):
+            elif isinstance(item, (list, tuple)) and isinstance(item[0], str):
                 fields.add(item[0].split(LOOKUP_SEP)[0])
             elif isinstance(item, str):
                 fields.add(item.split(LOOKUP_SEP)[0])
@@ -67,7 +67,7 @@ class InstanceInline(admin.StackedInline):
     model = Instance
     can_delete = False
     extra = 0
-    exclude = ("admin_password",)
+    exclude = ("admin_password_encrypted",)
     show_change_link = True
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -79,8 +79,17 @@ class InstanceInline(admin.StackedInline):
 
 @admin.register(Order)
 class OrderAdmin(ReadOnlyAdmin):
-    list_display = ("public_id", "user", "plan", "status", "created_at", "paid_at", "cancelled_at")
-    list_filter = ("status", "plan", "created_at")
+    list_display = (
+        "public_id",
+        "user",
+        "plan",
+        "status",
+        "created_at",
+        "paid_at",
+        "cancelled_at",
+        "refund",
+    )
+    list_filter = ("status", "refund_status", "plan", "created_at")
     search_fields = (
         "public_id",
         "user__username",
@@ -92,7 +101,33 @@ class OrderAdmin(ReadOnlyAdmin):
     list_select_related = ("user", "plan")
     date_hierarchy = "created_at"
     inlines = [InstanceInline]
-    actions = ["cancel_orders"]
+    actions = ["cancel_orders", "retry_refunds"]
+
+    @admin.display(description="refund", ordering="refund_status")
+    def refund(self, obj: Order) -> str:
+        if obj.refund_status == Order.RefundStatus.REFUNDED and obj.refunded_at is not None:
+            return format_html("refunded {}", obj.refunded_at.strftime("%Y-%m-%d %H:%M"))
+        if obj.refund_status == Order.RefundStatus.PENDING:
+            return format_html(
+                '<strong style="color:#b00">pending</strong> {}', obj.refund_error or ""
+            )
+        return "-"
+
+    @admin.action(description="Retry pending refunds (cancel the subscription, refund at Stripe)")
+    def retry_refunds(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        pending = queryset.filter(refund_status=Order.RefundStatus.PENDING)
+        for order in pending:
+            if settle_refund(order=order):
+                self.message_user(request, f"Order {order.public_id}: refunded.")
+            else:
+                order.refresh_from_db(fields=["refund_error"])
+                self.message_user(
+                    request,
+                    f"Order {order.public_id}: refund still pending ({order.refund_error}).",
+                    level=messages.ERROR,
+                )
+        if not pending:
+            self.message_user(request, "No pending refund among the selected orders.")
 
     @admin.action(description="Cancel the selected orders (and delete their VMs)")
     def cancel_orders(self, request: HttpRequest, queryset: QuerySet[Order]) -> None:
@@ -132,9 +167,11 @@ class InstanceAdmin(ReadOnlyAdmin):
         "public_id",
         "order_link",
         "status",
+        "attention",
         "stage",
         "host_id",
         "attempts",
+        "restart_count",
         "updated_at",
         "failure_reason",
     )
@@ -147,8 +184,19 @@ class InstanceAdmin(ReadOnlyAdmin):
         "admin_username",
     )
     list_select_related = ("order",)
-    exclude = ("admin_password",)
+    exclude = ("admin_password_encrypted",)
     actions = ["retry"]
+
+    @admin.display(description="attention")
+    def attention(self, obj: Instance) -> str:
+        """A server that ran and is lost (its host gave up restarting it) needs staff now."""
+        if obj.status == Instance.Status.LOST:
+            return format_html(
+                '<strong style="color:#b00">server down: {}</strong>', obj.failure_reason[:200]
+            )
+        if obj.is_restarting:
+            return format_html('<span style="color:#a60">restarting: {}</span>', obj.failure_reason[:200])
+        return ""
 
     @admin.display(description="order")
     def order_link(self, obj: Instance) -> str:
@@ -240,7 +288,7 @@ class OutboxMessageAdmin(ReadOnlyAdmin):
 
     @admin.display(description="vm-id")
     def vm_id(self, obj: OutboxMessage) -> str:
-        return ((obj.body or {}).get("options") or {}).get("vm-id", "-")
+        return str(((obj.body or {}).get("options") or {}).get("vm-id", "-"))
 
     @admin.display(description="body")
     def body_display(self, obj: OutboxMessage) -> str:

@@ -40,6 +40,7 @@ from orders import broker
 from orders.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
 from orders.models import (
     EFFECT_FORGET_CREDENTIALS,
+    EFFECT_RECORD_CRASH,
     EFFECT_RESEND_DELETION,
     EFFECT_UPDATE_STAGE,
     EFFECT_UPDATE_URLS,
@@ -104,6 +105,8 @@ def apply_heartbeat(event: Event, *, now: datetime) -> str:
 
 
 def apply_instance_event(event: Event) -> str:
+    if event.instance_id is None:  # the parser requires one on instance events
+        return "unknown_instance"
     with transaction.atomic():
         order_pk = (
             Instance.objects.filter(public_id=event.instance_id)
@@ -197,15 +200,34 @@ def _deletion_sent(instance: Instance, host_id: str) -> bool:
     return any((body.get("options") or {}).get("vm-id") == instance.vm_id for body in bodies)
 
 
-def _instance_fields(event: Event, to: str) -> dict[str, Any]:
+def _occurred_at(event: Event) -> datetime:
+    """When the host says the event happened (never in the future; now if unreadable)."""
+    now = timezone.now()
+    try:
+        when = datetime.fromisoformat(event.occurred_at)
+    except ValueError:
+        return now
+    return min(when, now) if when.tzinfo is not None else now
+
+
+def _restart_fields(instance: Instance, event: Event) -> dict[str, Any]:
+    """instance.ready of a server its host was restarting: the restart is done."""
+    return {"last_restart_at": _occurred_at(event)} if instance.is_restarting else {}
+
+
+def _instance_fields(event: Event, to: str, instance: Instance) -> dict[str, Any]:
     """What the event carries into the instance row when it moves it to `to`."""
     if to == Instance.Status.READY:
-        return {
-            "management_url": event.management_url,
-            "amqp_url": event.amqp_url,
-            "failure_reason": "",
-            "ready_at": timezone.now(),
-        } | ({"admin_username": event.admin_username} if event.admin_username else {})
+        return (
+            {
+                "management_url": event.management_url,
+                "amqp_url": event.amqp_url,
+                "failure_reason": "",
+                "ready_at": timezone.now(),
+            }
+            | ({"admin_username": event.admin_username} if event.admin_username else {})
+            | _restart_fields(instance, event)
+        )
     if to in (Instance.Status.FAILED, Instance.Status.LOST):
         default = "deleted on the host" if event.type == messages.INSTANCE_DELETED else "lost"
         reason = event.reason or (default if to == Instance.Status.LOST else "unknown")
@@ -213,7 +235,7 @@ def _instance_fields(event: Event, to: str) -> dict[str, Any]:
     if to == Instance.Status.DELETED and event.reason:
         return {"failure_reason": event.reason}
     if to == Instance.Status.BOOTING:
-        if event.type == messages.INSTANCE_STARTED:
+        if event.type in (messages.INSTANCE_STARTED, messages.INSTANCE_RESTARTING):
             return {"stage": Instance.Stage.VM_STARTING, "failure_reason": ""}
         return {"stage": event.stage} if event.stage else {}
     return {}
@@ -235,11 +257,35 @@ def apply_step(order: Order, instance: Instance, event: Event) -> str:
         resend_deletion(instance=instance)
         return "deletion_resent"
     if step.effect == EFFECT_UPDATE_URLS:
-        _update(instance, management_url=event.management_url, amqp_url=event.amqp_url)
+        _update(
+            instance,
+            management_url=event.management_url,
+            amqp_url=event.amqp_url,
+            **_restart_fields(instance, event),
+        )
+    if step.effect == EFFECT_RECORD_CRASH:
+        # Attempt 2, 3 of the same crash: still the one stop the customer saw.
+        crash = event.attempt <= 1 or not instance.is_restarting
+        _update(
+            instance,
+            failure_reason=event.reason,
+            **(
+                {"last_crash_at": _occurred_at(event), "restart_count": instance.restart_count + 1}
+                if crash
+                else {}
+            ),
+        )
+        log.warning(
+            "event=instance_restarting order_id=%s instance_id=%s attempt=%s reason=%r",
+            order.public_id,
+            instance.public_id,
+            event.attempt,
+            event.reason,
+        )
     if step.effect == EFFECT_UPDATE_STAGE:
         _update(instance, stage=event.stage)
     if step.instance_to is not None:
-        instance.move_to(step.instance_to, **_instance_fields(event, step.instance_to))
+        instance.move_to(step.instance_to, **_instance_fields(event, step.instance_to, instance))
     if step.effect == EFFECT_FORGET_CREDENTIALS:
         forget_credentials(instance=instance)
     if step.order_to is not None and order.status in step.order_from:

@@ -6,6 +6,7 @@ them is written down once too, in `HOST_EVENT_TRANSITIONS`. Every status change 
 `move_to()`: a conditional UPDATE (compare-and-set on the status we read) so two workers racing on
 the same row change it once.
 docs/orders.md explains the states and the decisions behind them.
+Over 400 lines as one thing: the app's models, where Django looks for them, each beside its table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from orders import encryption
+
 
 class InvalidTransition(Exception):
     """A status change that the state machine does not allow (a bug, or a stale caller)."""
@@ -28,6 +31,7 @@ class _StateMachine(models.Model):
     """Shared compare-and-set transition for models with a `status` field and TRANSITIONS."""
 
     TRANSITIONS: dict[str, frozenset[str]] = {}
+    status: str  # each subclass's CharField
 
     class Meta:
         abstract = True
@@ -45,9 +49,9 @@ class _StateMachine(models.Model):
         if not self.can_move_to(to):
             raise InvalidTransition(f"{type(self).__name__} {self.pk}: {self.status} -> {to}")
         fields["updated_at"] = timezone.now()
-        updated = (
-            type(self).objects.filter(pk=self.pk, status=self.status).update(status=to, **fields)
-        )
+        # Typed as a manager of any model: the abstract base has no status field of its own.
+        manager: models.Manager[Any] = type(self)._default_manager
+        updated = manager.filter(pk=self.pk, status=self.status).update(status=to, **fields)
         if not updated:
             return False
         self.status = to
@@ -66,6 +70,14 @@ class OrderStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
     DELETING = "deleting", "Deleting VM"
     DELETED = "deleted", "Deleted"
+
+
+class RefundStatus(models.TextChoices):
+    """A payment that arrived for an order that had already ended (docs/orders.md, "Refunds")."""
+
+    NONE = "", "No refund"
+    PENDING = "pending", "Refund pending"  # recorded; Stripe not done yet (or failed: retry)
+    REFUNDED = "refunded", "Refunded"
 
 
 class InstanceStatus(models.TextChoices):
@@ -115,6 +127,10 @@ class Order(_StateMachine):
     IN_PROGRESS = frozenset({S.PAID, S.PROVISIONING, S.DELETING})  # about to change by itself
     # The order page polls: in progress, or waiting for a payment or a staff retry.
     MAY_CHANGE = IN_PROGRESS | {S.PENDING_PAYMENT, S.FAILED}
+    # Over: a payment arriving now is not wanted (refunded unless it paid this order before).
+    ENDED = frozenset({S.CANCELLED, S.DELETING, S.DELETED})
+
+    RefundStatus = RefundStatus
 
     public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(
@@ -132,6 +148,16 @@ class Order(_StateMachine):
     updated_at = models.DateTimeField(default=timezone.now)
     paid_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    # A payment for an order that had ended is refunded, once per order (checkout.settle_refund):
+    # pending (the fact, recorded with the webhook's receipt) -> refunded (Stripe's refund id).
+    refund_status = models.CharField(
+        max_length=10, choices=RefundStatus.choices, default=RefundStatus.NONE, blank=True
+    )
+    refund_of = models.CharField(max_length=255, blank=True)  # the Stripe pi_/ch_/in_ it paid
+    stripe_refund_id = models.CharField(max_length=255, blank=True)
+    refund_requested_at = models.DateTimeField(null=True, blank=True)
+    refunded_at = models.DateTimeField(null=True, blank=True)
+    refund_error = models.CharField(max_length=255, blank=True)  # the last failed attempt
 
     class Meta:
         ordering = ["-created_at"]
@@ -160,6 +186,25 @@ class Order(_StateMachine):
                 | models.Q(status="cancelled")
                 | models.Q(paid_at__isnull=False),
                 name="order_paid_states_have_paid_at",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(refund_status__in=RefundStatus.values),
+                name="order_refund_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(refund_status="")
+                | models.Q(refund_requested_at__isnull=False),
+                name="order_refund_has_requested_at",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(refund_status="refunded") | models.Q(refunded_at__isnull=False),
+                name="order_refunded_has_refunded_at",
+            ),
+            # One Stripe refund belongs to one order.
+            models.UniqueConstraint(
+                fields=["stripe_refund_id"],
+                condition=~models.Q(stripe_refund_id=""),
+                name="order_unique_stripe_refund",
             ),
         ]
 
@@ -210,10 +255,11 @@ class Instance(_StateMachine):
     management_url = models.CharField(max_length=500, blank=True)
     amqp_url = models.CharField(max_length=500, blank=True)
     admin_username = models.CharField(max_length=100)
-    # Generated with `secrets` at payment time and sent in create-vm. Stored in plain text (no
-    # encryption key management in this project yet); never logged, never in admin lists, shown
-    # to the customer only on an explicit reveal.
-    admin_password = models.CharField(max_length=100)
+    # Generated with `secrets` at payment time. The column holds only a Fernet token (key from
+    # WARREN_SECRETS_KEYS, orders/encryption.py); read and write it through `admin_password`.
+    # Decrypted only where the password is used (the customer's reveal, the relay publishing
+    # create-vm), so a key problem never stops the event worker. Never logged, never in the admin.
+    admin_password_encrypted = models.TextField(blank=True)
     failure_reason = models.TextField(blank=True)
     # The (host_id, seq) of the last event applied: older or repeated events change nothing.
     last_event_seq = models.PositiveBigIntegerField(default=0)
@@ -221,6 +267,11 @@ class Instance(_StateMachine):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
     ready_at = models.DateTimeField(null=True, blank=True)
+    # Self-healing on the host (instance.restarting, then instance.ready): when the server last
+    # stopped on its own, when it last came back, and how often. The order page tells the truth.
+    last_crash_at = models.DateTimeField(null=True, blank=True)
+    last_restart_at = models.DateTimeField(null=True, blank=True)
+    restart_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -245,12 +296,34 @@ class Instance(_StateMachine):
         return f"<Instance {self.public_id} status={self.status} host={self.host_id or '-'}>"
 
     @property
+    def admin_password(self) -> str:
+        """The VM's admin password in clear ("" once forgotten). Raises UnreadableSecret when no
+        configured key opens it."""
+        return encryption.decrypt(self.admin_password_encrypted)
+
+    @admin_password.setter
+    def admin_password(self, value: str) -> None:
+        self.admin_password_encrypted = encryption.encrypt(value)
+
+    @property
     def is_ready(self) -> bool:
         return self.status == self.Status.READY
 
     @property
     def can_retry(self) -> bool:
         return self.status in self.RETRYABLE
+
+    @property
+    def is_restarting(self) -> bool:
+        """Its server stopped on its own and the host has not brought it back yet."""
+        return self.last_crash_at is not None and (
+            self.last_restart_at is None or self.last_restart_at < self.last_crash_at
+        )
+
+    @property
+    def ran_once(self) -> bool:
+        """The customer had a working server (so a loss is a server down, not a failed setup)."""
+        return self.ready_at is not None
 
     @property
     def vm_id(self) -> str:
@@ -277,6 +350,7 @@ EFFECT_RESEND_DELETION = "resend_deletion"  # a host has the VM of a deleting in
 EFFECT_FORGET_CREDENTIALS = "forget_credentials"  # the VM is gone: drop its password
 EFFECT_UPDATE_URLS = "update_urls"  # ready again after a restart: ports may have changed
 EFFECT_UPDATE_STAGE = "update_stage"  # boot progress within booting
+EFFECT_RECORD_CRASH = "record_crash"  # the server stopped on its own; its host restarts it
 
 _IS, _OS = InstanceStatus, OrderStatus
 _RESEND = EventStep(effect=EFFECT_RESEND_DELETION)
@@ -327,6 +401,14 @@ HOST_EVENT_TRANSITIONS: dict[tuple[str, str], EventStep] = {
     # The host boots a lost VM again from its disk (an operator's start-vm).
     ("instance.started", _IS.LOST): EventStep(
         _IS.BOOTING, _OS.PROVISIONING, frozenset({_OS.FAILED})
+    ),
+    # Self-healing: a ready server's QEMU stopped on its own and its host starts it again from
+    # its disk. The server keeps its status (and the order stays ready: the customer's data and
+    # URLs stay); the crash time is recorded, and the next instance.ready records the restart.
+    ("instance.restarting", _IS.READY): EventStep(effect=EFFECT_RECORD_CRASH),
+    # ... and a lost one (a host back from a reboot) is booting again.
+    ("instance.restarting", _IS.LOST): EventStep(
+        _IS.BOOTING, _OS.PROVISIONING, frozenset({_OS.FAILED}), EFFECT_RECORD_CRASH
     ),
 }
 # stopped/started otherwise: recorded by seq only (the shop does not show power state).

@@ -26,7 +26,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from orders import broker
 from orders.models import OutboxMessage
-from orders.provisioning import DELETE_VM
+from orders.provisioning import DELETE_VM, body_to_publish
 from orders.relay_lock import RelayLock, relay_lock
 from vmbackend import messages
 from vmbackend.backoff import Backoff, run_with_reconnect
@@ -64,7 +64,7 @@ def _mark_sent(row: OutboxMessage, *, keep_error: bool = False) -> None:
 def publish_row(channel: BlockingChannel, row: OutboxMessage) -> None:
     """Publish one row and wait for the broker's confirm (the channel is in confirm mode)."""
     _record_attempt(row)
-    body = messages.encode(row.body)
+    body = messages.encode(body_to_publish(row))  # a create-vm's password is filled in here
     try:
         channel.basic_publish(
             exchange=row.exchange,

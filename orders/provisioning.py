@@ -7,6 +7,7 @@ request are committed together or not at all, and a broker outage only delays th
 
 from __future__ import annotations
 
+import copy
 import logging
 import uuid
 from typing import Any
@@ -34,10 +35,30 @@ def enqueue(
     instance: Instance | None = None,
     exchange: str = topology.COMMANDS_EXCHANGE,
 ) -> OutboxMessage:
-    """Record a command to publish; commits (or rolls back) with the caller's transaction."""
+    """Record a command to publish; commits (or rolls back) with the caller's transaction.
+
+    A create-vm is stored without its admin password: the row would otherwise keep the secret in
+    clear for as long as it exists. The relay fills it in from the instance (where it is
+    encrypted) at the moment it publishes (`body_to_publish`).
+    """
+    admin = (body.get("options") or {}).get("admin") if routing_key == CREATE_VM else None
+    if isinstance(admin, dict) and admin.get("password"):
+        body = copy.deepcopy(body)
+        body["options"]["admin"]["password"] = ""
     return OutboxMessage.objects.create(
         exchange=exchange, routing_key=routing_key, body=body, instance=instance
     )
+
+
+def body_to_publish(row: OutboxMessage) -> dict[str, Any]:
+    """The body the relay puts on the wire: a create-vm gets its instance's password back
+    (decrypted here, in memory, just for the publish)."""
+    admin = (row.body.get("options") or {}).get("admin") if row.routing_key == CREATE_VM else None
+    if not isinstance(admin, dict) or row.instance_id is None:
+        return row.body
+    body = copy.deepcopy(row.body)
+    body["options"]["admin"]["password"] = row.instance.admin_password
+    return body
 
 
 def create_vm_body(*, instance: Instance) -> dict[str, Any]:
@@ -159,16 +180,24 @@ def cancel_order(*, order: Order, reason: str, cancel_subscription: bool = True)
     With Stripe configured, the subscription is cancelled at Stripe first (money side first): if
     that call fails nothing changes here and the error propagates to the caller. Stripe then
     sends customer.subscription.deleted, which finds the order already cancelled.
-    """
-    if cancel_subscription and settings.STRIPE_SECRET_KEY and order.stripe_subscription_id:
-        from orders.checkout import cancel_stripe_subscription
 
+    An unpaid order's Checkout Session is expired at Stripe *after* the order is cancelled here:
+    from that moment a payment that still gets through finds the order cancelled and is refunded
+    (webhooks), so a failed or slow expire call can cost a refund, never a charge we keep.
+    """
+    from orders.checkout import cancel_stripe_subscription, expire_checkout_session
+
+    stripe_on = cancel_subscription and bool(settings.STRIPE_SECRET_KEY)
+    if stripe_on and order.stripe_subscription_id:
         cancel_stripe_subscription(order=order)
     with transaction.atomic():
         # Race: a webhook or the event consumer may move this order concurrently; the row lock
         # serialises us with them.
         locked = Order.objects.select_for_update().get(pk=order.pk)
+        was_unpaid = locked.status == Order.Status.PENDING_PAYMENT
         cancel_order_locked(order=locked, reason=reason)
+    if stripe_on and was_unpaid and locked.stripe_checkout_session_id:
+        expire_checkout_session(order=locked)
     return locked
 
 
@@ -219,15 +248,10 @@ def retry_provisioning(*, instance: Instance) -> Instance:
 
 
 def forget_credentials(*, instance: Instance) -> None:
-    """The VM is gone: drop its admin password from the instance and from the sent create-vm rows,
-    so the secret does not outlive the server it opened."""
-    Instance.objects.filter(pk=instance.pk).update(admin_password="")
-    instance.admin_password = ""
-    for row in instance.outbox_messages.filter(routing_key=CREATE_VM, sent_at__isnull=False):
-        admin = (row.body.get("options") or {}).get("admin")
-        if isinstance(admin, dict) and admin.get("password"):
-            admin["password"] = ""
-            row.save(update_fields=["body"])
+    """The VM is gone: drop its admin password, so the secret does not outlive the server it
+    opened. (Outbox rows never hold it: see `enqueue`.)"""
+    Instance.objects.filter(pk=instance.pk).update(admin_password_encrypted="")
+    instance.admin_password_encrypted = ""
 
 
 def order_status_for(instance: Instance) -> str:

@@ -4,16 +4,19 @@ Access rule: an order is visible to its owner only. Anyone else (another custome
 same 404 as for an order that does not exist; staff look at orders in the admin.
 """
 
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -28,6 +31,12 @@ from orders.offline_checkout import (
 from orders.provisioning import cancel_order
 from orders.webhooks import WebhookError, process_webhook
 from store.models import Plan
+
+
+class SignedInRequest(HttpRequest):
+    """What @login_required hands a view: `user` is a User, never AnonymousUser (for mypy)."""
+
+    user: User
 
 
 def _get_order(request: HttpRequest, public_id: UUID) -> Order:
@@ -88,34 +97,72 @@ def _steps(order: Order, instance: Instance | None) -> list[dict[str, str]]:
     return steps
 
 
+def _when(moment: datetime) -> str:
+    """14:03 UTC today, else 29 Nov, 14:03 UTC."""
+    local = timezone.localtime(moment)
+    if local.date() == timezone.localtime().date():
+        return f"{local:%H:%M} UTC"
+    return f"{local.day} {local:%b}, {local:%H:%M} UTC"
+
+
+def _restart_notice(instance: Instance | None) -> str:
+    """What the customer is told about a server that stopped on its own (issue 11)."""
+    if instance is None or instance.last_crash_at is None:
+        return ""
+    crashed = _when(instance.last_crash_at)
+    if instance.status == Instance.Status.LOST:
+        return ""  # the page says the server is down instead
+    if instance.is_restarting:
+        return (
+            f"Your server stopped unexpectedly at {crashed} and is being restarted. "
+            "Your data and connection details stay the same; this page updates itself."
+        )
+    if instance.last_restart_at is not None and instance.is_ready:
+        return (
+            f"Your server stopped unexpectedly at {crashed} and was restarted at "
+            f"{_when(instance.last_restart_at)}."
+        )
+    return ""
+
+
 def _state_context(order: Order) -> dict[str, Any]:
     instance = _get_instance(order)
+    restarting = bool(instance and instance.is_restarting)
     # A failed order keeps polling: staff may retry it, and the customer should see that happen.
-    final = order.status not in Order.MAY_CHANGE
-    show_connection = bool(instance and instance.is_ready and order.status in Order.SERVING)
+    # So does a server being restarted by its host.
+    final = order.status not in Order.MAY_CHANGE and not restarting
+    serving = instance if instance and instance.is_ready and order.status in Order.SERVING else None
+    restarted = (
+        f":{instance.restart_count}:{restarting}" if instance and instance.last_crash_at else ""
+    )
     return {
         "order": order,
         "instance": instance,
         "steps": _steps(order, instance),
         "final": final,
+        "restart_notice": _restart_notice(instance),
+        # A server that ran and is lost is down, not a failed setup.
+        "server_down": bool(
+            instance and instance.status == Instance.Status.LOST and instance.ran_once
+        ),
         # Changes whenever anything the page shows changes; the page's script compares it.
-        "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}",
-        "show_connection": show_connection,
-        "management_url": _without_password(instance.management_url) if show_connection else "",
-        "amqp_url": _without_password(instance.amqp_url) if show_connection else "",
+        "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}",
+        "show_connection": serving is not None,
+        "management_url": _without_password(serving.management_url) if serving else "",
+        "amqp_url": _without_password(serving.amqp_url) if serving else "",
         "offline_payments": offline_payments_enabled(),
     }
 
 
 @login_required
-def order_list(request: HttpRequest) -> HttpResponse:
+def order_list(request: SignedInRequest) -> HttpResponse:
     orders = Order.objects.filter(user=request.user).select_related("plan")
     return render(request, "orders/list.html", {"orders": orders})
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def checkout(request: HttpRequest, plan_slug: str) -> HttpResponse:
+def checkout(request: SignedInRequest, plan_slug: str) -> HttpResponse:
     plan = get_object_or_404(Plan, slug=plan_slug, is_active=True)
     if request.method != "POST":
         # Back from the login page after a POST as an anonymous visitor: buying needs a click.
@@ -179,7 +226,7 @@ def status(request: HttpRequest, public_id: UUID) -> JsonResponse:
         {
             "order": str(order.public_id),
             "status": order.status,
-            "status_label": order.get_status_display(),
+            "status_label": "Server down" if ctx["server_down"] else order.get_status_display(),
             "instance_status": instance.status if instance else None,
             "stage": instance.stage if instance else None,
             "final": ctx["final"],

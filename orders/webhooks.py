@@ -5,9 +5,11 @@
 - The signature is checked by the stripe library with settings.STRIPE_WEBHOOK_TOLERANCE; a bad or
   stale signature, or a body that is not a JSON event, raises WebhookError (the view answers 400)
   before anything is written. So does a signed body of the wrong shape (`_check_event`): nesting
-  deeper than MAX_DEPTH (checked before decoding: the decoder recurses per level), an id or type
-  longer than its column, a NUL or an unpaired surrogate in any string (PostgreSQL refuses both),
-  or an object the handlers read (`parent`, `metadata`, ...) that is not an object.
+  deeper than vmbackend.messages.MAX_DEPTH (checked before decoding: the decoder recurses per
+  level), an id or type longer than its column, a NUL or an unpaired surrogate in any string
+  (PostgreSQL refuses both), or an object the handlers read (`parent`, `metadata`, ...) that is
+  not an object. The depth scan and the string check are the ones vmbackend/messages.py applies
+  to every AMQP message.
 - The event id is inserted under a unique constraint in the same transaction as its effects, so a
   redelivery (sequential or concurrent) is acknowledged and changes nothing.
 - Every handled event finds its order by the order id we gave Stripe (client_reference_id /
@@ -16,13 +18,17 @@
   checkout.session.async_payment_succeeded, or the subscription's first invoice.paid, whichever
   comes first; the others then find the order paid and only fill in missing Stripe ids.
   docs/orders.md lists what each out-of-order arrival does.
+- A payment for an order that had already ended (cancelled before it was paid, or a renewal of a
+  subscription whose order was deleted) is not kept: the refund is recorded in the transaction
+  (`checkout.request_refund`) and carried out after the commit (`checkout.settle_refund`: the one
+  Stripe call on this path). If Stripe fails, the refund stays pending for staff to retry; the
+  event is still acknowledged (docs/orders.md, "Refunds", says why not Stripe's redelivery).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +38,10 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from orders.checkout import request_refund, settle_refund
 from orders.models import Instance, Order, WebhookEvent
 from orders.provisioning import cancel_order_locked, order_status_for, request_provisioning
+from vmbackend import messages  # its body bounds (depth, NUL/surrogates), written once for all
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,7 @@ class _Outcome:
     result: str
     order: Order | None = None
     detail: str = ""
+    refund_due: bool = False  # settle the refund this event recorded, after the commit
 
 
 def _verify(payload: bytes, signature: str) -> dict[str, Any]:
@@ -68,27 +77,8 @@ def _verify(payload: bytes, signature: str) -> dict[str, Any]:
         raise
 
 
-# Stripe's events nest about six levels deep; json's decoder recurses once per level.
-MAX_DEPTH = 32
 ID_MAX_LENGTH = 255  # WebhookEvent.stripe_event_id and the Stripe id columns of Order
 TYPE_MAX_LENGTH = 100  # WebhookEvent.type
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"', re.DOTALL)
-_JSON_BRACKET = re.compile(rb"[\[\]{}]")
-
-
-def json_too_deep(payload: bytes, limit: int = MAX_DEPTH) -> bool:
-    """Whether `payload` opens more than `limit` arrays/objects inside each other (strings,
-    which may hold brackets, are skipped). Cheap enough to run before json.loads."""
-    depth = 0
-    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', payload)):
-        if bracket.group() in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
 
 
 def _construct(payload: bytes, signature: str) -> dict[str, Any]:
@@ -101,7 +91,7 @@ def _construct(payload: bytes, signature: str) -> dict[str, Any]:
         raise WebhookError(f"bad signature: {exc.user_message or exc}") from exc
     except UnicodeDecodeError as exc:
         raise WebhookError("payload is not JSON") from exc
-    if json_too_deep(payload):
+    if messages.too_deep(text):  # Stripe's events nest about six levels deep
         raise WebhookError("payload nested too deeply")
     try:
         data = json.loads(text)
@@ -110,7 +100,8 @@ def _construct(payload: bytes, signature: str) -> dict[str, Any]:
     return _check_event(data)
 
 
-_REFERENCES = ("id", "customer", "subscription")  # an id, or an expanded object with an id
+# An id, or an expanded object with an id.
+_REFERENCES = ("id", "customer", "subscription", "payment_intent", "invoice", "charge")
 _TEXTS = ("client_reference_id", "payment_status")
 _OBJECTS = ("metadata", "parent", "subscription_details", "lines")
 
@@ -126,7 +117,7 @@ def _check_event(data: Any) -> dict[str, Any]:
     obj = data["data"].get("object") if isinstance(data.get("data"), dict) else None
     if not isinstance(obj, dict):
         raise WebhookError("event has no data.object")
-    if not _storable(data):
+    if messages.has_bad_string(data):
         raise WebhookError("event holds a NUL or an unpaired surrogate")
     _check_object(obj, "data.object")
     for where, nested in (
@@ -166,26 +157,6 @@ def _text(value: Any, max_length: int, *, empty: bool = True) -> bool:
     return isinstance(value, str) and (empty or bool(value)) and len(value) <= max_length
 
 
-def _storable(value: Any) -> bool:
-    """No string (or key) anywhere holds a NUL or a lone surrogate (a text column refuses both)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return False
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return True
-
-
 def process_webhook(*, payload: bytes, signature: str) -> WebhookResult:
     event = _verify(payload, signature)
     event_id, event_type = event["id"], event["type"]
@@ -221,6 +192,9 @@ def process_webhook(*, payload: bytes, signature: str) -> WebhookResult:
             outcome.detail[:255],
         )
         receipt.save(update_fields=["result", "order", "detail"])
+    if outcome.refund_due and outcome.order is not None:
+        # After the commit: the pending refund is on record whatever Stripe does now.
+        settle_refund(order=outcome.order)
     order_id = outcome.order.public_id if outcome.order else None
     log_fn = log.warning if outcome.result == Result.UNKNOWN_ORDER else log.info
     log_fn(
@@ -290,21 +264,32 @@ def _fill_stripe_ids(order: Order, **ids: str) -> None:
             setattr(order, name, value)
 
 
-def _fulfil(order: Order, **stripe_ids: str) -> _Outcome:
+def _fulfil(
+    order: Order, *, payment: str, stripe_ids: dict[str, str], renewal: bool = False
+) -> _Outcome:
     """Payment is proven for `order` (locked). Provision exactly once.
 
     Race: checkout.session.completed and invoice.paid (or two deliveries of one of them) can
     arrive at the same moment. Both lock the order row; the second sees it paid and does nothing.
+
+    `payment` is the Stripe payment (pi_/ch_/in_) to refund if the order has ended: one never
+    paid (cancelled while the checkout was still open, or the subscription deleted first), or a
+    renewal (`renewal`) charged after the order ended. The payment that paid an order which was
+    later cancelled (failed, deleted) arriving again is not refunded: the customer had the VM.
     """
     if order.status == Order.Status.PENDING_PAYMENT:
         request_provisioning(order=order, **stripe_ids)
         return _Outcome(Result.PROCESSED, order, "paid, VM requested")
     _fill_stripe_ids(order, **stripe_ids)
-    if order.status == Order.Status.CANCELLED:
-        # Money arrived for an order cancelled before payment was confirmed (e.g. the
-        # subscription was deleted first): no VM; staff see this receipt and refund.
-        log.warning("event=payment_for_cancelled_order order_id=%s", order.public_id)
-        return _Outcome(Result.IGNORED, order, "payment for a cancelled order: refund")
+    if order.status in Order.ENDED and (order.paid_at is None or renewal):
+        log.warning(
+            "event=payment_for_ended_order order_id=%s status=%s", order.public_id, order.status
+        )
+        if request_refund(order=order, payment=payment):
+            detail = f"payment for a {order.status} order: refund"
+            return _Outcome(Result.PROCESSED, order, detail, refund_due=True)
+        detail = f"{order.status}, refund already {order.refund_status}"
+        return _Outcome(Result.IGNORED, order, detail)
     return _Outcome(Result.IGNORED, order, f"already {order.status}")
 
 
@@ -328,6 +313,12 @@ def _session_order(session: dict[str, Any]) -> Order | None:
     )
 
 
+def _session_payment(session: dict[str, Any]) -> str:
+    """What a session's money went to: its payment intent (payment mode) or its first invoice
+    (subscription mode, where payment_intent is null)."""
+    return _id_of(session.get("payment_intent")) or _id_of(session.get("invoice"))
+
+
 def on_checkout_session_completed(session: dict[str, Any]) -> _Outcome:
     order = _session_order(session)
     if order is None:
@@ -336,14 +327,14 @@ def on_checkout_session_completed(session: dict[str, Any]) -> _Outcome:
         # Delayed payment method: async_payment_succeeded / _failed will follow.
         _fill_stripe_ids(order, **_session_ids(session))
         return _Outcome(Result.IGNORED, order, f"payment_status={session.get('payment_status')}")
-    return _fulfil(order, **_session_ids(session))
+    return _fulfil(order, payment=_session_payment(session), stripe_ids=_session_ids(session))
 
 
 def on_async_payment_succeeded(session: dict[str, Any]) -> _Outcome:
     order = _session_order(session)
     if order is None:
         return _Outcome(Result.UNKNOWN_ORDER, None, f"session {_id_of(session.get('id'))}")
-    return _fulfil(order, **_session_ids(session))
+    return _fulfil(order, payment=_session_payment(session), stripe_ids=_session_ids(session))
 
 
 def _cancel_unpaid(session: dict[str, Any], *, reason: str, detail: str) -> _Outcome:
@@ -395,7 +386,13 @@ def on_invoice_paid(invoice: dict[str, Any]) -> _Outcome:
         order.move_to(order_status_for(instance) if instance else Order.Status.PAID)
         return _Outcome(Result.PROCESSED, order, f"renewal paid, back to {order.status}")
     # The subscription's first invoice is proof of payment too (it may beat the session event).
-    return _fulfil(order, **ids)
+    payment = (
+        _id_of(invoice.get("payment_intent"))
+        or _id_of(invoice.get("charge"))
+        or _id_of(invoice.get("id"))
+    )
+    renewal = invoice.get("billing_reason") == "subscription_cycle"
+    return _fulfil(order, payment=payment, stripe_ids=ids, renewal=renewal)
 
 
 def on_invoice_payment_failed(invoice: dict[str, Any]) -> _Outcome:

@@ -46,3 +46,39 @@ def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         ]
     return []
+
+
+@register()
+def check_secrets_keys(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """The keys that encrypt the VM admin passwords in the database (orders/encryption.py)."""
+    from orders.encryption import invalid_keys
+
+    errors = []
+    bad = invalid_keys(settings.SECRETS_KEYS)
+    if bad:
+        errors.append(
+            Error(
+                f"WARREN_SECRETS_KEYS entry {', '.join(str(n + 1) for n in bad)} is not a Fernet "
+                "key (32 bytes, URL-safe base64).",
+                hint="Generate one with: python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'",
+                id="warren.E004",
+            )
+        )
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if (
+        not settings.DEBUG
+        and not settings.SECRETS_KEYS_FROM_ENVIRONMENT
+        and engine != "django.db.backends.sqlite3"
+    ):
+        errors.append(
+            Error(
+                "WARREN_SECRETS_KEYS is not set while DJANGO_DEBUG is off and the database is a "
+                "server: each machine would generate its own key in var/, and passwords one "
+                "encrypts the others cannot read (a lost key loses every stored password).",
+                hint="Set WARREN_SECRETS_KEYS to a Fernet key, the same on every machine "
+                "(docs/deploy.md).",
+                id="warren.E003",
+            )
+        )
+    return errors

@@ -6,6 +6,7 @@ configuration that takes real money or runs without DEBUG.
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import environ
@@ -20,7 +21,11 @@ DEV_SECRET_KEY = "dev-insecure-warren-key-change-me"  # noqa: S105 - public on p
 DEV_STRIPE_WEBHOOK_SECRET = "whsec_warren_offline_development"  # noqa: S105
 
 
-def _local_secret_key(path: Path) -> str:
+def _random_token() -> str:
+    return secrets.token_urlsafe(50)
+
+
+def _local_secret_key(path: Path, make: Callable[[], str] = _random_token) -> str:
     """A random key kept in var/ for a machine that sets none (development, `make run`).
 
     Every process of one checkout (web workers, relay, event worker) must share it, so it is
@@ -32,7 +37,7 @@ def _local_secret_key(path: Path) -> str:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    tmp.write_text(secrets.token_urlsafe(50))
+    tmp.write_text(make())
     tmp.chmod(0o600)
     try:
         os.link(tmp, path)
@@ -49,6 +54,21 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret_key(
     BASE_DIR / "var" / "secret_key"
 )
+# Keys for secrets stored in the database (VM admin passwords; orders/encryption.py): comma-separated
+# Fernet keys, the first encrypts, all decrypt (rotation: docs/deploy.md). Unset: one key generated
+# for this checkout in var/secrets_key, which every process of a one-machine shop shares; a shop
+# on a database server must set it (store/checks.py, warren.E003): its processes may run on
+# machines that do not share var/, and a key lost is every stored password lost.
+SECRETS_KEYS = [key.strip() for key in env.list("WARREN_SECRETS_KEYS", default=[]) if key.strip()]
+SECRETS_KEYS_FROM_ENVIRONMENT = bool(SECRETS_KEYS)
+if not SECRETS_KEYS:
+    from cryptography.fernet import Fernet
+
+    SECRETS_KEYS = [
+        _local_secret_key(
+            BASE_DIR / "var" / "secrets_key", make=lambda: Fernet.generate_key().decode()
+        )
+    ]
 # No "testserver": Django's test setup adds it itself.
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 # The https:// origins browsers post forms from when that is not the Host the proxy passes on.

@@ -1,7 +1,9 @@
 """Shared fixtures. Area fixtures live in tests/<area>/conftest.py.
 
 Every test session gets its own RabbitMQ virtual host on the real local broker, so concurrent test
-runs (and a developer's running system) never take each other's messages.
+runs (and a developer's running system) never take each other's messages. A test that uses the
+broker (through any fixture that makes a vhost on it) is marked `broker` here, automatically:
+`pytest -m "not broker"` runs where no RabbitMQ is.
 """
 
 import subprocess
@@ -12,6 +14,17 @@ from urllib.parse import quote
 import pytest
 
 BROKER = "127.0.0.1:5672"
+# The fixtures that create a vhost on the real broker; every broker fixture depends on one of them.
+BROKER_FIXTURES = frozenset({"amqp_vhost", "orders_amqp_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `broker` every test that reaches the real broker through its fixtures (directly or
+    through another fixture: `fixturenames` is the whole closure), so the marker is never
+    forgotten on a new test."""
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
 
 
 @pytest.fixture(autouse=True)

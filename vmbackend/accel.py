@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmbackend import qemu
-from vmbackend.images.manifest import write_json_atomic
+from vmbackend.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,10 @@ One `Boot` runs in a worker thread per VM, for a create-vm (a new disk) or a sta
 existing disk). Each step is a method the tests can call on its own; `run()` chains them and
 turns any failure into the right end state: a new VM that never was ready ends `instance.failed`
 plus cleanup; a VM that was ready once ends `instance.lost` with its disk kept, startable again
-(only delete-vm ever removes a customer's disk). Every state change goes through `report`
+(only delete-vm ever removes a customer's disk) — or, for one restart attempt of a self-healing
+(`healing=True`, vmbackend/healing.py), just records the reason and leaves the next step to the
+restart policy. A boot whose RabbitMQ never answers fails at the deadline with the tail of the
+node's own log (fetched through the guest agent) in the reason, so staff see why. Every state change goes through `report`
 (`Registry.report`: update the record, write the state file durably, queue the event) — so a
 daemon killed at any point resumes from the last recorded step.
 """
@@ -27,7 +30,15 @@ log = logging.getLogger(__name__)
 STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
 GUEST_MANAGEMENT_PORT = 15672
 GUEST_AMQP_PORT = 5672
-MAX_REASON = 600
+MAX_REASON = 3000  # the event's limit is 4000 (messages.MAX_REASON)
+# The guest's RabbitMQ log when the management API never answered: the files' tails, else the
+# unit's journal. Bounded: 30 lines each, LOG_TAIL_CHARS in the reason.
+RABBITMQ_LOG_COMMAND = (
+    'found=; for f in /var/log/rabbitmq/*.log; do [ -s "$f" ] && found=1 && tail -n 30 "$f"; '
+    'done; [ -n "$found" ] || journalctl -u rabbitmq-server -n 30 --no-pager -o cat 2>&1'
+)
+LOG_TAIL_CHARS = 1500
+LOG_EXEC_SECONDS = 20.0
 
 # report(record, event_type or None, event fields, record field updates)
 Report = Callable[..., None]
@@ -69,6 +80,17 @@ def urls_for(cfg: Config, record: VMRecord, addresses: list[str]) -> tuple[str, 
     return f"http://{advertised}:{mport}/", f"amqp://{user}@{advertised}:{aport}/", probe
 
 
+def rabbitmq_log_tail(machine: Machine) -> str:
+    """The last lines of the guest's RabbitMQ log, one line, bounded; a note when unreadable."""
+    try:
+        _code, out = machine.guest_exec("/bin/sh", ["-c", RABBITMQ_LOG_COMMAND],
+                                        timeout=LOG_EXEC_SECONDS)
+    except MachineError as exc:
+        return f"(not readable: {str(exc)[:200]})"
+    lines = [line.strip() for line in out.decode("utf-8", "replace").splitlines() if line.strip()]
+    return " | ".join(lines[-30:])[-LOG_TAIL_CHARS:] or "(empty)"
+
+
 def safe_reason(exc: BaseException, record: VMRecord) -> str:
     """The failure text for events and logs: no password, bounded length."""
     text = str(exc) or type(exc).__name__
@@ -81,18 +103,22 @@ class Boot:
     """Boot one recorded VM to readiness (or resume a boot after a daemon restart).
 
     `existing_disk`: a start-vm of a VM that has a disk already (boot it again, always cold)
-    instead of a create-vm's first launch.
+    instead of a create-vm's first launch. `healing`: one restart attempt of a self-healing (the
+    `instance.restarting` event was published already; a failure is left to the restart policy).
+    `cancel`: shared with whoever may cancel it (delete-vm), e.g. across a heal's attempts.
     """
 
     def __init__(self, cfg: Config, store: StateStore, record: VMRecord, report: Report,
-                 machine: Machine | None = None, *, existing_disk: bool = False):
+                 machine: Machine | None = None, *, existing_disk: bool = False,
+                 healing: bool = False, cancel: threading.Event | None = None):
         self.cfg = cfg
         self.store = store
         self.record = record
         self.report = report
         self.machine = machine
         self.existing_disk = existing_disk
-        self.cancel = threading.Event()
+        self.healing = healing
+        self.cancel = cancel if cancel is not None else threading.Event()
         self.started = time.monotonic()
 
     # -- helpers
@@ -143,7 +169,12 @@ class Boot:
         self.machine = machine
         started = time.time()
         boot = machine.start()
-        self.report(self.record, "instance.started", {}, status=BOOTING, stage="vm_starting",
+        if self.cancel.is_set():  # delete-vm arrived while QEMU was starting: no orphan VM
+            machine.kill()
+            raise Cancelled(self.record.vm_id)
+        # A heal announced itself with instance.restarting; a start-vm says instance.started.
+        event = None if self.healing else "instance.started"
+        self.report(self.record, event, {}, status=BOOTING, stage="vm_starting",
                     boot=boot, boot_started_at=started)
         log.info("vm started host_id=%s vm_id=%s pid=%s", self.cfg.host_id, self.record.vm_id,
                  machine.pid)
@@ -165,7 +196,15 @@ class Boot:
             raise MachineError("no machine to wait for")
         self._stage("rabbitmq_starting")
         management, amqp, probe = urls_for(self.cfg, self.record, addresses)
-        self.machine.wait_management(probe, self._deadline())
+        try:
+            self.machine.wait_management(probe, self._deadline())
+        except MachineError as exc:
+            if self.cancel.is_set() or not self.machine.is_running():
+                raise
+            # The guest runs but RabbitMQ never answered (e.g. an index it cannot read after a
+            # crash): the node's own words are what staff need.
+            raise MachineError(f"RabbitMQ did not answer; its log: "
+                               f"{rabbitmq_log_tail(self.machine)}; {exc}") from exc
         if self.record.limits:
             self.machine.apply_limits(probe)
         self._check_cancel()
@@ -175,7 +214,7 @@ class Boot:
             "admin_username": self.record.admin_username, "ip_addresses": addresses,
             "boot": self.record.boot or "cold", "seconds": seconds,
         }, status=READY, management_url=management, amqp_url=amqp, ip_addresses=addresses,
-            seconds=seconds)
+            seconds=seconds, healing=False, reason="")
         log.info("vm ready host_id=%s vm_id=%s seconds=%s", self.cfg.host_id, self.record.vm_id,
                  seconds)
 
@@ -194,16 +233,20 @@ class Boot:
 
     def lose(self, exc: BaseException) -> None:
         """A VM that was ready once did not come back: stop what is left of its QEMU, keep its
-        folder and disk, publish instance.lost with the reason. start-vm may try again."""
+        folder and disk, publish instance.lost with the reason. start-vm may try again. A heal's
+        attempt only records the reason: the restart policy decides what comes next."""
         reason = safe_reason(exc, self.record)
-        log.error("vm start failed host_id=%s vm_id=%s reason=%s", self.cfg.host_id,
-                  self.record.vm_id, reason)
+        log.error("vm start failed host_id=%s vm_id=%s healing=%s reason=%s", self.cfg.host_id,
+                  self.record.vm_id, self.healing, reason)
         try:
             if self.machine is not None and self.machine.is_running():
                 self.machine.kill()
         except MachineError as error:
             log.error("kill after a failed start host_id=%s vm_id=%s error=%s",
                       self.cfg.host_id, self.record.vm_id, error)
+        if self.healing:
+            self.report(self.record, None, {}, reason=reason)
+            return
         self.report(self.record, "instance.lost", {"reason": reason}, status=LOST, reason=reason)
 
     def run(self) -> None:

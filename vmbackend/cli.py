@@ -85,8 +85,8 @@ def run_client(argv: Sequence[str]) -> int:
             options = {"vm-id": args.vm_id}
             if args.command == "stop-vm":
                 options["kill"] = args.kill
-            key = f"host.{args.host}" if args.host else None
-            reply = client.call(args.command, options, routing_key=key, timeout=args.timeout)
+            routing_key = f"host.{args.host}" if args.host else None
+            reply = client.call(args.command, options, routing_key=routing_key, timeout=args.timeout)
             _print(reply)
             return _status(reply)
     except ClientError as exc:

@@ -1,5 +1,5 @@
 """What the daemon does to one VM's QEMU: boots in worker threads, start/stop/restart/delete,
-adoption of running QEMUs and the liveness check.
+adoption of running QEMUs, the watcher and self-healing (vmbackend/healing.py).
 
 Every function here may block for minutes; none runs on the connection's thread and none touches
 a channel. State changes go through `Registry.report`.
@@ -15,12 +15,33 @@ from typing import Any
 
 from vmbackend.boot import Boot, cleanup, spec_for
 from vmbackend.config import Config
+from vmbackend.healing import RestartPolicy
 from vmbackend.machine import Machine, MachineError, MachineGone
 from vmbackend.messages import Rejected, VMCommand
 from vmbackend.registry import DELETE, WAIT_FOR_BOOT, Registry, command_plan
 from vmbackend.state import BOOTING, DELETED, LOST, READY, STOPPED, StateStore, VMRecord
 
 log = logging.getLogger(__name__)
+
+QEMU_EXITED = "QEMU process exited unexpectedly"
+
+
+class Heal:
+    """One self-healing of one VM, registered in `Registry.boots` like a boot: attempts under
+    the restart policy until the VM is ready, the policy gives up, or delete-vm cancels it."""
+
+    def __init__(self, record: VMRecord, reason: str, machine: Machine | None = None):
+        self.record = record
+        self.reason = reason  # why the next attempt is needed (the crash, then a failed attempt)
+        self.cancel = threading.Event()
+        self.delay = 0.0
+        self.resume = machine  # a QEMU of an attempt cut off by a daemon restart, still running
+        self.boot: Boot | None = None
+
+    @property
+    def machine(self) -> Machine | None:
+        """The current attempt's QEMU (delete-vm kills it)."""
+        return self.boot.machine if self.boot is not None else self.resume
 
 
 class Commands:
@@ -33,6 +54,7 @@ class Commands:
         self.registry = registry
         self.after_boot = after_boot  # a slot may have freed up: look at consuming again
         self.machines: dict[str, Machine] = {}
+        self.policy = RestartPolicy(cfg.restart_burst, cfg.restart_interval, cfg.restart_delay)
 
     # -- machines
     def adopt(self, record: VMRecord) -> Machine | None:
@@ -58,9 +80,11 @@ class Commands:
         return Boot(self.cfg, self.store, record, self.registry.report, machine=machine,
                     existing_disk=record.ever_ready)
 
-    def start_boot(self, record: VMRecord, machine: Machine | None) -> None:
-        """Boot (or resume booting) `record` in a worker thread."""
-        boot = self.boot(record, machine)
+    def start_boot(self, record: VMRecord, machine: Machine | None,
+                   boot: Boot | None = None) -> threading.Thread:
+        """Boot (or resume booting) `record` in a worker thread, registered so that delete-vm
+        can cancel it and start-vm can wait for it."""
+        boot = boot or self.boot(record, machine)
 
         def run() -> None:
             boot.run()
@@ -74,21 +98,114 @@ class Commands:
         with self.registry.lock:
             self.registry.boots[record.vm_id] = (boot, thread)
         thread.start()
+        return thread
 
     def mark_lost(self, record: VMRecord, reason: str) -> None:
-        log.warning("vm lost host_id=%s vm_id=%s reason=%s", self.cfg.host_id, record.vm_id,
-                    reason)
+        log.error("vm lost host_id=%s vm_id=%s restart_count=%s reason=%s", self.cfg.host_id,
+                  record.vm_id, record.restart_count, reason)
         self.machines.pop(record.vm_id, None)
         self.registry.report(record, "instance.lost", {"reason": reason}, status=LOST,
-                             reason=reason)
+                             reason=reason, healing=False)
+
+    # -- watching and self-healing
+    def watch(self, stop: threading.Event) -> None:
+        """The watcher thread: every `watch_interval` seconds, heal ready VMs whose QEMU exited.
+        One thread for all VMs (adopted QEMUs are not our children: no waitpid for them)."""
+        while not stop.wait(self.cfg.watch_interval):
+            self.check_liveness()
 
     def check_liveness(self) -> None:
-        """Mark ready VMs whose QEMU died as lost (runs with the heartbeat)."""
+        """Heal ready VMs whose QEMU exited (the watcher; the heartbeat runs it as a backstop)."""
         for record in self.registry.unattended_ready():
             machine = self.machines.get(record.vm_id)
             if machine is None or not machine.is_running():
-                if self.registry.is_unattended_ready(record):
-                    self.mark_lost(record, "QEMU process exited")
+                try:
+                    self.heal(record, QEMU_EXITED)
+                except Exception:  # noqa: BLE001 - one VM's trouble must not stop the others
+                    log.exception("heal failed host_id=%s vm_id=%s", self.cfg.host_id,
+                                  record.vm_id)
+
+    def heal(self, record: VMRecord, reason: str, *, recovering: bool = False) -> bool:
+        """Start `record` again from its own disk in a worker thread, under the restart policy.
+
+        Only a VM nobody works on: a stop/restart/delete-vm holds it busy (its QEMU exit is
+        asked for) and a boot or another heal is in `boots` — checked under the registry lock
+        together with the first status change, so a command that claims the VM afterwards sees
+        it booting. `recovering`: the daemon's start-up (the VM may be booting: a heal cut off).
+        False when nothing was done."""
+        heal = Heal(record, reason)
+        thread = threading.Thread(target=self._run_heal, args=(heal,),
+                                  name=f"heal-{record.vm_id}", daemon=True)
+        with self.registry.lock:
+            vm_id = record.vm_id
+            if recovering:
+                if vm_id in self.registry.busy or vm_id in self.registry.boots:
+                    return False
+            elif not self.registry.is_unattended_ready(record):
+                return False
+            running = self.adopt(record)  # never a second QEMU on one disk
+            if running is not None and record.status == READY:
+                return False  # alive after all (a new daemon's first look): adopted
+            heal.resume = running  # a heal's attempt cut off by a daemon restart: wait for it
+            if running is None and not self._next_attempt(heal):
+                return True
+            self.registry.boots[vm_id] = (heal, thread)
+        thread.start()
+        return True
+
+    def _next_attempt(self, heal: Heal) -> bool:
+        """Ask the policy; publish instance.restarting (False: it gave up, the VM is lost)."""
+        record, now = heal.record, time.time()
+        decision = self.policy.decide(record.restarts, now)
+        if not decision.restart:
+            self.mark_lost(record, f"{heal.reason} (gave up after {self.policy.describe()})")
+            return False
+        heal.delay = decision.delay
+        log.warning("vm restarting host_id=%s vm_id=%s attempt=%s delay=%.1f reason=%s",
+                    self.cfg.host_id, record.vm_id, decision.attempt, decision.delay,
+                    heal.reason)
+        self.machines.pop(record.vm_id, None)
+        self.registry.report(record, "instance.restarting",
+                             {"reason": heal.reason, "attempt": decision.attempt},
+                             status=BOOTING, stage="vm_starting", reason=heal.reason,
+                             healing=True, restarts=[*decision.recent, now],
+                             restart_count=record.restart_count + 1, boot_started_at=now)
+        return True
+
+    def _run_heal(self, heal: Heal) -> None:
+        record = heal.record
+        try:
+            while True:
+                if heal.delay and heal.cancel.wait(heal.delay):
+                    return
+                if heal.cancel.is_set():
+                    return
+                heal.boot = Boot(self.cfg, self.store, record, self.registry.report,
+                                 machine=heal.resume, existing_disk=True, healing=True,
+                                 cancel=heal.cancel)
+                heal.resume = None
+                heal.boot.run()
+                if heal.cancel.is_set():
+                    return
+                if record.status == READY:
+                    log.info("vm restarted host_id=%s vm_id=%s restart_count=%s",
+                             self.cfg.host_id, record.vm_id, record.restart_count)
+                    return
+                heal.reason = record.reason or "the restart failed"
+                with self.registry.lock:
+                    if heal.cancel.is_set() or not self._next_attempt(heal):
+                        return
+        except Exception:  # noqa: BLE001 - a heal must end in ready or lost, never half-way
+            log.exception("heal failed host_id=%s vm_id=%s", self.cfg.host_id, record.vm_id)
+            if not heal.cancel.is_set() and record.status == BOOTING:
+                self.mark_lost(record, f"{heal.reason} (the restart failed)")
+        finally:
+            with self.registry.lock:
+                machine = heal.machine
+                if machine is not None and record.status == READY:
+                    self.machines[record.vm_id] = machine
+                self.registry.boots.pop(record.vm_id, None)
+            self.after_boot()
 
     # -- host commands
     def run(self, cmd: VMCommand) -> dict[str, Any]:
@@ -123,7 +240,8 @@ class Commands:
 
     def start(self, record: VMRecord) -> None:
         """Boot a stopped (or lost) VM from its disk and wait until it is ready again; a start
-        that fails leaves it lost with the reason (disk kept) and raises Rejected."""
+        that fails leaves it lost with the reason (disk kept) and raises Rejected. The boot runs
+        registered in `boots`, so a delete-vm meanwhile cancels it instead of waiting."""
         machine = self.machine_for(record)
         if machine is not None and machine.is_running():
             if record.status == READY:
@@ -137,11 +255,13 @@ class Commands:
             machine = None
         boot = Boot(self.cfg, self.store, record, self.registry.report, machine=machine,
                     existing_disk=True)
-        boot.run()
+        self.start_boot(record, machine, boot).join()
+        if boot.cancel.is_set():
+            raise Rejected("start-vm cancelled: the VM is being deleted")
         if record.status != READY:
             raise Rejected(f"start-vm failed: {record.reason}")
-        if boot.machine is not None:
-            self.machines[record.vm_id] = boot.machine
+        if record.restarts:  # someone started it by hand: the restart policy starts afresh
+            self.registry.report(record, None, {}, restarts=[])
 
     def delete(self, record: VMRecord) -> None:
         """Cancel a running boot, destroy the VM and its files, free its ports and slot."""

@@ -46,6 +46,14 @@ class Config:
     # Start new VMs from the image's saved state when it matches (seconds instead of minutes);
     # off: always cold boot (for comparison, or when a saved state is suspected bad).
     restore: bool = True
+    # Self-healing (vmbackend/healing.py): a ready VM whose QEMU exits on its own is started again
+    # from its disk, at most `restart_burst` times within `restart_interval` seconds (systemd's
+    # StartLimitBurst/StartLimitIntervalSec); `restart_delay` doubles between failed attempts;
+    # `watch_interval` is how often the watcher looks at every ready VM's QEMU.
+    restart_burst: int = 3
+    restart_interval: float = 900.0
+    restart_delay: float = 5.0
+    watch_interval: float = 0.5
 
     def redacted_amqp_url(self) -> str:
         """The AMQP URL with its password replaced, for logs."""
@@ -69,6 +77,10 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("heartbeat_interval", "WARREN_HEARTBEAT_INTERVAL"),
     ("stop_timeout", "WARREN_STOP_TIMEOUT"),
     ("restore", "WARREN_RESTORE"),
+    ("restart_burst", "WARREN_RESTART_BURST"),
+    ("restart_interval", "WARREN_RESTART_INTERVAL"),
+    ("restart_delay", "WARREN_RESTART_DELAY"),
+    ("watch_interval", "WARREN_WATCH_INTERVAL"),
 )
 
 
@@ -182,6 +194,11 @@ def load(env: Mapping[str, str] | None = None,
                                   0.1, 3600),
         stop_timeout=_float("stop_timeout", given.get("stop_timeout", "30"), 0, 3600),
         restore=_bool("restore", given.get("restore", "1")),
+        restart_burst=_int("restart_burst", given.get("restart_burst", "3"), 0, 100),
+        restart_interval=_float("restart_interval", given.get("restart_interval", "900"),
+                                1, 7 * 86400),
+        restart_delay=_float("restart_delay", given.get("restart_delay", "5"), 0, 3600),
+        watch_interval=_float("watch_interval", given.get("watch_interval", "0.5"), 0.05, 60),
     )
 
 

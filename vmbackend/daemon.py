@@ -5,7 +5,8 @@ The parts, each in its own module:
 - `registry`: the VM records, slots, the busy set and every rule about them (pure Python);
 - `amqp_io`: the one pika connection (main thread): consuming, replies, dead letters, events
   with publisher confirms, host.heartbeat;
-- `commands` and `boot`: what happens to one VM's QEMU, always in a worker thread;
+- `commands` and `boot`: what happens to one VM's QEMU, always in a worker thread, and the
+  watcher thread that restarts a ready VM whose QEMU exited (`healing`: the restart policy);
 - `recovery`: the state dir after a restart;
 - this module: the handlers of one delivery and the main loop with reconnects.
 
@@ -121,15 +122,18 @@ class Daemon:
             raise
         log.info("vm accepted host_id=%s vm_id=%s image=%s memory_mb=%s", self.cfg.host_id,
                  record.vm_id, record.image, record.memory_mb)
-        self.io.reply(delivery, messages.success(create_response(record, self.cfg.host_id)))
         if failure is not None:
             self.registry.report(record, "instance.failed", {"reason": failure}, status=FAILED,
                                  reason=failure)
+        else:
+            # The record is durable, so the boot starts before any broker I/O: a connection that
+            # drops during the reply, the ack or the flush must not leave an accepted VM that
+            # never boots (its redelivered create-vm would only be answered as a duplicate).
+            self.commands.start_boot(record, None)
+        self.io.reply(delivery, messages.success(create_response(record, self.cfg.host_id)))
         self.update_consuming()
         self.io.ack(delivery)
         self.io.flush_events()
-        if failure is None:
-            self.commands.start_boot(record, None)
 
     def handle_host(self, delivery: Delivery) -> None:
         host_key = topology.host_key(self.cfg.host_id)
@@ -161,7 +165,7 @@ class Daemon:
             threading.Thread(target=self.work, args=(cmd, delivery),
                              name=f"{cmd.command}-{cmd.vm_id}", daemon=True).start()
         except BaseException:
-            self.registry.release(cmd.vm_id)
+            self.registry.release(cmd.vm_id, cmd.command)
             raise
 
     def work(self, cmd: VMCommand, delivery: Delivery) -> None:
@@ -175,7 +179,7 @@ class Daemon:
                           cmd.vm_id, cmd.command)
             reply = messages.error(f"{cmd.command} failed: {str(exc)[:MAX_INTERNAL_REASON]}")
         finally:
-            self.registry.release(cmd.vm_id)
+            self.registry.release(cmd.vm_id, cmd.command)
 
         def finish() -> None:
             if delivery.channel.is_open:
@@ -227,6 +231,10 @@ class Daemon:
         log.info("daemon starting host_id=%s state_dir=%s capacity=%s network=%s",
                  self.cfg.host_id, self.cfg.state_dir, self.cfg.capacity, self.cfg.network)
         recover(self.commands)
+        # The watcher: a QEMU that exits on its own is noticed within a second, not at the next
+        # heartbeat (which still checks, as a backstop); never on the connection's thread.
+        threading.Thread(target=self.commands.watch, args=(self.stopping,), name="watcher",
+                         daemon=True).start()
         run_with_reconnect(self._session, stop=self.stopping, errors=CONNECTION_ERRORS,
                            on_error=self._connection_lost)
         self.shutdown()

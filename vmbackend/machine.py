@@ -5,6 +5,8 @@ with an argument list (no shell), stdin from /dev/null, output to qemu.log, the 
 logged at debug, shutdown escalating from ACPI to SIGKILL, and one root error type (MachineError)
 whose message carries the context (exit code, log tails). QEMU runs in its own session so it
 outlives the daemon; `adopt` reattaches through the pidfile.
+Over 400 lines as one class on purpose: it is the life of one VM in order, as QEMUMachine is; what
+is not (the command line, saved state, personalizing, the management API) lives in its own module.
 
 Folder layout (vm_dir, also QEMU's working directory, mode 0700):
     disk.qcow2  qmp.sock  qga.sock  qemu.pid  qemu.log  console.log  machine.json

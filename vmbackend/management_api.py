@@ -148,9 +148,10 @@ class ManagementAPI:
     def whoami(self) -> str:
         """The name these credentials log in as (GET api/whoami)."""
         answer = self.get("api/whoami")
-        if not isinstance(answer, dict) or not isinstance(answer.get("name"), str):
+        name = answer.get("name") if isinstance(answer, dict) else None
+        if not isinstance(name, str):
             raise ManagementAPIError(f"{self._what('GET', 'api/whoami')}: no name in the answer")
-        return answer["name"]
+        return name
 
     def set_user(self, name: str, password: str, *, tags: str = "administrator") -> None:
         """Create or replace user `name` (the password goes in the body, never in a message)."""

@@ -10,6 +10,10 @@ safe to send back to the sender and to put in a dead-letter header (it never ech
 depth BEFORE decoding, so no body can make them raise anything else (a deep `[[[...` would be a
 RecursionError inside json, a 5000-digit number a ValueError). Plain code: no `assert`, no schema
 library, no Django.
+
+It is longer than the project's other modules on purpose: it is the one written form of the
+contract (one module builds and parses every message for both sides), and splitting it
+would put the two sides' halves of the same message in different files.
 """
 
 from __future__ import annotations
@@ -115,8 +119,7 @@ def generate_admin() -> tuple[str, str]:
 
 def _admin(options: dict[str, Any]) -> tuple[str, str, bool]:
     if "admin" not in options:
-        username, password = generate_admin()
-        return username, password, True
+        return (*generate_admin(), True)
     admin = options["admin"]
     if not isinstance(admin, dict):
         raise Rejected("options.admin must be an object with username and password")
@@ -178,7 +181,7 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
-def _too_deep(text: str) -> bool:
+def too_deep(text: str) -> bool:
     """True when objects/arrays nest deeper than MAX_DEPTH (brackets inside strings don't count).
 
     json itself recurses once per level, so this runs first: drop escapes, then strings, then
@@ -199,7 +202,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _bad_string(value: Any) -> bool:
+def has_bad_string(value: Any) -> bool:
     """A NUL byte or a lone surrogate anywhere (keys too): neither may reach a file or a database."""
     if isinstance(value, str):
         if "\x00" in value:
@@ -210,9 +213,9 @@ def _bad_string(value: Any) -> bool:
             return True
         return False
     if isinstance(value, dict):
-        return any(_bad_string(k) or _bad_string(v) for k, v in value.items())
+        return any(has_bad_string(k) or has_bad_string(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_bad_string(item) for item in value)
+        return any(has_bad_string(item) for item in value)
     return False
 
 
@@ -226,7 +229,7 @@ def _load(body: bytes, error: type[Rejected]) -> dict[str, Any]:
         text = bytes(body).decode("utf-8")
     except UnicodeDecodeError:
         raise error("body is not UTF-8 JSON") from None
-    if _too_deep(text):
+    if too_deep(text):
         raise error(f"body nests deeper than {MAX_DEPTH} levels")
     try:
         data = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
@@ -234,7 +237,7 @@ def _load(body: bytes, error: type[Rejected]) -> dict[str, Any]:
         raise error("body is not UTF-8 JSON (or has a number longer than 20 digits)") from None
     if not isinstance(data, dict):
         raise error("body must be a JSON object")
-    if _bad_string(data):
+    if has_bad_string(data):
         raise error("body has a NUL byte or an unpaired surrogate in a string")
     return data
 
@@ -366,16 +369,17 @@ INSTANCE_STOPPED = "instance.stopped"
 INSTANCE_STARTED = "instance.started"
 INSTANCE_DELETED = "instance.deleted"
 INSTANCE_LOST = "instance.lost"
+INSTANCE_RESTARTING = "instance.restarting"  # QEMU exited on its own; the host starts it again
 HEARTBEAT = "host.heartbeat"
 INSTANCE_EVENTS = frozenset({
     INSTANCE_ACCEPTED, INSTANCE_PROGRESS, INSTANCE_READY, INSTANCE_FAILED,
-    INSTANCE_STOPPED, INSTANCE_STARTED, INSTANCE_DELETED, INSTANCE_LOST,
+    INSTANCE_STOPPED, INSTANCE_STARTED, INSTANCE_DELETED, INSTANCE_LOST, INSTANCE_RESTARTING,
 })
 STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
 BOOT_KINDS = ("cold", "restore")
 
 MAX_SEQ = 2**63 - 1  # the shop stores it in a signed 64-bit column
-MAX_COUNT = 1_000_000  # capacity, running, free_slots
+MAX_COUNT = 1_000_000  # capacity, running, free_slots, a restart's attempt
 MAX_TYPE = 100
 MAX_HOST_ID = 100
 MAX_URL = 500
@@ -407,6 +411,7 @@ class Event:
     amqp_url: str = ""
     admin_username: str = ""
     reason: str = ""
+    attempt: int = 0
     image: str = ""
     capacity: int = 0
     running: int = 0
@@ -499,6 +504,9 @@ def parse_event(body: bytes) -> Event:
         _ready_extras(data)
     elif event_type in (INSTANCE_FAILED, INSTANCE_LOST):
         fields["reason"] = _event_str(data, "reason", MAX_REASON)
+    elif event_type == INSTANCE_RESTARTING:
+        fields["reason"] = _event_str(data, "reason", MAX_REASON)
+        fields["attempt"] = _event_int(data, "attempt", MAX_COUNT)
     elif event_type == HEARTBEAT:
         for name in ("capacity", "running", "free_slots"):
             fields[name] = _event_int(data, name, MAX_COUNT)

@@ -1,8 +1,11 @@
 """Start-up recovery: the state dir after a SIGTERM, a SIGKILL or a host reboot.
 
-Running QEMUs are adopted; a ready VM whose QEMU is gone is lost; a half-done boot resumes. A boot
-whose QEMU died while the daemon was away fails and is cleaned up — unless the VM was ready once:
-then it is lost with its disk kept (only delete-vm removes a customer's disk).
+Running QEMUs are adopted; a ready VM whose QEMU is gone (a host reboot, a crash while the daemon
+was away) is started again from its disk through the restart policy (vmbackend/healing.py), as
+is a self-healing that the restart cut off; a half-done boot resumes. A boot whose QEMU died while
+the daemon was away fails and is cleaned up — unless the VM was ready once: then it is lost with
+its disk kept (only delete-vm removes a customer's disk), and the start-vm that was booting it
+(redelivered by the broker) starts it again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from vmbackend.state import ACCEPTED, BOOTING, DELETED, FAILED, LOST, READY, STO
 log = logging.getLogger(__name__)
 
 QEMU_GONE_WHILE_AWAY = "QEMU exited while the daemon was not running"
+QEMU_GONE_AT_START = "QEMU process was gone when the daemon started (host reboot or crash)"
 
 
 def recover(commands: Commands) -> None:
@@ -35,10 +39,14 @@ def recover_one(commands: Commands, record: VMRecord) -> None:
         return
     if record.status in (FAILED, LOST, STOPPED):
         return
+    if record.healing and record.status == BOOTING:
+        # A heal cut off by the restart: go on (resuming its QEMU if it still runs).
+        commands.heal(record, record.reason or QEMU_GONE_WHILE_AWAY, recovering=True)
+        return
     machine = commands.adopt(record)
     if record.status == READY:
         if machine is None:
-            commands.mark_lost(record, "QEMU process was gone when the daemon started")
+            commands.heal(record, QEMU_GONE_AT_START, recovering=True)
         else:
             log.info("vm adopted host_id=%s vm_id=%s pid=%s", cfg.host_id, vm_id, machine.pid)
         return

@@ -144,8 +144,12 @@ class Registry:
         self.on_event = on_event  # asks the AMQP side to flush the outbox
         self.lock = threading.RLock()
         self.records: dict[str, VMRecord] = {}
-        self.busy: set[str] = set()  # vm-ids with a start/stop/restart/delete in progress
-        self.boots: dict[str, Any] = {}  # vm-id -> (Boot, Thread) of a boot in a worker thread
+        # vm-ids with a start/stop/restart/delete in progress -> the commands holding them (a
+        # delete-vm may join a start-vm whose boot it cancels: two holders, two releases).
+        self.busy: dict[str, list[str]] = {}
+        # vm-id -> (Boot or Heal, Thread) of a boot in a worker thread: a create-vm's first boot,
+        # a start-vm's boot or a self-healing. delete-vm cancels it through `.cancel`.
+        self.boots: dict[str, Any] = {}
 
     def load(self) -> list[VMRecord]:
         with self.lock:
@@ -257,19 +261,32 @@ class Registry:
 
     # -- host commands
     def claim(self, cmd: VMCommand) -> tuple[str, VMRecord | None]:
-        """CLAIMED (the vm-id is now busy: call `release` when done), UNKNOWN or BUSY."""
+        """CLAIMED (the vm-id is now busy: call `release` when done), UNKNOWN or BUSY.
+
+        A delete-vm wins over a command whose boot is still running (a start-vm whose RabbitMQ
+        never answers): the customer cancelling must not wait for the boot's deadline. It joins
+        the busy vm-id and cancels the boot (`Commands.delete`)."""
         with self.lock:
             record = self.records.get(cmd.vm_id)
             if record is None or record.status == DELETED:
                 return UNKNOWN, None
-            if cmd.vm_id in self.busy:
+            holders = self.busy.setdefault(cmd.vm_id, [])
+            if holders and not (cmd.command == "delete-vm" and cmd.vm_id in self.boots
+                                and "delete-vm" not in holders):
                 return BUSY, record
-            self.busy.add(cmd.vm_id)
+            holders.append(cmd.command)
             return CLAIMED, record
 
-    def release(self, vm_id: str) -> None:
+    def release(self, vm_id: str, command: str = "") -> None:
+        """Drop one hold on `vm_id` (the one `command` took, else any)."""
         with self.lock:
-            self.busy.discard(vm_id)
+            holders = self.busy.get(vm_id, [])
+            if command in holders:
+                holders.remove(command)
+            elif holders:
+                holders.pop()
+            if not holders:
+                self.busy.pop(vm_id, None)
 
     def boot_of(self, vm_id: str) -> Any:
         with self.lock:

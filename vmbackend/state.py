@@ -41,7 +41,7 @@ FREE_SLOT_STATUSES = (FAILED, DELETED)
 TRANSITIONS: dict[str, frozenset[str]] = {
     ACCEPTED: frozenset({BOOTING, FAILED, DELETED}),
     BOOTING: frozenset({READY, FAILED, LOST, DELETED}),
-    READY: frozenset({STOPPED, LOST, DELETED}),
+    READY: frozenset({STOPPED, LOST, DELETED, BOOTING}),  # booting: self-healing after a crash
     STOPPED: frozenset({BOOTING, LOST, DELETED}),
     LOST: frozenset({BOOTING, STOPPED, DELETED}),
     FAILED: frozenset({DELETED}),
@@ -88,6 +88,12 @@ class VMRecord:
     created_at: float = field(default_factory=time.time)
     boot_started_at: float = 0.0
     ever_ready: bool = False  # was READY once: its disk is the customer's, only delete-vm removes it
+    # Self-healing (vmbackend/healing.py): start times of the restart attempts inside the
+    # policy's window, all restarts ever, and whether a heal is under way (a daemon restarted
+    # in the middle of one goes on healing instead of waiting for a start-vm).
+    restarts: list[float] = field(default_factory=list)
+    restart_count: int = 0
+    healing: bool = False
     last_event: dict[str, Any] = field(default_factory=dict)  # {"type", "fields"} last queued
     seq: int = 0
     outbox: list[dict[str, Any]] = field(default_factory=list)

@@ -137,19 +137,19 @@ class Supervisor:
 
     def stop(self) -> None:
         self.stopping.set()
-        running = [c for c in self.children if c.proc and c.proc.poll() is None]
-        for child in running:
-            log.info("event=stopping service=%s pid=%s", child.name, child.proc.pid)
-            child.proc.terminate()
+        running = [(c, c.proc) for c in self.children if c.proc and c.proc.poll() is None]
+        for child, proc in running:
+            log.info("event=stopping service=%s pid=%s", child.name, proc.pid)
+            proc.terminate()
         deadline = time.monotonic() + STOP_TIMEOUT
-        for child in running:
+        for child, proc in running:
             try:
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("event=killing service=%s pid=%s", child.name, child.proc.pid)
-                child.proc.kill()
-                child.proc.wait()
-        for child in running:
+                log.warning("event=killing service=%s pid=%s", child.name, proc.pid)
+                proc.kill()
+                proc.wait()
+        for child, _proc in running:
             if child.pump:
                 child.pump.join(timeout=2)
         log.info("event=stopped services=%d", len(running))
@@ -195,6 +195,10 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Options]:
 
 
 def main(argv: Sequence[str]) -> int:
+    # Ctrl-C must stop the setup steps too, however we were started: a background job of a
+    # non-interactive shell inherits SIGINT ignored, and Python keeps that (the children then
+    # start with the default again, since a Python-level handler is reset by exec).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # One .env for every service: Django reads it itself, the host daemon only sees the
     # environment, so load it here where all children inherit it (real variables win).

@@ -7,13 +7,10 @@ daemon with its own state folder. Tests drive it over HTTP like a customer (and 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +21,12 @@ from typing import Any
 
 import requests
 
+from tests.net import free_port
+from tests.qemu_procs import qemu_pids
+from tests.stripe_signing import stripe_signature
 from warren.run import ROOT, Options, service_commands
 
 WEBHOOK_SECRET = "whsec_e2e_" + uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(
@@ -55,13 +49,6 @@ def wait_until(
     raise AssertionError(
         f"timed out after {timeout:.0f}s waiting for {what}; last error: {last_error!r}\n{logs}"
     )
-
-
-def sign_stripe_payload(payload: bytes, secret: str, timestamp: int | None = None) -> str:
-    """The Stripe-Signature header Stripe would send for `payload`."""
-    ts = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={ts},v1={mac}"
 
 
 class System:
@@ -161,19 +148,7 @@ class System:
 
     def qemu_pids(self) -> list[int]:
         """QEMU processes of this system's daemon (they run in VM folders under its state dir)."""
-        state_dir = str(self.workdir / "vmbackend")
-        pids = []
-        for proc_dir in Path("/proc").iterdir():
-            if not proc_dir.name.isdigit():
-                continue
-            try:
-                cmdline = (proc_dir / "cmdline").read_bytes()
-                cwd = os.readlink(proc_dir / "cwd")
-            except OSError:
-                continue
-            if b"qemu-system" in cmdline and cwd.startswith(state_dir):
-                pids.append(int(proc_dir.name))
-        return pids
+        return qemu_pids(self.workdir / "vmbackend")
 
     # --- a customer, over HTTP --------------------------------------------------------------
 
@@ -246,7 +221,7 @@ class System:
             data=payload,
             headers={
                 "Content-Type": "application/json",
-                "Stripe-Signature": sign_stripe_payload(payload, WEBHOOK_SECRET),
+                "Stripe-Signature": stripe_signature(payload, WEBHOOK_SECRET),
             },
             timeout=10,
         )

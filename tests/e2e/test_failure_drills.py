@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -37,11 +36,19 @@ def test_a_payment_during_a_broker_outage_still_gets_its_vm(
     system.prepare()
     try:
         system.start_all()
-        time.sleep(2)  # every component connected once: the outage below cuts live connections
+        # Every component connected once: the outage below cuts live connections.
+        wait_until(lambda: "event=relay_connected" in system.log("relay")
+                   and "event=consumer_connected" in system.log("events")
+                   and "connected host_id=" in system.log("vmbackend"), 60,
+                   "every component to connect to the broker", interval=0.2, system=system)
         proxy.down()
         bob, order_id = paid_order(system)  # the webhook answers 200 with the broker gone
         assert status(system, bob, order_id) == "paid"
-        time.sleep(5)  # the relay keeps failing meanwhile; the order must wait, not fail
+        failures = system.log("relay").count("event=relay_unavailable")
+        # The relay tries again with the order's create-vm pending and fails: the order must
+        # wait, not fail.
+        wait_until(lambda: system.log("relay").count("event=relay_unavailable") > failures, 60,
+                   "the relay to fail again with the order pending", interval=0.2, system=system)
         assert status(system, bob, order_id) == "paid"
 
         proxy.up()  # the broker is back on the same address

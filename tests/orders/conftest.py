@@ -6,8 +6,6 @@ stripe library in the code under test; nothing about signature checking is mocke
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
 import time
@@ -17,18 +15,19 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import transaction
 
-from orders.models import Order
+from orders.models import Instance, Order
+from orders.provisioning import request_provisioning
 from store.models import Plan
+from tests.stripe_signing import stripe_signature as sign_payload
 
 
 def stripe_signature(
     payload: bytes, *, secret: str | None = None, timestamp: int | None = None
 ) -> str:
-    ts = int(time.time()) if timestamp is None else timestamp
-    key = (secret or settings.STRIPE_WEBHOOK_SECRET).encode()
-    digest = hmac.new(key, f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={ts},v1={digest}"
+    """Signed with the shop's webhook secret unless `secret` is given."""
+    return sign_payload(payload, secret or settings.STRIPE_WEBHOOK_SECRET, timestamp)
 
 
 def stripe_event(
@@ -112,6 +111,21 @@ def customer(db: None) -> Any:
 @pytest.fixture
 def order(customer: Any, plan: Plan) -> Order:
     return Order.objects.create(user=customer, plan=plan)
+
+
+def provision(order: Order) -> Instance | None:
+    """request_provisioning as the payment path calls it: in a transaction, the order row locked."""
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        return request_provisioning(order=locked)
+
+
+@pytest.fixture
+def instance(order: Order) -> Instance:
+    """`order`, paid: its Instance is requested and a create-vm row waits in the outbox."""
+    made = provision(order)
+    assert made is not None
+    return made
 
 
 @pytest.fixture

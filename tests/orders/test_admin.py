@@ -5,21 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
 from orders.models import Host, Instance, Order, OutboxMessage
-from orders.provisioning import request_provisioning
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def instance(order: Order) -> Instance:
-    with transaction.atomic():
-        locked = Order.objects.select_for_update().get(pk=order.pk)
-        return request_provisioning(order=locked)
 
 
 def _action(admin_client, model: str, action: str, *pks: int):
@@ -114,8 +105,21 @@ def test_the_vm_password_never_appears_in_the_admin(admin_client, instance):
     bodies = [admin_client.get(page).content.decode() for page in pages]
 
     assert all(instance.admin_password not in body for body in bodies)
+    # Nor its encrypted form: a token is only as safe as the key, and staff need neither.
+    assert all(instance.admin_password_encrypted not in body for body in bodies)
     assert instance.admin_username in bodies[4]  # the body is shown, masked
     assert "********" in bodies[4]
+
+
+def test_a_lost_server_is_flagged_for_staff_with_the_hosts_reason(admin_client, instance):
+    reason = "RabbitMQ did not answer; its log: {badmatch,#{}} (gave up after 3 restarts)"
+    Instance.objects.filter(pk=instance.pk).update(status="lost", failure_reason=reason)
+
+    page = admin_client.get(
+        reverse("admin:orders_instance_changelist"), {"status__exact": "lost"}
+    ).content.decode()
+
+    assert "server down: RabbitMQ did not answer; its log: {badmatch,#{}}" in page
 
 
 def test_silent_hosts_and_their_instances_are_shown(admin_client, instance, settings):
@@ -243,3 +247,58 @@ def test_a_stripe_error_in_the_cancel_action_is_a_message(admin_client, instance
     assert "Cancelled 0 order(s); 1 could not be cancelled." in html
     assert Order.objects.get(pk=instance.order_id).status == Order.Status.PAID
     assert not OutboxMessage.objects.filter(routing_key="delete-vm").exists()
+
+
+def _refund_pending(order: Order, payment: str = "pi_test_1") -> Order:
+    now = timezone.now()
+    Order.objects.filter(pk=order.pk).update(
+        status="cancelled", cancelled_at=now, refund_status="pending", refund_of=payment,
+        refund_requested_at=now, refund_error="APIConnectionError: Stripe unavailable",
+    )
+    return Order.objects.get(pk=order.pk)
+
+
+def test_staff_see_pending_refunds_and_filter_them(admin_client, order):
+    _refund_pending(order)
+    url = reverse("admin:orders_order_changelist")
+
+    response = admin_client.get(url, {"refund_status__exact": "pending"})
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert str(order.public_id) in html
+    assert "APIConnectionError" in html
+
+
+def test_staff_retry_a_pending_refund(admin_client, order, settings):
+    from unittest import mock
+
+    import stripe
+
+    settings.STRIPE_SECRET_KEY = "sk_test_warren"
+    _refund_pending(order)
+    refund = stripe.StripeObject.construct_from({"id": "re_test_9"}, "sk_test_warren")
+
+    with mock.patch("stripe.RefundService.create", return_value=refund) as create:
+        response = _action(admin_client, "order", "retry_refunds", order.pk)
+
+    create.assert_called_once()
+    assert "refunded" in response.content.decode()
+    order = Order.objects.get(pk=order.pk)
+    assert (order.refund_status, order.stripe_refund_id) == ("refunded", "re_test_9")
+
+
+def test_a_failed_retry_says_why_and_stays_pending(admin_client, order, settings):
+    from unittest import mock
+
+    import stripe
+
+    settings.STRIPE_SECRET_KEY = "sk_test_warren"
+    _refund_pending(order)
+
+    with mock.patch("stripe.RefundService.create", side_effect=stripe.APIConnectionError("x")):
+        response = _action(admin_client, "order", "retry_refunds", order.pk)
+
+    assert response.status_code == 200
+    assert "still pending" in response.content.decode()
+    assert Order.objects.get(pk=order.pk).refund_status == "pending"

@@ -9,9 +9,10 @@ import pytest
 import stripe
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 
 from orders import checkout
-from orders.checkout import CheckoutError, start_checkout
+from orders.checkout import CheckoutError, request_refund, settle_refund, start_checkout
 from orders.models import Order, OutboxMessage
 from orders.provisioning import cancel_order, request_provisioning
 
@@ -19,6 +20,9 @@ pytestmark = pytest.mark.django_db
 
 SESSION_CREATE = "stripe.checkout.SessionService.create"
 SUBSCRIPTION_CANCEL = "stripe.SubscriptionService.cancel"
+SESSION_EXPIRE = "stripe.checkout.SessionService.expire"
+REFUND_CREATE = "stripe.RefundService.create"
+INVOICE_PAYMENTS = "stripe.InvoicePaymentService.list"
 
 
 @pytest.fixture
@@ -76,6 +80,17 @@ def test_a_stripe_outage_leaves_an_unpaid_order_and_a_clear_error(customer, plan
     assert (order.status, order.stripe_checkout_session_id) == ("pending_payment", "")
 
 
+def test_a_session_without_a_payment_page_is_a_clear_error(customer, plan, stripe_keys):
+    session = SimpleNamespace(id="cs_test_embedded", url=None)  # what an embedded session returns
+
+    with mock.patch(SESSION_CREATE, return_value=session):
+        with pytest.raises(CheckoutError):
+            start_checkout(user=customer, plan=plan)
+
+    order = Order.objects.get()
+    assert (order.status, order.stripe_checkout_session_id) == ("pending_payment", "")
+
+
 def _paid_with_subscription(order: Order) -> Order:
     with transaction.atomic():
         locked = Order.objects.select_for_update().get(pk=order.pk)
@@ -116,9 +131,117 @@ def test_a_subscription_already_gone_at_stripe_still_cancels(order, stripe_keys)
 
 
 def test_cancelling_an_unpaid_order_makes_no_stripe_call(order, stripe_keys):
-    with mock.patch(SUBSCRIPTION_CANCEL) as cancel:
+    # No checkout session (offline order, or Stripe failed to create one): nothing to expire.
+    with mock.patch(SUBSCRIPTION_CANCEL) as cancel, mock.patch(SESSION_EXPIRE) as expire:
         cancelled = cancel_order(order=order, reason="customer")
 
     cancel.assert_not_called()
+    expire.assert_not_called()
     assert cancelled.status == Order.Status.CANCELLED
     assert not OutboxMessage.objects.exists()
+
+
+def _with_open_session(order: Order) -> Order:
+    Order.objects.filter(pk=order.pk).update(stripe_checkout_session_id="cs_test_open")
+    return Order.objects.get(pk=order.pk)
+
+
+def test_cancelling_an_unpaid_order_expires_its_checkout_session(order, stripe_keys):
+    order = _with_open_session(order)
+
+    with mock.patch(SESSION_EXPIRE) as expire:
+        cancelled = cancel_order(order=order, reason="customer")
+
+    expire.assert_called_once_with("cs_test_open")
+    assert cancelled.status == Order.Status.CANCELLED
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        stripe.InvalidRequestError(
+            "Only Checkout Sessions with a status in [\"open\"] can be expired.", param=None
+        ),
+        stripe.APIConnectionError("Stripe unreachable"),
+    ],
+    ids=["already-complete-or-expired", "stripe-down"],
+)
+def test_a_session_that_cannot_be_expired_does_not_stop_the_cancellation(
+    order, stripe_keys, error, caplog
+):
+    # Complete or expired already: nothing to do. Stripe down: a payment that still arrives is
+    # refunded (test_webhooks), so the cancellation goes on.
+    order = _with_open_session(order)
+
+    with mock.patch(SESSION_EXPIRE, side_effect=error):
+        cancelled = cancel_order(order=order, reason="customer")
+
+    assert Order.objects.get(pk=order.pk).status == Order.Status.CANCELLED
+    assert cancelled.status == Order.Status.CANCELLED
+
+
+def test_a_paid_order_is_not_expired_but_its_subscription_cancelled(order, stripe_keys):
+    order = _paid_with_subscription(_with_open_session(order))
+
+    with mock.patch(SUBSCRIPTION_CANCEL), mock.patch(SESSION_EXPIRE) as expire:
+        cancel_order(order=order, reason="customer")
+
+    expire.assert_not_called()
+
+
+def _pending_refund(order: Order, payment: str) -> Order:
+    Order.objects.filter(pk=order.pk).update(status="cancelled", cancelled_at=timezone.now())
+    with transaction.atomic():
+        assert request_refund(order=Order.objects.get(pk=order.pk), payment=payment)
+    return Order.objects.get(pk=order.pk)
+
+
+def test_an_invoice_without_a_paid_payment_stays_pending_with_the_reason(order, stripe_keys):
+    order = _pending_refund(order, "in_test_unpaid")
+    empty = stripe.StripeObject.construct_from({"object": "list", "data": []}, "sk_test_warren")
+
+    with mock.patch(INVOICE_PAYMENTS, return_value=empty), mock.patch(REFUND_CREATE) as refund:
+        assert settle_refund(order=order) is False
+
+    refund.assert_not_called()
+    order = Order.objects.get(pk=order.pk)
+    assert order.refund_status == "pending"
+    assert "in_test_unpaid" in order.refund_error
+
+
+def test_a_charge_refunded_at_stripe_already_counts_as_refunded(order, stripe_keys):
+    order = _pending_refund(order, "ch_test_1")
+    already = stripe.InvalidRequestError(
+        "Charge ch_test_1 has already been refunded.", param=None, code="charge_already_refunded"
+    )
+
+    with mock.patch(REFUND_CREATE, side_effect=already):
+        assert settle_refund(order=order) is True
+
+    assert Order.objects.get(pk=order.pk).refund_status == "refunded"
+
+
+def test_a_refund_is_settled_once(order, stripe_keys):
+    order = _pending_refund(order, "pi_test_1")
+    done = stripe.StripeObject.construct_from({"id": "re_test_1"}, "sk_test_warren")
+
+    with mock.patch(REFUND_CREATE, return_value=done) as refund:
+        assert settle_refund(order=order) is True
+        assert settle_refund(order=order) is True  # staff click retry on a refunded order
+
+    refund.assert_called_once()
+    assert refund.call_args.args[0]["payment_intent"] == "pi_test_1"
+
+
+def test_an_answer_of_an_unknown_shape_keeps_the_refund_pending(order, stripe_keys):
+    order = _pending_refund(order, "in_test_odd")
+    odd = stripe.StripeObject.construct_from(
+        {"object": "list", "data": [{"object": "invoice_payment"}]}, "sk_test_warren"
+    )
+
+    with mock.patch(INVOICE_PAYMENTS, return_value=odd):
+        assert settle_refund(order=order) is False
+
+    order = Order.objects.get(pk=order.pk)
+    assert order.refund_status == "pending"
+    assert "unexpected answer" in order.refund_error

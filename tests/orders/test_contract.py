@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from orders.host_events import handle_message
 from orders.models import Instance, Order, OutboxMessage
-from orders.provisioning import cancel_order, request_provisioning
+from orders.provisioning import body_to_publish, cancel_order, request_provisioning
 from vmbackend import messages
 from vmbackend.messages import CreateVM, VMCommand
 
@@ -34,7 +34,7 @@ def instance(order: Order) -> Instance:
 
 def _published(row: OutboxMessage) -> bytes:
     """The bytes the relay puts on the wire for a row (orders/outbox.py publish_row)."""
-    return messages.encode(row.body)
+    return messages.encode(body_to_publish(row))
 
 
 @override_settings(INSTANCE_IMAGE="rabbitmq")

@@ -38,13 +38,6 @@ from vmbackend import messages
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def instance(order: Order) -> Instance:
-    with transaction.atomic():
-        locked = Order.objects.select_for_update().get(pk=order.pk)
-        return request_provisioning(order=locked)
-
-
 def _event(
     instance: Instance, event_type: str, seq: int, host: str = "host-a", **extra: Any
 ) -> dict:
@@ -440,6 +433,59 @@ def test_a_ready_vm_on_a_second_host_replaces_a_lost_one(instance):
     assert OutboxMessage.objects.filter(routing_key="host.host-a").count() == 1
 
 
+def test_a_server_its_host_restarts_stays_ready_and_the_restart_is_recorded(instance):
+    handle_message(json.dumps(_ready(instance, 1)).encode())
+    crashed = _event(instance, "instance.restarting", 2, reason="QEMU exited", attempt=1)
+
+    assert handle_message(json.dumps(crashed).encode()) == "applied"
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (Instance.Status.READY, Order.Status.READY)
+    assert fresh.is_restarting and fresh.restart_count == 1
+    assert fresh.last_crash_at is not None and fresh.last_restart_at is None
+    assert fresh.failure_reason == "QEMU exited"
+
+    # A second attempt for the same stop is not a second crash.
+    again = _event(instance, "instance.restarting", 3, reason="boot failed", attempt=2)
+    handle_message(json.dumps(again).encode())
+    assert _fresh(instance).restart_count == 1
+
+    # Boot progress of the restart leaves the ready server alone.
+    progress = _event(instance, "instance.progress", 4, stage="guest_up")
+    assert handle_message(json.dumps(progress).encode()) == "ignored"
+
+    assert handle_message(json.dumps(_ready(instance, 5)).encode()) == "applied"
+    fresh = _fresh(instance)
+    assert not fresh.is_restarting
+    assert fresh.last_restart_at is not None and fresh.last_restart_at >= fresh.last_crash_at
+    assert (fresh.status, fresh.order.status) == (Instance.Status.READY, Order.Status.READY)
+
+
+def test_a_server_whose_restarts_failed_is_lost_and_the_order_failed(instance):
+    handle_message(json.dumps(_ready(instance, 1)).encode())
+    handle_message(json.dumps(_event(instance, "instance.restarting", 2, attempt=1)).encode())
+    handle_message(
+        json.dumps(_event(instance, "instance.lost", 3, reason="gave up after 3 restarts")).encode()
+    )
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (Instance.Status.LOST, Order.Status.FAILED)
+    assert fresh.ran_once and "gave up" in fresh.failure_reason
+
+
+def test_a_lost_server_its_host_restarts_is_booting_again(instance):
+    handle_message(json.dumps(_ready(instance, 1)).encode())
+    handle_message(json.dumps(_event(instance, "instance.lost", 2, reason="gone")).encode())
+    handle_message(json.dumps(_event(instance, "instance.restarting", 3, attempt=1)).encode())
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (
+        Instance.Status.BOOTING,
+        Order.Status.PROVISIONING,
+    )
+    handle_message(json.dumps(_ready(instance, 4)).encode())
+    fresh = _fresh(instance)
+    assert (fresh.status, fresh.order.status) == (Instance.Status.READY, Order.Status.READY)
+    assert fresh.last_restart_at is not None and not fresh.is_restarting
+
+
 # -- the event -> transition table ------------------------------------------------------------------
 
 
@@ -453,12 +499,13 @@ def test_every_step_of_the_event_table_is_an_allowed_transition():
         assert step.effect in {"", *EFFECTS}
 
 
-EFFECTS = {"resend_deletion", "forget_credentials", "update_urls", "update_stage"}
+EFFECTS = {"resend_deletion", "forget_credentials", "update_urls", "update_stage", "record_crash"}
 _EVENT_FIELDS = {
     "instance.progress": {"stage": "guest_up"},
     "instance.ready": {"management_url": "http://127.0.0.1:1/", "amqp_url": "amqp://u@127.0.0.1:2/"},
     "instance.failed": {"reason": "boom"},
     "instance.lost": {"reason": "gone"},
+    "instance.restarting": {"reason": "QEMU exited", "attempt": 1},
 }
 
 

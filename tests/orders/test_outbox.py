@@ -3,34 +3,25 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from unittest import mock
 
 import pika.exceptions
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import transaction
 
 from orders import outbox
 from orders.models import Order, OutboxMessage
 from orders.outbox import Relay, publish_pending
-from orders.provisioning import enqueue, request_provisioning
-from tests.orders.conftest import get_all
+from orders.provisioning import enqueue
+from tests.net import free_port
+from tests.orders.conftest import get_all, provision
 from tests.tcp_proxy import TcpProxy
 
 
 def _paid(order: Order) -> OutboxMessage:
-    with transaction.atomic():
-        locked = Order.objects.select_for_update().get(pk=order.pk)
-        request_provisioning(order=locked)
+    provision(order)
     return OutboxMessage.objects.get(routing_key="create-vm")
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again when the with block ends
 
 
 def _url_via(orders_amqp_url: str, host_port: str) -> str:
@@ -57,7 +48,16 @@ def test_it_publishes_with_confirms_and_marks_the_row_sent(order, amqp, orders_a
     assert row.sent_at is not None
     assert (row.attempts, row.last_error) == (1, "")
     ((method, properties, body),) = get_all(amqp, "computing.create-vm")
-    assert json.loads(body) == row.body
+    published = json.loads(body)
+    # The row holds no password; the relay filled in the instance's (decrypted) one.
+    assert row.body["options"]["admin"]["password"] == ""
+    assert published["options"]["admin"] == {
+        "username": row.instance.admin_username,
+        "password": row.instance.admin_password,
+    }
+    assert len(published["options"]["admin"]["password"]) == 32
+    published["options"]["admin"]["password"] = ""
+    assert published == row.body
     assert properties.content_type == "application/json"
     assert properties.delivery_mode == 2
     assert properties.message_id == str(row.message_id)
@@ -80,7 +80,7 @@ def test_it_publishes_oldest_first_and_never_twice(order, amqp, orders_amqp_url)
 @pytest.mark.django_db
 def test_rows_stay_unsent_while_the_broker_is_unreachable(order, amqp, orders_amqp_url):
     row = _paid(order)
-    down = _url_via(orders_amqp_url, f"127.0.0.1:{_closed_port()}")
+    down = _url_via(orders_amqp_url, f"127.0.0.1:{free_port()}")
 
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         Relay(url=down).run(once=True)
@@ -99,7 +99,7 @@ def test_rows_stay_unsent_while_the_broker_is_unreachable(order, amqp, orders_am
 @pytest.mark.django_db
 def test_the_command_reports_an_unreachable_broker(order, orders_amqp_url):
     row = _paid(order)
-    down = _url_via(orders_amqp_url, f"127.0.0.1:{_closed_port()}")
+    down = _url_via(orders_amqp_url, f"127.0.0.1:{free_port()}")
 
     with pytest.raises(CommandError, match="rows stay unsent"):
         call_command("relay_outbox", "--once", "--url", down)

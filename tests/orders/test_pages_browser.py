@@ -15,6 +15,7 @@ from django.db import connections
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from orders import encryption
 from orders.models import Instance, Order
 from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
@@ -129,7 +130,7 @@ def test_a_customer_buys_a_plan_and_watches_it_become_ready(live_server, page: P
         order, Order.Status.READY, status=Instance.Status.READY,
         management_url="http://127.0.0.1:15999/",
         amqp_url="amqp://" + order.instance.admin_username + "@127.0.0.1:5999/",
-        admin_password=ADMIN_PASSWORD,
+        admin_password_encrypted=encryption.encrypt(ADMIN_PASSWORD),  # stored encrypted
     )
     expect(state.locator(".badge")).to_have_text("Ready")
     expect(page.locator("#management-url")).to_have_attribute("href", "http://127.0.0.1:15999/")

@@ -11,17 +11,11 @@ from orders.provisioning import (
     ProvisioningError,
     cancel_order,
     order_status_for,
-    request_provisioning,
     retry_provisioning,
 )
+from tests.orders.conftest import provision
 
 pytestmark = pytest.mark.django_db
-
-
-def _provision(order: Order) -> Instance | None:
-    with transaction.atomic():
-        locked = Order.objects.select_for_update().get(pk=order.pk)
-        return request_provisioning(order=locked)
 
 
 def test_every_transition_target_is_a_known_status():
@@ -59,15 +53,15 @@ def test_the_database_refuses_a_paid_order_without_a_payment_time(order):
 
 
 def test_one_order_cannot_get_two_instances(order):
-    _provision(order)
+    provision(order)
 
     with pytest.raises(IntegrityError), transaction.atomic():
         Instance.objects.create(order=order, admin_username="x", admin_password="y")
 
 
 def test_provisioning_twice_requests_one_vm(order):
-    first = _provision(order)
-    second = _provision(order)
+    first = provision(order)
+    second = provision(order)
 
     assert first is not None
     assert second is None
@@ -77,7 +71,7 @@ def test_provisioning_twice_requests_one_vm(order):
 def test_credentials_are_fresh_and_strong(order, customer, plan):
     other = Order.objects.create(user=customer, plan=plan)
 
-    a, b = _provision(order), _provision(other)
+    a, b = provision(order), provision(other)
 
     assert a.admin_password != b.admin_password
     assert len(a.admin_password) == 32
@@ -86,7 +80,7 @@ def test_credentials_are_fresh_and_strong(order, customer, plan):
 
 
 def test_cancelling_a_failed_order_needs_no_deletion(order):
-    instance = _provision(order)
+    instance = provision(order)
     Instance.objects.filter(pk=instance.pk).update(status="failed")
     Order.objects.filter(pk=order.pk).update(status="failed")
 
@@ -97,7 +91,7 @@ def test_cancelling_a_failed_order_needs_no_deletion(order):
 
 
 def test_cancelling_twice_is_harmless(order):
-    _provision(order)
+    provision(order)
 
     cancel_order(order=order, reason="one")
     again = cancel_order(order=order, reason="two")
@@ -108,14 +102,14 @@ def test_cancelling_twice_is_harmless(order):
 
 
 def test_retry_refuses_an_instance_that_did_not_fail(order):
-    instance = _provision(order)
+    instance = provision(order)
 
     with pytest.raises(ProvisioningError):
         retry_provisioning(instance=instance)
 
 
 def test_a_failed_instance_is_retried_without_deleting_anything(order):
-    instance = _provision(order)
+    instance = provision(order)
     Instance.objects.filter(pk=instance.pk).update(
         status="failed", failure_reason="timeout", host_id="h1"
     )

@@ -4,8 +4,6 @@ Personas: the owner, another customer, a stranger (anonymous) and staff. An orde
 owner only: everyone else gets the 404 an unknown order gets (staff use the admin).
 """
 
-import hashlib
-import hmac
 import json
 import time
 import uuid
@@ -23,6 +21,7 @@ from orders.checkout import CheckoutError
 from orders.models import Instance, Order, WebhookEvent
 from orders.offline_checkout import OfflinePaymentError
 from store.models import Plan
+from tests.stripe_signing import stripe_signature
 
 pytestmark = pytest.mark.django_db
 
@@ -220,6 +219,69 @@ def test_detail_of_a_failed_order_gives_the_reason(client: Client, order: Order)
     assert "RabbitMQ did not start within 10 minutes" in html
     # Staff may retry a failed order: the page keeps following it.
     assert 'data-final="false"' in html
+
+
+def _crashed(order: Order, **fields: Any) -> Instance:
+    instance = Instance.objects.get(order=order)
+    Instance.objects.filter(pk=instance.pk).update(**fields)
+    instance.refresh_from_db()
+    return instance
+
+
+def test_detail_of_a_server_being_restarted_tells_the_truth_and_keeps_following(
+    client: Client, order: Order
+) -> None:
+    _ready(order)
+    crash = timezone.now().replace(hour=14, minute=3)
+    _crashed(order, last_crash_at=crash, restart_count=1)
+    html = _login(client, order.user).get(_url("detail", order)).content.decode()
+    assert "Your server stopped unexpectedly at 14:03" in html
+    assert "is being restarted" in html
+    assert "could not set up" not in html and "Provisioning failed" not in html
+    assert 'data-final="false"' in html  # the page follows the restart
+    assert 'href="http://127.0.0.1:15001/"' in html  # same URLs meanwhile
+
+
+def test_detail_of_a_restarted_server_says_when_it_stopped_and_came_back(
+    client: Client, order: Order
+) -> None:
+    _ready(order)
+    crash = timezone.now().replace(hour=14, minute=3)
+    _crashed(order, last_crash_at=crash, last_restart_at=crash.replace(minute=5), restart_count=1)
+    response = _login(client, order.user).get(_url("status", order))
+    data = response.json()
+    assert (
+        "Your server stopped unexpectedly at 14:03 UTC and was restarted at 14:05 UTC."
+        in data["html"]
+    )
+    assert data["final"] is True
+    assert data["status_label"] == "Ready"
+
+
+def test_detail_of_a_server_that_ran_and_could_not_be_restarted_says_it_is_down(
+    client: Client, order: Order
+) -> None:
+    _paid(
+        order,
+        Order.Status.FAILED,
+        status=Instance.Status.LOST,
+        ready_at=timezone.now(),
+        last_crash_at=timezone.now().replace(hour=14, minute=3),
+        restart_count=1,
+        failure_reason="QEMU process exited unexpectedly (gave up after 3 restarts within 900 s)",
+    )
+    response = _login(client, order.user).get(_url("detail", order))
+    html = response.content.decode()
+    assert "Your server is down." in html
+    assert "stopped unexpectedly at 14:03 UTC" in html
+    assert "Our team has been alerted" in html
+    assert "We could not set up your server" not in html
+    assert "Provisioning failed" not in html and "Server down" in html
+    assert _login(client, order.user).get(_url("status", order)).json()["status_label"] == (
+        "Server down"
+    )
+    listing = client.get(reverse("orders:list")).content.decode()
+    assert "Server down" in listing and "Provisioning failed" not in listing
 
 
 def test_detail_of_a_deleting_order_says_so(client: Client, order: Order) -> None:
@@ -506,12 +568,6 @@ def test_cancel_of_a_deleted_order_changes_nothing(client: Client, order: Order)
 # -- Stripe webhook endpoint ----------------------------------------------------------------
 
 
-def _signed(body: bytes, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
-    t = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={digest}"
-
-
 def _checkout_completed(order: Order) -> bytes:
     event = {
         "id": f"evt_{uuid.uuid4().hex}",
@@ -539,7 +595,7 @@ def test_webhook_accepts_a_signed_event_and_the_order_is_paid(client: Client, or
     body = _checkout_completed(order)
     response = client.post(
         reverse("orders:stripe_webhook"), body, content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=_signed(body),
+        HTTP_STRIPE_SIGNATURE=stripe_signature(body, WEBHOOK_SECRET),
     )
     assert response.status_code == 200
     order.refresh_from_db()
@@ -552,7 +608,7 @@ def test_webhook_rejects_a_bad_signature(client: Client, order: Order) -> None:
     body = _checkout_completed(order)
     response = client.post(
         reverse("orders:stripe_webhook"), body, content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=_signed(body, secret="whsec_someone_else"),
+        HTTP_STRIPE_SIGNATURE=stripe_signature(body, "whsec_someone_else"),
     )
     assert response.status_code == 400
     order.refresh_from_db()
@@ -574,7 +630,7 @@ def test_webhook_rejects_a_stale_signature(client: Client, order: Order) -> None
     body = _checkout_completed(order)
     response = client.post(
         reverse("orders:stripe_webhook"), body, content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=_signed(body, timestamp=int(time.time()) - 301),
+        HTTP_STRIPE_SIGNATURE=stripe_signature(body, WEBHOOK_SECRET, timestamp=int(time.time()) - 301),
     )
     assert response.status_code == 400
     assert not WebhookEvent.objects.exists()
@@ -585,7 +641,7 @@ def test_webhook_rejects_malformed_json(client: Client) -> None:
     body = b"{not json"
     response = client.post(
         reverse("orders:stripe_webhook"), body, content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=_signed(body),
+        HTTP_STRIPE_SIGNATURE=stripe_signature(body, WEBHOOK_SECRET),
     )
     assert response.status_code == 400
 
@@ -602,3 +658,31 @@ def test_webhook_needs_no_csrf_token(order: Order) -> None:
         HTTP_STRIPE_SIGNATURE="t=1,v1=00",
     )
     assert response.status_code == 400  # reached the view: a signature problem, not a 403
+
+
+def test_detail_of_a_cancelled_order_shows_its_refund(client: Client, order: Order) -> None:
+    refunded_at = timezone.now().replace(year=2026, month=11, day=30)
+    Order.objects.filter(pk=order.pk).update(
+        status="cancelled", cancelled_at=refunded_at, refund_status="refunded",
+        refund_requested_at=refunded_at, refunded_at=refunded_at, stripe_refund_id="re_test_1",
+        stripe_subscription_id="sub_test_1",
+    )
+    _login(client, order.user)
+
+    html = client.get(_url("detail", order)).content.decode()
+
+    assert "refunded on 30 Nov 2026" in html
+    assert "the subscription was cancelled" in html
+
+
+def test_detail_of_a_cancelled_order_shows_a_pending_refund(client: Client, order: Order) -> None:
+    Order.objects.filter(pk=order.pk).update(
+        status="cancelled", cancelled_at=timezone.now(), refund_status="pending",
+        refund_requested_at=timezone.now(), refund_error="APIConnectionError",
+    )
+    _login(client, order.user)
+
+    html = client.get(_url("detail", order)).content.decode()
+
+    assert "We are refunding it" in html
+    assert "APIConnectionError" not in html  # staff's business, not the customer's

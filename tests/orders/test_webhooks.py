@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
+import stripe
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
+from orders.checkout import settle_refund
 from orders.models import Instance, Order, OutboxMessage, WebhookEvent
 from orders.webhooks import WebhookError, process_webhook
 from tests.orders.conftest import (
@@ -55,7 +61,8 @@ def test_it_marks_the_order_paid_and_queues_one_create_vm(order, post_webhook, s
             "memory-mb": 512,
             "vcpus": 1,
             "disk-gb": 4,
-            "admin": {"username": instance.admin_username, "password": instance.admin_password},
+            # Never stored in the outbox: the relay fills it in from the instance (test_outbox).
+            "admin": {"username": instance.admin_username, "password": ""},
             "limits": {"max-connections": 100, "max-queues": 200},
         },
     }
@@ -321,7 +328,10 @@ def test_subscription_deleted_before_the_payment_event_never_provisions(order, p
     assert not Instance.objects.exists()
     assert not OutboxMessage.objects.exists()
     late = WebhookEvent.objects.get(type="checkout.session.completed")
-    assert (late.result, "refund" in late.detail) == (WebhookEvent.Result.IGNORED, True)
+    assert (late.result, "refund" in late.detail) == (WebhookEvent.Result.PROCESSED, True)
+    # Offline (no Stripe keys in the test settings): recorded refunded, no Stripe call.
+    assert (order.refund_status, order.stripe_refund_id) == ("refunded", "")
+    assert order.refunded_at is not None
 
 
 def test_process_webhook_raises_a_specific_error_for_a_bad_signature(order):
@@ -339,3 +349,164 @@ def test_it_never_logs_the_vm_password(order, post_webhook, caplog):
     password = _reload(order).instance.admin_password
     assert "event=provisioning_requested" in caplog.text
     assert password not in caplog.text
+
+
+# -- a payment for an order that had ended: refunded, subscription cancelled ------------------
+
+REFUND_CREATE = "stripe.RefundService.create"
+SUBSCRIPTION_CANCEL = "stripe.SubscriptionService.cancel"
+INVOICE_PAYMENTS = "stripe.InvoicePaymentService.list"
+
+
+def _stripe_object(data: dict) -> stripe.StripeObject:
+    """What the stripe library returns for a response body (the mock replaces only the HTTP)."""
+    return stripe.StripeObject.construct_from(data, "sk_test_warren")
+
+
+@pytest.fixture
+def stripe_api(settings):
+    """Stripe keys set, and Stripe's servers answering as for a paid subscription invoice."""
+    settings.STRIPE_SECRET_KEY = "sk_test_warren"
+    payments = _stripe_object(
+        {"object": "list", "data": [{"object": "invoice_payment", "status": "paid",
+                                     "payment": {"type": "payment_intent",
+                                                 "payment_intent": "pi_test_first"}}]}
+    )
+    with (
+        mock.patch(INVOICE_PAYMENTS, return_value=payments) as invoice_payments,
+        mock.patch(REFUND_CREATE, return_value=_stripe_object({"id": "re_test_1"})) as refund,
+        mock.patch(SUBSCRIPTION_CANCEL) as cancel,
+    ):
+        yield SimpleNamespace(refund=refund, cancel=cancel, invoice_payments=invoice_payments)
+
+
+def _cancelled_before_payment(order: Order) -> Order:
+    order.move_to(Order.Status.CANCELLED, cancelled_at=timezone.now(), cancel_reason="customer")
+    return order
+
+
+def _subscription_session(order: Order, **overrides: object) -> dict:
+    # Subscription mode: no payment intent on the session, its first invoice instead.
+    return checkout_session(order, payment_intent=None, invoice="in_test_first", **overrides)
+
+
+def _paid_invoice(order: Order, **overrides: object) -> dict:
+    return {**invoice(order), "id": "in_test_first", **overrides}
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        lambda order: stripe_event("checkout.session.completed", _subscription_session(order)),
+        lambda order: stripe_event(
+            "checkout.session.async_payment_succeeded", _subscription_session(order)
+        ),
+        lambda order: stripe_event("invoice.paid", _paid_invoice(order)),
+    ],
+    ids=["session-completed", "async-payment-succeeded", "invoice-paid"],
+)
+def test_a_payment_for_a_cancelled_order_is_refunded_and_the_subscription_cancelled(
+    order, post_webhook, stripe_api, event
+):
+    _cancelled_before_payment(order)
+
+    response = post_webhook(event(order))
+
+    assert response.status_code == 200
+    sub = f"sub_test_{order.public_id.hex[:16]}"
+    stripe_api.cancel.assert_called_once_with(sub)
+    stripe_api.invoice_payments.assert_called_once_with({"invoice": "in_test_first", "status": "paid"})
+    (params, options), _ = stripe_api.refund.call_args
+    assert params["payment_intent"] == "pi_test_first"
+    assert options == {"idempotency_key": f"refund-{order.public_id}"}
+    order = _reload(order)
+    assert (order.status, order.refund_status, order.stripe_refund_id) == (
+        "cancelled", "refunded", "re_test_1",
+    )
+    assert order.refunded_at is not None
+    assert not Instance.objects.exists()
+    assert not OutboxMessage.objects.exists()
+
+
+def test_a_payment_refunds_once_however_often_and_by_whichever_event_it_arrives(
+    order, post_webhook, stripe_api
+):
+    _cancelled_before_payment(order)
+    completed = stripe_event("checkout.session.completed", _subscription_session(order))
+
+    for _ in range(3):
+        post_webhook(completed)
+    post_webhook(stripe_event("invoice.paid", _paid_invoice(order)))  # the same payment
+
+    assert stripe_api.refund.call_count == 1
+    assert _reload(order).stripe_refund_id == "re_test_1"
+
+
+def test_a_payment_intent_on_the_event_is_refunded_directly(order, post_webhook, stripe_api):
+    _cancelled_before_payment(order)
+
+    post_webhook(stripe_event("invoice.paid", _paid_invoice(order, payment_intent="pi_test_old")))
+
+    stripe_api.invoice_payments.assert_not_called()
+    assert stripe_api.refund.call_args.args[0]["payment_intent"] == "pi_test_old"
+
+
+def test_a_stripe_error_during_the_refund_leaves_it_pending_for_staff(
+    order, post_webhook, stripe_api
+):
+    _cancelled_before_payment(order)
+    stripe_api.refund.side_effect = stripe.APIConnectionError("Stripe unreachable")
+
+    response = post_webhook(stripe_event("checkout.session.completed", _subscription_session(order)))
+
+    assert response.status_code == 200  # the fact is on record; a redelivery would add nothing
+    order = _reload(order)
+    assert (order.refund_status, order.refund_of) == ("pending", "in_test_first")
+    assert "APIConnectionError" in order.refund_error
+    assert order.refunded_at is None
+
+    stripe_api.refund.side_effect = None  # Stripe is back; staff retry (the admin action)
+    assert settle_refund(order=order) is True
+    order = _reload(order)
+    assert (order.refund_status, order.stripe_refund_id, order.refund_error) == (
+        "refunded", "re_test_1", "",
+    )
+
+
+def test_a_renewal_charged_after_the_order_was_deleted_is_refunded(
+    order, post_webhook, stripe_api
+):
+    post_webhook(_completed(order))
+    Order.objects.filter(pk=order.pk).update(status="deleted", cancelled_at=timezone.now())
+
+    post_webhook(stripe_event("invoice.paid", _paid_invoice(order, billing_reason="subscription_cycle")))
+
+    assert _reload(order).refund_status == "refunded"
+    assert stripe_api.refund.call_count == 1
+
+
+def test_the_payment_that_paid_a_deleted_order_arriving_again_is_not_refunded(
+    order, post_webhook, stripe_api
+):
+    # invoice.paid paid the order, the customer used and cancelled it; the session event is late.
+    post_webhook(stripe_event("invoice.paid", _paid_invoice(order)))
+    Order.objects.filter(pk=order.pk).update(status="deleted", cancelled_at=timezone.now())
+
+    post_webhook(stripe_event("checkout.session.completed", _subscription_session(order)))
+
+    assert _reload(order).refund_status == ""
+    stripe_api.refund.assert_not_called()
+
+
+def test_the_database_keeps_one_refund_per_order(order, customer, plan):
+    other = Order.objects.create(user=customer, plan=plan)
+    now = timezone.now()
+    done = {"refund_status": "refunded", "refund_requested_at": now, "refunded_at": now}
+    Order.objects.filter(pk=order.pk).update(stripe_refund_id="re_1", **done)
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Order.objects.filter(pk=other.pk).update(stripe_refund_id="re_1", **done)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Order.objects.filter(pk=other.pk).update(
+            refund_status="refunded", refund_requested_at=now, refunded_at=None
+        )

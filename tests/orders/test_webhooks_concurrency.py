@@ -177,3 +177,35 @@ def test_concurrent_deliveries_on_a_sqlite_file_provision_once(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"errors": [], "instances": 1, "outbox": 1, "status": "paid"}
+
+
+@needs_row_locks
+def test_payments_for_a_cancelled_order_arriving_at_once_refund_once(order, settings):
+    from unittest import mock
+
+    import stripe
+    from django.utils import timezone
+
+    settings.STRIPE_SECRET_KEY = "sk_test_warren"
+    order.move_to(Order.Status.CANCELLED, cancelled_at=timezone.now())
+    session = checkout_session(order, payment_intent="pi_test_1")
+    paid = {**invoice(order), "payment_intent": "pi_test_1"}
+    events = [
+        stripe_event("checkout.session.completed", session),
+        stripe_event("invoice.paid", paid),
+    ] * (THREADS // 2)
+    events = [{**e, "id": f"{e['id']}_{n}"} for n, e in enumerate(events)]
+    refund = stripe.StripeObject.construct_from({"id": "re_test_1"}, "sk_test_warren")
+
+    with (
+        mock.patch("stripe.RefundService.create", return_value=refund) as create,
+        mock.patch("stripe.SubscriptionService.cancel"),
+    ):
+        results = _run_at_once([_delivery(e) for e in events])
+
+    assert all(isinstance(r, WebhookResult) for r in results), results
+    assert create.call_count == 1
+    order = Order.objects.get(pk=order.pk)
+    assert (order.status, order.refund_status, order.stripe_refund_id) == (
+        "cancelled", "refunded", "re_test_1",
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.net import free_port
 from vmbackend.images import manifest, tiny
 
 
@@ -20,12 +20,6 @@ def tiny_images_root() -> Path:
     root = manifest.default_images_root()
     tiny.build(root, progress=lambda message: None)
     return root
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from tests.qemu_procs import qemu_pids
 from vmbackend import topology
 from vmbackend.client import Client
 
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def clean_broker(amqp_url: str) -> None:
-    """Empty the shared queues (never delete them: other areas' consumers may be attached), so
+    """Empty the shared queues (never delete them: other tests' consumers may be attached), so
     one test's leftovers never reach another test's daemon or the shop's event tests."""
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
@@ -114,23 +115,6 @@ def events_for(client: Client, vm_id: str, type_: str | None = None) -> list[dic
             and (type_ is None or e.get("type") == type_)]
 
 
-def qemu_pids(state_dir: Path) -> list[int]:
-    """PIDs of live QEMU processes whose command line mentions `state_dir`."""
-    pids = []
-    needle = str(state_dir).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            cwd = os.readlink(entry / "cwd").encode()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and (needle in cmdline or cwd.startswith(needle)):
-            pids.append(int(entry.name))
-    return pids
-
-
 def with_port(amqp_url: str, port: int) -> str:
     parts = urllib.parse.urlsplit(amqp_url)
     netloc = parts.netloc.rsplit("@", 1)
@@ -192,8 +176,9 @@ def basic_auth_status(url: str, user: str, password: str, timeout: float = 10) -
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     if not url.startswith("http://"):
         raise ValueError(f"not an http URL: {url}")
-    request = urllib.request.Request(url + "api/overview",  # noqa: S310 - checked above
-                                     headers={"Authorization": f"Basic {token}"})
+    request = urllib.request.Request(  # noqa: S310 - checked above
+        url + "api/overview", headers={"Authorization": f"Basic {token}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
             return response.status

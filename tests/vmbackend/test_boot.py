@@ -2,8 +2,8 @@
 
 import pytest
 
-from vmbackend import config
-from vmbackend.boot import safe_reason, spec_for, urls_for
+from vmbackend import config, messages
+from vmbackend.boot import MAX_REASON, safe_reason, spec_for, urls_for
 from vmbackend.machine import MachineError, TapNet, UserNet
 from vmbackend.state import VMRecord
 
@@ -64,9 +64,9 @@ def test_the_spec_matches_the_record():
 
 def test_a_failure_reason_never_contains_the_password_and_is_bounded():
     record = _record()
-    reason = safe_reason(MachineError("login pw-0123456789abcdef refused " + "x" * 2000), record)
+    reason = safe_reason(MachineError("login pw-0123456789abcdef refused " + "x" * 5000), record)
     assert "pw-0123456789abcdef" not in reason and "***" in reason
-    assert len(reason) <= 600
+    assert len(reason) <= MAX_REASON < messages.MAX_REASON  # the event keeps it whole
     assert safe_reason(TimeoutError(), record) == "TimeoutError"
 
 
@@ -75,20 +75,14 @@ def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
         tiny_images_root, short_tmp, monkeypatch):
     """delete-vm racing the launch: the cancel lands after QEMU was spawned, before the boot
     goes on. The boot must kill its own QEMU rather than leave an orphan."""
-    import socket
-
+    from tests.net import free_port
     from vmbackend.boot import Boot
     from vmbackend.machine import Machine
     from vmbackend.state import StateStore
 
-    def port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     cfg = _cfg(WARREN_IMAGE_DIR=str(tiny_images_root), WARREN_STATE_DIR=str(short_tmp))
     store = StateStore(short_tmp)
-    record = _record(vm_id="vm-race-1", ports={"management": port(), "amqp": port()})
+    record = _record(vm_id="vm-race-1", ports={"management": free_port(), "amqp": free_port()})
     reports = []
     boot = Boot(cfg, store, record, lambda *a, **k: reports.append(a))
     real_launch = Machine.launch

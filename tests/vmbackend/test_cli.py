@@ -1,11 +1,11 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from tests.net import free_port
 from tests.vmbackend.daemon_helpers import (
     ROOT,
     basic_auth_status,
@@ -18,12 +18,6 @@ from vmbackend.client import Client
 def _run(*args, env=None, timeout=60):
     return subprocess.run([sys.executable, "-m", "vmbackend", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def _closed_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_no_command_prints_usage():
@@ -40,7 +34,7 @@ def test_the_daemon_refuses_a_bad_config_with_the_setting_name(tmp_path):
 
 
 def test_a_client_command_with_no_broker_prints_a_json_error_without_the_password():
-    url = f"amqp://guest:hunter2-secret@127.0.0.1:{_closed_port()}/%2F"
+    url = f"amqp://guest:hunter2-secret@127.0.0.1:{free_port()}/%2F"
     done = _run("--amqp-url", url, "list-vms")
     assert done.returncode == 1
     reply = json.loads(done.stdout)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import http.client
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -20,6 +19,7 @@ from pathlib import Path
 import pika
 import pytest
 
+from tests.net import free_port
 from vmbackend import qmp
 from vmbackend.images import build, manifest
 from vmbackend.images.debian import DebianRecipe
@@ -29,12 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 BOOT_SECONDS = 1500.0  # cold boot to the management API, generous for a loaded CI host
 COOKIE_FILE = "/var/lib/rabbitmq/.erlang.cookie"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def status_of(machine: Machine, user: str, password: str, path: str = "api/overview") -> int:

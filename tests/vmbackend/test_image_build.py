@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.harness import wait_until
+from tests.net import free_port
 from vmbackend.images import build, manifest
 from vmbackend.images.arch import ArchRecipe
 from vmbackend.images.build import BuildError, Context, Recipe, Step
@@ -229,7 +232,12 @@ def start_slow_build(root: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path
     pid of the sleep)."""
     script = tmp_path / "slow_build.py"
     script.write_text(KILLABLE.format(repo=str(REPO), root=str(root)))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # The script is not the CLI (which sets its own handler): give it Ctrl-C's default
+        # explicitly, or a test run started in the background would hand it SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         started = list(root.glob(".slow.build-*/rootfs/started"))
@@ -279,6 +287,51 @@ def test_two_builds_of_one_image_do_not_run_at_once(root: Path, tmp_path: Path, 
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
+
+
+def _pids_running(*needles: bytes) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if all(n in cmdline for n in needles):
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("debootstrap") is None,
+    reason="a Debian build step needs root and debootstrap",
+)
+def test_ctrl_c_stops_a_cli_build_even_when_started_with_sigint_ignored(root: Path):
+    """A background job of a non-interactive shell starts with SIGINT ignored; the CLI must
+    still stop on Ctrl-C and clean up, as it does in a terminal."""
+    with socket.socket() as mirror:  # accepts connections (in the backlog) and never answers
+        mirror.bind(("127.0.0.1", 0))
+        mirror.listen(8)
+        env = {**os.environ, "WARREN_DEBIAN_MIRROR": f"http://127.0.0.1:{mirror.getsockname()[1]}/debian"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmbackend", "image", "--images-dir", str(root), "build", "sigint"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        try:
+            stuck = wait_until(lambda: _pids_running(b"debootstrap", str(root).encode()), 30,
+                               "debootstrap to wait on the mirror", interval=0.05)
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()  # SIGTERM still unwinds the build and stops its command
+                proc.wait(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert leftovers(root) == []
+    assert all(gone(pid) for pid in stuck)  # the step's command was stopped with the build
 
 
 def test_debootstrap_output_is_summarised_per_phase():
@@ -335,9 +388,7 @@ def test_the_arch_recipe_fails_clearly_without_a_mirror(root: Path):
 
 
 def test_the_arch_recipe_fails_clearly_with_an_unreachable_mirror(root: Path):
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a loopback port nobody listens on
     mirror = f"http://127.0.0.1:{port}/$repo/os/$arch"
     result = cli("build", "rabbitmq", "--distro", "arch", root=root, env={"WARREN_ARCH_MIRROR": mirror})
     assert result.returncode == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.qemu_procs import qemu_pids
 from vmbackend.images import manifest
 from vmbackend.machine import Machine, MachineError, MachineGone
 from vmbackend.management_api import ManagementAPI
@@ -17,18 +18,6 @@ from vmbackend.management_api import ManagementAPI
 pytestmark = pytest.mark.vm
 
 BOOT = 90  # seconds; generous for two loaded cores
-
-
-def _qemu_pids(vm_id):
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if f"warren-{vm_id},".encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 def _get(base, path, user, password):
@@ -74,7 +63,7 @@ def test_secrets_stay_off_the_command_line_and_in_private_files(machine_factory)
     assert (m.vm_dir / "qemu.log").is_file()
     m.kill()
     assert not m.is_running()
-    assert _qemu_pids(m.spec.vm_id) == []
+    assert qemu_pids(m.vm_dir) == []
 
 
 def test_two_vms_get_their_own_hostnames(machine_factory):
@@ -118,11 +107,11 @@ def test_a_vm_survives_its_launcher_and_can_be_adopted(machine_factory):
                    timeout=120, cwd=Path(__file__).parents[2])
     adopted = Machine.adopt(m.spec, m.vm_dir, m.images_root)
     assert adopted.is_running()
-    assert _qemu_pids(m.spec.vm_id) == [adopted.pid]
+    assert qemu_pids(m.vm_dir) == [adopted.pid]
     adopted.wait_guest_agent(time.monotonic() + BOOT)
     assert adopted.run_state() == "running"
     adopted.kill()
-    assert _qemu_pids(m.spec.vm_id) == []
+    assert qemu_pids(m.vm_dir) == []
     with pytest.raises(MachineGone):
         Machine.adopt(m.spec, m.vm_dir, m.images_root)
 
@@ -176,7 +165,7 @@ def test_a_bad_kernel_fails_at_launch_with_qemus_reason(machine_factory, tmp_pat
     with pytest.raises(MachineGone, match="exit code 1.*kernel"):
         m.launch()
     assert not m.is_running()
-    assert _qemu_pids(m.spec.vm_id) == []
+    assert qemu_pids(m.vm_dir) == []
 
 
 def test_a_guest_without_an_agent_fails_by_the_deadline_and_leaves_nothing(
@@ -190,15 +179,15 @@ def test_a_guest_without_an_agent_fails_by_the_deadline_and_leaves_nothing(
     assert time.monotonic() < deadline + 5
     assert "console:" in str(err.value)
     m.destroy()
-    assert _qemu_pids(m.spec.vm_id) == []
+    assert qemu_pids(m.vm_dir) == []
     assert not m.vm_dir.exists()
 
 
 def test_destroy_removes_the_vm_and_its_folder(machine_factory):
     m = machine_factory()
     m.launch()
-    assert _qemu_pids(m.spec.vm_id) == [m.pid]
+    assert qemu_pids(m.vm_dir) == [m.pid]
     m.destroy()
-    assert _qemu_pids(m.spec.vm_id) == []
+    assert qemu_pids(m.vm_dir) == []
     assert not m.vm_dir.exists()
     m.destroy()  # twice is fine

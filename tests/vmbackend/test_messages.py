@@ -286,6 +286,9 @@ def _ready_body(**fields):
     (_event_body("instance.failed", reason=["x"]), "reason must be a string"),
     (_event_body("instance.failed", reason="x" * 4001), "at most 4000"),
     (_event_body("instance.failed", reason="a\x00b"), "NUL byte"),
+    (_event_body("instance.restarting", attempt=-1), "attempt must be an integer between 0"),
+    (_event_body("instance.restarting", attempt="1"), "attempt must be"),
+    (_event_body("instance.restarting", reason="x" * 4001), "at most 4000"),
     (_event_body("host.heartbeat", capacity=-1), "capacity must be an integer between 0"),
     (_event_body("host.heartbeat", running=10**7), "running must be an integer between 0"),
     (_event_body("host.heartbeat", free_slots=False), "free_slots must be"),
@@ -295,6 +298,15 @@ def _ready_body(**fields):
 def test_hostile_events_are_malformed_with_a_reason(body, reason):
     with pytest.raises(MalformedEvent, match=reason):
         messages.parse_event(body)
+
+
+def test_a_restarting_event_is_built_and_read_with_its_reason_and_attempt():
+    body = messages.event("instance.restarting", instance_id=str(uuid.uuid4()), host_id="h1",
+                          seq=6, reason="QEMU process exited unexpectedly", attempt=2)
+    event = messages.parse_event(messages.encode_event(body))
+    assert (event.type, event.reason, event.attempt, event.seq) == (
+        "instance.restarting", "QEMU process exited unexpectedly", 2, 6)
+    assert event.is_instance_event
 
 
 def test_an_unknown_event_type_is_read_with_its_envelope_only():

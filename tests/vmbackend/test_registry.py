@@ -192,6 +192,25 @@ def test_one_command_at_a_time_per_vm(registry):
     assert registry.claim(stop)[0] == CLAIMED
 
 
+def test_a_delete_wins_over_a_start_whose_boot_still_runs(registry):
+    """Issue 10: a start-vm whose RabbitMQ never answers must not make the customer's cancel
+    wait for the boot deadline. The delete joins the busy vm-id (and cancels the boot); a
+    second delete, or any other command, is still refused."""
+    _add(registry, status=BOOTING)
+    start = VMCommand(command="start-vm", vm_id="vm-1")
+    delete = VMCommand(command="delete-vm", vm_id="vm-1")
+    assert registry.claim(start)[0] == CLAIMED
+    assert registry.claim(delete)[0] == BUSY  # no boot registered yet: nothing to cancel
+    registry.boots["vm-1"] = ("boot", "thread")
+    assert registry.claim(delete)[0] == CLAIMED
+    assert registry.claim(delete)[0] == BUSY
+    assert registry.claim(VMCommand(command="stop-vm", vm_id="vm-1"))[0] == BUSY
+    registry.release("vm-1", "start-vm")  # the start ends first: the delete still holds it
+    assert registry.busy == {"vm-1": ["delete-vm"]}
+    registry.release("vm-1", "delete-vm")
+    assert registry.busy == {}
+
+
 def test_commands_for_unknown_or_deleted_vms_are_unknown(registry):
     _add(registry, "gone", DELETED)
     assert registry.claim(VMCommand(command="start-vm", vm_id="nope"))[0] == UNKNOWN

@@ -114,7 +114,7 @@ def test_every_status_has_a_row_and_deleted_is_final():
 @pytest.mark.parametrize(("old", "new"), [
     (ACCEPTED, BOOTING), (ACCEPTED, FAILED), (BOOTING, READY), (BOOTING, LOST),
     (READY, STOPPED), (READY, LOST), (STOPPED, BOOTING), (LOST, BOOTING), (LOST, STOPPED),
-    (STOPPED, LOST), (FAILED, DELETED), (READY, DELETED),
+    (STOPPED, LOST), (FAILED, DELETED), (READY, DELETED), (READY, BOOTING),
 ])
 def test_allowed_changes(old, new):
     assert can_move(old, new)

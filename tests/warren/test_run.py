@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.harness import free_port, wait_until
+from tests.e2e.harness import wait_until
+from tests.net import free_port
 from warren.run import ROOT, Options, Supervisor, backoff, service_commands, setup_commands
 
 pytestmark = pytest.mark.django_db(databases=[])
@@ -85,6 +86,35 @@ def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
     output = proc.stdout.read().decode()
     assert "event=stopped" in output
+
+
+def test_ctrl_c_stops_the_setup_even_when_started_with_sigint_ignored(tmp_path: Path):
+    """A background job of a non-interactive shell starts with SIGINT ignored; Ctrl-C must
+    still stop `warren run`, here while its first setup step runs."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        # Should the setup not stop, the services must not reach any real broker.
+        "WARREN_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "warren", "run", "--port", str(free_port()), "--image", "tiny",
+         "--skip-image-build", "--no-daemon"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert proc.stdout is not None
+        step = next(line for line in iter(proc.stdout.readline, b"") if line.startswith(b"==> "))
+        assert step.startswith(b"==> manage.py migrate"), step
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # stops the services cleanly, should the setup have finished
+            proc.wait(timeout=30)
+    assert "event=started" not in proc.stdout.read().decode()
 
 
 def _children(pid: int) -> list[int]:

@@ -5,6 +5,7 @@ the image folder (`<images_root>/.<name>.build-<pid>`). Only when every step has
 image.json written (last) and the folder renamed into place, so an image folder with a manifest is
 always complete. A failure or Ctrl-C removes the temporary folder; a folder left by a build that
 was killed outright is removed by the next build of that image (builds of one image hold a lock).
+About 400 lines as one thing: the engine every recipe runs on (the recipes are their own modules).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmbackend.files import write_json_atomic
 from vmbackend.images import manifest
 
 log = logging.getLogger(__name__)
@@ -164,7 +166,7 @@ def run(
             env=env,
         )
         try:
-            _pump(proc, logf, tail, ctx.progress, summarize, timeout, heartbeat)
+            _pump(proc, argv[0], logf, tail, ctx.progress, summarize, timeout, heartbeat)
         except BaseException:
             _kill_group(proc)
             raise
@@ -176,6 +178,7 @@ def run(
 
 def _pump(
     proc: subprocess.Popen[bytes],
+    command: str,
     logf: Any,
     tail: collections.deque[str],
     progress: Progress,
@@ -191,7 +194,7 @@ def _pump(
         sel.register(proc.stdout, selectors.EVENT_READ)
         while True:
             if time.monotonic() > deadline:
-                raise BuildError(f"{proc.args[0]} did not finish within {timeout:.0f} s")
+                raise BuildError(f"{command} did not finish within {timeout:.0f} s")
             events = sel.select(timeout=1.0)
             if events:
                 chunk = os.read(proc.stdout.fileno(), 65536)
@@ -358,7 +361,7 @@ def _finish(ctx: Context, recipe: Recipe, name: str, wanted: str, progress: Prog
     for key in ("kernel", "initrd", "disk"):
         if data.get(key) and not (ctx.work / data[key]).is_file():
             raise BuildError(f"recipe did not produce {data[key]}")
-    manifest.write_json_atomic(ctx.work / manifest.MANIFEST, data)
+    write_json_atomic(ctx.work / manifest.MANIFEST, data)
     if ctx.final.exists():
         _carry_over(ctx.final, ctx.work, progress)
     old = ctx.final.with_name(f".{name}.old-{os.getpid()}")
@@ -388,7 +391,7 @@ def _carry_over(previous: Path, new: Path, progress: Progress) -> None:
 
 def list_images(images_root: Path) -> list[dict[str, Any]]:
     """One row per built image: name, distro, kind, built_at, size in bytes, saved state present."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in manifest.available(images_root):
         try:
             m = manifest.load(images_root, name)

@@ -111,7 +111,7 @@ def parse(data: object, folder: Path) -> Manifest:
     kind = guest_raw.get("kind")
     if kind not in GUEST_KINDS:
         raise ImageError(f"image.json: guest.kind must be one of {', '.join(GUEST_KINDS)}")
-    ports = {}
+    ports: dict[str, int] = {}
     for key in ("management_port", "amqp_port"):
         value = guest_raw.get(key)
         if value is None:
@@ -119,8 +119,6 @@ def parse(data: object, folder: Path) -> Manifest:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
             raise ImageError(f"image.json: guest.{key} must be a port number")
         ports[key] = value
-    if "amqp_port" not in ports:
-        ports["amqp_port"] = None
     initrd = data.get("initrd")
     disk = data.get("disk")
     return Manifest(
@@ -133,7 +131,11 @@ def parse(data: object, folder: Path) -> Manifest:
         initrd=resolve_inside(folder, initrd) if initrd is not None else None,
         disk=resolve_inside(folder, disk) if disk is not None else None,
         append=_require(data, "append", str),
-        guest=Guest(kind=kind, **ports),
+        guest=Guest(
+            kind=kind,
+            management_port=ports.get("management_port", Guest.management_port),
+            amqp_port=ports.get("amqp_port"),  # no default: an image without AMQP (tiny) has none
+        ),
         raw=data,
     )
 
@@ -149,9 +151,9 @@ def load(images_root: Path, name: str) -> Manifest:
     except (OSError, ValueError) as exc:
         raise ImageError(f"image {name!r}: unreadable image.json: {exc}") from exc
     manifest = parse(data, folder)
-    for path in (manifest.kernel, manifest.initrd, manifest.disk):
-        if path is not None and not path.is_file():
-            raise ImageError(f"image {name!r}: missing file {path.name}")
+    for file in (manifest.kernel, manifest.initrd, manifest.disk):
+        if file is not None and not file.is_file():
+            raise ImageError(f"image {name!r}: missing file {file.name}")
     return manifest
 
 

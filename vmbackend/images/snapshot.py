@@ -46,7 +46,8 @@ class SnapshotError(Exception):
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # (host, port) for AF_INET
+        return port
 
 
 def create(images_root: Path, name: str, progress: Progress = print, *, memory_mb: int = 512,

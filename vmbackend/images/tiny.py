@@ -52,11 +52,11 @@ class TinyBuildError(Exception):
     """The tiny image could not be built (the message says which step)."""
 
 
-def _run(cmd: list[str], **kw: object) -> str:
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
     try:
         return subprocess.run(
-            cmd, check=True, capture_output=True, text=True, timeout=600, **kw
-        ).stdout  # type: ignore[call-overload]
+            cmd, check=True, capture_output=True, text=True, timeout=600, cwd=cwd
+        ).stdout
     except subprocess.CalledProcessError as exc:
         raise TinyBuildError(f"{cmd[0]} failed: {(exc.stderr or '').strip()[-500:]}") from exc
     except (OSError, subprocess.TimeoutExpired) as exc:
