@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from django.db import connection
 
 from orders.relay_lock import AdvisoryLock, FileLock, relay_lock
@@ -57,7 +58,9 @@ class Worker:
 @pytest.fixture
 def worker_env(request, tmp_path) -> Iterator[dict[str, str]]:
     """The environment of a relay process on a database this test can also write to."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "store.settings"}
+    # One secrets key for every process of this test (a server database requires it).
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "store.settings",
+           "WARREN_SECRETS_KEYS": Fernet.generate_key().decode()}
     if connection.vendor == "postgresql":
         request.getfixturevalue("transactional_db")  # rows the processes can see (committed)
         settings = connection.settings_dict
