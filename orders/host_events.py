@@ -439,7 +439,7 @@ class EventConsumer:
             )
         channel.basic_ack(method.delivery_tag)
         self.counts[result] = self.counts.get(result, 0) + 1
-        return result
+        return str(result)
 
     def drain_dead_letters(self, channel: BlockingChannel, limit: int = 100) -> int:
         """Read what is in computing.dead now (at most `limit`); each is recorded, then acked."""
@@ -450,7 +450,7 @@ class EventConsumer:
                 break
             try:
                 result = self.with_database(
-                    channel, functools.partial(_record_safely, method, properties, body)
+                    channel, functools.partial(_record_safely, method, properties, body or b"")
                 )
             except (StopRequested, *TRANSIENT_DB_ERRORS):
                 channel.basic_nack(method.delivery_tag, requeue=True)
@@ -492,7 +492,7 @@ class EventConsumer:
                 topology.EVENTS_STORE_QUEUE, inactivity_timeout=self.idle_timeout
             ):
                 if method is not None:
-                    self.handle_delivery(channel, method, properties, body)
+                    self.handle_delivery(channel, method, properties, body or b"")
                 now = time.monotonic()
                 if method is None or now - self.last_dead_letter_check > self.dead_letter_interval:
                     self.last_dead_letter_check = now

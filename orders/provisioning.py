@@ -53,11 +53,13 @@ def enqueue(
 def body_to_publish(row: OutboxMessage) -> dict[str, Any]:
     """The body the relay puts on the wire: a create-vm gets its instance's password back
     (decrypted here, in memory, just for the publish)."""
-    admin = (row.body.get("options") or {}).get("admin") if row.routing_key == CREATE_VM else None
-    if not isinstance(admin, dict) or row.instance_id is None:
-        return row.body
-    body = copy.deepcopy(row.body)
-    body["options"]["admin"]["password"] = row.instance.admin_password
+    stored: dict[str, Any] = row.body
+    admin = (stored.get("options") or {}).get("admin") if row.routing_key == CREATE_VM else None
+    instance = row.instance if row.instance_id is not None else None
+    if not isinstance(admin, dict) or instance is None:
+        return stored
+    body = copy.deepcopy(stored)
+    body["options"]["admin"]["password"] = instance.admin_password
     return body
 
 
@@ -101,9 +103,9 @@ def request_provisioning(
     # Order.instance is one-to-one: even a second writer that slipped past the status check
     # could not create a second instance (IntegrityError rolls its whole transaction back).
     username, password = messages.generate_admin()  # warren-xxxxxx, 32 url-safe characters
-    instance = Instance.objects.create(
-        order=order, admin_username=username, admin_password=password
-    )
+    instance = Instance(order=order, admin_username=username)
+    instance.admin_password = password  # encrypted on the way in (orders/encryption.py)
+    instance.save(force_insert=True)
     enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance)
     log.info(
         "event=provisioning_requested order_id=%s instance_id=%s plan=%s",

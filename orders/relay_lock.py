@@ -17,7 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from django.db import connections
 
@@ -78,6 +78,9 @@ class AdvisoryLock:
     def __init__(self, alias: str = "default"):
         self.db = connections[alias]
         self.conn: Any = None
+        # The driver's own base error: this lock talks to a raw driver connection, not through
+        # Django's wrappers (which would turn it into django.db.Error).
+        self.driver_error: type[Exception] = cast(Any, self.db).Database.Error
 
     def try_acquire(self) -> bool:
         try:
@@ -87,7 +90,7 @@ class AdvisoryLock:
             with self.conn.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_KEY])
                 return bool(cursor.fetchone()[0])
-        except self.db.Database.Error as exc:  # the database is down: wait and try again
+        except self.driver_error as exc:  # the database is down: wait and try again
             log.warning("event=relay_lock_unavailable error=%s", type(exc).__name__)
             self.release()
             return False
@@ -100,7 +103,7 @@ class AdvisoryLock:
             with self.conn.cursor() as cursor:
                 cursor.execute("SELECT 1")
                 cursor.fetchone()
-        except self.db.Database.Error:
+        except self.driver_error:
             self.release()
             return False
         return True
@@ -113,7 +116,7 @@ class AdvisoryLock:
                 with self.conn.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock_all()")
                 self.conn.close()
-            except self.db.Database.Error:
+            except self.driver_error:
                 pass  # the session is gone already, and its lock with it
             self.conn = None
 
@@ -124,7 +127,7 @@ def relay_lock(alias: str = "default") -> RelayLock:
     if db.vendor == "postgresql":
         return AdvisoryLock(alias)
     if db.vendor == "sqlite":
-        if db.is_in_memory_db():
+        if cast(Any, db).is_in_memory_db():
             return NoLock()
         return FileLock(str(db.settings_dict["NAME"]) + LOCK_SUFFIX)
     return NoLock()
