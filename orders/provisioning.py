@@ -48,7 +48,7 @@ def create_vm_body(*, instance: Instance) -> dict[str, Any]:
         "version": PROTOCOL_VERSION,
         "command": "create-vm",
         "options": {
-            "image": settings.INSTANCE_IMAGE,
+            "image": settings.INSTANCE_IMAGE or plan.image,
             "vm-id": str(instance.public_id),
             "memory-mb": plan.memory_mb,
             "vcpus": plan.vcpus,

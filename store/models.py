@@ -1,5 +1,7 @@
 from django.db import models
 
+from vmbackend.images import versions
+
 
 class Plan(models.Model):
     """A hosted RabbitMQ plan: the VM size and broker limits a customer pays for monthly."""
@@ -9,6 +11,10 @@ class Plan(models.Model):
     memory_mb = models.PositiveIntegerField()
     vcpus = models.PositiveSmallIntegerField(default=1)
     disk_gb = models.PositiveIntegerField()
+    # The RabbitMQ series the plan's VMs run; it picks the image (vmbackend/images/versions.py).
+    rabbitmq_version = models.CharField(
+        "RabbitMQ version", max_length=8, choices=versions.CHOICES, default=versions.DEFAULT_VERSION
+    )
     max_connections = models.PositiveIntegerField()
     max_queues = models.PositiveIntegerField()
     monthly_price_cents = models.PositiveIntegerField()
@@ -28,6 +34,11 @@ class Plan(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def image(self) -> str:
+        """The VM image this plan's instances boot."""
+        return versions.image_for(self.rabbitmq_version)
 
     @property
     def monthly_price(self) -> str:
