@@ -33,6 +33,8 @@ PACKAGES: tuple[str, ...] = (
     "procps",
     "curl",
     "ca-certificates",
+    # resize2fs and chattr for warren-firstboot; bookworm's minbase has them, trixie's does not.
+    "e2fsprogs",
 )
 # The cloud kernel has the virtio drivers as modules; the initrd needs them to find /dev/vda on
 # both microvm (virtio-mmio) and q35 (virtio-pci). ext4 and crc32c are built into the cloud kernel;
