@@ -208,9 +208,13 @@ def durability_facts(m: Machine) -> dict[str, object]:
 
 def guest_rabbit_log(m: Machine) -> str:
     try:
+        # The vhost's .config: 3.10's classic queue index recovery needs it (docs/images.md).
         return guest(m, "systemctl is-active rabbitmq-server; journalctl -u rabbitmq-server -n 5 "
-                        "--no-pager; tail -n 15 /var/log/rabbitmq/*.log | grep -iE "
-                        "'error|crash|badmatch|failed' | tail -n 8", timeout=180)
+                        "--no-pager; stat -c '%s bytes %n' /var/lib/rabbitmq/mnesia/*/msg_stores/"
+                        "vhosts/*/.config; grep -ohE 'badmatch[^]]{0,80}|scan_queue_segments' "
+                        "/var/log/rabbitmq/*.log | sort | uniq -c | head -n 5; "
+                        "tail -n 60 /var/log/rabbitmq/rabbit@localhost.log | cut -c1-220 | grep -iE "
+                        "'error|crash|reason|boot step|recover|rebuild' | tail -n 8", timeout=180)
     except MachineError as exc:
         return f"(guest agent: {exc})"
 

@@ -151,18 +151,21 @@ def test_a_tampered_meta_is_not_restored_from(saved_root, machine_factory, tmp_p
     assert snapshot.matching(image, spec, "tcg") is None
 
 
+IMAGE = "rabbitmq-4.0"  # the image new orders get (versions.DEFAULT_VERSION)
+
+
 @pytest.mark.slow
 def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_images_root):
     root = manifest.default_images_root()
-    if "rabbitmq" not in manifest.available(root):
-        pytest.skip(f"no rabbitmq image under {root}: run `python -m vmbackend image build rabbitmq`")
-    image = manifest.load(root, "rabbitmq")
+    if IMAGE not in manifest.available(root):
+        pytest.skip(f"no {IMAGE} image under {root}: run `python -m vmbackend image build rabbitmq-4.0`")
+    image = manifest.load(root, IMAGE)
     if snapshot.load_meta(image) is None:
-        pytest.skip("the rabbitmq image has no saved state: run `python -m vmbackend image snapshot rabbitmq`")
+        pytest.skip(f"the {IMAGE} image has no saved state: run `python -m vmbackend image snapshot rabbitmq-4.0`")
     meta = snapshot.load_meta(image)
-    a = machine_factory(image="rabbitmq", images_root=root, memory_mb=meta["memory_mb"],
+    a = machine_factory(image=IMAGE, images_root=root, memory_mb=meta["memory_mb"],
                         vcpus=meta["vcpus"], disk_gb=4, limits={"max-connections": 5})
-    b = machine_factory(image="rabbitmq", images_root=root, memory_mb=meta["memory_mb"],
+    b = machine_factory(image=IMAGE, images_root=root, memory_mb=meta["memory_mb"],
                         vcpus=meta["vcpus"], disk_gb=4)
     assert a.launch() == "restore"
     assert b.launch() == "restore"
@@ -176,7 +179,7 @@ def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_im
         assert http_request("GET", f"{base}api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
         assert http_request("GET", f"{base}api/overview", "guest", "guest")[0] == 401
         assert http_request("GET", f"{base}api/overview", snapshot.TEMPLATE_ADMIN,
-                            snapshot.template_password(root, "rabbitmq"))[0] == 401
+                            snapshot.template_password(root, IMAGE))[0] == 401
     assert a.guest_exec("/bin/hostname")[1] != b.guest_exec("/bin/hostname")[1]
     status, body = http_request("GET", f"{a.management_url()}api/vhost-limits/%2F",
                                 a.spec.admin_user, a.spec.admin_password)
