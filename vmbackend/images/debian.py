@@ -35,6 +35,8 @@ PACKAGES: tuple[str, ...] = (
     "ca-certificates",
     # resize2fs and chattr for warren-firstboot; bookworm's minbase has them, trixie's does not.
     "e2fsprogs",
+    # hwclock: the guest agent's guest-set-time (after a restore) runs it; not in trixie's minbase.
+    "util-linux-extra",
 )
 # The cloud kernel has the virtio drivers as modules; the initrd needs them to find /dev/vda on
 # both microvm (virtio-mmio) and q35 (virtio-pci). ext4 and crc32c are built into the cloud kernel;
