@@ -1,11 +1,11 @@
 """Boot benchmark: cold boot vs restore from saved state, per image, one VM at a time.
 
-Prints, for each image present (tiny always; rabbitmq when built), the median seconds from QEMU
+Prints, for each image present (tiny always; rabbitmq-4.0 when built), the median seconds from QEMU
 start to (a) the guest agent answering and (b) the management API answering with the VM's own
 credentials (after personalization on a restore), the median RSS of the QEMU process once ready,
 and the cold/restore ratio.
 
-    .venv/bin/python bench/boot.py [--runs 3] [--images tiny,rabbitmq] [--images-root DIR]
+    .venv/bin/python bench/boot.py [--runs 3] [--images tiny,rabbitmq-4.0,rabbitmq-3.10] [--images-root DIR]
 
 The tiny image's saved state is made in a private copy of the image (so tests keep booting the
 shared one cold); the rabbitmq image's restore uses its saved/ from `image snapshot` if present.
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root: Path = args.images_root
     tiny.build(root, progress=lambda m: None)
-    wanted = args.images.split(",") if args.images else ["tiny", "rabbitmq"]
+    wanted = args.images.split(",") if args.images else ["tiny", "rabbitmq-4.0"]
     work = Path(tempfile.mkdtemp(prefix="wbench-"))
     rows = []
     try:

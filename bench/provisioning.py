@@ -6,7 +6,7 @@ checkout.session.completed POST until the order page shows a management URL that
 /api/overview with the credentials the page reveals. Cold boots and restores from the saved state
 run in the same invocation; prints medians and the cold/restore ratio.
 
-    .venv/bin/python bench/provisioning.py [--image rabbitmq] [--cold 1] [--restore 3]
+    .venv/bin/python bench/provisioning.py [--image rabbitmq-4.0] [--cold 1] [--restore 3]
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def measure(image: str, restore: bool, runs: int, amqp_url: str, images_root: Pa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", default="rabbitmq")
+    parser.add_argument("--image", default="rabbitmq-4.0")
     parser.add_argument("--cold", type=int, default=1, help="cold-boot orders (each ~2 min under TCG)")
     parser.add_argument("--restore", type=int, default=3, help="orders served from the saved state")
     args = parser.parse_args()

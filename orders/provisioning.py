@@ -68,7 +68,7 @@ def create_vm_body(*, instance: Instance) -> dict[str, Any]:
     plan = instance.order.plan
     return messages.create_vm_body(
         vm_id=instance.vm_id,
-        image=settings.INSTANCE_IMAGE,
+        image=settings.INSTANCE_IMAGE or plan.image,
         memory_mb=plan.memory_mb,
         vcpus=plan.vcpus,
         disk_gb=plan.disk_gb,

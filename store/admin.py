@@ -11,6 +11,7 @@ class PlanAdmin(admin.ModelAdmin):
         "memory_mb",
         "vcpus",
         "disk_gb",
+        "rabbitmq_version",
         "max_connections",
         "max_queues",
         "monthly_price",
@@ -20,6 +21,6 @@ class PlanAdmin(admin.ModelAdmin):
         "sort_order",
     )
     list_editable = ("is_active", "sort_order")
-    list_filter = ("is_active", "currency")
+    list_filter = ("is_active", "currency", "rabbitmq_version")
     search_fields = ("name", "slug", "stripe_price_id")
     prepopulated_fields = {"slug": ("name",)}

@@ -2,6 +2,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from vmbackend import messages
+from vmbackend.images import versions
 
 
 def _within(bounds: tuple[int, ...]) -> list:
@@ -28,6 +29,10 @@ class Plan(models.Model):
     memory_mb = models.PositiveIntegerField(validators=_within(messages.MEMORY_MB))
     vcpus = models.PositiveSmallIntegerField(default=1, validators=_within(messages.VCPUS))
     disk_gb = models.PositiveIntegerField(validators=_within(messages.DISK_GB))
+    # The RabbitMQ series the plan's VMs run; it picks the image (vmbackend/images/versions.py).
+    rabbitmq_version = models.CharField(
+        "RabbitMQ version", max_length=8, choices=versions.CHOICES, default=versions.DEFAULT_VERSION
+    )
     max_connections = models.PositiveIntegerField(validators=_within(messages.LIMIT))
     max_queues = models.PositiveIntegerField(validators=_within(messages.LIMIT))
     monthly_price_cents = models.PositiveIntegerField()
@@ -49,6 +54,11 @@ class Plan(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def image(self) -> str:
+        """The VM image this plan's instances boot."""
+        return versions.image_for(self.rabbitmq_version)
 
     @property
     def monthly_price(self) -> str:

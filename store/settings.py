@@ -190,8 +190,9 @@ STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
 
 # The control broker between the shop and the host daemons.
 AMQP_URL = env.str("WARREN_AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/%2F")
-# The image new instances boot from (a name known to the host daemons).
-INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="rabbitmq")
+# Empty: each instance boots the image of its plan's RabbitMQ version (rabbitmq-4.0, ...).
+# A name overrides that for every order (`tiny` for a seconds-fast demo or test).
+INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="")
 # A host that has not sent a heartbeat for this long is shown to staff as unreachable.
 HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import environ
 
+from vmbackend.images import versions
+
 log = logging.getLogger("warren.run")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +35,7 @@ MAX_BACKOFF = 30.0
 class Options:
     bind: str = "127.0.0.1"
     port: int = 8000
-    image: str = "rabbitmq"
+    image: str = ""  # empty: each plan's RabbitMQ version picks the image (build the default's)
     build_images: bool = True
     daemon: bool = True
     web_workers: int = 2
@@ -60,8 +62,9 @@ def setup_commands(opts: Options, python: str = sys.executable) -> list[list[str
     if opts.build_images:
         steps.append([python, "-m", "vmbackend", "image", "build", "tiny"])
         if opts.image != "tiny":
-            steps.append([python, "-m", "vmbackend", "image", "build", opts.image, "--distro", "debian"])
-            steps.append([python, "-m", "vmbackend", "image", "snapshot", opts.image])
+            image = opts.image or versions.image_for(versions.DEFAULT_VERSION)
+            steps.append([python, "-m", "vmbackend", "image", "build", image, "--distro", "debian"])
+            steps.append([python, "-m", "vmbackend", "image", "snapshot", image])
     return steps
 
 
@@ -87,7 +90,8 @@ def service_commands(opts: Options, python: str = sys.executable) -> dict[str, l
 def child_environment(opts: Options, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.setdefault("WARREN_SITE_URL", f"http://{opts.bind}:{opts.port}")
-    env["WARREN_INSTANCE_IMAGE"] = opts.image
+    if opts.image:
+        env["WARREN_INSTANCE_IMAGE"] = opts.image
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -182,8 +186,9 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Options]:
     run.add_argument("--bind", default=os.environ.get("WARREN_BIND", "127.0.0.1"))
     run.add_argument("--port", type=int, default=int(os.environ.get("WARREN_PORT", "8000")))
     run.add_argument(
-        "--image", default=os.environ.get("WARREN_INSTANCE_IMAGE", "rabbitmq"),
-        help="image new instances boot from (rabbitmq, or tiny for a seconds-fast demo)",
+        "--image", default=os.environ.get("WARREN_INSTANCE_IMAGE", ""),
+        help="image every new instance boots (default: the one of its plan's RabbitMQ version; "
+        "tiny for a seconds-fast demo)",
     )
     run.add_argument("--skip-image-build", action="store_true")
     run.add_argument("--no-daemon", action="store_true", help="do not run a host daemon here")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import System
-from vmbackend.images import manifest, tiny
+from vmbackend.images import manifest, tiny, versions
 
 
 @pytest.fixture(scope="session")
@@ -50,11 +50,12 @@ def tiny_system(workdir: Path, amqp_url: str, images_root: Path) -> Iterator[Sys
 
 @pytest.fixture
 def rabbitmq_system(workdir: Path, amqp_url: str, images_root: Path) -> Iterator[System]:
-    """The same selling the real RabbitMQ image; skipped when `make images` has not built it."""
+    """The same selling the real RabbitMQ image of the plans' version (no image override: the
+    create-vm request names the plan's image); skipped when `make images` has not built it."""
     try:
-        manifest.load(images_root, "rabbitmq")
+        manifest.load(images_root, versions.image_for(versions.DEFAULT_VERSION))
     except Exception as exc:  # noqa: BLE001 - any reason the image is unusable
         if os.environ.get("CI"):
             raise  # CI builds the image first (`make test` -> `make images`): missing is a failure
         pytest.skip(f"the rabbitmq image is not built ({exc}); run `make images`")
-    yield from _system(workdir, amqp_url, images_root, "rabbitmq")
+    yield from _system(workdir, amqp_url, images_root, "")

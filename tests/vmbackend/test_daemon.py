@@ -258,7 +258,7 @@ def real_image_daemons(tmp_path, amqp_url):
     from vmbackend.images import manifest
 
     root = manifest.default_images_root()
-    manifest.load(root, "rabbitmq")  # `make images` builds it; a missing image is an error here
+    manifest.load(root, "rabbitmq-4.0")  # `make images` builds it; a missing image is an error here
     clean_broker(amqp_url)
     pool = Daemons(tmp_path, amqp_url, root)
     yield pool
@@ -270,7 +270,7 @@ def test_the_real_rabbitmq_image_ends_ready_with_working_management_and_amqp_url
         real_image_daemons, client):
     daemon = real_image_daemons.start(extra_env={"WARREN_BOOT_DEADLINE": "900"})
     wait_host(client, daemon.host_id)
-    created = _ok(client.call("create-vm", {"image": "rabbitmq", "vm-id": "vm-real-1",
+    created = _ok(client.call("create-vm", {"image": "rabbitmq-4.0", "vm-id": "vm-real-1",
                                             "memory-mb": 512}))
     password = created["admin-password"]
     ready = client.wait_event("vm-real-1", ("instance.ready", "instance.failed"), 900)

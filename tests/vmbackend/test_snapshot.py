@@ -157,18 +157,21 @@ def test_a_tampered_meta_is_not_restored_from(saved_root, machine_factory, tmp_p
     assert saved_state.matching(image, spec, "tcg") is None
 
 
+IMAGE = "rabbitmq-4.0"  # the image new orders get (versions.DEFAULT_VERSION)
+
+
 @pytest.mark.slow
 def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_images_root):
     root = manifest.default_images_root()
-    if "rabbitmq" not in manifest.available(root):
-        pytest.skip(f"no rabbitmq image under {root}: run `python -m vmbackend image build rabbitmq`")
-    image = manifest.load(root, "rabbitmq")
+    if IMAGE not in manifest.available(root):
+        pytest.skip(f"no {IMAGE} image under {root}: run `python -m vmbackend image build rabbitmq-4.0`")
+    image = manifest.load(root, IMAGE)
     if saved_state.load_meta(image) is None:
-        pytest.skip("the rabbitmq image has no saved state: run `python -m vmbackend image snapshot rabbitmq`")
+        pytest.skip(f"the {IMAGE} image has no saved state: run `python -m vmbackend image snapshot rabbitmq-4.0`")
     meta = saved_state.load_meta(image)
-    a = machine_factory(image="rabbitmq", images_root=root, memory_mb=meta["memory_mb"],
+    a = machine_factory(image=IMAGE, images_root=root, memory_mb=meta["memory_mb"],
                         vcpus=meta["vcpus"], disk_gb=4, limits={"max-connections": 5})
-    b = machine_factory(image="rabbitmq", images_root=root, memory_mb=meta["memory_mb"],
+    b = machine_factory(image=IMAGE, images_root=root, memory_mb=meta["memory_mb"],
                         vcpus=meta["vcpus"], disk_gb=4)
     assert a.launch() == "restore"
     assert b.launch() == "restore"
@@ -182,7 +185,7 @@ def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_im
         assert _get(base, "api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
         assert _get(base, "api/overview", "guest", "guest")[0] == 401
         assert _get(base, "api/overview", snapshot.TEMPLATE_ADMIN,
-                    saved_state.template_password(root, "rabbitmq"))[0] == 401
+                    saved_state.template_password(root, IMAGE))[0] == 401
     assert a.guest_exec("/bin/hostname")[1] != b.guest_exec("/bin/hostname")[1]
     status, body = _get(a.management_url(), "api/vhost-limits/%2F", a.spec.admin_user,
                         a.spec.admin_password)

@@ -14,7 +14,15 @@ import requests
 
 from tests.e2e.harness import wait_until
 from tests.net import free_port
-from warren.run import ROOT, Options, Supervisor, backoff, service_commands, setup_commands
+from warren.run import (
+    ROOT,
+    Options,
+    Supervisor,
+    backoff,
+    child_environment,
+    service_commands,
+    setup_commands,
+)
 
 pytestmark = pytest.mark.django_db(databases=[])
 
@@ -27,11 +35,18 @@ def test_it_runs_every_service_the_system_needs():
 
 
 def test_it_builds_the_sold_image_and_its_saved_state_before_starting():
-    steps = [" ".join(argv[1:]) for argv in setup_commands(Options(image="rabbitmq"))]
+    steps = [" ".join(argv[1:]) for argv in setup_commands(Options())]
     assert steps.index("manage.py migrate --noinput") < steps.index("manage.py seed_plans")
-    assert "-m vmbackend image build rabbitmq --distro debian" in steps
-    assert "-m vmbackend image snapshot rabbitmq" in steps
+    assert "-m vmbackend image build rabbitmq-4.0 --distro debian" in steps  # the default version's
+    assert "-m vmbackend image snapshot rabbitmq-4.0" in steps
+    steps = [" ".join(argv[1:]) for argv in setup_commands(Options(image="rabbitmq-3.10"))]
+    assert "-m vmbackend image snapshot rabbitmq-3.10" in steps
     assert not any("image" in s for s in setup_commands(Options(build_images=False)))
+
+
+def test_the_plans_pick_the_image_unless_one_is_forced():
+    assert "WARREN_INSTANCE_IMAGE" not in child_environment(Options(), base={})
+    assert child_environment(Options(image="tiny"), base={})["WARREN_INSTANCE_IMAGE"] == "tiny"
 
 
 def test_restart_backoff_grows_and_is_capped():

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmbackend.images import guest, rootfs
+from vmbackend.images import guest, rootfs, versions
 from vmbackend.images.build import BuildError, Context, Progress, Recipe, Step, run, which
 from vmbackend.images.rootfs import chroot
 
-SUITE = "bookworm"
+# The Debian releases the recipe knows: the suite decides the RabbitMQ and Erlang versions
+# (bookworm: 3.10.8 / Erlang 25; trixie: 4.0.5 / Erlang 27). Which image uses which: versions.py.
+SUITES: tuple[str, ...] = ("bookworm", "trixie")
 PACKAGES: tuple[str, ...] = (
     "systemd-sysv",
     "udev",
@@ -31,6 +33,10 @@ PACKAGES: tuple[str, ...] = (
     "procps",
     "curl",
     "ca-certificates",
+    # resize2fs and chattr for warren-firstboot; bookworm's minbase has them, trixie's does not.
+    "e2fsprogs",
+    # hwclock: the guest agent's guest-set-time (after a restore) runs it; not in trixie's minbase.
+    "util-linux-extra",
 )
 # The cloud kernel has the virtio drivers as modules; the initrd needs them to find /dev/vda on
 # both microvm (virtio-mmio) and q35 (virtio-pci). ext4 and crc32c are built into the cloud kernel;
@@ -70,7 +76,9 @@ COMPRESS = True
 
 def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
     """The Debian mirror apt uses here (WARREN_DEBIAN_MIRROR overrides): the URI of the first
-    apt source with the suite `bookworm` and the `main` component."""
+    apt source with a Debian release suite (bookworm, trixie; not -security/-updates) and the
+    `main` component. One archive carries every release, so a bookworm host's mirror serves
+    trixie too."""
     override = os.environ.get("WARREN_DEBIAN_MIRROR")
     if override:
         return override.rstrip("/")
@@ -98,10 +106,11 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
             if len(words) >= 4 and words[0] == "deb":
                 entries.append((words[1], [words[2]], words[3:]))
     for uri, suites, components in entries:
-        if SUITE in suites and "main" in components:
+        if any(suite in SUITES for suite in suites) and "main" in components:
             return uri.rstrip("/")
     raise BuildError(
-        f"no apt source for Debian {SUITE} main in {sources_dir}; set WARREN_DEBIAN_MIRROR"
+        f"no apt source for Debian {'/'.join(SUITES)} main in {sources_dir}; "
+        "set WARREN_DEBIAN_MIRROR"
     )
 
 
@@ -131,16 +140,29 @@ class DebianRecipe(Recipe):
     kind = "rabbitmq"
     packages = PACKAGES
 
-    def __init__(self, name: str = "rabbitmq", *, compress: bool = COMPRESS) -> None:
+    def __init__(
+        self, name: str = "rabbitmq", *, suite: str | None = None, compress: bool = COMPRESS
+    ) -> None:
+        """`suite` defaults to the one the image name's RabbitMQ version comes from
+        (versions.py: `rabbitmq-4.0` is trixie, `rabbitmq-3.10` and `rabbitmq` bookworm)."""
         self.name = name
         self.compress = compress
+        if suite is None:
+            version = versions.for_image(name)
+            if version is None:
+                known = [v.image for v in versions.VERSIONS] + list(versions.LEGACY_IMAGES)
+                raise BuildError(f"no Debian release known for image {name!r}; known: {known}")
+            suite = version.debian_suite
+        if suite not in SUITES:
+            raise BuildError(f"unknown Debian suite {suite!r}; known: {SUITES}")
+        self.suite = suite
 
     def source_files(self) -> list[Path]:
         return [Path(__file__).resolve(), Path(rootfs.__file__).resolve(), *guest.source_files()]
 
     def hash_extra(self) -> str:
         return (
-            f"suite={SUITE} initrd={','.join(INITRD_MODULES)} append={APPEND} "
+            f"suite={self.suite} initrd={','.join(INITRD_MODULES)} append={APPEND} "
             f"compress={self.compress}"
         )
 
@@ -152,12 +174,15 @@ class DebianRecipe(Recipe):
 
     def steps(self) -> Sequence[Step]:
         return (
-            Step(f"debootstrap {SUITE} ({len(PACKAGES)} packages + minbase)", debootstrap),
+            Step(f"debootstrap {self.suite} ({len(PACKAGES)} packages + minbase)", self.debootstrap),
             Step("configure the guest (network, units, RabbitMQ, first boot)", configure),
             Step("initramfs with virtio modules; copy kernel and initrd out", initramfs),
             Step("clean caches", clean),
             Step("ext4 file system and qcow2 disk", self.make_disk),
         )
+
+    def debootstrap(self, ctx: Context) -> None:
+        debootstrap(ctx, self.suite)
 
     def make_disk(self, ctx: Context) -> None:
         rootfs.make_disk(ctx, compress=self.compress)
@@ -171,7 +196,7 @@ class DebianRecipe(Recipe):
             "guest": {"kind": "rabbitmq", "management_port": 15672, "amqp_port": 5672},
             "saved_state": None,
             "debian": {
-                "suite": SUITE,
+                "suite": self.suite,
                 "kernel_version": ctx.facts.get("kernel_version"),
                 "rabbitmq_version": ctx.facts.get("rabbitmq_version"),
                 "rootfs_bytes": ctx.facts.get("rootfs_bytes"),
@@ -180,14 +205,14 @@ class DebianRecipe(Recipe):
         }
 
 
-def debootstrap(ctx: Context) -> None:
+def debootstrap(ctx: Context, suite: str) -> None:
     DEBOOTSTRAP_CACHE.mkdir(parents=True, exist_ok=True)
     mirror = debian_mirror()
     run(
         rootfs.in_namespace(
             "debootstrap", "--variant=minbase", f"--cache-dir={DEBOOTSTRAP_CACHE}",
             "--include=" + ",".join(PACKAGES),
-            SUITE, str(ctx.rootfs), mirror,
+            suite, str(ctx.rootfs), mirror,
         ),
         ctx,
         summarize=_DebootstrapSummary(),
@@ -211,7 +236,12 @@ def configure(ctx: Context) -> None:
     script = f"""set -e
 chown -R rabbitmq:rabbitmq /etc/rabbitmq /var/lib/rabbitmq
 systemctl enable {" ".join(ENABLE_UNITS)}
-systemctl disable {" ".join(DISABLE_UNITS)}
+# Not every release has every unit (trixie's minbase has no cron): disable the ones there.
+for unit in {" ".join(DISABLE_UNITS)}; do
+    if [ -e /usr/lib/systemd/system/$unit ] || [ -e /lib/systemd/system/$unit ]; then
+        systemctl disable $unit
+    fi
+done
 systemctl mask {" ".join(MASK_UNITS)}
 passwd -l root
 test -x /usr/sbin/qemu-ga

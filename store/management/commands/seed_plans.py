@@ -5,10 +5,12 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from store.models import Plan
+from vmbackend.images import versions
 
 DEMO_PLANS: list[dict[str, Any]] = [
     {
         "slug": "bunny",
+        "rabbitmq_version": versions.DEFAULT_VERSION,
         "name": "Bunny",
         "memory_mb": 512,
         "vcpus": 1,
@@ -20,6 +22,7 @@ DEMO_PLANS: list[dict[str, Any]] = [
     },
     {
         "slug": "hare",
+        "rabbitmq_version": versions.DEFAULT_VERSION,
         "name": "Hare",
         "memory_mb": 1024,
         "vcpus": 1,
@@ -31,6 +34,7 @@ DEMO_PLANS: list[dict[str, Any]] = [
     },
     {
         "slug": "warren",
+        "rabbitmq_version": versions.DEFAULT_VERSION,
         "name": "Warren",
         "memory_mb": 2048,
         "vcpus": 2,
