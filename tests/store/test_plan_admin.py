@@ -41,6 +41,7 @@ VALID = {
     "max_connections": 100,
     "max_queues": 200,
     "monthly_price_cents": 900,
+    "rabbitmq_version": "4.0",
     "currency": "usd",
     "sort_order": 0,
 }
@@ -97,7 +98,8 @@ def test_the_migration_brings_an_old_plan_within_bounds_and_deactivates_it():
     executor = MigrationExecutor(connection)
     executor.migrate([("store", "0001_initial")])
     old_apps = executor.loader.project_state([("store", "0001_initial")]).apps
-    old_apps.get_model("store", "Plan").objects.create(**{**VALID, "memory_mb": 65536,
+    before_versions = {k: v for k, v in VALID.items() if k != "rabbitmq_version"}
+    old_apps.get_model("store", "Plan").objects.create(**{**before_versions, "memory_mb": 65536,
                                                           "vcpus": 16})
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
