@@ -56,9 +56,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "registration/signup.html", ctx)
 
 
-def _tell_owners_of_a_new_account(
-    request: HttpRequest, owners: list[User], new_user: User
-) -> None:
+def _tell_owners_of_a_new_account(request: HttpRequest, owners: list[User], new_user: User) -> None:
     """Someone signed up with an address that already has an account: its owner hears of it by
     mail (the page says nothing, so signup does not reveal which addresses are registered)."""
     context = {
@@ -67,9 +65,7 @@ def _tell_owners_of_a_new_account(
         "reset_url": request.build_absolute_uri(reverse("password_reset")),
     }
     for owner in owners:
-        body = render_to_string(
-            "registration/email_in_use_email.txt", {**context, "user": owner}
-        )
+        body = render_to_string("registration/email_in_use_email.txt", {**context, "user": owner})
         try:
             send_mail(
                 "Another Warren account uses your email address",

@@ -42,10 +42,17 @@ def rss_mib(pid: int) -> float:
 
 def one_boot(root: Path, image: str, memory_mb: int, vcpus: int, work: Path, mode: str) -> dict:
     vm_id = uuid.uuid4().hex[:12]
-    spec = VMSpec(vm_id=vm_id, image=image, memory_mb=memory_mb, vcpus=vcpus, disk_gb=4,
-                  hostname=f"bench-{vm_id[:6]}", admin_user=f"warren-{vm_id[:6]}",
-                  admin_password=uuid.uuid4().hex,
-                  network=UserNet("127.0.0.1", free_port(), free_port()))
+    spec = VMSpec(
+        vm_id=vm_id,
+        image=image,
+        memory_mb=memory_mb,
+        vcpus=vcpus,
+        disk_gb=4,
+        hostname=f"bench-{vm_id[:6]}",
+        admin_user=f"warren-{vm_id[:6]}",
+        admin_password=uuid.uuid4().hex,
+        network=UserNet("127.0.0.1", free_port(), free_port()),
+    )
     machine = Machine(spec, work / vm_id, root)
     try:
         started = time.monotonic()
@@ -71,8 +78,11 @@ def run_mode(root: Path, image: str, mode: str, runs: int, vcpus: int, work: Pat
         if r["boot"] != mode:
             print(f"  {image} {mode}: run {i + 1} booted {r['boot']}, not {mode}; skipped")
             return None
-        print(f"  {image} {mode} run {i + 1}: agent {r['agent']:.2f} s, management "
-              f"{r['mgmt']:.2f} s, RSS {r['rss']:.0f} MiB", flush=True)
+        print(
+            f"  {image} {mode} run {i + 1}: agent {r['agent']:.2f} s, management "
+            f"{r['mgmt']:.2f} s, RSS {r['rss']:.0f} MiB",
+            flush=True,
+        )
         results.append(r)
     return {k: statistics.median(r[k] for r in results) for k in ("agent", "mgmt", "rss")}
 
@@ -98,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             image_root = root
             if image == "tiny":  # private copy with its own saved state
                 image_root = work / "images"
-                shutil.copytree(root / "tiny", image_root / "tiny",
-                                ignore=shutil.ignore_patterns("saved"))
-                snapshot.create(image_root, "tiny", lambda m: None,
-                                memory_mb=MEMORY["tiny"], vcpus=args.vcpus)
+                shutil.copytree(
+                    root / "tiny", image_root / "tiny", ignore=shutil.ignore_patterns("saved")
+                )
+                snapshot.create(
+                    image_root, "tiny", lambda m: None, memory_mb=MEMORY["tiny"], vcpus=args.vcpus
+                )
             modes = args.modes.split(",")
             print(f"{image}: {args.runs} boots each: {', '.join(modes)}", flush=True)
             cold = restore = None
@@ -110,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             if "restore" not in modes:
                 pass
             elif saved_state.load_meta(manifest.load(image_root, image)) is None:
-                print(f"  {image}: no saved state (run `python -m vmbackend image snapshot "
-                      f"{image}`); restore skipped")
+                print(
+                    f"  {image}: no saved state (run `python -m vmbackend image snapshot "
+                    f"{image}`); restore skipped"
+                )
             else:
                 restore = run_mode(image_root, image, "restore", args.runs, args.vcpus, work)
             rows.append((image, cold, restore))
@@ -122,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     for image, cold, restore in rows:
         for mode, r in (("cold", cold), ("restore", restore)):
             if r:
-                print(f"{image:<10} {mode:<8} {r['agent']:>8.2f} {r['mgmt']:>8.2f} {r['rss']:>8.0f}")
+                print(
+                    f"{image:<10} {mode:<8} {r['agent']:>8.2f} {r['mgmt']:>8.2f} {r['rss']:>8.0f}"
+                )
         if cold and restore:
-            print(f"{image:<10} cold/restore: agent {cold['agent'] / restore['agent']:.1f}x, "
-                  f"management {cold['mgmt'] / restore['mgmt']:.1f}x")
+            print(
+                f"{image:<10} cold/restore: agent {cold['agent'] / restore['agent']:.1f}x, "
+                f"management {cold['mgmt'] / restore['mgmt']:.1f}x"
+            )
     return 0
 
 

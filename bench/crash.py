@@ -66,7 +66,9 @@ def new_machine(image: str, images_root: Path, folder: Path) -> Machine:
     return Machine(spec, folder / vm_id, images_root)
 
 
-def amqp(m: Machine, user: str | None = None, password: str | None = None) -> pika.BlockingConnection:
+def amqp(
+    m: Machine, user: str | None = None, password: str | None = None
+) -> pika.BlockingConnection:
     net = m.spec.network
     assert isinstance(net, UserNet)
     creds = pika.PlainCredentials(user or m.spec.admin_user, password or m.spec.admin_password)
@@ -185,7 +187,9 @@ def durability_facts(m: Machine) -> dict[str, object]:
     facts: dict[str, object] = {
         "guest_root_mount": guest(m, "findmnt -no FSTYPE,OPTIONS /"),
         "guest_vda_write_cache": guest(m, "cat /sys/block/vda/queue/write_cache"),
-        "guest_ext4_journal": guest(m, "cat /proc/fs/ext4/vda/options | grep -E 'data=|barrier|commit' | tr '\\n' ' '"),
+        "guest_ext4_journal": guest(
+            m, "cat /proc/fs/ext4/vda/options | grep -E 'data=|barrier|commit' | tr '\\n' ' '"
+        ),
     }
     blocks = qmp.command(m.paths.qmp, "query-block")
     for b in blocks if isinstance(blocks, list) else []:
@@ -198,8 +202,13 @@ def durability_facts(m: Machine) -> dict[str, object]:
         declare(ch)
         ch.confirm_delivery()
         for name in QUEUES:
-            ch.basic_publish("", name, f"marker-{name}-{marker}".encode(),
-                             pika.BasicProperties(delivery_mode=2), mandatory=True)
+            ch.basic_publish(
+                "",
+                name,
+                f"marker-{name}-{marker}".encode(),
+                pika.BasicProperties(delivery_mode=2),
+                mandatory=True,
+            )
     finally:
         conn.close()
     data = m.paths.disk.read_bytes()  # right after the confirms, no sleep
@@ -212,12 +221,16 @@ def durability_facts(m: Machine) -> dict[str, object]:
 def guest_rabbit_log(m: Machine) -> str:
     try:
         # The vhost's .config: 3.10's classic queue index recovery needs it (docs/images.md).
-        return guest(m, "systemctl is-active rabbitmq-server; journalctl -u rabbitmq-server -n 5 "
-                        "--no-pager; stat -c '%s bytes %n' /var/lib/rabbitmq/mnesia/*/msg_stores/"
-                        "vhosts/*/.config; grep -ohE 'badmatch[^]]{0,80}|scan_queue_segments' "
-                        "/var/log/rabbitmq/*.log | sort | uniq -c | head -n 5; "
-                        "tail -n 60 /var/log/rabbitmq/rabbit@localhost.log | cut -c1-220 | grep -iE "
-                        "'error|crash|reason|boot step|recover|rebuild' | tail -n 8", timeout=180)
+        return guest(
+            m,
+            "systemctl is-active rabbitmq-server; journalctl -u rabbitmq-server -n 5 "
+            "--no-pager; stat -c '%s bytes %n' /var/lib/rabbitmq/mnesia/*/msg_stores/"
+            "vhosts/*/.config; grep -ohE 'badmatch[^]]{0,80}|scan_queue_segments' "
+            "/var/log/rabbitmq/*.log | sort | uniq -c | head -n 5; "
+            "tail -n 60 /var/log/rabbitmq/rabbit@localhost.log | cut -c1-220 | grep -iE "
+            "'error|crash|reason|boot step|recover|rebuild' | tail -n 8",
+            timeout=180,
+        )
     except MachineError as exc:
         return f"(guest agent: {exc})"
 
@@ -246,8 +259,11 @@ def run_image(image: str, args: argparse.Namespace, folder: Path) -> list[Round]
                 m.wait_guest_agent(deadline)
                 m.wait_management(m.management_url(), deadline)
                 m.personalize(deadline)
-                print(f"{image}: fresh VM {m.spec.vm_id} ({how}) ready in "
-                      f"{time.monotonic() - started:.1f} s", flush=True)
+                print(
+                    f"{image}: fresh VM {m.spec.vm_id} ({how}) ready in "
+                    f"{time.monotonic() - started:.1f} s",
+                    flush=True,
+                )
                 expected = dict.fromkeys(QUEUES, 0)
                 if r == 0:
                     print(f"{image}: durability {json.dumps(durability_facts(m))}", flush=True)
@@ -257,8 +273,11 @@ def run_image(image: str, args: argparse.Namespace, folder: Path) -> list[Round]
             n = publish(m, args.messages, tag)
             for name in QUEUES:
                 expected[name] += n
-            print(f"{image}: round {r + 1}: {n} confirmed messages x {len(QUEUES)} queues in "
-                  f"{time.monotonic() - t:.1f} s", flush=True)
+            print(
+                f"{image}: round {r + 1}: {n} confirmed messages x {len(QUEUES)} queues in "
+                f"{time.monotonic() - t:.1f} s",
+                flush=True,
+            )
             burst = None
             if args.burst:
                 burst = Burst(m)
@@ -271,14 +290,19 @@ def run_image(image: str, args: argparse.Namespace, folder: Path) -> list[Round]
                 burst.thread.join(30)
                 for name in QUEUES:
                     expected[name] += burst.confirmed[name]
-                print(f"{image}: round {r + 1}: burst confirmed {burst.confirmed} before the kill "
-                      f"({burst.error})", flush=True)
+                print(
+                    f"{image}: round {r + 1}: burst confirmed {burst.confirmed} before the kill "
+                    f"({burst.error})",
+                    flush=True,
+                )
             m.start()
             deadline = time.monotonic() + args.deadline
             try:
                 m.wait_management(m.management_url(), deadline)
             except MachineError as exc:
-                note = f"management API never answered: {str(exc)[:200]}; guest: {guest_rabbit_log(m)}"
+                note = (
+                    f"management API never answered: {str(exc)[:200]}; guest: {guest_rabbit_log(m)}"
+                )
                 rounds.append(Round(False, None, None, dict(expected), {}, note))
                 print(f"{image}: round {r + 1}: NOT RECOVERED: {note}", flush=True)
                 m.destroy()
@@ -290,9 +314,12 @@ def run_image(image: str, args: argparse.Namespace, folder: Path) -> list[Round]
             found = counts(m, expected)
             ok = all(found[name] >= expected[name] for name in QUEUES)
             rounds.append(Round(ok, to_mgmt, to_amqp, dict(expected), found))
-            print(f"{image}: round {r + 1}: {'recovered' if ok else 'LOST MESSAGES'}: "
-                  f"kill -> management {to_mgmt:.1f} s, AMQP {to_amqp:.1f} s; "
-                  f"expected {expected} found {found}", flush=True)
+            print(
+                f"{image}: round {r + 1}: {'recovered' if ok else 'LOST MESSAGES'}: "
+                f"kill -> management {to_mgmt:.1f} s, AMQP {to_amqp:.1f} s; "
+                f"expected {expected} found {found}",
+                flush=True,
+            )
             expected = {name: max(expected[name], found[name]) for name in QUEUES}
         return rounds
     finally:
@@ -305,8 +332,10 @@ def summary(image: str, rounds: list[Round]) -> str:
     times = [r.kill_to_mgmt for r in ok if r.kill_to_mgmt is not None]
     text = f"{image}: {len(ok)} of {len(rounds)} recovered"
     if times:
-        text += (f"; kill -> management API median {statistics.median(times):.1f} s "
-                 f"({min(times):.1f}-{max(times):.1f})")
+        text += (
+            f"; kill -> management API median {statistics.median(times):.1f} s "
+            f"({min(times):.1f}-{max(times):.1f})"
+        )
     return text
 
 

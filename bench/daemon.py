@@ -59,12 +59,23 @@ def main() -> int:
     url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     work = Path(tempfile.mkdtemp(prefix="warren-bench-daemon-"))
     host_id = f"bench-{uuid.uuid4().hex[:6]}"
-    env = dict(os.environ, WARREN_HOST_ID=host_id, WARREN_AMQP_URL=url,
-               WARREN_STATE_DIR=str(work / "state"), WARREN_CAPACITY=str(args.runs),
-               WARREN_HEARTBEAT_INTERVAL="5")
+    env = dict(
+        os.environ,
+        WARREN_HOST_ID=host_id,
+        WARREN_AMQP_URL=url,
+        WARREN_STATE_DIR=str(work / "state"),
+        WARREN_CAPACITY=str(args.runs),
+        WARREN_HEARTBEAT_INTERVAL="5",
+    )
     log = open(work / "daemon.log", "wb")  # noqa: SIM115
-    daemon = subprocess.Popen([sys.executable, "-m", "vmbackend", "daemon"], cwd=ROOT, env=env,
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "vmbackend", "daemon"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     totals, guests, overheads, qemu_rss = [], [], [], []
     try:
         with Client(url) as client:
@@ -75,10 +86,12 @@ def main() -> int:
             for i in range(args.runs):
                 vm_id = f"bench-{i}-{uuid.uuid4().hex[:6]}"
                 start = time.monotonic()
-                client.call("create-vm", {"image": args.image, "vm-id": vm_id,
-                                          "memory-mb": args.memory_mb})
-                event = client.wait_event(vm_id, ("instance.ready", "instance.failed"),
-                                          args.ready_timeout)
+                client.call(
+                    "create-vm", {"image": args.image, "vm-id": vm_id, "memory-mb": args.memory_mb}
+                )
+                event = client.wait_event(
+                    vm_id, ("instance.ready", "instance.failed"), args.ready_timeout
+                )
                 total = time.monotonic() - start
                 if event["type"] != "instance.ready":
                     print(f"run {i}: failed: {event.get('reason')}")
@@ -89,8 +102,9 @@ def main() -> int:
                 overheads.append(total - guest)
                 pids = qemu_pids(work / "state")
                 qemu_rss.extend(rss_kib(p) for p in pids)
-                print(f"run {i}: total={total:.2f}s guest={guest:.2f}s "
-                      f"overhead={total - guest:.3f}s")
+                print(
+                    f"run {i}: total={total:.2f}s guest={guest:.2f}s overhead={total - guest:.3f}s"
+                )
                 client.call("delete-vm", {"vm-id": vm_id}, timeout=120)
             daemon_rss = rss_kib(daemon.pid)
     finally:

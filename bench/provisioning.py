@@ -47,33 +47,47 @@ def one_order(system: System, n: int) -> float:
     assert system.post_webhook(event).status_code == 200
 
     def working_url() -> bool:
-        match = re.search(r'id="management-url" href="([^"]+)"', system.order_page(session, order_id))
+        match = re.search(
+            r'id="management-url" href="([^"]+)"', system.order_page(session, order_id)
+        )
         if not match:
             return False
         creds = system.reveal_credentials(session, order_id)
-        resp = requests.get(match.group(1) + "api/overview",
-                            auth=(creds["username"], creds["password"]), timeout=5)
+        resp = requests.get(
+            match.group(1) + "api/overview", auth=(creds["username"], creds["password"]), timeout=5
+        )
         return resp.status_code == 200
 
     wait_until(working_url, 900, f"order {order_id} to work", interval=0.2, system=system)
     elapsed = time.monotonic() - started
     system.cancel(session, order_id)
-    wait_until(lambda: system.order_status(session, order_id)["status"] == "deleted", 120,
-               "the VM to be deleted", system=system)
+    wait_until(
+        lambda: system.order_status(session, order_id)["status"] == "deleted",
+        120,
+        "the VM to be deleted",
+        system=system,
+    )
     return elapsed
 
 
 def measure(image: str, restore: bool, runs: int, amqp_url: str, images_root: Path) -> list[float]:
     workdir = Path(tempfile.mkdtemp(prefix="wbench-"))
-    system = System(workdir, amqp_url, images_root, image=image,
-                    extra_env={"WARREN_RESTORE": "1" if restore else "0"})
+    system = System(
+        workdir,
+        amqp_url,
+        images_root,
+        image=image,
+        extra_env={"WARREN_RESTORE": "1" if restore else "0"},
+    )
     try:
         system.prepare()
         system.start_all()
         times = []
         for n in range(runs):
             seconds = one_order(system, n)
-            print(f"  {'restore' if restore else 'cold':7} run {n + 1}: {seconds:6.1f} s", flush=True)
+            print(
+                f"  {'restore' if restore else 'cold':7} run {n + 1}: {seconds:6.1f} s", flush=True
+            )
             times.append(seconds)
         return times
     finally:
@@ -84,9 +98,13 @@ def measure(image: str, restore: bool, runs: int, amqp_url: str, images_root: Pa
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image", default="rabbitmq-4.0")
-    parser.add_argument("--cold", type=int, default=1, help="cold-boot orders (each ~2 min under TCG)")
+    parser.add_argument(
+        "--cold", type=int, default=1, help="cold-boot orders (each ~2 min under TCG)"
+    )
     parser.add_argument("--restore", type=int, default=3, help="orders served from the saved state")
     args = parser.parse_args()
     images_root = manifest.default_images_root()
@@ -94,9 +112,13 @@ def main() -> int:
     vhost, amqp_url = private_vhost()
     try:
         cold = measure(args.image, False, args.cold, amqp_url, images_root) if args.cold else []
-        fast = measure(args.image, True, args.restore, amqp_url, images_root) if args.restore else []
+        fast = (
+            measure(args.image, True, args.restore, amqp_url, images_root) if args.restore else []
+        )
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60
+        )
     print(f"\npayment webhook -> working management URL, image={args.image}")
     if cold:
         print(f"  cold boot: median {statistics.median(cold):6.1f} s  (n={len(cold)})")

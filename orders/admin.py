@@ -195,7 +195,9 @@ class InstanceAdmin(ReadOnlyAdmin):
                 '<strong style="color:#b00">server down: {}</strong>', obj.failure_reason[:200]
             )
         if obj.is_restarting:
-            return format_html('<span style="color:#a60">restarting: {}</span>', obj.failure_reason[:200])
+            return format_html(
+                '<span style="color:#a60">restarting: {}</span>', obj.failure_reason[:200]
+            )
         return ""
 
     @admin.display(description="order")

@@ -351,7 +351,10 @@ def dispatch(body: bytes) -> tuple[str, str]:
         raise
     except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
         log.exception("event=host_event_failed error=%s size=%s", type(exc).__name__, len(body))
-        return REJECTED, f"could not be applied: {type(exc).__name__}: {str(exc)[:MAX_ERROR_REASON]}"
+        return (
+            REJECTED,
+            f"could not be applied: {type(exc).__name__}: {str(exc)[:MAX_ERROR_REASON]}",
+        )
 
 
 def _refresh_db_connection() -> None:
@@ -532,6 +535,4 @@ def _record_safely(method: Any, properties: Any, body: bytes) -> str:
 
 
 def _log_unavailable(exc: BaseException, retry_in: float) -> None:
-    log.warning(
-        "event=consumer_unavailable error=%s retry_in=%.1fs", type(exc).__name__, retry_in
-    )
+    log.warning("event=consumer_unavailable error=%s retry_in=%.1fs", type(exc).__name__, retry_in)

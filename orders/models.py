@@ -192,8 +192,7 @@ class Order(_StateMachine):
                 name="order_refund_status_valid",
             ),
             models.CheckConstraint(
-                condition=models.Q(refund_status="")
-                | models.Q(refund_requested_at__isnull=False),
+                condition=models.Q(refund_status="") | models.Q(refund_requested_at__isnull=False),
                 name="order_refund_has_requested_at",
             ),
             models.CheckConstraint(

@@ -26,6 +26,7 @@ from orders.webhooks import WebhookError, WebhookResult, process_webhook
 
 log = logging.getLogger(__name__)
 
+
 class OfflinePaymentsDisabled(Exception):
     """A Stripe secret key is configured: only Stripe may complete payments."""
 
@@ -97,7 +98,5 @@ def complete_offline_payment(*, order: Order) -> WebhookResult:
     except WebhookError as exc:
         log.error("event=offline_payment_failed order_id=%s error=%s", order.public_id, exc)
         raise OfflinePaymentError(str(exc)) from exc
-    log.info(
-        "event=offline_payment_done order_id=%s result=%s", order.public_id, result.result
-    )
+    log.info("event=offline_payment_done order_id=%s result=%s", order.public_id, result.result)
     return result

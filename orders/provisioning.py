@@ -24,6 +24,7 @@ DELETE_VM = "delete-vm"
 
 log = logging.getLogger(__name__)
 
+
 class ProvisioningError(Exception):
     """A staff or customer action that does not fit the order's current state."""
 

@@ -349,12 +349,17 @@ def _cancel_unpaid(session: dict[str, Any], *, reason: str, detail: str) -> _Out
 
 
 def on_async_payment_failed(session: dict[str, Any]) -> _Outcome:
-    return _cancel_unpaid(session, reason="Payment failed", detail="payment failed, order cancelled")
+    return _cancel_unpaid(
+        session, reason="Payment failed", detail="payment failed, order cancelled"
+    )
 
 
 def on_checkout_session_expired(session: dict[str, Any]) -> _Outcome:
-    return _cancel_unpaid(session, reason="Checkout expired without payment",
-                          detail="checkout expired, order cancelled")
+    return _cancel_unpaid(
+        session,
+        reason="Checkout expired without payment",
+        detail="checkout expired, order cancelled",
+    )
 
 
 def _invoice_subscription(invoice: dict[str, Any]) -> tuple[str, Any]:

@@ -27,8 +27,12 @@ def chromium(profile_dir: Path, *, javascript: bool = True) -> Iterator[BrowserC
     """A fresh browser profile in `profile_dir`."""
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(profile_dir), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1200, "height": 900}, java_script_enabled=javascript,
+            str(profile_dir),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1200, "height": 900},
+            java_script_enabled=javascript,
         )
         try:
             yield context

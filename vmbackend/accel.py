@@ -57,28 +57,41 @@ def kvm_device_usable(dev: str = "/dev/kvm") -> bool:
 
 def probe_args(kernel: Path, console: Path, accel: str, qemu_bin: str = qemu.QEMU) -> list[str]:
     """A minimal microvm that boots `kernel` with no root fs and exits on its panic."""
-    args = [qemu_bin, "-M", qemu.MACHINE, "-nodefaults", "-no-user-config", "-display", "none",
-            "-m", "128M", "-no-reboot"]
+    args = [
+        qemu_bin,
+        "-M",
+        qemu.MACHINE,
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-m",
+        "128M",
+        "-no-reboot",
+    ]
     if accel == "kvm":
         args += ["-accel", "kvm", "-cpu", "host"]
     else:
         args += ["-accel", f"tcg,tb-size={qemu.TCG_TB_SIZE_MB}"]
     append = qemu.kernel_cmdline(
-        "console=ttyS0 panic=-1 loglevel=4", accel,
+        "console=ttyS0 panic=-1 loglevel=4",
+        accel,
         qemu.host_tsc_khz() if accel == "tcg" else None,
     )
     return args + ["-kernel", str(kernel), "-append", append, "-serial", f"file:{console}"]
 
 
-def probe(kernel: Path, accel: str = "kvm", seconds: float = PROBE_SECONDS,
-          qemu_bin: str = qemu.QEMU) -> tuple[bool, str]:
+def probe(
+    kernel: Path, accel: str = "kvm", seconds: float = PROBE_SECONDS, qemu_bin: str = qemu.QEMU
+) -> tuple[bool, str]:
     """Boot `kernel` under `accel` until its no-root panic. (works, reason); never outlives `seconds`."""
     with tempfile.TemporaryDirectory(prefix="warren-accel-") as tmp:
         console = Path(tmp) / "console.log"
         args = probe_args(kernel, console, accel, qemu_bin)
         started = time.monotonic()
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         try:
             out, _ = proc.communicate(timeout=seconds)
         except subprocess.TimeoutExpired:
@@ -99,8 +112,13 @@ def _last_line(text: str) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def choose(requested: str = "auto", *, kernel: Path | None = None, cache_dir: Path | None = None,
-           qemu_bin: str = qemu.QEMU) -> Verdict:
+def choose(
+    requested: str = "auto",
+    *,
+    kernel: Path | None = None,
+    cache_dir: Path | None = None,
+    qemu_bin: str = qemu.QEMU,
+) -> Verdict:
     """The accelerator to use. `requested` (or `$WARREN_ACCEL` when it is "auto") may force one.
 
     In auto mode a cached verdict for this host kernel + QEMU version is used; otherwise KVM is

@@ -92,13 +92,16 @@ class AmqpIO:
         topology.declare_events_store(self.event_channel)
         self.host_channel = self.connection.channel()
         self.host_channel.basic_qos(prefetch_count=HOST_PREFETCH)
-        self.host_channel.basic_consume(topology.host_queue(self.cfg.host_id),
-                                        _adapter(on_host))
+        self.host_channel.basic_consume(topology.host_queue(self.cfg.host_id), _adapter(on_host))
         self.create_channel = self.connection.channel()
         self.create_channel.basic_qos(prefetch_count=1)
         self.create_tag = None
-        log.info("connected host_id=%s url=%s capacity=%s", self.cfg.host_id,
-                 self.cfg.redacted_amqp_url(), self.cfg.capacity)
+        log.info(
+            "connected host_id=%s url=%s capacity=%s",
+            self.cfg.host_id,
+            self.cfg.redacted_amqp_url(),
+            self.cfg.capacity,
+        )
 
     def close(self) -> None:
         conn, self.connection = self.connection, None
@@ -139,13 +142,19 @@ class AmqpIO:
             return
         if want and self.create_tag is None:
             self.create_tag = channel.basic_consume(topology.CREATE_QUEUE, _adapter(on_create))
-            log.info("consuming create-vm host_id=%s free_slots=%s", self.cfg.host_id,
-                     self.registry.free_slots())
+            log.info(
+                "consuming create-vm host_id=%s free_slots=%s",
+                self.cfg.host_id,
+                self.registry.free_slots(),
+            )
         elif not want and self.create_tag is not None:
             tag, self.create_tag = self.create_tag, None
             channel.basic_cancel(tag)
-            log.info("paused create-vm host_id=%s free_slots=%s", self.cfg.host_id,
-                     self.registry.free_slots())
+            log.info(
+                "paused create-vm host_id=%s free_slots=%s",
+                self.cfg.host_id,
+                self.registry.free_slots(),
+            )
 
     def cancel_create(self) -> None:
         if self.create_channel is not None and self.create_tag is not None:
@@ -156,8 +165,14 @@ class AmqpIO:
         props = delivery.props
         if not props.reply_to:
             return
-        delivery.channel.basic_publish("", props.reply_to, body, pika.BasicProperties(
-            content_type="application/json", correlation_id=props.correlation_id))
+        delivery.channel.basic_publish(
+            "",
+            props.reply_to,
+            body,
+            pika.BasicProperties(
+                content_type="application/json", correlation_id=props.correlation_id
+            ),
+        )
 
     def ack(self, delivery: Delivery) -> None:
         delivery.channel.basic_ack(delivery.method.delivery_tag)
@@ -169,12 +184,20 @@ class AmqpIO:
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Send the message to the dead-letter exchange with the reason, answer, ack."""
-        log.warning("command rejected host_id=%s routing_key=%s reason=%s", self.cfg.host_id,
-                    delivery.routing_key, reason)
+        log.warning(
+            "command rejected host_id=%s routing_key=%s reason=%s",
+            self.cfg.host_id,
+            delivery.routing_key,
+            reason,
+        )
         topology.publish_dead_letter(
-            self.event_channel or delivery.channel, delivery.routing_key, delivery.body,
-            delivery.props, reason,
-            {"x-warren-host-id": self.cfg.host_id, "x-warren-routing-key": delivery.routing_key})
+            self.event_channel or delivery.channel,
+            delivery.routing_key,
+            delivery.body,
+            delivery.props,
+            reason,
+            {"x-warren-host-id": self.cfg.host_id, "x-warren-routing-key": delivery.routing_key},
+        )
         self.reply(delivery, messages.error(reason))
         self.ack(delivery)
 
@@ -187,9 +210,15 @@ class AmqpIO:
         for vm_id, events in self.registry.pending_events():
             for body in events:
                 channel.basic_publish(
-                    topology.EVENTS_EXCHANGE, body["type"], messages.encode_event(body),
-                    pika.BasicProperties(content_type="application/json", delivery_mode=2,
-                                         message_id=body["message_id"]))
+                    topology.EVENTS_EXCHANGE,
+                    body["type"],
+                    messages.encode_event(body),
+                    pika.BasicProperties(
+                        content_type="application/json",
+                        delivery_mode=2,
+                        message_id=body["message_id"],
+                    ),
+                )
                 if not self.registry.confirmed(vm_id, body["message_id"]):
                     break
 
@@ -198,21 +227,30 @@ class AmqpIO:
         if channel is None or not channel.is_open:
             return
         self.heartbeat_seq += 1
-        body = messages.event("host.heartbeat", instance_id=None, host_id=self.cfg.host_id,
-                              seq=self.heartbeat_seq, capacity=self.cfg.capacity,
-                              running=self.registry.running(),
-                              free_slots=max(0, self.registry.free_slots()),
-                              daemon_version=DAEMON_VERSION)
-        channel.basic_publish(topology.EVENTS_EXCHANGE, "host.heartbeat",
-                              messages.encode_event(body),
-                              pika.BasicProperties(content_type="application/json",
-                                                   message_id=body["message_id"]))
+        body = messages.event(
+            "host.heartbeat",
+            instance_id=None,
+            host_id=self.cfg.host_id,
+            seq=self.heartbeat_seq,
+            capacity=self.cfg.capacity,
+            running=self.registry.running(),
+            free_slots=max(0, self.registry.free_slots()),
+            daemon_version=DAEMON_VERSION,
+        )
+        channel.basic_publish(
+            topology.EVENTS_EXCHANGE,
+            "host.heartbeat",
+            messages.encode_event(body),
+            pika.BasicProperties(content_type="application/json", message_id=body["message_id"]),
+        )
 
 
-def _adapter(handler: Handler) -> Callable[[BlockingChannel, Basic.Deliver, BasicProperties,
-                                            bytes], None]:
-    def on_message(channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties,
-                   body: bytes) -> None:
+def _adapter(
+    handler: Handler,
+) -> Callable[[BlockingChannel, Basic.Deliver, BasicProperties, bytes], None]:
+    def on_message(
+        channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes
+    ) -> None:
         handler(Delivery(channel, method, props, body))
 
     return on_message

@@ -54,10 +54,18 @@ def spec_for(cfg: Config, record: VMRecord) -> VMSpec:
         net: UserNet | TapNet = TapNet(tap=record.tap, mac=record.mac)
     else:
         net = UserNet(cfg.bind_address, record.ports["management"], record.ports["amqp"])
-    return VMSpec(vm_id=record.vm_id, image=record.image, memory_mb=record.memory_mb,
-                  vcpus=record.vcpus, disk_gb=record.disk_gb, hostname=record.hostname,
-                  admin_user=record.admin_username, admin_password=record.admin_password,
-                  network=net, limits=dict(record.limits))
+    return VMSpec(
+        vm_id=record.vm_id,
+        image=record.image,
+        memory_mb=record.memory_mb,
+        vcpus=record.vcpus,
+        disk_gb=record.disk_gb,
+        hostname=record.hostname,
+        admin_user=record.admin_username,
+        admin_password=record.admin_password,
+        network=net,
+        limits=dict(record.limits),
+    )
 
 
 def _host_in_url(host: str) -> str:
@@ -83,8 +91,9 @@ def urls_for(cfg: Config, record: VMRecord, addresses: list[str]) -> tuple[str, 
 def rabbitmq_log_tail(machine: Machine) -> str:
     """The last lines of the guest's RabbitMQ log, one line, bounded; a note when unreadable."""
     try:
-        _code, out = machine.guest_exec("/bin/sh", ["-c", RABBITMQ_LOG_COMMAND],
-                                        timeout=LOG_EXEC_SECONDS)
+        _code, out = machine.guest_exec(
+            "/bin/sh", ["-c", RABBITMQ_LOG_COMMAND], timeout=LOG_EXEC_SECONDS
+        )
     except MachineError as exc:
         return f"(not readable: {str(exc)[:200]})"
     lines = [line.strip() for line in out.decode("utf-8", "replace").splitlines() if line.strip()]
@@ -108,9 +117,18 @@ class Boot:
     `cancel`: shared with whoever may cancel it (delete-vm), e.g. across a heal's attempts.
     """
 
-    def __init__(self, cfg: Config, store: StateStore, record: VMRecord, report: Report,
-                 machine: Machine | None = None, *, existing_disk: bool = False,
-                 healing: bool = False, cancel: threading.Event | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        store: StateStore,
+        record: VMRecord,
+        report: Report,
+        machine: Machine | None = None,
+        *,
+        existing_disk: bool = False,
+        healing: bool = False,
+        cancel: threading.Event | None = None,
+    ):
         self.cfg = cfg
         self.store = store
         self.record = record
@@ -149,23 +167,36 @@ class Boot:
         self._stage("vm_starting")
         if self.record.network == "bridge":
             network.create_tap(self.record.tap, self.cfg.bridge)
-        machine = Machine(spec_for(self.cfg, self.record), self.store.vm_dir(self.record.vm_id),
-                          self.cfg.image_dir, accel=self.cfg.accel)
+        machine = Machine(
+            spec_for(self.cfg, self.record),
+            self.store.vm_dir(self.record.vm_id),
+            self.cfg.image_dir,
+            accel=self.cfg.accel,
+        )
         self.machine = machine
         boot = machine.launch(allow_restore=self.cfg.restore)
         if self.cancel.is_set():  # delete-vm arrived while QEMU was starting: no orphan VM
             machine.kill()
             raise Cancelled(self.record.vm_id)
         self.report(self.record, None, {}, status=BOOTING, boot=boot)
-        log.info("vm launched host_id=%s vm_id=%s boot=%s pid=%s", self.cfg.host_id,
-                 self.record.vm_id, boot, machine.pid)
+        log.info(
+            "vm launched host_id=%s vm_id=%s boot=%s pid=%s",
+            self.cfg.host_id,
+            self.record.vm_id,
+            boot,
+            machine.pid,
+        )
 
     def relaunch(self) -> None:
         """Start QEMU again on the VM's own disk (start-vm of a stopped or lost VM)."""
         if self.record.network == "bridge":
             network.create_tap(self.record.tap, self.cfg.bridge)
-        machine = Machine(spec_for(self.cfg, self.record), self.store.vm_dir(self.record.vm_id),
-                          self.cfg.image_dir, accel=self.cfg.accel)
+        machine = Machine(
+            spec_for(self.cfg, self.record),
+            self.store.vm_dir(self.record.vm_id),
+            self.cfg.image_dir,
+            accel=self.cfg.accel,
+        )
         self.machine = machine
         started = time.time()
         boot = machine.start()
@@ -174,10 +205,21 @@ class Boot:
             raise Cancelled(self.record.vm_id)
         # A heal announced itself with instance.restarting; a start-vm says instance.started.
         event = None if self.healing else "instance.started"
-        self.report(self.record, event, {}, status=BOOTING, stage="vm_starting",
-                    boot=boot, boot_started_at=started)
-        log.info("vm started host_id=%s vm_id=%s pid=%s", self.cfg.host_id, self.record.vm_id,
-                 machine.pid)
+        self.report(
+            self.record,
+            event,
+            {},
+            status=BOOTING,
+            stage="vm_starting",
+            boot=boot,
+            boot_started_at=started,
+        )
+        log.info(
+            "vm started host_id=%s vm_id=%s pid=%s",
+            self.cfg.host_id,
+            self.record.vm_id,
+            machine.pid,
+        )
 
     def wait_guest(self) -> list[str]:
         self._check_cancel()
@@ -203,20 +245,35 @@ class Boot:
                 raise
             # The guest runs but RabbitMQ never answered (e.g. an index it cannot read after a
             # crash): the node's own words are what staff need.
-            raise MachineError(f"RabbitMQ did not answer; its log: "
-                               f"{rabbitmq_log_tail(self.machine)}; {exc}") from exc
+            raise MachineError(
+                f"RabbitMQ did not answer; its log: {rabbitmq_log_tail(self.machine)}; {exc}"
+            ) from exc
         if self.record.limits:
             self.machine.apply_limits(probe)
         self._check_cancel()
         seconds = round(time.time() - (self.record.boot_started_at or time.time()), 3)
-        self.report(self.record, "instance.ready", {
-            "management_url": management, "amqp_url": amqp,
-            "admin_username": self.record.admin_username, "ip_addresses": addresses,
-            "boot": self.record.boot or "cold", "seconds": seconds,
-        }, status=READY, management_url=management, amqp_url=amqp, ip_addresses=addresses,
-            seconds=seconds, healing=False, reason="")
-        log.info("vm ready host_id=%s vm_id=%s seconds=%s", self.cfg.host_id, self.record.vm_id,
-                 seconds)
+        self.report(
+            self.record,
+            "instance.ready",
+            {
+                "management_url": management,
+                "amqp_url": amqp,
+                "admin_username": self.record.admin_username,
+                "ip_addresses": addresses,
+                "boot": self.record.boot or "cold",
+                "seconds": seconds,
+            },
+            status=READY,
+            management_url=management,
+            amqp_url=amqp,
+            ip_addresses=addresses,
+            seconds=seconds,
+            healing=False,
+            reason="",
+        )
+        log.info(
+            "vm ready host_id=%s vm_id=%s seconds=%s", self.cfg.host_id, self.record.vm_id, seconds
+        )
 
     def fail(self, exc: BaseException) -> None:
         """End a boot that cannot finish: `lose` a VM that was ready once, else clean up the
@@ -225,25 +282,41 @@ class Boot:
             self.lose(exc)
             return
         reason = safe_reason(exc, self.record)
-        log.error("vm failed host_id=%s vm_id=%s reason=%s", self.cfg.host_id,
-                  self.record.vm_id, reason)
+        log.error(
+            "vm failed host_id=%s vm_id=%s reason=%s", self.cfg.host_id, self.record.vm_id, reason
+        )
         cleanup(self.cfg, self.store, self.record, self.machine)
-        self.report(self.record, "instance.failed", {"reason": reason}, status=FAILED,
-                    reason=reason, ports={})
+        self.report(
+            self.record,
+            "instance.failed",
+            {"reason": reason},
+            status=FAILED,
+            reason=reason,
+            ports={},
+        )
 
     def lose(self, exc: BaseException) -> None:
         """A VM that was ready once did not come back: stop what is left of its QEMU, keep its
         folder and disk, publish instance.lost with the reason. start-vm may try again. A heal's
         attempt only records the reason: the restart policy decides what comes next."""
         reason = safe_reason(exc, self.record)
-        log.error("vm start failed host_id=%s vm_id=%s healing=%s reason=%s", self.cfg.host_id,
-                  self.record.vm_id, self.healing, reason)
+        log.error(
+            "vm start failed host_id=%s vm_id=%s healing=%s reason=%s",
+            self.cfg.host_id,
+            self.record.vm_id,
+            self.healing,
+            reason,
+        )
         try:
             if self.machine is not None and self.machine.is_running():
                 self.machine.kill()
         except MachineError as error:
-            log.error("kill after a failed start host_id=%s vm_id=%s error=%s",
-                      self.cfg.host_id, self.record.vm_id, error)
+            log.error(
+                "kill after a failed start host_id=%s vm_id=%s error=%s",
+                self.cfg.host_id,
+                self.record.vm_id,
+                error,
+            )
         if self.healing:
             self.report(self.record, None, {}, reason=reason)
             return
@@ -260,8 +333,7 @@ class Boot:
             log.info("boot cancelled host_id=%s vm_id=%s", self.cfg.host_id, self.record.vm_id)
         except Exception as exc:  # noqa: BLE001 - any failure must end as failed or lost
             if self.cancel.is_set():
-                log.info("boot cancelled host_id=%s vm_id=%s", self.cfg.host_id,
-                         self.record.vm_id)
+                log.info("boot cancelled host_id=%s vm_id=%s", self.cfg.host_id, self.record.vm_id)
                 return
             self.fail(exc)
 
@@ -276,4 +348,3 @@ def cleanup(cfg: Config, store: StateStore, record: VMRecord, machine: Machine |
     shutil.rmtree(store.vm_dir(record.vm_id), ignore_errors=True)
     if record.network == "bridge" and record.tap:
         network.delete_tap(record.tap)
-

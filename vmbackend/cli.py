@@ -28,8 +28,11 @@ def _client_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vmbackend")
     parser.add_argument("--amqp-url", default=None, help="(env WARREN_AMQP_URL)")
     parser.add_argument("--timeout", type=float, default=30, help="seconds to wait for a reply")
-    parser.add_argument("--host", default=None,
-                        help="send to one host's own key (host.<id>) instead of broadcasting")
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="send to one host's own key (host.<id>) instead of broadcasting",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create-vm")
     create.add_argument("--image", required=True)
@@ -37,8 +40,11 @@ def _client_parser() -> argparse.ArgumentParser:
     create.add_argument("--memory-mb", type=int)
     create.add_argument("--vcpus", type=int)
     create.add_argument("--disk-gb", type=int)
-    create.add_argument("--wait-ready", action="store_true",
-                        help="wait for instance.ready / instance.failed and print it")
+    create.add_argument(
+        "--wait-ready",
+        action="store_true",
+        help="wait for instance.ready / instance.failed and print it",
+    )
     create.add_argument("--ready-timeout", type=float, default=900)
     listing = sub.add_parser("list-vms")
     listing.add_argument("--wait", type=float, default=2.0, help="seconds to collect replies")
@@ -76,9 +82,11 @@ def run_client(argv: Sequence[str]) -> int:
                 reply = client.call("create-vm", options, timeout=args.timeout)
                 _print(reply)
                 if args.wait_ready and _status(reply) == 0:
-                    event = client.wait_event(reply["response"]["vm-id"],
-                                              ("instance.ready", "instance.failed"),
-                                              args.ready_timeout)
+                    event = client.wait_event(
+                        reply["response"]["vm-id"],
+                        ("instance.ready", "instance.failed"),
+                        args.ready_timeout,
+                    )
                     _print(event)
                     return 0 if event["type"] == "instance.ready" else 1
                 return _status(reply)
@@ -86,7 +94,9 @@ def run_client(argv: Sequence[str]) -> int:
             if args.command == "stop-vm":
                 options["kill"] = args.kill
             routing_key = f"host.{args.host}" if args.host else None
-            reply = client.call(args.command, options, routing_key=routing_key, timeout=args.timeout)
+            reply = client.call(
+                args.command, options, routing_key=routing_key, timeout=args.timeout
+            )
             _print(reply)
             return _status(reply)
     except ClientError as exc:
@@ -104,8 +114,10 @@ def run_daemon(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=os.environ.get("WARREN_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("WARREN_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     logging.getLogger("pika").setLevel(logging.WARNING)
     from vmbackend.daemon import main as daemon_main
 
@@ -121,7 +133,8 @@ def main(argv: list[str]) -> int:
         return run_daemon(argv[1:])
     if argv and (argv[0] in CLIENT_COMMANDS or argv[0].startswith("--")):
         return run_client(argv)
-    print("usage: python -m vmbackend {daemon|image|" + "|".join(CLIENT_COMMANDS) + "} ...",
-          file=sys.stderr)
+    print(
+        "usage: python -m vmbackend {daemon|image|" + "|".join(CLIENT_COMMANDS) + "} ...",
+        file=sys.stderr,
+    )
     return 2
-

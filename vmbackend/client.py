@@ -40,16 +40,18 @@ class Client:
         self.events: list[dict[str, Any]] = []
         self.events_queue: str | None = None
 
-    def _on_reply(self, _ch: BlockingChannel, _method: Basic.Deliver, props: BasicProperties,
-                  body: bytes) -> None:
+    def _on_reply(
+        self, _ch: BlockingChannel, _method: Basic.Deliver, props: BasicProperties, body: bytes
+    ) -> None:
         try:
             data = json.loads(body)
         except ValueError:
             data = {"execution-info": {"status": "error", "reason": "reply is not JSON"}}
         self.replies[props.correlation_id or ""].append(data)
 
-    def send(self, command: str, options: dict[str, Any] | None = None, *,
-             routing_key: str | None = None) -> str:
+    def send(
+        self, command: str, options: dict[str, Any] | None = None, *, routing_key: str | None = None
+    ) -> str:
         """Publish one request; returns its correlation id."""
         return self.send_raw(messages.command(command, options), routing_key or command)
 
@@ -57,10 +59,17 @@ class Client:
         """Publish `body` as-is (any bytes) with reply_to set; returns its correlation id."""
         correlation_id = str(uuid.uuid4())
         self.channel.basic_publish(
-            topology.COMMANDS_EXCHANGE, routing_key, body,
-            pika.BasicProperties(content_type="application/json", delivery_mode=2,
-                                 reply_to=REPLY_TO, correlation_id=correlation_id,
-                                 message_id=str(uuid.uuid4())))
+            topology.COMMANDS_EXCHANGE,
+            routing_key,
+            body,
+            pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=2,
+                reply_to=REPLY_TO,
+                correlation_id=correlation_id,
+                message_id=str(uuid.uuid4()),
+            ),
+        )
         return correlation_id
 
     def wait_reply(self, correlation_id: str, timeout: float) -> dict[str, Any]:
@@ -74,10 +83,18 @@ class Client:
     def _pump_until(self, done: Any, timeout: float) -> None:
         end = time.monotonic() + timeout
         while not done() and time.monotonic() < end:
-            self.connection.process_data_events(time_limit=min(0.1, max(0.0, end - time.monotonic())))
+            self.connection.process_data_events(
+                time_limit=min(0.1, max(0.0, end - time.monotonic()))
+            )
 
-    def call(self, command: str, options: dict[str, Any] | None = None, *,
-             routing_key: str | None = None, timeout: float = 30) -> dict[str, Any]:
+    def call(
+        self,
+        command: str,
+        options: dict[str, Any] | None = None,
+        *,
+        routing_key: str | None = None,
+        timeout: float = 30,
+    ) -> dict[str, Any]:
         """Send and wait for the first reply (create-vm, or a command sent to one host)."""
         correlation_id = self.send(command, options, routing_key=routing_key)
         try:
@@ -85,16 +102,25 @@ class Client:
         except ClientError:
             raise ClientError(f"no reply to {command} within {timeout} s") from None
 
-    def collect(self, command: str, options: dict[str, Any] | None = None, *,
-                routing_key: str | None = None, wait: float = 2.0,
-                expect: int | None = None) -> list[dict[str, Any]]:
+    def collect(
+        self,
+        command: str,
+        options: dict[str, Any] | None = None,
+        *,
+        routing_key: str | None = None,
+        wait: float = 2.0,
+        expect: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Send a broadcast and gather replies for `wait` seconds (or until `expect` replies)."""
         correlation_id = self.send(command, options, routing_key=routing_key)
-        self._pump_until(lambda: expect is not None
-                         and len(self.replies.get(correlation_id, [])) >= expect, wait)
+        self._pump_until(
+            lambda: expect is not None and len(self.replies.get(correlation_id, [])) >= expect, wait
+        )
         return self.replies.pop(correlation_id, [])
 
-    def list_vms(self, *, wait: float = 2.0, expect_hosts: int | None = None) -> list[dict[str, Any]]:
+    def list_vms(
+        self, *, wait: float = 2.0, expect_hosts: int | None = None
+    ) -> list[dict[str, Any]]:
         """Every VM every answering host reports."""
         vms: list[dict[str, Any]] = []
         for reply in self.collect(messages.LIST_VMS, wait=wait, expect=expect_hosts):
@@ -110,8 +136,9 @@ class Client:
         self.channel.queue_bind(self.events_queue, topology.EVENTS_EXCHANGE, routing_key=pattern)
         self.channel.basic_consume(self.events_queue, self._on_event, auto_ack=True)
 
-    def _on_event(self, _ch: BlockingChannel, _method: Basic.Deliver, _props: BasicProperties,
-                  body: bytes) -> None:
+    def _on_event(
+        self, _ch: BlockingChannel, _method: Basic.Deliver, _props: BasicProperties, body: bytes
+    ) -> None:
         try:
             self.events.append(json.loads(body))
         except ValueError:
@@ -119,6 +146,7 @@ class Client:
 
     def wait_event(self, vm_id: str, types: tuple[str, ...], timeout: float) -> dict[str, Any]:
         """The first watched event for `vm_id` whose type is in `types`."""
+
         def find() -> dict[str, Any] | None:
             for event in self.events:
                 if event.get("instance_id") == vm_id and event.get("type") in types:

@@ -47,8 +47,13 @@ class Heal:
 class Commands:
     """The running QEMUs of this host (`machines`) and the commands that change them."""
 
-    def __init__(self, cfg: Config, store: StateStore, registry: Registry,
-                 after_boot: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        cfg: Config,
+        store: StateStore,
+        registry: Registry,
+        after_boot: Callable[[], None] = lambda: None,
+    ):
         self.cfg = cfg
         self.store = store
         self.registry = registry
@@ -59,13 +64,15 @@ class Commands:
     # -- machines
     def adopt(self, record: VMRecord) -> Machine | None:
         try:
-            machine = Machine.adopt(spec_for(self.cfg, record), self.store.vm_dir(record.vm_id),
-                                    self.cfg.image_dir)
+            machine = Machine.adopt(
+                spec_for(self.cfg, record), self.store.vm_dir(record.vm_id), self.cfg.image_dir
+            )
         except MachineGone:
             return None
         except (MachineError, ValueError, KeyError) as exc:
-            log.error("adopt failed host_id=%s vm_id=%s error=%s", self.cfg.host_id,
-                      record.vm_id, exc)
+            log.error(
+                "adopt failed host_id=%s vm_id=%s error=%s", self.cfg.host_id, record.vm_id, exc
+            )
             return None
         self.machines[record.vm_id] = machine
         return machine
@@ -77,11 +84,18 @@ class Commands:
         return machine
 
     def boot(self, record: VMRecord, machine: Machine | None = None) -> Boot:
-        return Boot(self.cfg, self.store, record, self.registry.report, machine=machine,
-                    existing_disk=record.ever_ready)
+        return Boot(
+            self.cfg,
+            self.store,
+            record,
+            self.registry.report,
+            machine=machine,
+            existing_disk=record.ever_ready,
+        )
 
-    def start_boot(self, record: VMRecord, machine: Machine | None,
-                   boot: Boot | None = None) -> threading.Thread:
+    def start_boot(
+        self, record: VMRecord, machine: Machine | None, boot: Boot | None = None
+    ) -> threading.Thread:
         """Boot (or resume booting) `record` in a worker thread, registered so that delete-vm
         can cancel it and start-vm can wait for it."""
         boot = boot or self.boot(record, machine)
@@ -101,11 +115,17 @@ class Commands:
         return thread
 
     def mark_lost(self, record: VMRecord, reason: str) -> None:
-        log.error("vm lost host_id=%s vm_id=%s restart_count=%s reason=%s", self.cfg.host_id,
-                  record.vm_id, record.restart_count, reason)
+        log.error(
+            "vm lost host_id=%s vm_id=%s restart_count=%s reason=%s",
+            self.cfg.host_id,
+            record.vm_id,
+            record.restart_count,
+            reason,
+        )
         self.machines.pop(record.vm_id, None)
-        self.registry.report(record, "instance.lost", {"reason": reason}, status=LOST,
-                             reason=reason, healing=False)
+        self.registry.report(
+            record, "instance.lost", {"reason": reason}, status=LOST, reason=reason, healing=False
+        )
 
     # -- watching and self-healing
     def watch(self, stop: threading.Event) -> None:
@@ -122,8 +142,7 @@ class Commands:
                 try:
                     self.heal(record, QEMU_EXITED)
                 except Exception:  # noqa: BLE001 - one VM's trouble must not stop the others
-                    log.exception("heal failed host_id=%s vm_id=%s", self.cfg.host_id,
-                                  record.vm_id)
+                    log.exception("heal failed host_id=%s vm_id=%s", self.cfg.host_id, record.vm_id)
 
     def heal(self, record: VMRecord, reason: str, *, recovering: bool = False) -> bool:
         """Start `record` again from its own disk in a worker thread, under the restart policy.
@@ -134,8 +153,9 @@ class Commands:
         it booting. `recovering`: the daemon's start-up (the VM may be booting: a heal cut off).
         False when nothing was done."""
         heal = Heal(record, reason)
-        thread = threading.Thread(target=self._run_heal, args=(heal,),
-                                  name=f"heal-{record.vm_id}", daemon=True)
+        thread = threading.Thread(
+            target=self._run_heal, args=(heal,), name=f"heal-{record.vm_id}", daemon=True
+        )
         with self.registry.lock:
             vm_id = record.vm_id
             if recovering:
@@ -161,15 +181,27 @@ class Commands:
             self.mark_lost(record, f"{heal.reason} (gave up after {self.policy.describe()})")
             return False
         heal.delay = decision.delay
-        log.warning("vm restarting host_id=%s vm_id=%s attempt=%s delay=%.1f reason=%s",
-                    self.cfg.host_id, record.vm_id, decision.attempt, decision.delay,
-                    heal.reason)
+        log.warning(
+            "vm restarting host_id=%s vm_id=%s attempt=%s delay=%.1f reason=%s",
+            self.cfg.host_id,
+            record.vm_id,
+            decision.attempt,
+            decision.delay,
+            heal.reason,
+        )
         self.machines.pop(record.vm_id, None)
-        self.registry.report(record, "instance.restarting",
-                             {"reason": heal.reason, "attempt": decision.attempt},
-                             status=BOOTING, stage="vm_starting", reason=heal.reason,
-                             healing=True, restarts=[*decision.recent, now],
-                             restart_count=record.restart_count + 1, boot_started_at=now)
+        self.registry.report(
+            record,
+            "instance.restarting",
+            {"reason": heal.reason, "attempt": decision.attempt},
+            status=BOOTING,
+            stage="vm_starting",
+            reason=heal.reason,
+            healing=True,
+            restarts=[*decision.recent, now],
+            restart_count=record.restart_count + 1,
+            boot_started_at=now,
+        )
         return True
 
     def _run_heal(self, heal: Heal) -> None:
@@ -180,16 +212,27 @@ class Commands:
                     return
                 if heal.cancel.is_set():
                     return
-                heal.boot = Boot(self.cfg, self.store, record, self.registry.report,
-                                 machine=heal.resume, existing_disk=True, healing=True,
-                                 cancel=heal.cancel)
+                heal.boot = Boot(
+                    self.cfg,
+                    self.store,
+                    record,
+                    self.registry.report,
+                    machine=heal.resume,
+                    existing_disk=True,
+                    healing=True,
+                    cancel=heal.cancel,
+                )
                 heal.resume = None
                 heal.boot.run()
                 if heal.cancel.is_set():
                     return
                 if record.status == READY:
-                    log.info("vm restarted host_id=%s vm_id=%s restart_count=%s",
-                             self.cfg.host_id, record.vm_id, record.restart_count)
+                    log.info(
+                        "vm restarted host_id=%s vm_id=%s restart_count=%s",
+                        self.cfg.host_id,
+                        record.vm_id,
+                        record.restart_count,
+                    )
                     return
                 heal.reason = record.reason or "the restart failed"
                 with self.registry.lock:
@@ -249,12 +292,19 @@ class Commands:
             # QEMU already runs: a start cut short by a daemon stop. Wait for it, never a
             # second QEMU on the same disk.
             if record.status != BOOTING:
-                self.registry.report(record, "instance.started", {}, status=BOOTING,
-                                     stage="vm_starting", boot_started_at=time.time())
+                self.registry.report(
+                    record,
+                    "instance.started",
+                    {},
+                    status=BOOTING,
+                    stage="vm_starting",
+                    boot_started_at=time.time(),
+                )
         else:
             machine = None
-        boot = Boot(self.cfg, self.store, record, self.registry.report, machine=machine,
-                    existing_disk=True)
+        boot = Boot(
+            self.cfg, self.store, record, self.registry.report, machine=machine, existing_disk=True
+        )
         self.start_boot(record, machine, boot).join()
         if boot.cancel.is_set():
             raise Rejected("start-vm cancelled: the VM is being deleted")
@@ -276,8 +326,12 @@ class Commands:
                 try:
                     machine.kill()
                 except MachineError as exc:  # not started yet or already gone
-                    log.info("kill during cancel host_id=%s vm_id=%s error=%s",
-                             self.cfg.host_id, record.vm_id, exc)
+                    log.info(
+                        "kill during cancel host_id=%s vm_id=%s error=%s",
+                        self.cfg.host_id,
+                        record.vm_id,
+                        exc,
+                    )
             thread.join(timeout=self.cfg.stop_timeout + 30)
             # Race: the boot may have created (and started) its Machine after we looked above;
             # once the boot thread has ended, its machine is the one to destroy.

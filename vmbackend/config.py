@@ -87,8 +87,9 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one `--flag` per setting; a flag overrides its environment variable."""
     for name, env in _SETTINGS:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                            help=f"(env {env})")
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"(env {env})"
+        )
 
 
 def redact_url(url: str) -> str:
@@ -135,8 +136,7 @@ def _port_range(raw: str) -> tuple[int, int]:
     return low, high
 
 
-def load(env: Mapping[str, str] | None = None,
-         flags: argparse.Namespace | None = None) -> Config:
+def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None = None) -> Config:
     """Build the Config: flag, else environment variable, else default."""
     env = os.environ if env is None else env
     given: dict[str, str] = {}
@@ -173,8 +173,9 @@ def load(env: Mapping[str, str] | None = None,
 
     port_min, port_max = _port_range(given.get("port_range", "20000-29999"))
     image_dir = Path(given.get("image_dir", "~/.cache/warren/images")).expanduser()
-    state_dir = Path(given.get("state_dir")
-                     or Path("~/.local/state/warren/vmbackend") / host_id).expanduser()
+    state_dir = Path(
+        given.get("state_dir") or Path("~/.local/state/warren/vmbackend") / host_id
+    ).expanduser()
 
     return Config(
         host_id=host_id,
@@ -190,13 +191,15 @@ def load(env: Mapping[str, str] | None = None,
         bridge=bridge,
         accel=accel,
         boot_deadline=_float("boot_deadline", given.get("boot_deadline", "600"), 1, 86400),
-        heartbeat_interval=_float("heartbeat_interval", given.get("heartbeat_interval", "15"),
-                                  0.1, 3600),
+        heartbeat_interval=_float(
+            "heartbeat_interval", given.get("heartbeat_interval", "15"), 0.1, 3600
+        ),
         stop_timeout=_float("stop_timeout", given.get("stop_timeout", "30"), 0, 3600),
         restore=_bool("restore", given.get("restore", "1")),
         restart_burst=_int("restart_burst", given.get("restart_burst", "3"), 0, 100),
-        restart_interval=_float("restart_interval", given.get("restart_interval", "900"),
-                                1, 7 * 86400),
+        restart_interval=_float(
+            "restart_interval", given.get("restart_interval", "900"), 1, 7 * 86400
+        ),
         restart_delay=_float("restart_delay", given.get("restart_delay", "5"), 0, 3600),
         watch_interval=_float("watch_interval", given.get("watch_interval", "0.5"), 0.05, 60),
     )

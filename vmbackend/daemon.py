@@ -65,8 +65,12 @@ class Daemon:
         self.registry = Registry(cfg, self.store)
         self.io = AmqpIO(cfg, self.registry)
         self.registry.on_event = lambda: self.io.from_worker(self.io.flush_events)
-        self.commands = Commands(cfg, self.store, self.registry,
-                                 after_boot=lambda: self.io.from_worker(self.update_consuming))
+        self.commands = Commands(
+            cfg,
+            self.store,
+            self.registry,
+            after_boot=lambda: self.io.from_worker(self.update_consuming),
+        )
 
     # -- one delivery
     def guarded(self, handler: Callable[[Delivery], None], delivery: Delivery) -> None:
@@ -77,8 +81,11 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - one message must never stop the daemon
             if connection_lost(exc, delivery):
                 raise
-            log.exception("message handling failed host_id=%s routing_key=%s",
-                          self.cfg.host_id, delivery.routing_key)
+            log.exception(
+                "message handling failed host_id=%s routing_key=%s",
+                self.cfg.host_id,
+                delivery.routing_key,
+            )
             if not delivery.settled:
                 reason = f"internal error: {type(exc).__name__}: {str(exc)[:MAX_INTERNAL_REASON]}"
                 self.io.dead_letter(delivery, reason)
@@ -102,11 +109,14 @@ class Daemon:
         decision, existing = self.registry.create_decision(cmd)
         if decision == DUPLICATE and existing is not None:
             # Same reply, the VM's latest state re-published, no new VM.
-            log.info("duplicate create-vm host_id=%s vm_id=%s status=%s", self.cfg.host_id,
-                     existing.vm_id, existing.status)
+            log.info(
+                "duplicate create-vm host_id=%s vm_id=%s status=%s",
+                self.cfg.host_id,
+                existing.vm_id,
+                existing.status,
+            )
             self.registry.republish(existing)
-            self.io.reply(delivery, messages.success(create_response(existing,
-                                                                     self.cfg.host_id)))
+            self.io.reply(delivery, messages.success(create_response(existing, self.cfg.host_id)))
             self.io.ack(delivery)
             self.io.flush_events()
             return
@@ -120,11 +130,17 @@ class Daemon:
         except Exception:
             self.registry.forget(record.vm_id)  # never promise a VM without its state file
             raise
-        log.info("vm accepted host_id=%s vm_id=%s image=%s memory_mb=%s", self.cfg.host_id,
-                 record.vm_id, record.image, record.memory_mb)
+        log.info(
+            "vm accepted host_id=%s vm_id=%s image=%s memory_mb=%s",
+            self.cfg.host_id,
+            record.vm_id,
+            record.image,
+            record.memory_mb,
+        )
         if failure is not None:
-            self.registry.report(record, "instance.failed", {"reason": failure}, status=FAILED,
-                                 reason=failure)
+            self.registry.report(
+                record, "instance.failed", {"reason": failure}, status=FAILED, reason=failure
+            )
         else:
             # The record is durable, so the boot starts before any broker I/O: a connection that
             # drops during the reply, the ack or the flush must not leave an accepted VM that
@@ -139,8 +155,7 @@ class Daemon:
         host_key = topology.host_key(self.cfg.host_id)
         direct = delivery.routing_key == host_key
         try:
-            cmd = parse_host(delivery.body, routing_key=delivery.routing_key,
-                             host_key=host_key)
+            cmd = parse_host(delivery.body, routing_key=delivery.routing_key, host_key=host_key)
         except Rejected as exc:
             self.io.dead_letter(delivery, exc.reason)
             return
@@ -155,15 +170,24 @@ class Daemon:
             self.io.ack(delivery)
             return
         if claim == BUSY:
-            self.io.reply(delivery, messages.error(
-                f"vm-id {cmd.vm_id} has another command in progress"))
+            self.io.reply(
+                delivery, messages.error(f"vm-id {cmd.vm_id} has another command in progress")
+            )
             self.io.ack(delivery)
             return
-        log.info("command started host_id=%s vm_id=%s command=%s", self.cfg.host_id, cmd.vm_id,
-                 cmd.command)
+        log.info(
+            "command started host_id=%s vm_id=%s command=%s",
+            self.cfg.host_id,
+            cmd.vm_id,
+            cmd.command,
+        )
         try:
-            threading.Thread(target=self.work, args=(cmd, delivery),
-                             name=f"{cmd.command}-{cmd.vm_id}", daemon=True).start()
+            threading.Thread(
+                target=self.work,
+                args=(cmd, delivery),
+                name=f"{cmd.command}-{cmd.vm_id}",
+                daemon=True,
+            ).start()
         except BaseException:
             self.registry.release(cmd.vm_id, cmd.command)
             raise
@@ -175,8 +199,12 @@ class Daemon:
         except Rejected as exc:
             reply = messages.error(exc.reason)
         except Exception as exc:  # noqa: BLE001 - the requester must hear about any failure
-            log.exception("command failed host_id=%s vm_id=%s command=%s", self.cfg.host_id,
-                          cmd.vm_id, cmd.command)
+            log.exception(
+                "command failed host_id=%s vm_id=%s command=%s",
+                self.cfg.host_id,
+                cmd.vm_id,
+                cmd.command,
+            )
             reply = messages.error(f"{cmd.command} failed: {str(exc)[:MAX_INTERNAL_REASON]}")
         finally:
             self.registry.release(cmd.vm_id, cmd.command)
@@ -220,30 +248,47 @@ class Daemon:
         return self.stopping.is_set()
 
     def _connection_lost(self, exc: BaseException, retry_in: float) -> None:
-        log.warning("broker connection lost host_id=%s error=%r retry_in=%.1fs",
-                    self.cfg.host_id, exc, retry_in)
+        log.warning(
+            "broker connection lost host_id=%s error=%r retry_in=%.1fs",
+            self.cfg.host_id,
+            exc,
+            retry_in,
+        )
         self.io.close()
 
     def run(self) -> int:
         """Recover, then serve with reconnects (capped backoff) until SIGTERM/SIGINT."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        log.info("daemon starting host_id=%s state_dir=%s capacity=%s network=%s",
-                 self.cfg.host_id, self.cfg.state_dir, self.cfg.capacity, self.cfg.network)
+        log.info(
+            "daemon starting host_id=%s state_dir=%s capacity=%s network=%s",
+            self.cfg.host_id,
+            self.cfg.state_dir,
+            self.cfg.capacity,
+            self.cfg.network,
+        )
         recover(self.commands)
         # The watcher: a QEMU that exits on its own is noticed within a second, not at the next
         # heartbeat (which still checks, as a backstop); never on the connection's thread.
-        threading.Thread(target=self.commands.watch, args=(self.stopping,), name="watcher",
-                         daemon=True).start()
-        run_with_reconnect(self._session, stop=self.stopping, errors=CONNECTION_ERRORS,
-                           on_error=self._connection_lost)
+        threading.Thread(
+            target=self.commands.watch, args=(self.stopping,), name="watcher", daemon=True
+        ).start()
+        run_with_reconnect(
+            self._session,
+            stop=self.stopping,
+            errors=CONNECTION_ERRORS,
+            on_error=self._connection_lost,
+        )
         self.shutdown()
         return 0
 
     def shutdown(self) -> None:
         """Stop consuming and close: unacked deliveries go back to their queues; VMs keep running."""
-        log.info("daemon stopping host_id=%s boots_in_progress=%s", self.cfg.host_id,
-                 len(self.registry.boots))
+        log.info(
+            "daemon stopping host_id=%s boots_in_progress=%s",
+            self.cfg.host_id,
+            len(self.registry.boots),
+        )
         try:
             self.io.cancel_create()
             if self.io.connection is not None and self.io.connection.is_open:

@@ -107,10 +107,13 @@ class GuestAgent:
                     return
         except (OSError, GuestAgentError) as exc:
             self.close()
-            raise GuestAgentError(f"guest agent not answering: {exc or type(exc).__name__}") from exc
+            raise GuestAgentError(
+                f"guest agent not answering: {exc or type(exc).__name__}"
+            ) from exc
 
-    def execute(self, name: str, arguments: dict[str, Any] | None = None,
-                timeout: float = 10.0) -> Any:
+    def execute(
+        self, name: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
         """Run one command and return its `return` value (syncs first when not connected)."""
         deadline = time.monotonic() + timeout
         if self._sock is None:
@@ -161,15 +164,27 @@ class GuestAgent:
         """`guest-set-time` without a time: the guest re-reads its (host-driven) hardware clock."""
         self.execute("guest-set-time", timeout=timeout)
 
-    def exec(self, path: str, args: Iterable[str] = (), *, input_data: bytes | None = None,
-             timeout: float = 30.0) -> ExecResult:
+    def exec(
+        self,
+        path: str,
+        args: Iterable[str] = (),
+        *,
+        input_data: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> ExecResult:
         """Run a program in the guest, wait for it, and return its exit code and output."""
         deadline = time.monotonic() + timeout
         pid = self.exec_start(path, args, input_data=input_data, timeout=timeout)
         return self.exec_wait(pid, path, deadline)
 
-    def exec_start(self, path: str, args: Iterable[str] = (), *, input_data: bytes | None = None,
-                   timeout: float = 10.0) -> int:
+    def exec_start(
+        self,
+        path: str,
+        args: Iterable[str] = (),
+        *,
+        input_data: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> int:
         """Start a program in the guest and return its pid at once (the agent runs it
         asynchronously), so the caller can do other work meanwhile."""
         arguments: dict[str, Any] = {"path": path, "arg": list(args), "capture-output": True}
@@ -180,8 +195,9 @@ class GuestAgent:
     def exec_wait(self, pid: int, path: str, deadline: float) -> ExecResult:
         """Wait (until `deadline`, a time.monotonic() value) for a program from exec_start."""
         while True:
-            status = self.execute("guest-exec-status", {"pid": pid},
-                                  timeout=max(0.5, deadline - time.monotonic()))
+            status = self.execute(
+                "guest-exec-status", {"pid": pid}, timeout=max(0.5, deadline - time.monotonic())
+            )
             if status.get("exited"):
                 return ExecResult(
                     exitcode=int(status.get("exitcode", -1)),

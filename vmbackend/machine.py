@@ -100,7 +100,7 @@ class Machine:
 
     @property
     def boot(self) -> str | None:
-        """"cold" or "restore": how the running QEMU was started."""
+        """ "cold" or "restore": how the running QEMU was started."""
         return self._state().get("boot")
 
     # -- launch ---------------------------------------------------------------------------------
@@ -135,14 +135,21 @@ class Machine:
             stale.unlink(missing_ok=True)
         boot = "restore" if saved is not None else "cold"
         args = qemu.build_args(
-            image, self.spec, self.paths, verdict.accel,
+            image,
+            self.spec,
+            self.paths,
+            verdict.accel,
             tsc_khz=qemu.host_tsc_khz() if verdict.accel == "tcg" else None,
             incoming=qemu.incoming_from(saved.state) if saved is not None else None,
         )
-        self._save_state(boot=boot, accel=verdict.accel, personalized=boot == "cold",
-                         template_admin=saved.template_admin if saved else None,
-                         template_secret=str(saved.template_secret) if saved else None,
-                         started_at=time.time())
+        self._save_state(
+            boot=boot,
+            accel=verdict.accel,
+            personalized=boot == "cold",
+            template_admin=saved.template_admin if saved else None,
+            template_secret=str(saved.template_secret) if saved else None,
+            started_at=time.time(),
+        )
         self._spawn(args)
         try:
             self._post_launch(restore=saved is not None)
@@ -151,8 +158,14 @@ class Machine:
         except BaseException:
             self.kill()
             raise
-        log.info("vm started vm_id=%s pid=%s boot=%s accel=%s (%s)", self.spec.vm_id, self.pid,
-                 boot, verdict.accel, verdict.reason)
+        log.info(
+            "vm started vm_id=%s pid=%s boot=%s accel=%s (%s)",
+            self.spec.vm_id,
+            self.pid,
+            boot,
+            verdict.accel,
+            verdict.reason,
+        )
         return boot
 
     def _grow_restored_disk(self, base: Path) -> None:
@@ -166,7 +179,9 @@ class Machine:
                 return
             qmp.command(self.paths.qmp, "block_resize", timeout=10, device="disk0", size=wanted)
         except (qmp.QMPFailure, subprocess.SubprocessError, OSError, ValueError) as exc:
-            raise MachineError(f"cannot grow the restored disk to {self.spec.disk_gb} GB: {exc}") from exc
+            raise MachineError(
+                f"cannot grow the restored disk to {self.spec.disk_gb} GB: {exc}"
+            ) from exc
 
     def _pre_launch_image(self) -> manifest_mod.Manifest:
         try:
@@ -191,13 +206,19 @@ class Machine:
             os.chmod(path, 0o600)
 
     def _spawn(self, args: list[str]) -> None:
-        log.debug("vm command vm_id=%s cwd=%s cmd=%s", self.spec.vm_id, self.vm_dir,
-                  shlex.join(args))
+        log.debug(
+            "vm command vm_id=%s cwd=%s cmd=%s", self.spec.vm_id, self.vm_dir, shlex.join(args)
+        )
         with open(self.paths.log, "ab") as out:
             try:
                 self._proc = subprocess.Popen(
-                    args, cwd=self.vm_dir, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                    args,
+                    cwd=self.vm_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
                 )
             except OSError as exc:
                 raise MachineError(f"cannot start {args[0]}: {exc}") from exc
@@ -223,11 +244,14 @@ class Machine:
             if status == "running":
                 return
             if status != "inmigrate":
-                raise MachineError(f"restore failed: VM is {status!r}; log: {_tail(self.paths.log)}")
+                raise MachineError(
+                    f"restore failed: VM is {status!r}; log: {_tail(self.paths.log)}"
+                )
             last = "loading the saved state"
             time.sleep(0.05)
-        raise MachineError(f"QEMU not ready within {LAUNCH_SECONDS:.0f} s ({last}); "
-                           f"log: {_tail(self.paths.log)}")
+        raise MachineError(
+            f"QEMU not ready within {LAUNCH_SECONDS:.0f} s ({last}); log: {_tail(self.paths.log)}"
+        )
 
     # -- adopt / liveness -----------------------------------------------------------------------
     @classmethod
@@ -303,8 +327,14 @@ class Machine:
                 return found
             time.sleep(0.25)
 
-    def guest_exec(self, path: str, args: list[str] | None = None, *,
-                   input_data: bytes | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+    def guest_exec(
+        self,
+        path: str,
+        args: list[str] | None = None,
+        *,
+        input_data: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, bytes]:
         """Run a program in the guest; (exit code, stdout)."""
         try:
             result = self.agent().exec(path, args or [], input_data=input_data, timeout=timeout)
@@ -337,11 +367,14 @@ class Machine:
         """Until GET {base_url}api/overview answers 200 with the VM's own credentials."""
         try:
             self._api(base_url).wait_until_ok(
-                "api/overview", deadline,
-                check=lambda: self._check_alive("waiting for the management API"))
+                "api/overview",
+                deadline,
+                check=lambda: self._check_alive("waiting for the management API"),
+            )
         except ManagementAPIError as exc:
-            raise MachineError(f"the management API did not answer: {exc}; "
-                               f"console: {_tail(self.paths.console)}") from exc
+            raise MachineError(
+                f"the management API did not answer: {exc}; console: {_tail(self.paths.console)}"
+            ) from exc
 
     def apply_limits(self, base_url: str) -> None:
         """The spec's vhost limits ({"max-connections": n, ...}) on "/" via the management API."""
@@ -362,10 +395,15 @@ class Machine:
             return
         self._check_alive("personalizing")
         try:
-            personalize.run(self.agent(), self.spec, self.management_url,
-                            template_admin=state.get("template_admin"),
-                            template_password=saved_state.read_secret(state.get("template_secret")),
-                            deadline=deadline, check=self._check_alive)
+            personalize.run(
+                self.agent(),
+                self.spec,
+                self.management_url,
+                template_admin=state.get("template_admin"),
+                template_password=saved_state.read_secret(state.get("template_secret")),
+                deadline=deadline,
+                check=self._check_alive,
+            )
         except personalize.PersonalizeError as exc:
             raise MachineError(f"personalize: {exc}; console: {_tail(self.paths.console)}") from exc
         self._save_state(personalized=True)
@@ -380,7 +418,9 @@ class Machine:
         try:
             qmp.command(self.paths.qmp, "system_powerdown", timeout=5)
         except qmp.QMPFailure as exc:
-            log.warning("vm powerdown via QMP failed vm_id=%s error=%s; killing", self.spec.vm_id, exc)
+            log.warning(
+                "vm powerdown via QMP failed vm_id=%s error=%s; killing", self.spec.vm_id, exc
+            )
             self.kill()
             return
         if self._wait_exit(timeout):

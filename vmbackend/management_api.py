@@ -52,7 +52,9 @@ def quote(name: str) -> str:
 class ManagementAPI:
     """The management API at `base_url` (http://host:port/), as `user`."""
 
-    def __init__(self, base_url: str, user: str, password: str, *, timeout: float = TIMEOUT) -> None:
+    def __init__(
+        self, base_url: str, user: str, password: str, *, timeout: float = TIMEOUT
+    ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"only http:// URLs, not {base_url!r}")
@@ -71,11 +73,13 @@ class ManagementAPI:
         return f"{method} {self._prefix}{path} as {self.user!r} at {self._host}:{self._port}"
 
     # -- one request ----------------------------------------------------------------------------
-    def request(self, method: str, path: str, body: Any = None, *,
-                timeout: float | None = None) -> Response:
+    def request(
+        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
+    ) -> Response:
         """One request, whatever the status; ManagementAPIError only when nothing (valid) answers."""
-        conn = http.client.HTTPConnection(self._host, self._port,
-                                          timeout=self.timeout if timeout is None else timeout)
+        conn = http.client.HTTPConnection(
+            self._host, self._port, timeout=self.timeout if timeout is None else timeout
+        )
         token = base64.b64encode(f"{self.user}:{self._password}".encode()).decode()
         headers = {"Authorization": f"Basic {token}", "Connection": "close"}
         data = None
@@ -93,8 +97,15 @@ class ManagementAPI:
         finally:
             conn.close()
 
-    def _expect(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (),
-                timeout: float | None = None) -> Response:
+    def _expect(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        ok: tuple[int, ...] = (),
+        timeout: float | None = None,
+    ) -> Response:
         resp = self.request(method, path, body, timeout=timeout)
         if not (200 <= resp.status < 300 or resp.status in ok):
             raise ManagementAPIError(
@@ -109,8 +120,10 @@ class ManagementAPI:
         try:
             return resp.json()
         except ValueError as exc:
-            raise ManagementAPIError(f"{self._what('GET', path)}: not JSON: "
-                                     f"{resp.body[:ERROR_BODY]!r}", status=resp.status) from exc
+            raise ManagementAPIError(
+                f"{self._what('GET', path)}: not JSON: {resp.body[:ERROR_BODY]!r}",
+                status=resp.status,
+            ) from exc
 
     def put(self, path: str, body: Any, *, timeout: float | None = None) -> None:
         """PUT `body` as JSON; ManagementAPIError unless it answers 2xx."""
@@ -121,8 +134,9 @@ class ManagementAPI:
         self._expect("DELETE", path, ok=(404,) if missing_ok else (), timeout=timeout)
 
     # -- waiting --------------------------------------------------------------------------------
-    def wait_until_ok(self, path: str, deadline: float, *,
-                      check: Callable[[], None] | None = None) -> None:
+    def wait_until_ok(
+        self, path: str, deadline: float, *, check: Callable[[], None] | None = None
+    ) -> None:
         """Until GET `path` answers 200; ManagementAPIError at `deadline` (a time.monotonic()
         value) with the last answer. `check` runs before every attempt (it may raise: e.g. the
         VM died); each attempt's timeout is cut to what is left."""
@@ -141,8 +155,10 @@ class ManagementAPI:
                 cause = exc.__cause__
                 last = (str(cause) or type(cause).__name__) if cause is not None else str(exc)
             time.sleep(min(POLL, max(0.0, deadline - time.monotonic())))
-        raise ManagementAPIError(f"{self._what('GET', path)}: no 200 within "
-                                 f"{time.monotonic() - started:.0f} s (last: {last})")
+        raise ManagementAPIError(
+            f"{self._what('GET', path)}: no 200 within "
+            f"{time.monotonic() - started:.0f} s (last: {last})"
+        )
 
     # -- RabbitMQ resources ---------------------------------------------------------------------
     def whoami(self) -> str:
@@ -161,10 +177,19 @@ class ManagementAPI:
         """Remove user `name`; already gone counts as done."""
         self.delete(f"api/users/{quote(name)}")
 
-    def set_permissions(self, user: str, *, vhost: str = "/", configure: str = ".*",
-                        write: str = ".*", read: str = ".*") -> None:
-        self.put(f"api/permissions/{quote(vhost)}/{quote(user)}",
-                 {"configure": configure, "write": write, "read": read})
+    def set_permissions(
+        self,
+        user: str,
+        *,
+        vhost: str = "/",
+        configure: str = ".*",
+        write: str = ".*",
+        read: str = ".*",
+    ) -> None:
+        self.put(
+            f"api/permissions/{quote(vhost)}/{quote(user)}",
+            {"configure": configure, "write": write, "read": read},
+        )
 
     def set_vhost_limit(self, name: str, value: int, *, vhost: str = "/") -> None:
         """One vhost limit, e.g. ("max-connections", 100)."""

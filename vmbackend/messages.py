@@ -141,8 +141,14 @@ def _limits(options: dict[str, Any]) -> dict[str, int]:
     for key, value in limits.items():
         if key not in LIMIT_KEYS:
             raise Rejected(f"options.limits: unknown limit (allowed: {', '.join(LIMIT_KEYS)})")
-        if isinstance(value, bool) or not isinstance(value, int) or not LIMIT[0] <= value <= LIMIT[1]:
-            raise Rejected(f"options.limits.{key} must be an integer between {LIMIT[0]} and {LIMIT[1]}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not LIMIT[0] <= value <= LIMIT[1]
+        ):
+            raise Rejected(
+                f"options.limits.{key} must be an integer between {LIMIT[0]} and {LIMIT[1]}"
+            )
         result[key] = value
     return result
 
@@ -309,15 +315,18 @@ def create_vm_body(
     limits: dict[str, int],
 ) -> dict[str, Any]:
     """The create-vm command the shop sends (no reply_to: events tell it what happened)."""
-    return command_body(CREATE_VM, {
-        "image": image,
-        "vm-id": vm_id,
-        "memory-mb": memory_mb,
-        "vcpus": vcpus,
-        "disk-gb": disk_gb,
-        "admin": {"username": admin_username, "password": admin_password},
-        "limits": limits,
-    })
+    return command_body(
+        CREATE_VM,
+        {
+            "image": image,
+            "vm-id": vm_id,
+            "memory-mb": memory_mb,
+            "vcpus": vcpus,
+            "disk-gb": disk_gb,
+            "admin": {"username": admin_username, "password": admin_password},
+            "limits": limits,
+        },
+    )
 
 
 def delete_vm_body(*, vm_id: str) -> dict[str, Any]:
@@ -333,8 +342,9 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def event(type_: str, *, instance_id: str | None, host_id: str, seq: int,
-          **fields: Any) -> dict[str, Any]:
+def event(
+    type_: str, *, instance_id: str | None, host_id: str, seq: int, **fields: Any
+) -> dict[str, Any]:
     """An event body (a dict: it is stored in the VM's state until the broker confirms it)."""
     body: dict[str, Any] = {
         "version": PROTOCOL_VERSION,
@@ -371,10 +381,19 @@ INSTANCE_DELETED = "instance.deleted"
 INSTANCE_LOST = "instance.lost"
 INSTANCE_RESTARTING = "instance.restarting"  # QEMU exited on its own; the host starts it again
 HEARTBEAT = "host.heartbeat"
-INSTANCE_EVENTS = frozenset({
-    INSTANCE_ACCEPTED, INSTANCE_PROGRESS, INSTANCE_READY, INSTANCE_FAILED,
-    INSTANCE_STOPPED, INSTANCE_STARTED, INSTANCE_DELETED, INSTANCE_LOST, INSTANCE_RESTARTING,
-})
+INSTANCE_EVENTS = frozenset(
+    {
+        INSTANCE_ACCEPTED,
+        INSTANCE_PROGRESS,
+        INSTANCE_READY,
+        INSTANCE_FAILED,
+        INSTANCE_STOPPED,
+        INSTANCE_STARTED,
+        INSTANCE_DELETED,
+        INSTANCE_LOST,
+        INSTANCE_RESTARTING,
+    }
+)
 STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
 BOOT_KINDS = ("cold", "restore")
 
@@ -423,8 +442,15 @@ class Event:
         return self.type in INSTANCE_EVENTS
 
 
-def _event_str(data: dict[str, Any], name: str, limit: int, *, required: bool = False,
-               pattern: re.Pattern[str] | None = None, what: str = "") -> str:
+def _event_str(
+    data: dict[str, Any],
+    name: str,
+    limit: int,
+    *,
+    required: bool = False,
+    pattern: re.Pattern[str] | None = None,
+    what: str = "",
+) -> str:
     value = data.get(name)
     if value is None and not required:
         return ""
@@ -448,15 +474,18 @@ def _event_int(data: dict[str, Any], name: str, high: int, *, required: bool = F
 def _ready_extras(data: dict[str, Any]) -> None:
     """Fields of instance.ready the shop does not store, checked so nothing odd passes."""
     addresses = data.get("ip_addresses", [])
-    if not isinstance(addresses, list) or len(addresses) > MAX_ADDRESSES or not all(
-        isinstance(a, str) and len(a) <= MAX_SHORT for a in addresses
+    if (
+        not isinstance(addresses, list)
+        or len(addresses) > MAX_ADDRESSES
+        or not all(isinstance(a, str) and len(a) <= MAX_SHORT for a in addresses)
     ):
         raise MalformedEvent(f"ip_addresses must be a list of at most {MAX_ADDRESSES} strings")
     if data.get("boot", "cold") not in BOOT_KINDS:
         raise MalformedEvent(f"boot must be one of {', '.join(BOOT_KINDS)}")
     seconds = data.get("seconds")
     if seconds is not None and (
-        isinstance(seconds, bool) or not isinstance(seconds, int | float)
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
         or not 0 <= seconds <= 10**9
     ):
         raise MalformedEvent("seconds must be a non-negative number")
@@ -473,8 +502,14 @@ def parse_event(body: bytes) -> Event:
     event_type = _event_str(data, "type", MAX_TYPE, required=True)
     fields: dict[str, Any] = {
         "type": event_type,
-        "host_id": _event_str(data, "host_id", MAX_HOST_ID, required=True, pattern=HOST_ID_RE,
-                              what="a host id ([A-Za-z0-9][A-Za-z0-9._-]*)"),
+        "host_id": _event_str(
+            data,
+            "host_id",
+            MAX_HOST_ID,
+            required=True,
+            pattern=HOST_ID_RE,
+            what="a host id ([A-Za-z0-9][A-Za-z0-9._-]*)",
+        ),
         "message_id": _event_str(data, "message_id", MAX_SHORT),
         "occurred_at": _event_str(data, "occurred_at", MAX_SHORT),
         "seq": _event_int(data, "seq", MAX_SEQ, required=event_type in INSTANCE_EVENTS),
@@ -493,14 +528,28 @@ def parse_event(body: bytes) -> Event:
         fields["stage"] = data["stage"]
     elif event_type == INSTANCE_READY:
         fields["management_url"] = _event_str(
-            data, "management_url", MAX_URL, required=True, pattern=MANAGEMENT_URL_RE,
-            what="an http:// or https:// URL")
+            data,
+            "management_url",
+            MAX_URL,
+            required=True,
+            pattern=MANAGEMENT_URL_RE,
+            what="an http:// or https:// URL",
+        )
         fields["amqp_url"] = _event_str(
-            data, "amqp_url", MAX_URL, required=True, pattern=AMQP_URL_RE,
-            what="an amqp:// or amqps:// URL")
+            data,
+            "amqp_url",
+            MAX_URL,
+            required=True,
+            pattern=AMQP_URL_RE,
+            what="an amqp:// or amqps:// URL",
+        )
         fields["admin_username"] = _event_str(
-            data, "admin_username", MAX_SHORT, pattern=USERNAME_RE,
-            what="a user name ([A-Za-z0-9][A-Za-z0-9._-]*)")
+            data,
+            "admin_username",
+            MAX_SHORT,
+            pattern=USERNAME_RE,
+            what="a user name ([A-Za-z0-9][A-Za-z0-9._-]*)",
+        )
         _ready_extras(data)
     elif event_type in (INSTANCE_FAILED, INSTANCE_LOST):
         fields["reason"] = _event_str(data, "reason", MAX_REASON)

@@ -32,37 +32,53 @@ def erlang_cookie() -> str:
     return "".join(secrets.choice(COOKIE_ALPHABET) for _ in range(32))
 
 
-def run(agent: GuestAgent, spec: VMSpec, management_url: Callable[[], str], *,
-        template_admin: str | None, template_password: str | None, deadline: float,
-        check: Check) -> None:
+def run(
+    agent: GuestAgent,
+    spec: VMSpec,
+    management_url: Callable[[], str],
+    *,
+    template_admin: str | None,
+    template_password: str | None,
+    deadline: float,
+    check: Check,
+) -> None:
     """The guest's clock, hostname, a fresh Erlang cookie, and the VM's own admin in place of
     the template's (`deadline` is a time.monotonic() value)."""
     # Under TCG every program the guest agent runs costs seconds, so the guest-side work
     # overlaps the host-side: the hostname script starts first, the admin swap (HTTP) and
     # the clock run while it works, then we collect its result.
     try:
-        hostname = agent.exec_start(RESTORE_SETTINGS,
-                                    input_data=json.dumps({"hostname": spec.hostname}).encode())
+        hostname = agent.exec_start(
+            RESTORE_SETTINGS, input_data=json.dumps({"hostname": spec.hostname}).encode()
+        )
         swap_admin(management_url(), spec, template_admin, template_password, deadline, check)
         agent.set_time(timeout=max(5.0, deadline - time.monotonic()))
         result = agent.exec_wait(hostname, RESTORE_SETTINGS, max(deadline, time.monotonic() + 5))
     except GuestAgentError as exc:
         raise PersonalizeError(str(exc)) from exc
     if result.exitcode != 0:
-        raise PersonalizeError(f"{RESTORE_SETTINGS} exited {result.exitcode}: "
-                               f"{result.stderr[-300:]!r}")
+        raise PersonalizeError(
+            f"{RESTORE_SETTINGS} exited {result.exitcode}: {result.stderr[-300:]!r}"
+        )
     # The cookie rotation is not waited for: it takes many seconds under TCG, the script
     # reports its outcome in the guest (/run/warren/cookie-rotation), and the management
     # API does not depend on it.
     try:
-        agent.exec_start(RESTORE_SETTINGS,
-                         input_data=json.dumps({"erlang_cookie": erlang_cookie()}).encode())
+        agent.exec_start(
+            RESTORE_SETTINGS, input_data=json.dumps({"erlang_cookie": erlang_cookie()}).encode()
+        )
     except GuestAgentError as exc:
         raise PersonalizeError(f"cookie rotation not started: {exc}") from exc
 
 
-def swap_admin(base_url: str, spec: VMSpec, template_admin: str | None,
-               template_password: str | None, deadline: float, check: Check) -> None:
+def swap_admin(
+    base_url: str,
+    spec: VMSpec,
+    template_admin: str | None,
+    template_password: str | None,
+    deadline: float,
+    check: Check,
+) -> None:
     """Create the VM's own administrator through the management API, check it, and delete
     the template's. Idempotent: a retry after a partial swap finishes it."""
     me = ManagementAPI(base_url, spec.admin_user, spec.admin_password)
@@ -76,12 +92,14 @@ def swap_admin(base_url: str, spec: VMSpec, template_admin: str | None,
             if not template_admin or template_password is None:
                 raise PersonalizeError("the saved state's template admin is unknown")
             template = ManagementAPI(base_url, template_admin, template_password)
-            template.wait_until_ok("api/overview", deadline,
-                                   check=lambda: check("waiting for the template admin"))
+            template.wait_until_ok(
+                "api/overview", deadline, check=lambda: check("waiting for the template admin")
+            )
             template.set_user(me.user, spec.admin_password)
             template.set_permissions(me.user)
-            me.wait_until_ok("api/whoami", deadline,
-                             check=lambda: check("waiting for the VM's own admin"))
+            me.wait_until_ok(
+                "api/whoami", deadline, check=lambda: check("waiting for the VM's own admin")
+            )
         if template_admin and template_admin != me.user:
             me.delete_user(template_admin)
     except ManagementAPIError as exc:

@@ -32,8 +32,15 @@ def is_free(bind_address: str, port: int) -> bool:
     return True
 
 
-def allocate(count: int, *, used: Iterable[int], bind_address: str, port_min: int,
-             port_max: int, rng: random.Random | None = None) -> list[int]:
+def allocate(
+    count: int,
+    *,
+    used: Iterable[int],
+    bind_address: str,
+    port_min: int,
+    port_max: int,
+    rng: random.Random | None = None,
+) -> list[int]:
     """`count` distinct ports in [port_min, port_max], none in `used`, each bindable now.
 
     The scan starts at a random offset so two daemons sharing a range rarely race for the same

@@ -195,14 +195,20 @@ def build_args(
         with_disk = manifest.disk is not None
     args = [
         qemu,
-        "-name", f"warren-{spec.vm_id},process=warren-{spec.vm_id}",
-        "-M", MACHINE,
+        "-name",
+        f"warren-{spec.vm_id},process=warren-{spec.vm_id}",
+        "-M",
+        MACHINE,
         "-nodefaults",
         "-no-user-config",
-        "-display", "none",
-        "-vga", "none",
-        "-m", f"{spec.memory_mb}M",
-        "-smp", str(spec.vcpus),
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-m",
+        f"{spec.memory_mb}M",
+        "-smp",
+        str(spec.vcpus),
     ]
     if accel == "kvm":
         args += ["-accel", "kvm", "-cpu", "host"]
@@ -214,21 +220,33 @@ def build_args(
     args += ["-append", kernel_cmdline(manifest.append, accel, tsc_khz)]
     if with_disk:
         args += [
-            "-drive", f"id=disk0,file={paths.DISK},format=qcow2,if=none,cache=writeback,discard=unmap",
-            "-device", "virtio-blk-device,drive=disk0",
+            "-drive",
+            f"id=disk0,file={paths.DISK},format=qcow2,if=none,cache=writeback,discard=unmap",
+            "-device",
+            "virtio-blk-device,drive=disk0",
         ]
     mac = f",mac={spec.network.mac}" if isinstance(spec.network, TapNet) else ""
     args += [
-        "-netdev", _netdev(spec, manifest),
-        "-device", f"virtio-net-device,netdev=net0{mac}",
-        "-chardev", f"socket,id=qga0,path={paths.QGA},server=on,wait=off",
-        "-device", "virtio-serial-device",
-        "-device", f"virtserialport,chardev=qga0,name={GUEST_AGENT_PORT}",
-        "-object", "rng-random,id=rng0,filename=/dev/urandom",
-        "-device", "virtio-rng-device,rng=rng0",
-        "-qmp", f"unix:{paths.QMP},server=on,wait=off",
-        "-serial", f"file:{paths.CONSOLE}",
-        "-pidfile", paths.PIDFILE,
+        "-netdev",
+        _netdev(spec, manifest),
+        "-device",
+        f"virtio-net-device,netdev=net0{mac}",
+        "-chardev",
+        f"socket,id=qga0,path={paths.QGA},server=on,wait=off",
+        "-device",
+        "virtio-serial-device",
+        "-device",
+        f"virtserialport,chardev=qga0,name={GUEST_AGENT_PORT}",
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-device,rng=rng0",
+        "-qmp",
+        f"unix:{paths.QMP},server=on,wait=off",
+        "-serial",
+        f"file:{paths.CONSOLE}",
+        "-pidfile",
+        paths.PIDFILE,
     ]
     # Every key is always present, so a saved state and the VMs restored from it have the same
     # fw_cfg names (the machine writes the files, mode 0600).
@@ -239,8 +257,18 @@ def build_args(
     return args
 
 
-SIGNATURE_FLAGS = ("-M", "-m", "-smp", "-accel", "-cpu", "-device", "-object", "-chardev",
-                   "-fw_cfg", "-drive")
+SIGNATURE_FLAGS = (
+    "-M",
+    "-m",
+    "-smp",
+    "-accel",
+    "-cpu",
+    "-device",
+    "-object",
+    "-chardev",
+    "-fw_cfg",
+    "-drive",
+)
 
 
 def device_signature(args: list[str]) -> list[str]:
@@ -278,7 +306,10 @@ def base_virtual_size(base: Path) -> int:
     """Virtual size of a qcow2 image in bytes."""
     out = subprocess.run(
         [QEMU_IMG, "info", "--output=json", str(base)],
-        check=True, capture_output=True, text=True, timeout=30,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout
     return int(json.loads(out)["virtual-size"])
 
@@ -292,6 +323,8 @@ def create_overlay(base: Path, overlay: Path, disk_gb: int | None = None) -> Non
 
 def qemu_version(qemu: str = QEMU) -> str:
     """`qemu-system-x86_64 --version`'s version number, e.g. "7.2.22"."""
-    out = subprocess.run([qemu, "--version"], check=True, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [qemu, "--version"], check=True, capture_output=True, text=True, timeout=30
+    )
     match = re.search(r"version ([0-9][^\s]*)", out.stdout)
     return match.group(1) if match else out.stdout.strip()

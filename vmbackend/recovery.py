@@ -58,8 +58,8 @@ def recover_one(commands: Commands, record: VMRecord) -> None:
     if machine is None:
         shutil.rmtree(commands.store.vm_dir(vm_id), ignore_errors=True)  # half-made launch
     elif record.status == ACCEPTED:
-        registry.report(record, None, {}, status=BOOTING,
-                        boot_started_at=record.boot_started_at or time.time())
-    log.info("boot resumed host_id=%s vm_id=%s adopted=%s", cfg.host_id, vm_id,
-             machine is not None)
+        registry.report(
+            record, None, {}, status=BOOTING, boot_started_at=record.boot_started_at or time.time()
+        )
+    log.info("boot resumed host_id=%s vm_id=%s adopted=%s", cfg.host_id, vm_id, machine is not None)
     commands.start_boot(record, machine)

@@ -91,9 +91,14 @@ def command_plan(record: VMRecord, command: str, *, boot_running: bool) -> str:
 
 def ready_fields(record: VMRecord) -> dict[str, Any]:
     """The instance.ready fields of a ready record."""
-    return {"management_url": record.management_url, "amqp_url": record.amqp_url,
-            "admin_username": record.admin_username, "ip_addresses": record.ip_addresses,
-            "boot": record.boot or "cold", "seconds": record.seconds}
+    return {
+        "management_url": record.management_url,
+        "amqp_url": record.amqp_url,
+        "admin_username": record.admin_username,
+        "ip_addresses": record.ip_addresses,
+        "boot": record.boot or "cold",
+        "seconds": record.seconds,
+    }
 
 
 def state_event(record: VMRecord) -> tuple[str, dict[str, Any]]:
@@ -119,16 +124,23 @@ def state_event(record: VMRecord) -> tuple[str, dict[str, Any]]:
 
 
 def new_record(cfg: Config, cmd: CreateVM) -> VMRecord:
-    return VMRecord(vm_id=cmd.vm_id, image=cmd.image, memory_mb=cmd.memory_mb,
-                    vcpus=cmd.vcpus, disk_gb=cmd.disk_gb, hostname=hostname_for(cmd.vm_id),
-                    admin_username=cmd.admin_username, admin_password=cmd.admin_password,
-                    password_generated=cmd.password_generated, limits=dict(cmd.limits),
-                    network=cfg.network)
+    return VMRecord(
+        vm_id=cmd.vm_id,
+        image=cmd.image,
+        memory_mb=cmd.memory_mb,
+        vcpus=cmd.vcpus,
+        disk_gb=cmd.disk_gb,
+        hostname=hostname_for(cmd.vm_id),
+        admin_username=cmd.admin_username,
+        admin_password=cmd.admin_password,
+        password_generated=cmd.password_generated,
+        limits=dict(cmd.limits),
+        network=cfg.network,
+    )
 
 
 def create_response(record: VMRecord, host_id: str) -> dict[str, Any]:
-    response = {"vm-id": record.vm_id, "host-id": host_id,
-                "admin-username": record.admin_username}
+    response = {"vm-id": record.vm_id, "host-id": host_id, "admin-username": record.admin_username}
     if record.password_generated:
         response["admin-password"] = record.admin_password
     return response
@@ -137,8 +149,7 @@ def create_response(record: VMRecord, host_id: str) -> dict[str, Any]:
 class Registry:
     """This host's VM records, the slots they hold and what is being done to them. Thread-safe."""
 
-    def __init__(self, cfg: Config, store: StateStore,
-                 on_event: Callable[[], None] = lambda: None):
+    def __init__(self, cfg: Config, store: StateStore, on_event: Callable[[], None] = lambda: None):
         self.cfg = cfg
         self.store = store
         self.on_event = on_event  # asks the AMQP side to flush the outbox
@@ -157,8 +168,9 @@ class Registry:
             return list(self.records.values())
 
     # -- state and events
-    def report(self, record: VMRecord, event_type: str | None, fields: dict[str, Any],
-               **updates: Any) -> None:
+    def report(
+        self, record: VMRecord, event_type: str | None, fields: dict[str, Any], **updates: Any
+    ) -> None:
         """Apply `updates` (a status change checked by `state.move`), queue the event, write the
         state file; then ask for a flush. Durable before it returns; raises IllegalTransition
         (changing nothing) for a status change the table forbids."""
@@ -169,9 +181,15 @@ class Registry:
                 setattr(record, key, value)
             if event_type is not None:
                 record.seq += 1
-                record.outbox.append(messages.event(
-                    event_type, instance_id=record.vm_id, host_id=self.cfg.host_id,
-                    seq=record.seq, **fields))
+                record.outbox.append(
+                    messages.event(
+                        event_type,
+                        instance_id=record.vm_id,
+                        host_id=self.cfg.host_id,
+                        seq=record.seq,
+                        **fields,
+                    )
+                )
                 record.last_event = {"type": event_type, "fields": dict(fields)}
             self.store.save(record)
         if event_type is not None:
@@ -210,10 +228,20 @@ class Registry:
     def list_vms(self) -> list[dict[str, Any]]:
         with self.lock:
             records = [r for r in self.records.values() if r.status != DELETED]
-        return [{"vm-id": r.vm_id, "host-id": self.cfg.host_id, "status": r.status,
-                 "image": r.image, "ip-addresses": r.ip_addresses,
-                 "management-url": r.management_url, "amqp-url": r.amqp_url,
-                 "memory-mb": r.memory_mb, "vcpus": r.vcpus} for r in records]
+        return [
+            {
+                "vm-id": r.vm_id,
+                "host-id": self.cfg.host_id,
+                "status": r.status,
+                "image": r.image,
+                "ip-addresses": r.ip_addresses,
+                "management-url": r.management_url,
+                "amqp-url": r.amqp_url,
+                "memory-mb": r.memory_mb,
+                "vcpus": r.vcpus,
+            }
+            for r in records
+        ]
 
     # -- create-vm
     def create_decision(self, cmd: CreateVM) -> tuple[str, VMRecord | None]:
@@ -246,8 +274,13 @@ class Registry:
             record.mac = network.mac_for(record.vm_id, taken=[r.mac for r in others if r.mac])
             return
         used = [p for r in others for p in r.ports.values()]
-        management, amqp = ports.allocate(2, used=used, bind_address=self.cfg.bind_address,
-                                          port_min=self.cfg.port_min, port_max=self.cfg.port_max)
+        management, amqp = ports.allocate(
+            2,
+            used=used,
+            bind_address=self.cfg.bind_address,
+            port_min=self.cfg.port_min,
+            port_max=self.cfg.port_max,
+        )
         record.ports = {"management": management, "amqp": amqp}
 
     def forget(self, vm_id: str) -> None:
@@ -271,8 +304,11 @@ class Registry:
             if record is None or record.status == DELETED:
                 return UNKNOWN, None
             holders = self.busy.setdefault(cmd.vm_id, [])
-            if holders and not (cmd.command == "delete-vm" and cmd.vm_id in self.boots
-                                and "delete-vm" not in holders):
+            if holders and not (
+                cmd.command == "delete-vm"
+                and cmd.vm_id in self.boots
+                and "delete-vm" not in holders
+            ):
                 return BUSY, record
             holders.append(cmd.command)
             return CLAIMED, record
@@ -299,5 +335,8 @@ class Registry:
 
     def is_unattended_ready(self, record: VMRecord) -> bool:
         with self.lock:
-            return (record.status == READY and record.vm_id not in self.busy
-                    and record.vm_id not in self.boots)
+            return (
+                record.status == READY
+                and record.vm_id not in self.busy
+                and record.vm_id not in self.boots
+            )

@@ -93,13 +93,20 @@ def matching(image: Manifest, spec: VMSpec, accel: str) -> Saved | None:
         disk = None
         if image.disk is not None:
             disk = manifest_mod.resolve_inside(image.saved_dir, meta.get("disk", DISK))
-        secret = manifest_mod.resolve_inside(image.saved_dir, meta.get("template_secret", SECRET_FILE))
+        secret = manifest_mod.resolve_inside(
+            image.saved_dir, meta.get("template_secret", SECRET_FILE)
+        )
     except manifest_mod.ImageError:
         return None
     if not state.is_file() or (disk is not None and not disk.is_file()):
         return None
-    return Saved(state=state, disk=disk, template_admin=str(meta.get("template_admin")),
-                 template_secret=secret, meta=meta)
+    return Saved(
+        state=state,
+        disk=disk,
+        template_admin=str(meta.get("template_admin")),
+        template_secret=secret,
+        meta=meta,
+    )
 
 
 def read_secret(path: Path | str | None) -> str | None:
@@ -115,7 +122,9 @@ def template_password(images_root: Path, name: str) -> str | None:
     image = manifest_mod.load(images_root, name)
     meta = load_meta(image) or {}
     try:
-        path = manifest_mod.resolve_inside(image.saved_dir, meta.get("template_secret", SECRET_FILE))
+        path = manifest_mod.resolve_inside(
+            image.saved_dir, meta.get("template_secret", SECRET_FILE)
+        )
     except manifest_mod.ImageError:
         return None
     return read_secret(path)

@@ -26,13 +26,13 @@ from vmbackend.messages import VM_ID_RE
 log = logging.getLogger(__name__)
 
 # Statuses. A VM holds a capacity slot in every status except failed and deleted.
-ACCEPTED = "accepted"    # recorded, QEMU not started yet
-BOOTING = "booting"      # QEMU started, waiting for readiness
-READY = "ready"          # management API answered with the VM's credentials
+ACCEPTED = "accepted"  # recorded, QEMU not started yet
+BOOTING = "booting"  # QEMU started, waiting for readiness
+READY = "ready"  # management API answered with the VM's credentials
 STOPPED = "stopped"
-FAILED = "failed"        # could not be made ready; machine cleaned up
-LOST = "lost"            # QEMU died while nobody asked it to
-DELETED = "deleted"      # gone; the record stays only until instance.deleted is confirmed
+FAILED = "failed"  # could not be made ready; machine cleaned up
+LOST = "lost"  # QEMU died while nobody asked it to
+DELETED = "deleted"  # gone; the record stays only until instance.deleted is confirmed
 FREE_SLOT_STATUSES = (FAILED, DELETED)
 
 # The host side's state machine: every status change goes through `move`, which checks it here.
@@ -87,7 +87,9 @@ class VMRecord:
     reason: str = ""
     created_at: float = field(default_factory=time.time)
     boot_started_at: float = 0.0
-    ever_ready: bool = False  # was READY once: its disk is the customer's, only delete-vm removes it
+    ever_ready: bool = (
+        False  # was READY once: its disk is the customer's, only delete-vm removes it
+    )
     # Self-healing (vmbackend/healing.py): start times of the restart attempts inside the
     # policy's window, all restarts ever, and whether a heal is under way (a daemon restarted
     # in the middle of one goes on healing instead of waiting for a start-vm).
@@ -109,16 +111,22 @@ class VMRecord:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         if "ever_ready" not in values:  # a record written before the field existed
-            values["ever_ready"] = (values.get("status") in (READY, STOPPED, LOST)
-                                    or bool(values.get("management_url")))
+            values["ever_ready"] = values.get("status") in (READY, STOPPED, LOST) or bool(
+                values.get("management_url")
+            )
         return cls(**values)
 
 
 def move(record: VMRecord, status: str) -> None:
     """Set `record.status` if the table allows it; an illegal change is logged and refused."""
     if not can_move(record.status, status, ever_ready=record.ever_ready):
-        log.error("illegal status change vm_id=%s from=%s to=%s ever_ready=%s", record.vm_id,
-                  record.status, status, record.ever_ready)
+        log.error(
+            "illegal status change vm_id=%s from=%s to=%s ever_ready=%s",
+            record.vm_id,
+            record.status,
+            status,
+            record.ever_ready,
+        )
         raise IllegalTransition(f"vm {record.vm_id}: {record.status} -> {status}")
     record.status = status
     if status == READY:

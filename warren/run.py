@@ -72,12 +72,20 @@ def service_commands(opts: Options, python: str = sys.executable) -> dict[str, l
     """The long-running processes, by name."""
     services = {
         "web": [
-            python, "-m", "gunicorn", "store.wsgi:application",
-            "--bind", f"{opts.bind}:{opts.port}",
+            python,
+            "-m",
+            "gunicorn",
+            "store.wsgi:application",
+            "--bind",
+            f"{opts.bind}:{opts.port}",
             # Sync workers: no request waits on another request of ours (the offline payment
             # runs in-process), and no page streams.
-            "--workers", str(opts.web_workers),
-            "--access-logfile", "-", "--graceful-timeout", "10",
+            "--workers",
+            str(opts.web_workers),
+            "--access-logfile",
+            "-",
+            "--graceful-timeout",
+            "10",
         ],
         "relay": [python, "manage.py", "relay_outbox"],
         "events": [python, "manage.py", "consume_events"],
@@ -109,8 +117,12 @@ class Supervisor:
 
     def start(self, child: Child) -> None:
         child.proc = subprocess.Popen(
-            child.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            child.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             # Own process group: Ctrl-C in the terminal reaches only us; we stop children in order.
             start_new_session=True,
         )
@@ -133,9 +145,7 @@ class Supervisor:
                 continue
             child.failures += 1
             delay = backoff(child.failures)
-            log.warning(
-                "event=exited service=%s code=%s restart_in=%.0fs", child.name, code, delay
-            )
+            log.warning("event=exited service=%s code=%s restart_in=%.0fs", child.name, code, delay)
             child.proc = None
             child.start_after = now + delay
 
@@ -186,7 +196,8 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Options]:
     run.add_argument("--bind", default=os.environ.get("WARREN_BIND", "127.0.0.1"))
     run.add_argument("--port", type=int, default=int(os.environ.get("WARREN_PORT", "8000")))
     run.add_argument(
-        "--image", default=os.environ.get("WARREN_INSTANCE_IMAGE", ""),
+        "--image",
+        default=os.environ.get("WARREN_INSTANCE_IMAGE", ""),
         help="image every new instance boots (default: the one of its plan's RabbitMQ version; "
         "tiny for a seconds-fast demo)",
     )
@@ -194,8 +205,11 @@ def parse_args(argv: Sequence[str]) -> tuple[str, Options]:
     run.add_argument("--no-daemon", action="store_true", help="do not run a host daemon here")
     args = parser.parse_args(list(argv))
     return args.command, Options(
-        bind=args.bind, port=args.port, image=args.image,
-        build_images=not args.skip_image_build, daemon=not args.no_daemon,
+        bind=args.bind,
+        port=args.port,
+        image=args.image,
+        build_images=not args.skip_image_build,
+        daemon=not args.no_daemon,
     )
 
 

@@ -64,7 +64,9 @@ def test_the_username_count_ignores_case_and_spaces(client: Client, alice: Abstr
     assert _login(client, "alice", PASSWORD).status_code == 429
 
 
-def test_one_address_spraying_many_usernames_is_locked_out(client: Client, alice: AbstractUser) -> None:
+def test_one_address_spraying_many_usernames_is_locked_out(
+    client: Client, alice: AbstractUser
+) -> None:
     for i in range(20):
         _login(client, f"user{i}", "wrong", REMOTE_ADDR="10.1.2.3")
 
@@ -117,7 +119,10 @@ def test_the_lockout_really_expires(client: Client, alice: AbstractUser, setting
     assert _login(client, "alice", PASSWORD).status_code == 302
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(1, "1 second"), (59, "59 seconds"), (61, "2 minutes"), (900, "15 minutes")])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(1, "1 second"), (59, "59 seconds"), (61, "2 minutes"), (900, "15 minutes")],
+)
 def test_the_wait_is_said_in_words(seconds: int, text: str) -> None:
     assert throttle.wait_message(seconds) == text
 

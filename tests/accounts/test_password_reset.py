@@ -50,7 +50,9 @@ def test_a_bad_link_is_refused(client: Client, alice: AbstractUser) -> None:
     assert b"no longer valid" in response.content
 
 
-def test_a_known_and_an_unknown_address_get_the_same_answer(client: Client, alice: AbstractUser) -> None:
+def test_a_known_and_an_unknown_address_get_the_same_answer(
+    client: Client, alice: AbstractUser
+) -> None:
     known = client.post(reverse("password_reset"), {"email": "alice@example.com"}, follow=True)
     unknown = client.post(reverse("password_reset"), {"email": "nobody@example.com"}, follow=True)
 

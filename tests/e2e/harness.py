@@ -30,7 +30,10 @@ WEBHOOK_SECRET = "whsec_e2e_" + uuid.uuid4().hex
 
 
 def wait_until(
-    check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5,
+    check: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
     system: System | None = None,
 ) -> Any:
     """Poll `check` until it returns something truthy; fail with `what` (and the system's logs,
@@ -89,8 +92,13 @@ class System:
 
     def manage(self, *args: str, timeout: float = 120) -> str:
         done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         return done.stdout
 
@@ -102,14 +110,20 @@ class System:
     def start(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            self.commands[name], cwd=ROOT, env={**self.env, **(env or {})},
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            self.commands[name],
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
         self.procs[name] = proc
         if name == "web":
-            wait_until(lambda: requests.get(self.base_url + "/", timeout=2).ok, 60, "the web server")
+            wait_until(
+                lambda: requests.get(self.base_url + "/", timeout=2).ok, 60, "the web server"
+            )
         return proc
 
     def start_all(self) -> None:
@@ -154,7 +168,8 @@ class System:
 
     def create_customer(self, username: str, password: str) -> None:
         self.manage(
-            "shell", "-c",
+            "shell",
+            "-c",
             "from django.contrib.auth.models import User; "
             f"User.objects.create_user({username!r}, {username + '@example.com'!r}, {password!r})",
         )
@@ -165,7 +180,11 @@ class System:
         page.raise_for_status()
         resp = session.post(
             f"{self.base_url}/accounts/login/",
-            data={"username": username, "password": password, "csrfmiddlewaretoken": csrf(page.text)},
+            data={
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": csrf(page.text),
+            },
             headers={"Referer": f"{self.base_url}/accounts/login/"},
             timeout=10,
         )
@@ -200,19 +219,22 @@ class System:
         }
 
     def checkout_completed_event(self, order_id: str) -> dict[str, Any]:
-        return self.stripe_event("checkout.session.completed", {
-            "id": f"cs_test_{uuid.uuid4().hex}",
-            "object": "checkout.session",
-            "mode": "subscription",
-            "status": "complete",
-            "payment_status": "paid",
-            "client_reference_id": order_id,
-            "metadata": {"order_id": order_id},
-            "customer": f"cus_{uuid.uuid4().hex[:14]}",
-            "subscription": f"sub_{uuid.uuid4().hex[:14]}",
-            "amount_total": 1500,
-            "currency": "usd",
-        })
+        return self.stripe_event(
+            "checkout.session.completed",
+            {
+                "id": f"cs_test_{uuid.uuid4().hex}",
+                "object": "checkout.session",
+                "mode": "subscription",
+                "status": "complete",
+                "payment_status": "paid",
+                "client_reference_id": order_id,
+                "metadata": {"order_id": order_id},
+                "customer": f"cus_{uuid.uuid4().hex[:14]}",
+                "subscription": f"sub_{uuid.uuid4().hex[:14]}",
+                "amount_total": 1500,
+                "currency": "usd",
+            },
+        )
 
     def post_webhook(self, event: dict[str, Any]) -> requests.Response:
         payload = json.dumps(event).encode()
@@ -236,7 +258,10 @@ class System:
         resp = session.post(
             f"{self.base_url}/orders/{order_id}/credentials/",
             data={"csrfmiddlewaretoken": csrf(page)},
-            headers={"Accept": "application/json", "Referer": f"{self.base_url}/orders/{order_id}/"},
+            headers={
+                "Accept": "application/json",
+                "Referer": f"{self.base_url}/orders/{order_id}/",
+            },
             timeout=10,
         )
         resp.raise_for_status()
@@ -265,10 +290,13 @@ def csrf(html: str) -> str:
     return match.group(1)
 
 
-def admin_session(system: System, username: str = "staff", password: str = "staff-pass-1234") -> requests.Session:
+def admin_session(
+    system: System, username: str = "staff", password: str = "staff-pass-1234"
+) -> requests.Session:
     """A logged-in staff member of the Django admin."""
     system.manage(
-        "shell", "-c",
+        "shell",
+        "-c",
         "from django.contrib.auth.models import User; "
         f"User.objects.create_superuser({username!r}, 'staff@example.com', {password!r})",
     )
@@ -277,9 +305,14 @@ def admin_session(system: System, username: str = "staff", password: str = "staf
     page = session.get(url, timeout=10)
     resp = session.post(
         url,
-        data={"username": username, "password": password, "csrfmiddlewaretoken": csrf(page.text),
-              "next": "/admin/"},
-        headers={"Referer": url}, timeout=10,
+        data={
+            "username": username,
+            "password": password,
+            "csrfmiddlewaretoken": csrf(page.text),
+            "next": "/admin/",
+        },
+        headers={"Referer": url},
+        timeout=10,
     )
     resp.raise_for_status()
     if "/admin/login/" in resp.url:
@@ -287,7 +320,9 @@ def admin_session(system: System, username: str = "staff", password: str = "staf
     return session
 
 
-def admin_action(session: requests.Session, system: System, model: str, query: str, action: str) -> None:
+def admin_action(
+    session: requests.Session, system: System, model: str, query: str, action: str
+) -> None:
     """Runs an admin changelist action on the rows that the search `query` finds."""
     url = f"{system.base_url}/admin/orders/{model}/"
     page = session.get(url, params={"q": query}, timeout=10)
@@ -297,8 +332,13 @@ def admin_action(session: requests.Session, system: System, model: str, query: s
         raise AssertionError(f"no {model} found for {query!r}")
     resp = session.post(
         url + f"?q={query}",
-        data={"action": action, "_selected_action": selected, "index": "0",
-              "csrfmiddlewaretoken": csrf(page.text)},
-        headers={"Referer": url}, timeout=10,
+        data={
+            "action": action,
+            "_selected_action": selected,
+            "index": "0",
+            "csrfmiddlewaretoken": csrf(page.text),
+        },
+        headers={"Referer": url},
+        timeout=10,
     )
     resp.raise_for_status()

@@ -26,9 +26,7 @@ def status(system: System, session, order_id: str) -> str:
     return system.order_status(session, order_id)["status"]
 
 
-def test_a_payment_during_a_broker_outage_still_gets_its_vm(
-    workdir, amqp_url: str, images_root
-):
+def test_a_payment_during_a_broker_outage_still_gets_its_vm(workdir, amqp_url: str, images_root):
     proxy = TcpProxy("127.0.0.1", 5672).up()
     parts = urlsplit(amqp_url)
     via_proxy = urlunsplit(parts._replace(netloc=f"guest:guest@{proxy.url_host}"))
@@ -37,23 +35,39 @@ def test_a_payment_during_a_broker_outage_still_gets_its_vm(
     try:
         system.start_all()
         # Every component connected once: the outage below cuts live connections.
-        wait_until(lambda: "event=relay_connected" in system.log("relay")
-                   and "event=consumer_connected" in system.log("events")
-                   and "connected host_id=" in system.log("vmbackend"), 60,
-                   "every component to connect to the broker", interval=0.2, system=system)
+        wait_until(
+            lambda: (
+                "event=relay_connected" in system.log("relay")
+                and "event=consumer_connected" in system.log("events")
+                and "connected host_id=" in system.log("vmbackend")
+            ),
+            60,
+            "every component to connect to the broker",
+            interval=0.2,
+            system=system,
+        )
         proxy.down()
         bob, order_id = paid_order(system)  # the webhook answers 200 with the broker gone
         assert status(system, bob, order_id) == "paid"
         failures = system.log("relay").count("event=relay_unavailable")
         # The relay tries again with the order's create-vm pending and fails: the order must
         # wait, not fail.
-        wait_until(lambda: system.log("relay").count("event=relay_unavailable") > failures, 60,
-                   "the relay to fail again with the order pending", interval=0.2, system=system)
+        wait_until(
+            lambda: system.log("relay").count("event=relay_unavailable") > failures,
+            60,
+            "the relay to fail again with the order pending",
+            interval=0.2,
+            system=system,
+        )
         assert status(system, bob, order_id) == "paid"
 
         proxy.up()  # the broker is back on the same address
-        wait_until(lambda: status(system, bob, order_id) == "ready", 240,
-                   "the order to become ready after the outage", system=system)
+        wait_until(
+            lambda: status(system, bob, order_id) == "ready",
+            240,
+            "the order to become ready after the outage",
+            system=system,
+        )
         assert len(system.qemu_pids()) == 1
     finally:
         system.stop_all()
@@ -71,9 +85,15 @@ def test_a_daemon_killed_during_the_boot_still_delivers_exactly_one_vm(tiny_syst
     system.kill("vmbackend")  # SIGKILL: no chance to clean up
 
     system.start("vmbackend")
-    wait_until(lambda: status(system, bob, order_id) == "ready", 240,
-               "the order to become ready after the daemon restart", system=system)
-    assert system.qemu_pids() == pids, "the restarted daemon adopted the VM instead of making another"
+    wait_until(
+        lambda: status(system, bob, order_id) == "ready",
+        240,
+        "the order to become ready after the daemon restart",
+        system=system,
+    )
+    assert system.qemu_pids() == pids, (
+        "the restarted daemon adopted the VM instead of making another"
+    )
 
 
 def test_a_vm_that_never_becomes_ready_fails_with_a_reason_and_staff_can_retry(tiny_system: System):
@@ -83,8 +103,9 @@ def test_a_vm_that_never_becomes_ready_fails_with_a_reason_and_staff_can_retry(t
     # A deadline no boot can meet plays a VM that never comes up.
     system.start("vmbackend", env={"WARREN_BOOT_DEADLINE": "1"})
     bob, order_id = paid_order(system)
-    wait_until(lambda: status(system, bob, order_id) == "failed", 120,
-               "the order to fail", system=system)
+    wait_until(
+        lambda: status(system, bob, order_id) == "failed", 120, "the order to fail", system=system
+    )
     page = system.order_page(bob, order_id)
     assert "could not set up your server" in page
     reason = page.split("could not set up your server", 1)[1].split("</p>", 1)[0]
@@ -95,6 +116,10 @@ def test_a_vm_that_never_becomes_ready_fails_with_a_reason_and_staff_can_retry(t
     system.start("vmbackend")  # the host is healthy again
     staff = admin_session(system)
     admin_action(staff, system, "instance", order_id, "retry")
-    wait_until(lambda: status(system, bob, order_id) == "ready", 240,
-               "the retried order to become ready", system=system)
+    wait_until(
+        lambda: status(system, bob, order_id) == "ready",
+        240,
+        "the retried order to become ready",
+        system=system,
+    )
     assert len(system.qemu_pids()) == 1

@@ -17,9 +17,20 @@ from warren.run import ROOT
 pytestmark = [pytest.mark.vm, pytest.mark.django_db(databases=[])]
 
 PASSWORD = "a-long-passphrase-1"
-BUNNY = {"slug": "bunny", "name": "Bunny", "memory_mb": "512", "vcpus": "1", "disk_gb": "4",
-         "max_connections": "100", "max_queues": "200", "monthly_price_cents": "900",
-         "currency": "usd", "stripe_price_id": "", "is_active": "on", "sort_order": "10"}
+BUNNY = {
+    "slug": "bunny",
+    "name": "Bunny",
+    "memory_mb": "512",
+    "vcpus": "1",
+    "disk_gb": "4",
+    "max_connections": "100",
+    "max_queues": "200",
+    "monthly_price_cents": "900",
+    "currency": "usd",
+    "stripe_price_id": "",
+    "is_active": "on",
+    "sort_order": "10",
+}
 
 
 def _paid_order(system: System) -> tuple[object, str]:
@@ -39,14 +50,22 @@ def test_a_plan_the_host_refuses_fails_the_order_with_its_reason_and_staff_fix_a
 ):
     system = tiny_system
     # A plan row from before the bounds existed (the admin and the database refuse it now).
-    system.manage("shell", "-c", "from django.db import connection; c = connection.cursor(); "
-                  "c.execute('PRAGMA ignore_check_constraints=ON'); "
-                  "c.execute(\"UPDATE store_plan SET memory_mb = 32768 WHERE slug = 'bunny'\")")
+    system.manage(
+        "shell",
+        "-c",
+        "from django.db import connection; c = connection.cursor(); "
+        "c.execute('PRAGMA ignore_check_constraints=ON'); "
+        "c.execute(\"UPDATE store_plan SET memory_mb = 32768 WHERE slug = 'bunny'\")",
+    )
     system.start_all()
     bob, order_id = _paid_order(system)
 
-    wait_until(lambda: _status(system, bob, order_id) == "failed", 120,
-               "the refused order to fail", system=system)
+    wait_until(
+        lambda: _status(system, bob, order_id) == "failed",
+        120,
+        "the refused order to fail",
+        system=system,
+    )
     page = system.order_page(bob, order_id)
     assert "refused the create-vm" in page and "memory-mb must be between 256 and 16384" in page
     staff = admin_session(system)
@@ -59,23 +78,41 @@ def test_a_plan_the_host_refuses_fails_the_order_with_its_reason_and_staff_fix_a
     plan_id = re.search(r'href="/admin/store/plan/(\d+)/change/', staff.get(url, timeout=10).text)
     change = f"{url}{plan_id.group(1)}/change/"
     form = staff.get(change, timeout=10).text
-    saved = staff.post(change, data={**BUNNY, "csrfmiddlewaretoken": csrf(form)},
-                       headers={"Referer": change}, timeout=10)
+    saved = staff.post(
+        change,
+        data={**BUNNY, "csrfmiddlewaretoken": csrf(form)},
+        headers={"Referer": change},
+        timeout=10,
+    )
     assert saved.url.rstrip("/").endswith("/admin/store/plan"), saved.text[-2000:]
     admin_action(staff, system, "instance", order_id, "retry")
 
-    wait_until(lambda: _status(system, bob, order_id) == "ready", 240,
-               "the retried order to become ready", system=system)
+    wait_until(
+        lambda: _status(system, bob, order_id) == "ready",
+        240,
+        "the retried order to become ready",
+        system=system,
+    )
     assert len(system.qemu_pids()) == 1
 
 
 def _second_daemon(system: System, host_id: str) -> subprocess.Popen[bytes]:
-    env = {**system.env, "WARREN_HOST_ID": host_id, "WARREN_CAPACITY": "1",
-           "WARREN_STATE_DIR": str(system.workdir / "vmbackend-b")}
+    env = {
+        **system.env,
+        "WARREN_HOST_ID": host_id,
+        "WARREN_CAPACITY": "1",
+        "WARREN_STATE_DIR": str(system.workdir / "vmbackend-b"),
+    }
     log = open(system.workdir / "vmbackend-b.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(system.commands["vmbackend"], cwd=ROOT, env=env,
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        system.commands["vmbackend"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     return proc
 
@@ -88,30 +125,63 @@ def test_a_create_vm_sent_twice_to_two_hosts_ends_as_exactly_one_vm(tiny_system:
     try:
         time.sleep(3)  # both daemons consume the shared create-vm queue
         bob, order_id = _paid_order(system)
-        wait_until(lambda: system.manage(
-            "shell", "-v", "0", "-c", "from orders.models import OutboxMessage as M; "
-            "print(M.objects.filter(routing_key='create-vm', sent_at__isnull=False).count())"
-        ).strip() == "1", 60, "the create-vm to be sent", system=system)
+        wait_until(
+            lambda: (
+                system.manage(
+                    "shell",
+                    "-v",
+                    "0",
+                    "-c",
+                    "from orders.models import OutboxMessage as M; "
+                    "print(M.objects.filter(routing_key='create-vm', sent_at__isnull=False).count())",
+                ).strip()
+                == "1"
+            ),
+            60,
+            "the create-vm to be sent",
+            system=system,
+        )
         # The relay publishes it again (a relay killed between the broker's confirm and
         # marking the row does exactly this), so both hosts take a copy.
-        system.manage("shell", "-c", "from orders.models import OutboxMessage as M; "
-                      "from orders.outbox import requeue; "
-                      "requeue(message=M.objects.get(routing_key='create-vm'))")
+        system.manage(
+            "shell",
+            "-c",
+            "from orders.models import OutboxMessage as M; "
+            "from orders.outbox import requeue; "
+            "requeue(message=M.objects.get(routing_key='create-vm'))",
+        )
 
-        wait_until(lambda: _status(system, bob, order_id) == "ready", 240,
-                   "the order to become ready", system=system)
+        wait_until(
+            lambda: _status(system, bob, order_id) == "ready",
+            240,
+            "the order to become ready",
+            system=system,
+        )
         accepted_by_both = wait_until(
-            lambda: "vm accepted" in (system.workdir / "vmbackend-b.log").read_text(errors="replace")
-            and "vm accepted" in system.log("vmbackend"),
-            60, "both hosts to take a copy", system=system)
+            lambda: (
+                "vm accepted" in (system.workdir / "vmbackend-b.log").read_text(errors="replace")
+                and "vm accepted" in system.log("vmbackend")
+            ),
+            60,
+            "both hosts to take a copy",
+            system=system,
+        )
         assert accepted_by_both
-        wait_until(lambda: len(system.qemu_pids()) == 1, 120,
-                   "the duplicate copy to be deleted", system=system)
+        wait_until(
+            lambda: len(system.qemu_pids()) == 1,
+            120,
+            "the duplicate copy to be deleted",
+            system=system,
+        )
         time.sleep(3)
         assert len(system.qemu_pids()) == 1
         assert _status(system, bob, order_id) == "ready"
         owner = system.manage(
-            "shell", "-v", "0", "-c", "from orders.models import Instance; print(Instance.objects.get().host_id)"
+            "shell",
+            "-v",
+            "0",
+            "-c",
+            "from orders.models import Instance; print(Instance.objects.get().host_id)",
         ).strip()
         (pid,) = system.qemu_pids()
         cwd = os.readlink(f"/proc/{pid}/cwd")

@@ -31,16 +31,23 @@ def journey(system: System, boot_timeout: float) -> None:
 
     url = wait_until(
         lambda: management_url(system.order_page(alice, order_id)),
-        boot_timeout, "the order page to show a management URL", interval=1, system=system,
+        boot_timeout,
+        "the order page to show a management URL",
+        interval=1,
+        system=system,
     )
     assert system.order_status(alice, order_id)["status"] == "ready"
     assert url.startswith("http://127.0.0.1:")
     creds = system.reveal_credentials(alice, order_id)
     assert creds["username"] and creds["username"] != "guest"
 
-    overview = requests.get(url + "api/overview", auth=(creds["username"], creds["password"]), timeout=10)
+    overview = requests.get(
+        url + "api/overview", auth=(creds["username"], creds["password"]), timeout=10
+    )
     assert overview.status_code == 200, overview.text[:200]
-    assert requests.get(url + "api/overview", auth=("guest", "guest"), timeout=10).status_code == 401
+    assert (
+        requests.get(url + "api/overview", auth=("guest", "guest"), timeout=10).status_code == 401
+    )
 
     vm_pids = system.qemu_pids()
     assert len(vm_pids) == 1, "exactly one VM for one paid order (webhook delivered twice)"
@@ -48,7 +55,9 @@ def journey(system: System, boot_timeout: float) -> None:
     system.cancel(alice, order_id)
     wait_until(
         lambda: system.order_status(alice, order_id)["status"] == "deleted",
-        120, "the order to show the VM deleted", system=system,
+        120,
+        "the order to show the VM deleted",
+        system=system,
     )
     assert "has been deleted" in system.order_page(alice, order_id)
     assert system.qemu_pids() == []

@@ -206,7 +206,10 @@ def test_lookups_outside_the_lists_filters_are_refused(admin_client, instance):
         ("instance", {"status__exact": "requested", "host_silent": "yes"}),
         ("instance", {"host_id": "host-a"}),
         ("outboxmessage", {"sent": "no", "routing_key__exact": "create-vm"}),
-        ("webhookevent", {"livemode__exact": "0", "received_at__month": "11", "received_at__year": "2026"}),
+        (
+            "webhookevent",
+            {"livemode__exact": "0", "received_at__month": "11", "received_at__year": "2026"},
+        ),
     ],
 )
 def test_the_lists_own_filters_still_work(admin_client, instance, model, params):
@@ -252,8 +255,12 @@ def test_a_stripe_error_in_the_cancel_action_is_a_message(admin_client, instance
 def _refund_pending(order: Order, payment: str = "pi_test_1") -> Order:
     now = timezone.now()
     Order.objects.filter(pk=order.pk).update(
-        status="cancelled", cancelled_at=now, refund_status="pending", refund_of=payment,
-        refund_requested_at=now, refund_error="APIConnectionError: Stripe unavailable",
+        status="cancelled",
+        cancelled_at=now,
+        refund_status="pending",
+        refund_of=payment,
+        refund_requested_at=now,
+        refund_error="APIConnectionError: Stripe unavailable",
     )
     return Order.objects.get(pk=order.pk)
 

@@ -42,12 +42,18 @@ def test_a_declaration_with_other_arguments_would_be_refused(orders_amqp_url):
 
 def test_a_dead_letter_keeps_the_message_and_says_why_and_where(amqp):
     original = pika.BasicProperties(
-        content_type="application/json", message_id="m-1", correlation_id="c-1",
+        content_type="application/json",
+        message_id="m-1",
+        correlation_id="c-1",
         headers={"x-sender": "ops-script"},
     )
 
     topology.publish_dead_letter(
-        amqp, "create-vm", b'{"command": 1}', original, "r" * 2000,
+        amqp,
+        "create-vm",
+        b'{"command": 1}',
+        original,
+        "r" * 2000,
         {"x-warren-host-id": "host-a"},
     )
 

@@ -160,7 +160,7 @@ def test_cancelling_an_unpaid_order_expires_its_checkout_session(order, stripe_k
     "error",
     [
         stripe.InvalidRequestError(
-            "Only Checkout Sessions with a status in [\"open\"] can be expired.", param=None
+            'Only Checkout Sessions with a status in ["open"] can be expired.', param=None
         ),
         stripe.APIConnectionError("Stripe unreachable"),
     ],

@@ -78,19 +78,31 @@ def _daemon_events(vm_id: str) -> list[dict[str, Any]]:
         event("instance.progress", 3, stage="guest_up"),
         event("instance.progress", 4, stage="rabbitmq_starting"),
         event(
-            "instance.ready", 5, management_url="http://127.0.0.1:20001/",
-            amqp_url="amqp://warren-3f9e1c@127.0.0.1:20002/", admin_username="warren-3f9e1c",
-            ip_addresses=["10.0.2.15"], boot="cold", seconds=101.7,
+            "instance.ready",
+            5,
+            management_url="http://127.0.0.1:20001/",
+            amqp_url="amqp://warren-3f9e1c@127.0.0.1:20002/",
+            admin_username="warren-3f9e1c",
+            ip_addresses=["10.0.2.15"],
+            boot="cold",
+            seconds=101.7,
         ),
         event("instance.stopped", 6),
         event("instance.started", 7),
         event(
-            "instance.ready", 8, management_url="http://127.0.0.1:20001/",
-            amqp_url="amqp://warren-3f9e1c@127.0.0.1:20002/", admin_username="warren-3f9e1c",
-            ip_addresses=[], boot="restore", seconds=None,
+            "instance.ready",
+            8,
+            management_url="http://127.0.0.1:20001/",
+            amqp_url="amqp://warren-3f9e1c@127.0.0.1:20002/",
+            admin_username="warren-3f9e1c",
+            ip_addresses=[],
+            boot="restore",
+            seconds=None,
         ),
         event("instance.lost", 9, reason="QEMU process was gone when the daemon started"),
-        event("instance.failed", 10, reason="guest agent did not answer; console tail: " + "x" * 9000),
+        event(
+            "instance.failed", 10, reason="guest agent did not answer; console tail: " + "x" * 9000
+        ),
         event("instance.deleted", 11),
     ]
 
@@ -107,13 +119,25 @@ def test_every_event_the_daemon_builds_is_read_by_the_shop_with_its_fields(insta
 
 
 def test_a_heartbeat_the_daemon_builds_is_read_by_the_shop():
-    body = messages.event("host.heartbeat", instance_id=None, host_id="host-a", seq=42,
-                          capacity=2, running=1, free_slots=1, daemon_version="0.1.0")
+    body = messages.event(
+        "host.heartbeat",
+        instance_id=None,
+        host_id="host-a",
+        seq=42,
+        capacity=2,
+        running=1,
+        free_slots=1,
+        daemon_version="0.1.0",
+    )
 
     event = messages.parse_event(messages.encode_event(body))
 
     assert (event.capacity, event.running, event.free_slots, event.daemon_version) == (
-        2, 1, 1, "0.1.0")
+        2,
+        1,
+        1,
+        "0.1.0",
+    )
     assert handle_message(messages.encode_event(body)) == "applied"
 
 
@@ -129,8 +153,13 @@ def test_a_boot_the_daemon_reports_makes_the_order_ready(instance):
 
 
 def test_a_long_failure_reason_is_cut_by_the_builder_not_refused_by_the_shop():
-    body = messages.event("instance.failed", instance_id="0b6c3f9e-3c2e-4d55-8a53-9f2d4c6d7a10",
-                          host_id="h", seq=1, reason="y" * 100_000)
+    body = messages.event(
+        "instance.failed",
+        instance_id="0b6c3f9e-3c2e-4d55-8a53-9f2d4c6d7a10",
+        host_id="h",
+        seq=1,
+        reason="y" * 100_000,
+    )
 
     assert len(messages.parse_event(messages.encode_event(body)).reason) == messages.MAX_REASON
 
@@ -154,10 +183,14 @@ def test_any_event_the_daemon_can_build_is_accepted_by_the_shop(
     """Property: the builder's output within the daemon's own bounds always parses."""
     cases = {
         "instance.progress": {"stage": stage},
-        "instance.ready": {"management_url": f"http://127.0.0.1:{port}/",
-                           "amqp_url": f"amqp://{username}@127.0.0.1:{port}/",
-                           "admin_username": username, "ip_addresses": ["10.0.2.15"],
-                           "boot": "cold", "seconds": 1.5},
+        "instance.ready": {
+            "management_url": f"http://127.0.0.1:{port}/",
+            "amqp_url": f"amqp://{username}@127.0.0.1:{port}/",
+            "admin_username": username,
+            "ip_addresses": ["10.0.2.15"],
+            "boot": "cold",
+            "seconds": 1.5,
+        },
         "instance.failed": {"reason": reason},
     }
     for type_, fields in cases.items():
@@ -172,4 +205,11 @@ def test_the_wire_format_is_the_documented_one(instance):
 
     assert set(body) == {"version", "command", "options"}
     assert set(body["options"]) == {
-        "image", "vm-id", "memory-mb", "vcpus", "disk-gb", "admin", "limits"}
+        "image",
+        "vm-id",
+        "memory-mb",
+        "vcpus",
+        "disk-gb",
+        "admin",
+        "limits",
+    }

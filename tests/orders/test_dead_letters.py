@@ -28,27 +28,31 @@ def instance(order: Order) -> Instance:
         return request_provisioning(order=Order.objects.select_for_update().get(pk=order.pk))
 
 
-def _refused_by_host(channel, body: bytes, *, host: str = "host-a", key: str = "create-vm",
-                     reason: str = REASON) -> None:
+def _refused_by_host(
+    channel, body: bytes, *, host: str = "host-a", key: str = "create-vm", reason: str = REASON
+) -> None:
     """What a daemon does with a command it refuses (vmbackend.amqp_io.dead_letter)."""
     topology.publish_dead_letter(
-        channel, key, body, pika.BasicProperties(message_id="m-1"), reason,
+        channel,
+        key,
+        body,
+        pika.BasicProperties(message_id="m-1"),
+        reason,
         {"x-warren-host-id": host, "x-warren-routing-key": key},
     )
 
 
 def _create_vm_body(instance: Instance) -> bytes:
-    return messages.encode(OutboxMessage.objects.get(instance=instance, routing_key="create-vm")
-                           .body)
+    return messages.encode(
+        OutboxMessage.objects.get(instance=instance, routing_key="create-vm").body
+    )
 
 
 def _drain(url: str) -> dict[str, int]:
     return EventConsumer(url=url, idle_timeout=0.3).run(once=True)
 
 
-def test_a_refused_create_vm_fails_the_order_with_the_hosts_reason(
-    instance, amqp, orders_amqp_url
-):
+def test_a_refused_create_vm_fails_the_order_with_the_hosts_reason(instance, amqp, orders_amqp_url):
     _refused_by_host(amqp, _create_vm_body(instance))
 
     counts = _drain(orders_amqp_url)
@@ -59,7 +63,12 @@ def test_a_refused_create_vm_fails_the_order_with_the_hosts_reason(
     assert fresh.failure_reason == f"host host-a refused the create-vm: {REASON}"
     (dead,) = DeadLetter.objects.all()
     assert (dead.rejected_by, dead.routing_key, dead.reason, dead.result, dead.instance) == (
-        "host-a", "create-vm", REASON, "order_failed", fresh)
+        "host-a",
+        "create-vm",
+        REASON,
+        "order_failed",
+        fresh,
+    )
     assert dead.message_id == "m-1"
     # The customer's password does not sit in the dead-letter table.
     assert instance.admin_password not in dead.body
@@ -126,8 +135,7 @@ def test_the_dead_letter_table_keeps_the_newest_rows(monkeypatch):
     monkeypatch.setattr(dead_letters, "DEAD_LETTERS_KEPT", 3)
 
     for n in range(5):
-        handle_dead_letter(body=b"x", headers={"x-warren-reject-reason": f"r{n}"},
-                           routing_key="k")
+        handle_dead_letter(body=b"x", headers={"x-warren-reject-reason": f"r{n}"}, routing_key="k")
 
     assert list(DeadLetter.objects.values_list("reason", flat=True)) == ["r4", "r3", "r2"]
 

@@ -121,9 +121,14 @@ def test_the_migration_encrypts_the_passwords_already_stored(customer, plan):
         order=order, admin_username="warren-abc123", admin_password="plain-password-before-0002"
     )
     old.get_model("orders", "OutboxMessage").objects.create(
-        exchange="computing", routing_key="create-vm", instance=instance,
-        body={"options": {"admin": {"username": "warren-abc123",
-                                    "password": "plain-password-before-0002"}}},
+        exchange="computing",
+        routing_key="create-vm",
+        instance=instance,
+        body={
+            "options": {
+                "admin": {"username": "warren-abc123", "password": "plain-password-before-0002"}
+            }
+        },
     )
 
     executor = MigrationExecutor(connection)

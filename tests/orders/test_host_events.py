@@ -195,8 +195,9 @@ HOSTILE_EVENTS = {
     "over-long-host-id": _body(host_id="h" * 300),
     "over-long-reason": _body(type="instance.failed", reason="x" * 5000),
     "nul-byte": _body(type="instance.failed", reason="boom\x00"),
-    "nul-in-key": json.dumps({"version": 1, "type": "host.heartbeat", "host_id": "h",
-                              "x\x00": 1}).encode(),
+    "nul-in-key": json.dumps(
+        {"version": 1, "type": "host.heartbeat", "host_id": "h", "x\x00": 1}
+    ).encode(),
     "ftp-management-url": _body(
         type="instance.ready", management_url="ftp://127.0.0.1/", amqp_url="amqp://u@h:1/"
     ),
@@ -217,8 +218,11 @@ def test_a_malformed_event_is_dead_lettered_and_the_next_one_applied(
     # Dead-lettered to computing.dead, which the worker reads back and keeps for staff.
     assert counts == {"rejected": 1, "applied": 1, "dead_letter_recorded": 1}
     (dead,) = DeadLetter.objects.all()
-    assert (dead.rejected_by, dead.routing_key, dead.result) == ("shop", "instance.garbage",
-                                                                 "recorded")
+    assert (dead.rejected_by, dead.routing_key, dead.result) == (
+        "shop",
+        "instance.garbage",
+        "recorded",
+    )
     assert dead.reason
     assert "\x00" not in dead.body and len(dead.body) <= 8000
     assert get_all(amqp, "computing.dead") == []
@@ -234,8 +238,11 @@ def test_an_event_the_database_refuses_is_dead_lettered_and_the_next_one_applied
     the error as the reason; the event behind it is applied."""
     monkeypatch.setattr(messages, "MAX_SEQ", 10**30)
     monkeypatch.setattr(messages, "MAX_INT_DIGITS", 40)
-    _publish(amqp, _event(instance, "instance.accepted", 10**25), _event(instance,
-                                                                           "instance.accepted", 1))
+    _publish(
+        amqp,
+        _event(instance, "instance.accepted", 10**25),
+        _event(instance, "instance.accepted", 1),
+    )
 
     counts = _consume(orders_amqp_url)
 
@@ -502,7 +509,10 @@ def test_every_step_of_the_event_table_is_an_allowed_transition():
 EFFECTS = {"resend_deletion", "forget_credentials", "update_urls", "update_stage", "record_crash"}
 _EVENT_FIELDS = {
     "instance.progress": {"stage": "guest_up"},
-    "instance.ready": {"management_url": "http://127.0.0.1:1/", "amqp_url": "amqp://u@127.0.0.1:2/"},
+    "instance.ready": {
+        "management_url": "http://127.0.0.1:1/",
+        "amqp_url": "amqp://u@127.0.0.1:2/",
+    },
     "instance.failed": {"reason": "boom"},
     "instance.lost": {"reason": "gone"},
     "instance.restarting": {"reason": "QEMU exited", "attempt": 1},
@@ -510,8 +520,9 @@ _EVENT_FIELDS = {
 
 
 # The factory makes a fresh order per example, so sharing it across examples is intended.
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(steps=st.lists(st.sampled_from([*sorted(messages.INSTANCE_EVENTS), "cancel"]), max_size=8))
 def test_any_sequence_of_host_events_keeps_order_and_instance_in_step(order_factory, steps):
     """Property: whatever a host reports, in any order, the handler never raises and the order's
@@ -521,8 +532,13 @@ def test_any_sequence_of_host_events_keeps_order_and_instance_in_step(order_fact
         if step == "cancel":
             cancel_order(order=instance.order, reason="test", cancel_subscription=False)
         else:
-            body = messages.event(step, instance_id=instance.vm_id, host_id="host-a", seq=seq,
-                                  **_EVENT_FIELDS.get(step, {}))
+            body = messages.event(
+                step,
+                instance_id=instance.vm_id,
+                host_id="host-a",
+                seq=seq,
+                **_EVENT_FIELDS.get(step, {}),
+            )
             result = handle_message(messages.encode_event(body))
             assert result in {"applied", "ignored", "deletion_resent"}
         fresh = _fresh(instance)
@@ -556,24 +572,50 @@ _HOSTILE_VALUES = st.one_of(
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
 )
-_FIELDS = ["version", "type", "host_id", "instance_id", "seq", "message_id", "occurred_at",
-           "stage", "management_url", "amqp_url", "admin_username", "ip_addresses", "boot",
-           "seconds", "reason", "capacity", "running", "free_slots", "daemon_version"]
+_FIELDS = [
+    "version",
+    "type",
+    "host_id",
+    "instance_id",
+    "seq",
+    "message_id",
+    "occurred_at",
+    "stage",
+    "management_url",
+    "amqp_url",
+    "admin_username",
+    "ip_addresses",
+    "boot",
+    "seconds",
+    "reason",
+    "capacity",
+    "running",
+    "free_slots",
+    "daemon_version",
+]
 
 
 @st.composite
 def _event_bodies(draw: Any, vm_id: str) -> bytes:
     """A valid event for our instance, then some fields replaced by hostile values (or none)."""
     kind = draw(st.sampled_from([*sorted(messages.INSTANCE_EVENTS), messages.HEARTBEAT]))
-    body = messages.event(kind, instance_id=vm_id, host_id=draw(st.sampled_from(["a", "b"])),
-                          seq=draw(st.integers(0, 50)), **_EVENT_FIELDS.get(kind, {}))
+    body = messages.event(
+        kind,
+        instance_id=vm_id,
+        host_id=draw(st.sampled_from(["a", "b"])),
+        seq=draw(st.integers(0, 50)),
+        **_EVENT_FIELDS.get(kind, {}),
+    )
     for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=3)):
         body[name] = draw(_HOSTILE_VALUES)
     return json.dumps(body).encode(errors="surrogatepass")
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_the_worker_never_raises_on_any_body(instance, data):
     """Property: whatever arrives, dispatch (what the consumer runs per delivery) answers a
@@ -582,8 +624,17 @@ def test_the_worker_never_raises_on_any_body(instance, data):
 
     result, reason = dispatch(body)
 
-    assert result in {"applied", "ignored", "stale", "deletion_resent", "other_host",
-                      "duplicate_deleted", "unhandled_type", "unknown_instance", "rejected"}
+    assert result in {
+        "applied",
+        "ignored",
+        "stale",
+        "deletion_resent",
+        "other_host",
+        "duplicate_deleted",
+        "unhandled_type",
+        "unknown_instance",
+        "rejected",
+    }
     assert bool(reason) == (result == "rejected")
     fresh = _fresh(instance)
     assert fresh.order.status == ORDER_STATUS_FOR_INSTANCE[fresh.status] or (
@@ -599,8 +650,10 @@ def _handle(event: dict) -> str:
 
 
 def _deletes_for(host: str) -> list[str]:
-    return [row.body["options"]["vm-id"]
-            for row in OutboxMessage.objects.filter(routing_key=f"host.{host}")]
+    return [
+        row.body["options"]["vm-id"]
+        for row in OutboxMessage.objects.filter(routing_key=f"host.{host}")
+    ]
 
 
 def test_a_second_hosts_copy_of_a_ready_vm_is_deleted_on_that_host_only(instance):
@@ -608,8 +661,10 @@ def test_a_second_hosts_copy_of_a_ready_vm_is_deleted_on_that_host_only(instance
     _handle(_ready(instance, 2, host="host-a"))
 
     assert _handle(_event(instance, "instance.accepted", 1, host="host-b")) == "duplicate_deleted"
-    assert _handle(_event(instance, "instance.progress", 2, host="host-b",
-                          stage="guest_up")) == "duplicate_deleted"
+    assert (
+        _handle(_event(instance, "instance.progress", 2, host="host-b", stage="guest_up"))
+        == "duplicate_deleted"
+    )
     # Its copy is gone: nothing more to ask.
     assert _handle(_event(instance, "instance.deleted", 3, host="host-b")) == "other_host"
 

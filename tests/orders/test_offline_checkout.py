@@ -63,7 +63,8 @@ def test_the_event_goes_through_the_real_signature_check(order, settings):
 
     # The stripe library's verification runs on what the stand-in signed.
     with mock.patch(
-        "stripe.WebhookSignature.verify_header", wraps=__import__("stripe").WebhookSignature.verify_header
+        "stripe.WebhookSignature.verify_header",
+        wraps=__import__("stripe").WebhookSignature.verify_header,
     ) as verify:
         complete_offline_payment(order=order)
 
@@ -75,9 +76,7 @@ def test_the_event_goes_through_the_real_signature_check(order, settings):
 def test_a_refused_event_is_an_error(order, settings, monkeypatch):
     settings.STRIPE_SECRET_KEY = ""
     # A signature the workflow refuses: the stand-in signs with one secret, the check uses another.
-    monkeypatch.setattr(
-        "orders.offline_checkout.sign_payload", lambda payload, **kw: "t=1,v1=00"
-    )
+    monkeypatch.setattr("orders.offline_checkout.sign_payload", lambda payload, **kw: "t=1,v1=00")
 
     with pytest.raises(OfflinePaymentError, match="signature"):
         complete_offline_payment(order=order)

@@ -29,7 +29,9 @@ PASSWORD = "Tr0ub4dor-and-3-more-words"
 ADMIN_PASSWORD = "vm-admin-secret-3f9a"
 
 
-def _chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, javascript: bool) -> Iterator[Page]:
+def _chromium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, javascript: bool
+) -> Iterator[Page]:
     # Playwright's sync API keeps an asyncio loop in this thread; the test's own ORM calls are
     # still plain synchronous ones.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -71,7 +73,9 @@ def _simulate(order: Order, order_status: str, **instance: object) -> None:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(300)
-def test_a_customer_buys_a_plan_and_watches_it_become_ready(live_server, page: Page, settings) -> None:
+def test_a_customer_buys_a_plan_and_watches_it_become_ready(
+    live_server, page: Page, settings
+) -> None:
     settings.STRIPE_SECRET_KEY = ""  # offline payments
     seed_plans()
 
@@ -116,8 +120,13 @@ def test_a_customer_buys_a_plan_and_watches_it_become_ready(live_server, page: P
     # From here on the page must update itself: mark the document and check the mark survives.
     page.evaluate("window.__noReload = 'still here'")
 
-    _simulate(order, Order.Status.PROVISIONING, status=Instance.Status.BOOTING,
-              stage=Instance.Stage.VM_STARTING, host_id="host-1")
+    _simulate(
+        order,
+        Order.Status.PROVISIONING,
+        status=Instance.Status.BOOTING,
+        stage=Instance.Stage.VM_STARTING,
+        host_id="host-1",
+    )
     expect(state.locator(".badge")).to_have_text("Provisioning")
     expect(state.locator("li.current[data-step=vm_starting]")).not_to_contain_text("waiting")
 
@@ -127,7 +136,9 @@ def test_a_customer_buys_a_plan_and_watches_it_become_ready(live_server, page: P
     _shot(page, "06-order-rabbitmq-starting")
 
     _simulate(
-        order, Order.Status.READY, status=Instance.Status.READY,
+        order,
+        Order.Status.READY,
+        status=Instance.Status.READY,
         management_url="http://127.0.0.1:15999/",
         amqp_url="amqp://" + order.instance.admin_username + "@127.0.0.1:5999/",
         admin_password_encrypted=encryption.encrypt(ADMIN_PASSWORD),  # stored encrypted
@@ -195,8 +206,11 @@ def test_a_failure_shows_up_with_its_reason_without_reload(
         user=user, plan=plan, status=Order.Status.PROVISIONING, paid_at=timezone.now()
     )
     Instance.objects.create(
-        order=order, status=Instance.Status.BOOTING, stage=Instance.Stage.GUEST_UP,
-        admin_username="warren-e1", admin_password=ADMIN_PASSWORD,
+        order=order,
+        status=Instance.Status.BOOTING,
+        stage=Instance.Stage.GUEST_UP,
+        admin_username="warren-e1",
+        admin_password=ADMIN_PASSWORD,
     )
     page.goto(f"{live_server.url}/accounts/login/?next=/orders/{order.public_id}/")
     page.fill("#id_username", "erin")
@@ -206,8 +220,12 @@ def test_a_failure_shows_up_with_its_reason_without_reload(
     expect(state.locator("li.current[data-step=rabbitmq_starting]")).to_be_visible()
     page.evaluate("window.__noReload = 1")
 
-    _simulate(order, Order.Status.FAILED, status=Instance.Status.FAILED,
-              failure_reason="RabbitMQ did not answer within 10 minutes")
+    _simulate(
+        order,
+        Order.Status.FAILED,
+        status=Instance.Status.FAILED,
+        failure_reason="RabbitMQ did not answer within 10 minutes",
+    )
     expect(state).to_contain_text("We could not set up your server")
     expect(state).to_contain_text("RabbitMQ did not answer within 10 minutes")
     expect(state.locator(".badge")).to_have_text("Provisioning failed")
@@ -224,7 +242,9 @@ def test_without_javascript_the_page_refreshes_and_the_password_is_a_form_post(
     seed_plans()
     user = django_user_model.objects.create_user("frank", "frank@example.com", PASSWORD)
     order = Order.objects.create(
-        user=user, plan=Plan.objects.get(slug="warren"), status=Order.Status.PAID,
+        user=user,
+        plan=Plan.objects.get(slug="warren"),
+        status=Order.Status.PAID,
         paid_at=timezone.now(),
     )
     Instance.objects.create(order=order, admin_username="warren-f1", admin_password=ADMIN_PASSWORD)
@@ -234,8 +254,13 @@ def test_without_javascript_the_page_refreshes_and_the_password_is_a_form_post(
     page.click("button[type=submit]")
     expect(page.locator("#order-state .badge")).to_have_text("Paid, VM requested")
 
-    _simulate(order, Order.Status.READY, status=Instance.Status.READY,
-              management_url="http://127.0.0.1:15998/", amqp_url="amqp://warren-f1@127.0.0.1:5998/")
+    _simulate(
+        order,
+        Order.Status.READY,
+        status=Instance.Status.READY,
+        management_url="http://127.0.0.1:15998/",
+        amqp_url="amqp://warren-f1@127.0.0.1:5998/",
+    )
     # The <noscript> meta refresh (5 s) reloads the page.
     expect(page.locator("#management-url")).to_have_attribute("href", "http://127.0.0.1:15998/")
     assert ADMIN_PASSWORD not in page.content()

@@ -30,7 +30,11 @@ class Worker:
         self.lines: list[str] = []
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "relay_outbox", "--url", url, "--poll", "0.2"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -59,8 +63,11 @@ class Worker:
 def worker_env(request, tmp_path) -> Iterator[dict[str, str]]:
     """The environment of a relay process on a database this test can also write to."""
     # One secrets key for every process of this test (a server database requires it).
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "store.settings",
-           "WARREN_SECRETS_KEYS": Fernet.generate_key().decode()}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "store.settings",
+        "WARREN_SECRETS_KEYS": Fernet.generate_key().decode(),
+    }
     if connection.vendor == "postgresql":
         request.getfixturevalue("transactional_db")  # rows the processes can see (committed)
         settings = connection.settings_dict
@@ -71,8 +78,13 @@ def worker_env(request, tmp_path) -> Iterator[dict[str, str]]:
         _wait_for_sessions_to_end()
         return
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'shop.sqlite3'}"
-    subprocess.run([sys.executable, "manage.py", "migrate", "--skip-checks", "-v", "0"],
-                   cwd=ROOT, env=env, check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--skip-checks", "-v", "0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+    )
     yield env
 
 
@@ -80,9 +92,11 @@ def _wait_for_sessions_to_end() -> None:
     """The killed relays' sessions (and their advisory lock) end a moment after them."""
     for _ in range(300):
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid ="
-                           " l.database WHERE l.locktype = 'advisory'"
-                           " AND d.datname = current_database()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid ="
+                " l.database WHERE l.locktype = 'advisory'"
+                " AND d.datname = current_database()"
+            )
             if cursor.fetchone()[0] == 0:
                 return
         time.sleep(0.1)
@@ -92,10 +106,19 @@ def _wait_for_sessions_to_end() -> None:
 def _enqueue(env: dict[str, str], n: int) -> None:
     """A create-vm row written by another process (the shop's web, in real life)."""
     subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c",
-         "from orders.provisioning import enqueue; "
-         f"enqueue(routing_key='create-vm', body={{'version': 1, 'command': 'create-vm', 'n': {n}}})"],
-        cwd=ROOT, env=env, check=True, timeout=120, capture_output=True,
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from orders.provisioning import enqueue; "
+            f"enqueue(routing_key='create-vm', body={{'version': 1, 'command': 'create-vm', 'n': {n}}})",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
     )
 
 
@@ -142,7 +165,10 @@ def test_the_lock_is_held_by_one_holder_at_a_time(db, tmp_path):
         one, two = AdvisoryLock(), AdvisoryLock()
     else:
         assert relay_lock().try_acquire()  # the in-memory test database: nothing to lock
-        one, two = FileLock(str(tmp_path / "x.relay-lock")), FileLock(str(tmp_path / "x.relay-lock"))
+        one, two = (
+            FileLock(str(tmp_path / "x.relay-lock")),
+            FileLock(str(tmp_path / "x.relay-lock")),
+        )
     try:
         assert one.try_acquire()
         assert not two.try_acquire()

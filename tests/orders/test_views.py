@@ -33,7 +33,9 @@ PASSWORD = "s3cret-Admin-Pa55word-xyz"
 
 
 def _user(name: str, **extra: Any) -> AbstractUser:
-    return get_user_model().objects.create_user(name, f"{name}@example.com", "pw-123456789", **extra)
+    return get_user_model().objects.create_user(
+        name, f"{name}@example.com", "pw-123456789", **extra
+    )
 
 
 @pytest.fixture
@@ -54,8 +56,14 @@ def staff() -> AbstractUser:
 @pytest.fixture
 def plan() -> Plan:
     return Plan.objects.create(
-        slug="bunny", name="Bunny", memory_mb=512, vcpus=1, disk_gb=4,
-        max_connections=100, max_queues=200, monthly_price_cents=900,
+        slug="bunny",
+        name="Bunny",
+        memory_mb=512,
+        vcpus=1,
+        disk_gb=4,
+        max_connections=100,
+        max_queues=200,
+        monthly_price_cents=900,
     )
 
 
@@ -122,7 +130,9 @@ def test_detail_sends_a_stranger_to_login(client: Client, order: Order) -> None:
     assert response["Location"].startswith(reverse("login"))
 
 
-def test_detail_is_404_for_another_customer(client: Client, order: Order, other: AbstractUser) -> None:
+def test_detail_is_404_for_another_customer(
+    client: Client, order: Order, other: AbstractUser
+) -> None:
     assert _login(client, other).get(_url("detail", order)).status_code == 404
 
 
@@ -165,10 +175,20 @@ def test_detail_of_an_unpaid_order_waits_for_payment(client: Client, order: Orde
 
 
 def test_detail_of_a_paid_order_shows_the_vm_starting(client: Client, order: Order) -> None:
-    _paid(order, Order.Status.PROVISIONING, stage=Instance.Stage.VM_STARTING, status=Instance.Status.BOOTING)
+    _paid(
+        order,
+        Order.Status.PROVISIONING,
+        stage=Instance.Stage.VM_STARTING,
+        status=Instance.Status.BOOTING,
+    )
     response = _login(client, order.user).get(_url("detail", order))
     steps = {s["key"]: s["state"] for s in response.context["steps"]}
-    assert steps == {"paid": "done", "vm_starting": "current", "rabbitmq_starting": "todo", "ready": "todo"}
+    assert steps == {
+        "paid": "done",
+        "vm_starting": "current",
+        "rabbitmq_starting": "todo",
+        "ready": "todo",
+    }
     assert "Provisioning" in response.content.decode()
 
 
@@ -180,7 +200,9 @@ def test_detail_shows_rabbitmq_starting(client: Client, order: Order) -> None:
     assert steps["rabbitmq_starting"] == "current"
 
 
-def test_detail_of_a_ready_order_shows_urls_but_not_the_password(client: Client, order: Order) -> None:
+def test_detail_of_a_ready_order_shows_urls_but_not_the_password(
+    client: Client, order: Order
+) -> None:
     _ready(order)
     response = _login(client, order.user).get(_url("detail", order))
     assert response.status_code == 200
@@ -325,7 +347,9 @@ def test_status_is_final_once_ready_and_holds_no_password(client: Client, order:
     assert PASSWORD not in json.dumps(data)
 
 
-def test_status_is_404_for_another_customer(client: Client, order: Order, other: AbstractUser) -> None:
+def test_status_is_404_for_another_customer(
+    client: Client, order: Order, other: AbstractUser
+) -> None:
     assert _login(client, other).get(_url("status", order)).status_code == 404
 
 
@@ -346,7 +370,9 @@ def test_credentials_are_revealed_to_the_owner_and_not_cached(client: Client, or
     assert "no-store" in response["Cache-Control"]
 
 
-def test_credentials_without_js_render_a_page_that_is_not_cached(client: Client, order: Order) -> None:
+def test_credentials_without_js_render_a_page_that_is_not_cached(
+    client: Client, order: Order
+) -> None:
     _ready(order)
     response = _login(client, order.user).post(_url("credentials", order))
     assert response.status_code == 200
@@ -359,9 +385,13 @@ def test_credentials_need_a_post(client: Client, order: Order) -> None:
     assert _login(client, order.user).get(_url("credentials", order)).status_code == 405
 
 
-def test_credentials_are_404_for_another_customer(client: Client, order: Order, other: AbstractUser) -> None:
+def test_credentials_are_404_for_another_customer(
+    client: Client, order: Order, other: AbstractUser
+) -> None:
     _ready(order)
-    response = _login(client, other).post(_url("credentials", order), HTTP_ACCEPT="application/json")
+    response = _login(client, other).post(
+        _url("credentials", order), HTTP_ACCEPT="application/json"
+    )
     assert response.status_code == 404
     assert PASSWORD not in response.content.decode()
 
@@ -417,14 +447,18 @@ def test_checkout_says_so_when_stripe_is_unavailable(
     assert "Payment provider unavailable" in response.content.decode()
 
 
-def test_checkout_of_an_inactive_plan_is_404(client: Client, owner: AbstractUser, plan: Plan) -> None:
+def test_checkout_of_an_inactive_plan_is_404(
+    client: Client, owner: AbstractUser, plan: Plan
+) -> None:
     Plan.objects.filter(pk=plan.pk).update(is_active=False)
     response = _login(client, owner).post(reverse("orders:checkout", args=[plan.slug]))
     assert response.status_code == 404
     assert not Order.objects.exists()
 
 
-def test_checkout_by_get_goes_back_to_the_plan(client: Client, owner: AbstractUser, plan: Plan) -> None:
+def test_checkout_by_get_goes_back_to_the_plan(
+    client: Client, owner: AbstractUser, plan: Plan
+) -> None:
     response = _login(client, owner).get(reverse("orders:checkout", args=[plan.slug]))
     assert response["Location"] == reverse("store:pricing") + "#plan-bunny"
     assert not Order.objects.exists()
@@ -498,7 +532,9 @@ def test_success_does_not_claim_the_payment_is_done(client: Client, order: Order
     assert order.status == Order.Status.PENDING_PAYMENT
 
 
-def test_success_is_404_for_another_customer(client: Client, order: Order, other: AbstractUser) -> None:
+def test_success_is_404_for_another_customer(
+    client: Client, order: Order, other: AbstractUser
+) -> None:
     assert _login(client, other).get(_url("success", order)).status_code == 404
 
 
@@ -507,7 +543,9 @@ def test_cancelled_says_nothing_was_charged(client: Client, order: Order) -> Non
     assert "Nothing was charged" in html
 
 
-def test_cancelled_is_404_for_another_customer(client: Client, order: Order, other: AbstractUser) -> None:
+def test_cancelled_is_404_for_another_customer(
+    client: Client, order: Order, other: AbstractUser
+) -> None:
     assert _login(client, other).get(_url("cancelled", order)).status_code == 404
 
 
@@ -551,7 +589,9 @@ def test_cancel_needs_a_post(client: Client, order: Order) -> None:
     assert order.status == Order.Status.PENDING_PAYMENT
 
 
-def test_cancel_is_404_for_another_customer(client: Client, order: Order, other: AbstractUser) -> None:
+def test_cancel_is_404_for_another_customer(
+    client: Client, order: Order, other: AbstractUser
+) -> None:
     assert _login(client, other).post(_url("cancel", order)).status_code == 404
     order.refresh_from_db()
     assert order.status == Order.Status.PENDING_PAYMENT
@@ -594,7 +634,9 @@ def _checkout_completed(order: Order) -> bytes:
 def test_webhook_accepts_a_signed_event_and_the_order_is_paid(client: Client, order: Order) -> None:
     body = _checkout_completed(order)
     response = client.post(
-        reverse("orders:stripe_webhook"), body, content_type="application/json",
+        reverse("orders:stripe_webhook"),
+        body,
+        content_type="application/json",
         HTTP_STRIPE_SIGNATURE=stripe_signature(body, WEBHOOK_SECRET),
     )
     assert response.status_code == 200
@@ -607,7 +649,9 @@ def test_webhook_accepts_a_signed_event_and_the_order_is_paid(client: Client, or
 def test_webhook_rejects_a_bad_signature(client: Client, order: Order) -> None:
     body = _checkout_completed(order)
     response = client.post(
-        reverse("orders:stripe_webhook"), body, content_type="application/json",
+        reverse("orders:stripe_webhook"),
+        body,
+        content_type="application/json",
         HTTP_STRIPE_SIGNATURE=stripe_signature(body, "whsec_someone_else"),
     )
     assert response.status_code == 400
@@ -619,7 +663,9 @@ def test_webhook_rejects_a_bad_signature(client: Client, order: Order) -> None:
 @override_settings(STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET)
 def test_webhook_rejects_a_missing_signature(client: Client, order: Order) -> None:
     response = client.post(
-        reverse("orders:stripe_webhook"), _checkout_completed(order), content_type="application/json"
+        reverse("orders:stripe_webhook"),
+        _checkout_completed(order),
+        content_type="application/json",
     )
     assert response.status_code == 400
     assert not WebhookEvent.objects.exists()
@@ -629,8 +675,12 @@ def test_webhook_rejects_a_missing_signature(client: Client, order: Order) -> No
 def test_webhook_rejects_a_stale_signature(client: Client, order: Order) -> None:
     body = _checkout_completed(order)
     response = client.post(
-        reverse("orders:stripe_webhook"), body, content_type="application/json",
-        HTTP_STRIPE_SIGNATURE=stripe_signature(body, WEBHOOK_SECRET, timestamp=int(time.time()) - 301),
+        reverse("orders:stripe_webhook"),
+        body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=stripe_signature(
+            body, WEBHOOK_SECRET, timestamp=int(time.time()) - 301
+        ),
     )
     assert response.status_code == 400
     assert not WebhookEvent.objects.exists()
@@ -640,7 +690,9 @@ def test_webhook_rejects_a_stale_signature(client: Client, order: Order) -> None
 def test_webhook_rejects_malformed_json(client: Client) -> None:
     body = b"{not json"
     response = client.post(
-        reverse("orders:stripe_webhook"), body, content_type="application/json",
+        reverse("orders:stripe_webhook"),
+        body,
+        content_type="application/json",
         HTTP_STRIPE_SIGNATURE=stripe_signature(body, WEBHOOK_SECRET),
     )
     assert response.status_code == 400
@@ -654,7 +706,9 @@ def test_webhook_needs_no_csrf_token(order: Order) -> None:
     csrf_client = Client(enforce_csrf_checks=True)
     body = b"{}"
     response = csrf_client.post(
-        reverse("orders:stripe_webhook"), body, content_type="application/json",
+        reverse("orders:stripe_webhook"),
+        body,
+        content_type="application/json",
         HTTP_STRIPE_SIGNATURE="t=1,v1=00",
     )
     assert response.status_code == 400  # reached the view: a signature problem, not a 403
@@ -663,8 +717,12 @@ def test_webhook_needs_no_csrf_token(order: Order) -> None:
 def test_detail_of_a_cancelled_order_shows_its_refund(client: Client, order: Order) -> None:
     refunded_at = timezone.now().replace(year=2026, month=11, day=30)
     Order.objects.filter(pk=order.pk).update(
-        status="cancelled", cancelled_at=refunded_at, refund_status="refunded",
-        refund_requested_at=refunded_at, refunded_at=refunded_at, stripe_refund_id="re_test_1",
+        status="cancelled",
+        cancelled_at=refunded_at,
+        refund_status="refunded",
+        refund_requested_at=refunded_at,
+        refunded_at=refunded_at,
+        stripe_refund_id="re_test_1",
         stripe_subscription_id="sub_test_1",
     )
     _login(client, order.user)
@@ -677,8 +735,11 @@ def test_detail_of_a_cancelled_order_shows_its_refund(client: Client, order: Ord
 
 def test_detail_of_a_cancelled_order_shows_a_pending_refund(client: Client, order: Order) -> None:
     Order.objects.filter(pk=order.pk).update(
-        status="cancelled", cancelled_at=timezone.now(), refund_status="pending",
-        refund_requested_at=timezone.now(), refund_error="APIConnectionError",
+        status="cancelled",
+        cancelled_at=timezone.now(),
+        refund_status="pending",
+        refund_requested_at=timezone.now(),
+        refund_error="APIConnectionError",
     )
     _login(client, order.user)
 

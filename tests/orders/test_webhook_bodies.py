@@ -145,18 +145,32 @@ _leaf = st.one_of(
 )
 _json = st.recursive(
     _leaf,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 _KEYS = [
-    "id", "customer", "subscription", "client_reference_id", "payment_status", "metadata",
-    "parent", "subscription_details", "lines", "data", "order_id", "status",
+    "id",
+    "customer",
+    "subscription",
+    "client_reference_id",
+    "payment_status",
+    "metadata",
+    "parent",
+    "subscription_details",
+    "lines",
+    "data",
+    "order_id",
+    "status",
 ]
 _object = st.dictionaries(st.sampled_from(_KEYS), _json, max_size=8)
 # Objects the handlers read from, each key holding any JSON (rarely what Stripe sends).
 _nested_object = st.dictionaries(
-    st.sampled_from(_KEYS), st.one_of(_json, _object, st.fixed_dictionaries({"data": _json})),
-    min_size=1, max_size=6,
+    st.sampled_from(_KEYS),
+    st.one_of(_json, _object, st.fixed_dictionaries({"data": _json})),
+    min_size=1,
+    max_size=6,
 )
 _event = st.fixed_dictionaries(
     {

@@ -368,9 +368,16 @@ def stripe_api(settings):
     """Stripe keys set, and Stripe's servers answering as for a paid subscription invoice."""
     settings.STRIPE_SECRET_KEY = "sk_test_warren"
     payments = _stripe_object(
-        {"object": "list", "data": [{"object": "invoice_payment", "status": "paid",
-                                     "payment": {"type": "payment_intent",
-                                                 "payment_intent": "pi_test_first"}}]}
+        {
+            "object": "list",
+            "data": [
+                {
+                    "object": "invoice_payment",
+                    "status": "paid",
+                    "payment": {"type": "payment_intent", "payment_intent": "pi_test_first"},
+                }
+            ],
+        }
     )
     with (
         mock.patch(INVOICE_PAYMENTS, return_value=payments) as invoice_payments,
@@ -415,13 +422,17 @@ def test_a_payment_for_a_cancelled_order_is_refunded_and_the_subscription_cancel
     assert response.status_code == 200
     sub = f"sub_test_{order.public_id.hex[:16]}"
     stripe_api.cancel.assert_called_once_with(sub)
-    stripe_api.invoice_payments.assert_called_once_with({"invoice": "in_test_first", "status": "paid"})
+    stripe_api.invoice_payments.assert_called_once_with(
+        {"invoice": "in_test_first", "status": "paid"}
+    )
     (params, options), _ = stripe_api.refund.call_args
     assert params["payment_intent"] == "pi_test_first"
     assert options == {"idempotency_key": f"refund-{order.public_id}"}
     order = _reload(order)
     assert (order.status, order.refund_status, order.stripe_refund_id) == (
-        "cancelled", "refunded", "re_test_1",
+        "cancelled",
+        "refunded",
+        "re_test_1",
     )
     assert order.refunded_at is not None
     assert not Instance.objects.exists()
@@ -457,7 +468,9 @@ def test_a_stripe_error_during_the_refund_leaves_it_pending_for_staff(
     _cancelled_before_payment(order)
     stripe_api.refund.side_effect = stripe.APIConnectionError("Stripe unreachable")
 
-    response = post_webhook(stripe_event("checkout.session.completed", _subscription_session(order)))
+    response = post_webhook(
+        stripe_event("checkout.session.completed", _subscription_session(order))
+    )
 
     assert response.status_code == 200  # the fact is on record; a redelivery would add nothing
     order = _reload(order)
@@ -469,17 +482,19 @@ def test_a_stripe_error_during_the_refund_leaves_it_pending_for_staff(
     assert settle_refund(order=order) is True
     order = _reload(order)
     assert (order.refund_status, order.stripe_refund_id, order.refund_error) == (
-        "refunded", "re_test_1", "",
+        "refunded",
+        "re_test_1",
+        "",
     )
 
 
-def test_a_renewal_charged_after_the_order_was_deleted_is_refunded(
-    order, post_webhook, stripe_api
-):
+def test_a_renewal_charged_after_the_order_was_deleted_is_refunded(order, post_webhook, stripe_api):
     post_webhook(_completed(order))
     Order.objects.filter(pk=order.pk).update(status="deleted", cancelled_at=timezone.now())
 
-    post_webhook(stripe_event("invoice.paid", _paid_invoice(order, billing_reason="subscription_cycle")))
+    post_webhook(
+        stripe_event("invoice.paid", _paid_invoice(order, billing_reason="subscription_cycle"))
+    )
 
     assert _reload(order).refund_status == "refunded"
     assert stripe_api.refund.call_count == 1

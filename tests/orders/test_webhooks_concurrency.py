@@ -207,5 +207,7 @@ def test_payments_for_a_cancelled_order_arriving_at_once_refund_once(order, sett
     assert create.call_count == 1
     order = Order.objects.get(pk=order.pk)
     assert (order.status, order.refund_status, order.stripe_refund_id) == (
-        "cancelled", "refunded", "re_test_1",
+        "cancelled",
+        "refunded",
+        "re_test_1",
     )

@@ -182,8 +182,11 @@ def test_a_database_outage_is_waited_out_with_a_growing_delay_on_one_connection(
     with mock.patch.object(host_events, "handle_message", side_effect=down_for_four_tries):
         counts = consumer.run()
 
-    delays = [r.getMessage().split("retry_in=")[1] for r in caplog.records
-              if "event=database_unavailable" in r.getMessage()]
+    delays = [
+        r.getMessage().split("retry_in=")[1]
+        for r in caplog.records
+        if "event=database_unavailable" in r.getMessage()
+    ]
     assert delays == ["0.1s", "0.2s", "0.4s", "0.8s"]
     assert consumer.db_backoff.delay == 0.1  # reset by the applied event
     assert not [r for r in caplog.records if "event=consumer_unavailable" in r.getMessage()]

@@ -124,8 +124,7 @@ def test_manage_py_check_refuses_live_stripe_with_the_development_webhook_secret
 def test_warren_run_stops_before_serving(tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "STRIPE_"))}
     done = subprocess.run(
-        [sys.executable, "-m", "warren", "run", "--skip-image-build", "--no-daemon",
-         "--port", "1"],
+        [sys.executable, "-m", "warren", "run", "--skip-image-build", "--no-daemon", "--port", "1"],
         cwd=ROOT,
         env={
             **clean,
@@ -145,7 +144,10 @@ def test_warren_run_stops_before_serving(tmp_path):
 
 def test_the_production_settings_pass_the_deployment_checks():
     done = _manage(
-        "check", "--deploy", "--fail-level", "WARNING",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
         DJANGO_DEBUG="False",
         DJANGO_SECRET_KEY=secrets.token_urlsafe(60),
         DJANGO_ALLOWED_HOSTS="shop.example.com",
@@ -160,7 +162,10 @@ def test_the_production_settings_pass_the_deployment_checks():
 def test_without_https_the_deployment_checks_complain():
     # Guards the test above: the same check does fail when WARREN_HTTPS is off.
     done = _manage(
-        "check", "--deploy", "--fail-level", "WARNING",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
         DJANGO_DEBUG="False",
         DJANGO_SECRET_KEY=secrets.token_urlsafe(60),
         DJANGO_ALLOWED_HOSTS="shop.example.com",
@@ -172,12 +177,23 @@ def test_without_https_the_deployment_checks_complain():
 
 def test_https_settings_trust_the_proxys_forwarded_proto():
     done = subprocess.run(
-        [sys.executable, "-c",
-         "from django.conf import settings as s; print(s.SECURE_PROXY_SSL_HEADER, "
-         "s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS)"],
+        [
+            sys.executable,
+            "-c",
+            "from django.conf import settings as s; print(s.SECURE_PROXY_SSL_HEADER, "
+            "s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS)",
+        ],
         cwd=ROOT,
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "store.settings", "WARREN_HTTPS": "true"},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
-    assert done.stdout.split() == ["('HTTP_X_FORWARDED_PROTO',", "'https')", "True", "True", "31536000"]
+    assert done.stdout.split() == [
+        "('HTTP_X_FORWARDED_PROTO',",
+        "'https')",
+        "True",
+        "True",
+        "31536000",
+    ]

@@ -12,8 +12,13 @@ pytestmark = pytest.mark.django_db
 
 def test_staff_can_list_and_edit_plans(client: Client) -> None:
     Plan.objects.create(
-        slug="small", name="Small", memory_mb=512, disk_gb=4,
-        max_connections=100, max_queues=200, monthly_price_cents=900,
+        slug="small",
+        name="Small",
+        memory_mb=512,
+        disk_gb=4,
+        max_connections=100,
+        max_queues=200,
+        monthly_price_cents=900,
     )
     admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-123456789")
     client.force_login(admin)
@@ -75,8 +80,12 @@ def test_the_plan_admin_refuses_a_size_the_hosts_would_refuse(staff, field, valu
 
 
 def test_the_plan_admin_takes_the_largest_plan_a_host_runs(staff):
-    largest = {"memory_mb": messages.MEMORY_MB[1], "vcpus": messages.VCPUS[1],
-               "disk_gb": messages.DISK_GB[1], "max_connections": messages.LIMIT[1]}
+    largest = {
+        "memory_mb": messages.MEMORY_MB[1],
+        "vcpus": messages.VCPUS[1],
+        "disk_gb": messages.DISK_GB[1],
+        "max_connections": messages.LIMIT[1],
+    }
 
     response = staff.post(reverse("admin:store_plan_add"), {**VALID, **largest})
 
@@ -99,8 +108,9 @@ def test_the_migration_brings_an_old_plan_within_bounds_and_deactivates_it():
     executor.migrate([("store", "0001_initial")])
     old_apps = executor.loader.project_state([("store", "0001_initial")]).apps
     before_versions = {k: v for k, v in VALID.items() if k != "rabbitmq_version"}
-    old_apps.get_model("store", "Plan").objects.create(**{**before_versions, "memory_mb": 65536,
-                                                          "vcpus": 16})
+    old_apps.get_model("store", "Plan").objects.create(
+        **{**before_versions, "memory_mb": 65536, "vcpus": 16}
+    )
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())

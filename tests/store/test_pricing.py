@@ -12,16 +12,37 @@ pytestmark = pytest.mark.django_db
 def plans() -> list[Plan]:
     return [
         Plan.objects.create(
-            slug="small", name="Small", memory_mb=512, vcpus=1, disk_gb=4,
-            max_connections=100, max_queues=200, monthly_price_cents=900, sort_order=1,
+            slug="small",
+            name="Small",
+            memory_mb=512,
+            vcpus=1,
+            disk_gb=4,
+            max_connections=100,
+            max_queues=200,
+            monthly_price_cents=900,
+            sort_order=1,
         ),
         Plan.objects.create(
-            slug="big", name="Big", memory_mb=2048, vcpus=2, disk_gb=16,
-            max_connections=2000, max_queues=5000, monthly_price_cents=4900, sort_order=2,
+            slug="big",
+            name="Big",
+            memory_mb=2048,
+            vcpus=2,
+            disk_gb=16,
+            max_connections=2000,
+            max_queues=5000,
+            monthly_price_cents=4900,
+            sort_order=2,
         ),
         Plan.objects.create(
-            slug="old", name="Retired", memory_mb=256, vcpus=1, disk_gb=1,
-            max_connections=10, max_queues=10, monthly_price_cents=100, is_active=False,
+            slug="old",
+            name="Retired",
+            memory_mb=256,
+            vcpus=1,
+            disk_gb=1,
+            max_connections=10,
+            max_queues=10,
+            monthly_price_cents=100,
+            is_active=False,
         ),
     ]
 
@@ -38,7 +59,7 @@ def test_it_lists_active_plans_with_their_sizes(client: Client, plans: list[Plan
 
 def test_anonymous_buy_goes_to_login_and_back(client: Client, plans: list[Plan]) -> None:
     html = client.get(reverse("store:pricing")).content.decode()
-    assert f'{reverse("login")}?next=%2F%23plan-small' in html
+    assert f"{reverse('login')}?next=%2F%23plan-small" in html
     assert reverse("orders:checkout", args=["small"]) not in html
 
 

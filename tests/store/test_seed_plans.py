@@ -28,7 +28,11 @@ def test_it_is_idempotent_and_keeps_what_staff_changed() -> None:
     call_command("seed_plans", stdout=out)
     assert Plan.objects.count() == 3
     hare = Plan.objects.get(slug="hare")
-    assert (hare.stripe_price_id, hare.is_active, hare.monthly_price_cents) == ("price_123", False, 2500)
+    assert (hare.stripe_price_id, hare.is_active, hare.monthly_price_cents) == (
+        "price_123",
+        False,
+        2500,
+    )
     assert "0 created, 3 already there" in out.getvalue()
 
 

@@ -38,18 +38,25 @@ def machine_factory(tiny_images_root: Path, short_tmp: Path) -> Iterator[Callabl
 
     made: list[Machine] = []
 
-    def make(image: str = "tiny", images_root: Path | None = None, accel: str = "auto",
-             **over: object) -> Machine:
+    def make(
+        image: str = "tiny", images_root: Path | None = None, accel: str = "auto", **over: object
+    ) -> Machine:
         vm_id = over.pop("vm_id", None) or uuid.uuid4().hex[:12]
         fields: dict[str, object] = dict(
-            vm_id=vm_id, image=image, memory_mb=256, vcpus=1, disk_gb=1,
-            hostname=f"vm-{vm_id[:8]}", admin_user=f"warren-{vm_id[:6]}",
+            vm_id=vm_id,
+            image=image,
+            memory_mb=256,
+            vcpus=1,
+            disk_gb=1,
+            hostname=f"vm-{vm_id[:8]}",
+            admin_user=f"warren-{vm_id[:6]}",
             admin_password=uuid.uuid4().hex,
             network=UserNet("127.0.0.1", free_port(), free_port()),
         )
         fields.update(over)
-        machine = Machine(VMSpec(**fields), short_tmp / vm_id, images_root or tiny_images_root,
-                          accel=accel)
+        machine = Machine(
+            VMSpec(**fields), short_tmp / vm_id, images_root or tiny_images_root, accel=accel
+        )
         made.append(machine)
         return machine
 

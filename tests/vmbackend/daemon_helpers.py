@@ -48,28 +48,50 @@ def unique_host_id(prefix: str = "t") -> str:
 class DaemonProcess:
     """`python -m vmbackend daemon` as a real subprocess with env configuration."""
 
-    def __init__(self, *, host_id: str, amqp_url: str, state_dir: Path, image_dir: Path,
-                 capacity: int = 2, log_path: Path, extra_env: dict[str, str] | None = None,
-                 netns: str | None = None):
+    def __init__(
+        self,
+        *,
+        host_id: str,
+        amqp_url: str,
+        state_dir: Path,
+        image_dir: Path,
+        capacity: int = 2,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        netns: str | None = None,
+    ):
         self.host_id = host_id
         self.state_dir = state_dir
         self.log_path = log_path
         env = dict(os.environ)
-        env.update({
-            "WARREN_HOST_ID": host_id, "WARREN_AMQP_URL": amqp_url,
-            "WARREN_STATE_DIR": str(state_dir), "WARREN_IMAGE_DIR": str(image_dir),
-            "WARREN_CAPACITY": str(capacity), "WARREN_ACCEL": "tcg",
-            "WARREN_BOOT_DEADLINE": "300", "WARREN_HEARTBEAT_INTERVAL": "1",
-            "WARREN_STOP_TIMEOUT": "10", "WARREN_PORT_RANGE": "21000-28999",
-            "WARREN_LOG_LEVEL": "INFO",
-        })
+        env.update(
+            {
+                "WARREN_HOST_ID": host_id,
+                "WARREN_AMQP_URL": amqp_url,
+                "WARREN_STATE_DIR": str(state_dir),
+                "WARREN_IMAGE_DIR": str(image_dir),
+                "WARREN_CAPACITY": str(capacity),
+                "WARREN_ACCEL": "tcg",
+                "WARREN_BOOT_DEADLINE": "300",
+                "WARREN_HEARTBEAT_INTERVAL": "1",
+                "WARREN_STOP_TIMEOUT": "10",
+                "WARREN_PORT_RANGE": "21000-28999",
+                "WARREN_LOG_LEVEL": "INFO",
+            }
+        )
         env.update(extra_env or {})
         cmd = [sys.executable, "-m", "vmbackend", "daemon"]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -99,8 +121,9 @@ def wait_host(client: Client, host_id: str, timeout: float = 60) -> list[dict[st
     """Wait until `host_id` answers list-vms on its own key; returns its VMs."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        replies = client.collect("list-vms", routing_key=topology.host_key(host_id), wait=1.0,
-                                 expect=1)
+        replies = client.collect(
+            "list-vms", routing_key=topology.host_key(host_id), wait=1.0, expect=1
+        )
         if replies:
             return replies[0]["response"]
     raise AssertionError(f"host {host_id} never answered list-vms")
@@ -111,8 +134,11 @@ def vms_of(client: Client, host_id: str) -> dict[str, dict[str, Any]]:
 
 
 def events_for(client: Client, vm_id: str, type_: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in client.events if e.get("instance_id") == vm_id
-            and (type_ is None or e.get("type") == type_)]
+    return [
+        e
+        for e in client.events
+        if e.get("instance_id") == vm_id and (type_ is None or e.get("type") == type_)
+    ]
 
 
 def with_port(amqp_url: str, port: int) -> str:
@@ -140,15 +166,26 @@ class Daemons:
         self.image_dir = image_dir
         self.started: list[DaemonProcess] = []
 
-    def start(self, host_id: str | None = None, *, capacity: int = 2,
-              amqp_url: str | None = None, extra_env: dict[str, str] | None = None,
-              netns: str | None = None) -> DaemonProcess:
+    def start(
+        self,
+        host_id: str | None = None,
+        *,
+        capacity: int = 2,
+        amqp_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        netns: str | None = None,
+    ) -> DaemonProcess:
         host_id = host_id or unique_host_id()
-        proc = DaemonProcess(host_id=host_id, amqp_url=amqp_url or self.amqp_url,
-                             state_dir=self.short / host_id,
-                             image_dir=self.image_dir, capacity=capacity,
-                             log_path=self.tmp_path / f"{host_id}.log", extra_env=extra_env,
-                             netns=netns)
+        proc = DaemonProcess(
+            host_id=host_id,
+            amqp_url=amqp_url or self.amqp_url,
+            state_dir=self.short / host_id,
+            image_dir=self.image_dir,
+            capacity=capacity,
+            log_path=self.tmp_path / f"{host_id}.log",
+            extra_env=extra_env,
+            netns=netns,
+        )
         self.started.append(proc)
         return proc
 

@@ -22,7 +22,9 @@ class Broker:
     """What the look-alike knows and saw."""
 
     users: dict[str, str] = field(default_factory=lambda: {"admin": PASSWORD})
-    seen: list[tuple[str, str, str, object]] = field(default_factory=list)  # method, raw path, user, body
+    seen: list[tuple[str, str, str, object]] = field(
+        default_factory=list
+    )  # method, raw path, user, body
     limits: dict[str, int] = field(default_factory=dict)
     unready: int = 0  # answer 503 to this many requests first
     delay: float = 0.0  # seconds before any answer
@@ -38,7 +40,11 @@ def _handler(broker: Broker) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _reply(self, status: int, body: object = None) -> None:
-            data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+            data = (
+                b""
+                if body is None
+                else (body if isinstance(body, bytes) else json.dumps(body).encode())
+            )
             self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -96,7 +102,9 @@ def serve() -> Iterator[Broker]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
     state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield state

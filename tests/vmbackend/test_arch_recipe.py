@@ -15,7 +15,13 @@ import pytest
 from vmbackend.images import arch, guest
 from vmbackend.images.build import BuildError
 
-UNIT_PARSE_ERRORS = ("Unknown key", "Unknown section", "Failed to parse", "Invalid", "bad unit file")
+UNIT_PARSE_ERRORS = (
+    "Unknown key",
+    "Unknown section",
+    "Failed to parse",
+    "Invalid",
+    "bad unit file",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +53,15 @@ def verify_unit(path: Path) -> str:
     """systemd-analyze's complaints about a unit file's syntax (ignoring missing programs and
     units, which live in the guest, not on this host)."""
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(path)], capture_output=True, text=True, timeout=60
+        ["systemd-analyze", "verify", "--man=no", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return "\n".join(
-        line for line in (result.stdout + result.stderr).splitlines() if any(e in line for e in UNIT_PARSE_ERRORS)
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if any(e in line for e in UNIT_PARSE_ERRORS)
     )
 
 
@@ -111,7 +122,9 @@ def test_systemd_accepts_the_units(rendered: Path, tmp_path: Path):
         assert verify_unit(units / name) == "", name
     # The check itself catches a broken unit.
     broken = tmp_path / "broken.service"
-    broken.write_text((units / "warren-firstboot.service").read_text().replace("Type=oneshot", "Typo=oneshot"))
+    broken.write_text(
+        (units / "warren-firstboot.service").read_text().replace("Type=oneshot", "Typo=oneshot")
+    )
     assert "Unknown key" in verify_unit(broken)
 
 
@@ -121,7 +134,9 @@ def test_the_scripts_are_valid_bash(rendered: Path, script: str):
     assert path.read_text().startswith("#!/bin/bash\n")
     subprocess.run(["bash", "-n", str(path)], check=True, timeout=30)
     if shutil.which("shellcheck"):
-        result = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stdout
 
 
@@ -145,7 +160,9 @@ def test_pacman_conf_points_at_the_configured_mirror():
 
 def test_preflight_refuses_without_a_mirror_before_anything_else(monkeypatch):
     monkeypatch.delenv(arch.MIRROR_ENV, raising=False)
-    with pytest.raises(BuildError, match="no Arch mirror configured/reachable: set WARREN_ARCH_MIRROR"):
+    with pytest.raises(
+        BuildError, match="no Arch mirror configured/reachable: set WARREN_ARCH_MIRROR"
+    ):
         arch.ArchRecipe().preflight(print)
     monkeypatch.setenv(arch.MIRROR_ENV, "ftp://m.test/$repo")
     with pytest.raises(BuildError, match="http"):

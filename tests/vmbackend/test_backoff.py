@@ -68,8 +68,9 @@ def test_stop_ends_the_loop_and_wakes_the_wait():
         raise Down
 
     backoff = Backoff(start=3600, cap=3600)
-    run_with_reconnect(session, stop=stop, errors=(Down,), on_error=lambda e, d: None,
-                       backoff=backoff)  # returns at once: the one-hour wait is woken by stop
+    run_with_reconnect(
+        session, stop=stop, errors=(Down,), on_error=lambda e, d: None, backoff=backoff
+    )  # returns at once: the one-hour wait is woken by stop
 
 
 def test_a_session_that_returns_without_being_done_runs_again_until_stopped():
@@ -92,8 +93,13 @@ def test_with_reraise_the_first_error_propagates_after_the_hook():
 
     errors = []
     with pytest.raises(Down):
-        run_with_reconnect(session, stop=threading.Event(), errors=(Down,),
-                           on_error=lambda exc, delay: errors.append(delay), reraise=True)
+        run_with_reconnect(
+            session,
+            stop=threading.Event(),
+            errors=(Down,),
+            on_error=lambda exc, delay: errors.append(delay),
+            reraise=True,
+        )
     assert errors == [0.5]
 
 

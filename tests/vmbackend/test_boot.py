@@ -13,9 +13,17 @@ def _cfg(**env):
 
 
 def _record(**kw):
-    base = dict(vm_id="vm-1", image="tiny", memory_mb=256, vcpus=1, disk_gb=1, hostname="vm-vm-1",
-                admin_username="warren-ab12", admin_password="pw-0123456789abcdef",
-                ports={"management": 21001, "amqp": 21002})
+    base = dict(
+        vm_id="vm-1",
+        image="tiny",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=1,
+        hostname="vm-vm-1",
+        admin_username="warren-ab12",
+        admin_password="pw-0123456789abcdef",
+        ports={"management": 21001, "amqp": 21002},
+    )
     base.update(kw)
     return VMRecord(**base)
 
@@ -55,10 +63,17 @@ def test_bridge_mode_without_a_guest_address_is_a_failure():
 
 def test_the_spec_matches_the_record():
     spec = spec_for(_cfg(), _record(limits={"max-queues": 5}))
-    assert (spec.vm_id, spec.image, spec.memory_mb, spec.admin_user) == ("vm-1", "tiny", 256, "warren-ab12")
+    assert (spec.vm_id, spec.image, spec.memory_mb, spec.admin_user) == (
+        "vm-1",
+        "tiny",
+        256,
+        "warren-ab12",
+    )
     assert spec.network == UserNet("127.0.0.1", 21001, 21002)
     assert spec.limits == {"max-queues": 5}
-    bridged = spec_for(_cfg(), _record(network="bridge", tap="wt0123456789ab", mac="52:54:00:aa:bb:cc"))
+    bridged = spec_for(
+        _cfg(), _record(network="bridge", tap="wt0123456789ab", mac="52:54:00:aa:bb:cc")
+    )
     assert bridged.network == TapNet("wt0123456789ab", "52:54:00:aa:bb:cc")
 
 
@@ -72,7 +87,8 @@ def test_a_failure_reason_never_contains_the_password_and_is_bounded():
 
 @pytest.mark.vm
 def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
-        tiny_images_root, short_tmp, monkeypatch):
+    tiny_images_root, short_tmp, monkeypatch
+):
     """delete-vm racing the launch: the cancel lands after QEMU was spawned, before the boot
     goes on. The boot must kill its own QEMU rather than leave an orphan."""
     from tests.net import free_port
@@ -130,8 +146,7 @@ def _start_setup(tiny_images_root, short_tmp, **record_kw):
 
 
 @pytest.mark.vm
-def test_a_start_whose_qemu_dies_leaves_the_vm_lost_with_its_folder(tiny_images_root,
-                                                                    short_tmp):
+def test_a_start_whose_qemu_dies_leaves_the_vm_lost_with_its_folder(tiny_images_root, short_tmp):
     """QEMU dies during a start-vm: the VM ends lost with the reason (not `booting` forever,
     not failed with its folder and disk deleted) and can be started again."""
     import os
@@ -143,7 +158,8 @@ def test_a_start_whose_qemu_dies_leaves_the_vm_lost_with_its_folder(tiny_images_
     from vmbackend.state import LOST, READY, STOPPED
 
     cfg, store, record, reports, report = _start_setup(
-        tiny_images_root, short_tmp, vm_id="vm-nostart-1", status=STOPPED, ever_ready=True)
+        tiny_images_root, short_tmp, vm_id="vm-nostart-1", status=STOPPED, ever_ready=True
+    )
     data = store.vm_dir(record.vm_id) / "customer-data"
     data.parent.mkdir(parents=True)
     data.write_bytes(b"keep me")
@@ -171,13 +187,15 @@ def test_a_start_whose_qemu_dies_leaves_the_vm_lost_with_its_folder(tiny_images_
 
 
 @pytest.mark.vm
-def test_a_new_vm_whose_first_launch_fails_is_failed_and_cleaned_up(tiny_images_root,
-                                                                   short_tmp, monkeypatch):
+def test_a_new_vm_whose_first_launch_fails_is_failed_and_cleaned_up(
+    tiny_images_root, short_tmp, monkeypatch
+):
     from vmbackend.boot import Boot
     from vmbackend.state import FAILED
 
-    cfg, store, record, reports, report = _start_setup(tiny_images_root, short_tmp,
-                                                       vm_id="vm-nolaunch-1")
+    cfg, store, record, reports, report = _start_setup(
+        tiny_images_root, short_tmp, vm_id="vm-nolaunch-1"
+    )
     cfg = _cfg(WARREN_IMAGE_DIR=str(short_tmp / "no-images"), WARREN_STATE_DIR=str(short_tmp))
     boot = Boot(cfg, store, record, report)
     boot.run()

@@ -16,8 +16,14 @@ from vmbackend.client import Client
 
 
 def _run(*args, env=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "vmbackend", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vmbackend", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_no_command_prints_usage():
@@ -62,16 +68,23 @@ def test_the_cli_drives_a_vm_from_create_to_delete(daemons, amqp_url):
         wait_host(client, daemon.host_id)
     env = dict(os.environ, WARREN_AMQP_URL=amqp_url)
 
-    done = _run("create-vm", "--image", "tiny", "--memory-mb", "256", "--wait-ready", env=env,
-                timeout=400)
+    done = _run(
+        "create-vm", "--image", "tiny", "--memory-mb", "256", "--wait-ready", env=env, timeout=400
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     decoder = json.JSONDecoder()
     reply, end = decoder.raw_decode(done.stdout)
     ready, _ = decoder.raw_decode(done.stdout[end:].lstrip())
     vm_id = reply["response"]["vm-id"]
     assert ready["type"] == "instance.ready" and ready["instance_id"] == vm_id
-    assert basic_auth_status(ready["management_url"], reply["response"]["admin-username"],
-                             reply["response"]["admin-password"]) == 200
+    assert (
+        basic_auth_status(
+            ready["management_url"],
+            reply["response"]["admin-username"],
+            reply["response"]["admin-password"],
+        )
+        == 200
+    )
 
     listed = json.loads(_run("list-vms", env=env).stdout)
     assert [(vm["vm-id"], vm["status"]) for vm in listed] == [(vm_id, "ready")]

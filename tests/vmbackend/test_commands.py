@@ -39,10 +39,16 @@ def _break_rabbitmq(images, tmp_path):
     log = stage / "var/log/rabbitmq/rabbit@localhost.log"
     log.parent.mkdir(parents=True)
     log.write_text(f"2026-11-30 starting rabbit\n2026-11-30 {CRASH_LINE}\n")
-    names = subprocess.run(["find", ".", "-mindepth", "1"], cwd=stage, check=True,
-                           capture_output=True).stdout
-    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=stage, input=names,
-                             check=True, capture_output=True).stdout
+    names = subprocess.run(
+        ["find", ".", "-mindepth", "1"], cwd=stage, check=True, capture_output=True
+    ).stdout
+    archive = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"],
+        cwd=stage,
+        input=names,
+        check=True,
+        capture_output=True,
+    ).stdout
     initrd = images / "tiny" / "initrd.img"
     original = initrd.read_bytes()
     initrd.write_bytes(original + gzip.compress(archive))
@@ -63,7 +69,8 @@ def _ready_then_stopped(daemons, client, vm_id, env):
 
 @pytest.mark.vm
 def test_a_start_whose_rabbitmq_never_answers_fails_at_the_deadline_with_its_log(
-        daemons, client, tmp_path, tiny_images_root):
+    daemons, client, tmp_path, tiny_images_root
+):
     images = _images_root(tmp_path, tiny_images_root)
     env = {"WARREN_IMAGE_DIR": str(images), "WARREN_BOOT_DEADLINE": "90"}
     daemon, marker = _ready_then_stopped(daemons, client, "vm-hang-1", env)
@@ -83,8 +90,7 @@ def test_a_start_whose_rabbitmq_never_answers_fails_at_the_deadline_with_its_log
 
 
 @pytest.mark.vm
-def test_a_delete_during_a_hanging_start_wins_at_once(daemons, client, tmp_path,
-                                                       tiny_images_root):
+def test_a_delete_during_a_hanging_start_wins_at_once(daemons, client, tmp_path, tiny_images_root):
     images = _images_root(tmp_path, tiny_images_root)
     env = {"WARREN_IMAGE_DIR": str(images), "WARREN_BOOT_DEADLINE": "600"}
     daemon, marker = _ready_then_stopped(daemons, client, "vm-hang-2", env)
@@ -113,4 +119,5 @@ def test_a_delete_during_a_hanging_start_wins_at_once(daemons, client, tmp_path,
     assert not marker.parent.exists()  # delete means delete: the disk is gone
     client.wait_event("vm-hang-2", ("instance.deleted",), 30)
     assert read_state(daemon.state_dir, "vm-hang-2") is None or (
-        read_state(daemon.state_dir, "vm-hang-2")["status"] == "deleted")
+        read_state(daemon.state_dir, "vm-hang-2")["status"] == "deleted"
+    )

@@ -27,15 +27,25 @@ def test_host_id_defaults_to_the_hostname():
 
 
 def test_environment_sets_every_setting(tmp_path):
-    cfg = config.load(env={
-        "WARREN_HOST_ID": "h1", "WARREN_AMQP_URL": "amqp://u:p@127.0.0.1:5673/v",
-        "WARREN_CAPACITY": "3", "WARREN_IMAGE_DIR": str(tmp_path / "img"),
-        "WARREN_STATE_DIR": str(tmp_path / "st"), "WARREN_BIND_ADDRESS": "127.0.0.2",
-        "WARREN_ADVERTISED_HOST": "vm.example.test", "WARREN_PORT_RANGE": "30000-30009",
-        "WARREN_NETWORK": "bridge", "WARREN_BRIDGE": "br-test", "WARREN_ACCEL": "tcg",
-        "WARREN_BOOT_DEADLINE": "120", "WARREN_HEARTBEAT_INTERVAL": "0.5",
-        "WARREN_STOP_TIMEOUT": "5", "WARREN_RESTORE": "off",
-    })
+    cfg = config.load(
+        env={
+            "WARREN_HOST_ID": "h1",
+            "WARREN_AMQP_URL": "amqp://u:p@127.0.0.1:5673/v",
+            "WARREN_CAPACITY": "3",
+            "WARREN_IMAGE_DIR": str(tmp_path / "img"),
+            "WARREN_STATE_DIR": str(tmp_path / "st"),
+            "WARREN_BIND_ADDRESS": "127.0.0.2",
+            "WARREN_ADVERTISED_HOST": "vm.example.test",
+            "WARREN_PORT_RANGE": "30000-30009",
+            "WARREN_NETWORK": "bridge",
+            "WARREN_BRIDGE": "br-test",
+            "WARREN_ACCEL": "tcg",
+            "WARREN_BOOT_DEADLINE": "120",
+            "WARREN_HEARTBEAT_INTERVAL": "0.5",
+            "WARREN_STOP_TIMEOUT": "5",
+            "WARREN_RESTORE": "off",
+        }
+    )
     assert cfg.restore is False
     assert (cfg.capacity, cfg.port_min, cfg.port_max) == (3, 30000, 30009)
     assert cfg.state_dir == tmp_path / "st"
@@ -53,20 +63,23 @@ def test_a_flag_overrides_the_environment():
     assert (cfg.capacity, cfg.host_id) == (7, "flagged")
 
 
-@pytest.mark.parametrize("var,value,needle", [
-    ("WARREN_CAPACITY", "many", "capacity"),
-    ("WARREN_CAPACITY", "-1", "capacity"),
-    ("WARREN_PORT_RANGE", "80-90", "port_range"),
-    ("WARREN_PORT_RANGE", "30000", "port_range"),
-    ("WARREN_NETWORK", "nat", "network"),
-    ("WARREN_ACCEL", "hvf", "accel"),
-    ("WARREN_BIND_ADDRESS", "localhost", "bind_address"),
-    ("WARREN_HOST_ID", "../etc", "host_id"),
-    ("WARREN_BRIDGE", "a-very-long-bridge-name", "bridge"),
-    ("WARREN_AMQP_URL", "http://x", "amqp_url"),
-    ("WARREN_BOOT_DEADLINE", "0", "boot_deadline"),
-    ("WARREN_RESTORE", "maybe", "restore"),
-])
+@pytest.mark.parametrize(
+    "var,value,needle",
+    [
+        ("WARREN_CAPACITY", "many", "capacity"),
+        ("WARREN_CAPACITY", "-1", "capacity"),
+        ("WARREN_PORT_RANGE", "80-90", "port_range"),
+        ("WARREN_PORT_RANGE", "30000", "port_range"),
+        ("WARREN_NETWORK", "nat", "network"),
+        ("WARREN_ACCEL", "hvf", "accel"),
+        ("WARREN_BIND_ADDRESS", "localhost", "bind_address"),
+        ("WARREN_HOST_ID", "../etc", "host_id"),
+        ("WARREN_BRIDGE", "a-very-long-bridge-name", "bridge"),
+        ("WARREN_AMQP_URL", "http://x", "amqp_url"),
+        ("WARREN_BOOT_DEADLINE", "0", "boot_deadline"),
+        ("WARREN_RESTORE", "maybe", "restore"),
+    ],
+)
 def test_it_refuses_bad_values_naming_the_setting(var, value, needle):
     env = {"WARREN_HOST_ID": "h"}
     env[var] = value
@@ -75,6 +88,8 @@ def test_it_refuses_bad_values_naming_the_setting(var, value, needle):
 
 
 def test_the_redacted_url_hides_the_password():
-    cfg = config.load(env={"WARREN_HOST_ID": "h", "WARREN_AMQP_URL": "amqp://bob:s3cret@127.0.0.1/v"})
+    cfg = config.load(
+        env={"WARREN_HOST_ID": "h", "WARREN_AMQP_URL": "amqp://bob:s3cret@127.0.0.1/v"}
+    )
     assert "s3cret" not in cfg.redacted_amqp_url()
     assert cfg.redacted_amqp_url() == "amqp://bob:***@127.0.0.1/v"

@@ -35,10 +35,16 @@ def _ok(reply):
 def test_a_vm_goes_from_create_to_ready_through_stop_start_and_delete(daemons, client):
     daemon = daemons.start()
     wait_host(client, daemon.host_id)
-    created = _ok(client.call("create-vm", {"image": "tiny", "vm-id": "vm-life-1",
-                                            "memory-mb": 256, "admin": ADMIN}))
-    assert created == {"vm-id": "vm-life-1", "host-id": daemon.host_id,
-                       "admin-username": ADMIN["username"]}  # no password: the caller chose it
+    created = _ok(
+        client.call(
+            "create-vm", {"image": "tiny", "vm-id": "vm-life-1", "memory-mb": 256, "admin": ADMIN}
+        )
+    )
+    assert created == {
+        "vm-id": "vm-life-1",
+        "host-id": daemon.host_id,
+        "admin-username": ADMIN["username"],
+    }  # no password: the caller chose it
     ready = client.wait_event("vm-life-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
     assert ready["type"] == "instance.ready", ready
     assert ADMIN["password"] not in json.dumps(ready)
@@ -49,9 +55,13 @@ def test_a_vm_goes_from_create_to_ready_through_stop_start_and_delete(daemons, c
     assert basic_auth_status(url, "guest", "guest") == 401
 
     kinds = [(e["type"], e.get("stage")) for e in events_for(client, "vm-life-1")]
-    assert kinds == [("instance.accepted", None), ("instance.progress", "vm_starting"),
-                     ("instance.progress", "guest_up"), ("instance.progress", "rabbitmq_starting"),
-                     ("instance.ready", None)]
+    assert kinds == [
+        ("instance.accepted", None),
+        ("instance.progress", "vm_starting"),
+        ("instance.progress", "guest_up"),
+        ("instance.progress", "rabbitmq_starting"),
+        ("instance.ready", None),
+    ]
     seqs = [e["seq"] for e in events_for(client, "vm-life-1")]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
@@ -62,7 +72,10 @@ def test_a_vm_goes_from_create_to_ready_through_stop_start_and_delete(daemons, c
     assert qemu_pids(daemon.state_dir) == []
     assert vms_of(client, daemon.host_id)["vm-life-1"]["status"] == "stopped"
 
-    assert _ok(client.call("start-vm", {"vm-id": "vm-life-1"}, timeout=READY_TIMEOUT))["status"] == "ready"
+    assert (
+        _ok(client.call("start-vm", {"vm-id": "vm-life-1"}, timeout=READY_TIMEOUT))["status"]
+        == "ready"
+    )
     assert basic_auth_status(url, ADMIN["username"], ADMIN["password"]) == 200
     assert len(events_for(client, "vm-life-1", "instance.ready")) == 2
     assert len(qemu_pids(daemon.state_dir)) == 1
@@ -86,7 +99,9 @@ def test_a_generated_password_goes_only_to_the_requester(daemons, client):
     wait_host(client, daemon.host_id)
     created = _ok(client.call("create-vm", {"image": "tiny", "memory-mb": 256}))
     password = created["admin-password"]
-    ready = client.wait_event(created["vm-id"], ("instance.ready", "instance.failed"), READY_TIMEOUT)
+    ready = client.wait_event(
+        created["vm-id"], ("instance.ready", "instance.failed"), READY_TIMEOUT
+    )
     assert ready["type"] == "instance.ready", ready
     assert basic_auth_status(ready["management_url"], created["admin-username"], password) == 200
     assert all(password not in json.dumps(e) for e in client.events)
@@ -118,7 +133,9 @@ def test_delete_during_boot_cancels_the_boot(daemons, client):
     wait_host(client, daemon.host_id)
     _ok(client.call("create-vm", {"image": "tiny", "vm-id": "vm-cancel-1", "memory-mb": 256}))
     client.wait_event("vm-cancel-1", ("instance.accepted",), 30)
-    assert _ok(client.call("delete-vm", {"vm-id": "vm-cancel-1"}, timeout=90))["status"] == "deleted"
+    assert (
+        _ok(client.call("delete-vm", {"vm-id": "vm-cancel-1"}, timeout=90))["status"] == "deleted"
+    )
     client.wait_event("vm-cancel-1", ("instance.deleted",), 30)
     client.pump(2.0)
     assert events_for(client, "vm-cancel-1", "instance.failed") == []
@@ -128,7 +145,8 @@ def test_delete_during_boot_cancels_the_boot(daemons, client):
 
 @pytest.mark.vm
 def test_it_reconnects_after_the_broker_connection_drops_and_loses_no_event(
-        daemons, client, amqp_url):
+    daemons, client, amqp_url
+):
     proxy = TcpProxy("127.0.0.1", 5672).up()
     try:
         daemon = daemons.start(amqp_url=with_port(amqp_url, proxy.port))
@@ -159,8 +177,11 @@ def test_it_reconnects_after_the_broker_connection_drops_and_loses_no_event(
 def test_sigterm_exits_zero_and_leaves_the_vm_running(daemons, client):
     daemon = daemons.start()
     wait_host(client, daemon.host_id)
-    _ok(client.call("create-vm", {"image": "tiny", "vm-id": "vm-term-1", "memory-mb": 256,
-                                  "admin": ADMIN}))
+    _ok(
+        client.call(
+            "create-vm", {"image": "tiny", "vm-id": "vm-term-1", "memory-mb": 256, "admin": ADMIN}
+        )
+    )
     ready = client.wait_event("vm-term-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
     assert ready["type"] == "instance.ready"
     pids = qemu_pids(daemon.state_dir)
@@ -176,8 +197,11 @@ def test_the_create_queue_is_declared_with_the_shared_arguments(amqp_url):
     try:
         topology.declare_host(conn.channel(), "args-check")
         channel = conn.channel()
-        channel.queue_declare(topology.CREATE_QUEUE, durable=True,
-                              arguments={"x-dead-letter-exchange": "computing.dlx"})
+        channel.queue_declare(
+            topology.CREATE_QUEUE,
+            durable=True,
+            arguments={"x-dead-letter-exchange": "computing.dlx"},
+        )
         channel.queue_delete(topology.host_queue("args-check"))
     finally:
         conn.close()
@@ -193,9 +217,13 @@ def test_heartbeats_keep_flowing_while_a_vm_boots(daemons, client, amqp_url):
     ready = client.wait_event("vm-hb-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
     assert ready["type"] == "instance.ready"
     accepted = events_for(client, "vm-hb-1", "instance.accepted")[0]
-    during = [e for e in client.events if e["type"] == "host.heartbeat"
-              and e["host_id"] == daemon.host_id
-              and accepted["occurred_at"] < e["occurred_at"] < ready["occurred_at"]]
+    during = [
+        e
+        for e in client.events
+        if e["type"] == "host.heartbeat"
+        and e["host_id"] == daemon.host_id
+        and accepted["occurred_at"] < e["occurred_at"] < ready["occurred_at"]
+    ]
     assert during, "no host.heartbeat published while the VM booted"
     assert "broker connection lost" not in daemon.log_text()
     assert daemon.proc.poll() is None
@@ -267,11 +295,13 @@ def real_image_daemons(tmp_path, amqp_url):
 
 @pytest.mark.slow
 def test_the_real_rabbitmq_image_ends_ready_with_working_management_and_amqp_urls(
-        real_image_daemons, client):
+    real_image_daemons, client
+):
     daemon = real_image_daemons.start(extra_env={"WARREN_BOOT_DEADLINE": "900"})
     wait_host(client, daemon.host_id)
-    created = _ok(client.call("create-vm", {"image": "rabbitmq-4.0", "vm-id": "vm-real-1",
-                                            "memory-mb": 512}))
+    created = _ok(
+        client.call("create-vm", {"image": "rabbitmq-4.0", "vm-id": "vm-real-1", "memory-mb": 512})
+    )
     password = created["admin-password"]
     ready = client.wait_event("vm-real-1", ("instance.ready", "instance.failed"), 900)
     assert ready["type"] == "instance.ready", ready

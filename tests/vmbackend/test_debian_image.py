@@ -47,7 +47,9 @@ def status_of(machine: Machine, user: str, password: str, path: str = "api/overv
         conn.close()
 
 
-def run_in(machine: Machine, script: str, *, stdin: bytes | None = None, timeout: float = 120) -> tuple[int, str]:
+def run_in(
+    machine: Machine, script: str, *, stdin: bytes | None = None, timeout: float = 120
+) -> tuple[int, str]:
     code, out = machine.guest_exec("/bin/sh", ["-c", script], input_data=stdin, timeout=timeout)
     return code, out.decode()
 
@@ -126,7 +128,9 @@ def test_the_two_vms_have_their_own_credentials_hostnames_and_cookies(vms: list[
     assert seen[0][1] != seen[1][1]
 
 
-def amqp(m: Machine, user: str | None = None, password: str | None = None, attempts: int = 3) -> pika.BlockingConnection:
+def amqp(
+    m: Machine, user: str | None = None, password: str | None = None, attempts: int = 3
+) -> pika.BlockingConnection:
     net = m.spec.network
     assert isinstance(net, UserNet)
     params = pika.ConnectionParameters(
@@ -186,8 +190,11 @@ def test_first_boot_leaves_no_credentials_and_no_login(vms: list[Machine]):
 def test_rabbitmq_data_is_written_synchronously(vms: list[Machine]):
     # CQv2 classic queues and streams confirm once a message is in the page cache: the flag
     # (inherited by everything RabbitMQ creates) makes it reach the virtual disk first.
-    code, out = run_in(vms[0], "lsattr -d /var/lib/rabbitmq/mnesia /var/lib/rabbitmq/mnesia/rabbit@localhost "
-                               "| cut -d' ' -f1")
+    code, out = run_in(
+        vms[0],
+        "lsattr -d /var/lib/rabbitmq/mnesia /var/lib/rabbitmq/mnesia/rabbit@localhost "
+        "| cut -d' ' -f1",
+    )
     assert code == 0, out
     assert all("S" in flags for flags in out.split()), out
 
@@ -196,7 +203,9 @@ def test_restore_settings_rotates_the_cookie_of_the_running_node(vms: list[Machi
     m = vms[1]
     cookie = "ROTATED" + uuid.uuid4().hex.upper()
     request = f'{{"hostname": "renamed-{m.spec.vm_id}", "erlang_cookie": "{cookie}"}}'.encode()
-    code, out = m.guest_exec("/usr/local/sbin/warren-restore-settings", input_data=request, timeout=60)
+    code, out = m.guest_exec(
+        "/usr/local/sbin/warren-restore-settings", input_data=request, timeout=60
+    )
     assert code == 0, out
     deadline = time.monotonic() + 300
     state = ""
@@ -222,8 +231,15 @@ def test_restore_settings_rotates_the_cookie_of_the_running_node(vms: list[Machi
 def test_restore_settings_refuses_bad_input(vms: list[Machine]):
     m = vms[0]
     before = run_in(m, f"hostname; cat {COOKIE_FILE}")[1]
-    for request in (b"not json", b'{"hostname": "bad name; reboot"}', b'{"erlang_cookie": "short"}', b"{}"):
-        code, _ = m.guest_exec("/usr/local/sbin/warren-restore-settings", input_data=request, timeout=60)
+    for request in (
+        b"not json",
+        b'{"hostname": "bad name; reboot"}',
+        b'{"erlang_cookie": "short"}',
+        b"{}",
+    ):
+        code, _ = m.guest_exec(
+            "/usr/local/sbin/warren-restore-settings", input_data=request, timeout=60
+        )
         assert code == 2, request
     assert run_in(m, f"hostname; cat {COOKIE_FILE}")[1] == before
 
@@ -233,7 +249,9 @@ def test_restore_settings_grows_the_file_system_after_a_disk_resize(vms: list[Ma
     before = root_fs_bytes(m)
     qmp.command(m.paths.qmp, "block_resize", device="disk0", size=4 * 2**30)
     request = f'{{"hostname": "{m.spec.hostname}"}}'.encode()
-    code, out = m.guest_exec("/usr/local/sbin/warren-restore-settings", input_data=request, timeout=60)
+    code, out = m.guest_exec(
+        "/usr/local/sbin/warren-restore-settings", input_data=request, timeout=60
+    )
     assert code == 0, out
     deadline = time.monotonic() + 120
     while root_fs_bytes(m) < before + 0.9 * 2**30:  # 3 GiB -> 4 GiB
@@ -259,8 +277,13 @@ def test_every_confirmed_message_survives_a_kill_9_of_qemu(vms: list[Machine]):
         ch.confirm_delivery()  # each basic_publish returns once the broker confirmed it
         for i in range(CRASH_MESSAGES):
             for name in CRASH_QUEUES:
-                ch.basic_publish("", name, f"{name}-{i}".encode(),
-                                 pika.BasicProperties(delivery_mode=2), mandatory=True)
+                ch.basic_publish(
+                    "",
+                    name,
+                    f"{name}-{i}".encode(),
+                    pika.BasicProperties(delivery_mode=2),
+                    mandatory=True,
+                )
     finally:
         conn.close()
 
@@ -278,8 +301,9 @@ def test_every_confirmed_message_survives_a_kill_9_of_qemu(vms: list[Machine]):
             assert ch.queue_declare(name, passive=True).method.message_count == CRASH_MESSAGES, name
         ch.basic_qos(prefetch_count=500)
         bodies = []
-        for method, _, body in ch.consume("crash-stream", arguments={"x-stream-offset": "first"},
-                                          inactivity_timeout=30):
+        for method, _, body in ch.consume(
+            "crash-stream", arguments={"x-stream-offset": "first"}, inactivity_timeout=30
+        ):
             if method is None:
                 break
             bodies.append(body)

@@ -13,8 +13,9 @@ READY_TIMEOUT = 300
 def _queued(amqp_url):
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
-        ok = conn.channel().queue_declare(topology.CREATE_QUEUE, durable=True,
-                                          arguments=topology.WORK_QUEUE_ARGS)
+        ok = conn.channel().queue_declare(
+            topology.CREATE_QUEUE, durable=True, arguments=topology.WORK_QUEUE_ARGS
+        )
         return ok.method.message_count
     finally:
         conn.close()
@@ -29,15 +30,20 @@ def test_two_hosts_with_one_slot_each_run_two_and_the_third_waits(daemons, amqp_
         wait_host(client, a.host_id)
         wait_host(client, b.host_id)
         ids = ["vm-fleet-1", "vm-fleet-2", "vm-fleet-3"]
-        cids = {vm: client.send("create-vm", {"image": "tiny", "vm-id": vm, "memory-mb": 256})
-                for vm in ids}
+        cids = {
+            vm: client.send("create-vm", {"image": "tiny", "vm-id": vm, "memory-mb": 256})
+            for vm in ids
+        }
         accepted = {}
         for _ in range(2):
             event = None
             for _ in range(60):
                 client.pump(1.0)
-                got = [e for e in client.events if e["type"] == "instance.accepted"
-                       and e["instance_id"] not in accepted]
+                got = [
+                    e
+                    for e in client.events
+                    if e["type"] == "instance.accepted" and e["instance_id"] not in accepted
+                ]
                 if got:
                     event = got[0]
                     break
@@ -53,8 +59,9 @@ def test_two_hosts_with_one_slot_each_run_two_and_the_third_waits(daemons, amqp_
         assert events_for(client, waiting) == []
         assert not client.replies.get(cids[waiting])
         assert _queued(amqp_url) == 1
-        heartbeat = [e for e in client.events if e["type"] == "host.heartbeat"
-                     and e["host_id"] == a.host_id][-1]
+        heartbeat = [
+            e for e in client.events if e["type"] == "host.heartbeat" and e["host_id"] == a.host_id
+        ][-1]
         assert (heartbeat["capacity"], heartbeat["free_slots"]) == (1, 0)
 
         # Deleting a VM frees its host's slot; that host takes the waiting request.

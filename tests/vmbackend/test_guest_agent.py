@@ -75,24 +75,43 @@ class FakeAgent:
             if self.exec_runs > 0:
                 return b'{"return": {"exited": false}}\n'
             out = base64.b64encode(b"vm-1\n").decode()
-            return json.dumps({"return": {"exited": True, "exitcode": 0, "out-data": out}}).encode() + b"\n"
+            return (
+                json.dumps({"return": {"exited": True, "exitcode": 0, "out-data": out}}).encode()
+                + b"\n"
+            )
         if name == "guest-network-get-interfaces":
             return json.dumps({"return": INTERFACES}).encode() + b"\n"
-        return json.dumps({"error": {"class": "CommandNotFound", "desc": f"{name} unknown"}}).encode() + b"\n"
+        return (
+            json.dumps({"error": {"class": "CommandNotFound", "desc": f"{name} unknown"}}).encode()
+            + b"\n"
+        )
 
 
 INTERFACES = [
-    {"name": "lo", "ip-addresses": [
-        {"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8},
-        {"ip-address-type": "ipv6", "ip-address": "::1", "prefix": 128}]},
-    {"name": "eth0", "hardware-address": "52:54:00:12:34:56", "ip-addresses": [
-        {"ip-address-type": "ipv6", "ip-address": "fe80::5054:ff:fe12:3456%eth0", "prefix": 64},
-        {"ip-address-type": "ipv6", "ip-address": "fec0::5054:ff:fe12:3456", "prefix": 64},
-        {"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24}]},
-    {"name": "eth1", "ip-addresses": [
-        {"ip-address-type": "ipv4", "ip-address": "169.254.3.4", "prefix": 16},
-        {"ip-address-type": "ipv4", "ip-address": "not-an-ip"},
-        {"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24}]},
+    {
+        "name": "lo",
+        "ip-addresses": [
+            {"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8},
+            {"ip-address-type": "ipv6", "ip-address": "::1", "prefix": 128},
+        ],
+    },
+    {
+        "name": "eth0",
+        "hardware-address": "52:54:00:12:34:56",
+        "ip-addresses": [
+            {"ip-address-type": "ipv6", "ip-address": "fe80::5054:ff:fe12:3456%eth0", "prefix": 64},
+            {"ip-address-type": "ipv6", "ip-address": "fec0::5054:ff:fe12:3456", "prefix": 64},
+            {"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24},
+        ],
+    },
+    {
+        "name": "eth1",
+        "ip-addresses": [
+            {"ip-address-type": "ipv4", "ip-address": "169.254.3.4", "prefix": 16},
+            {"ip-address-type": "ipv4", "ip-address": "not-an-ip"},
+            {"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24},
+        ],
+    },
     {"name": "eth2"},
 ]
 
@@ -140,7 +159,10 @@ def test_exec_passes_stdin_and_waits_for_the_exit(sock_path):
 def test_an_error_reply_raises_with_the_agents_reason(sock_path):
     agent = FakeAgent(sock_path)
     try:
-        with GuestAgent(sock_path) as ga, pytest.raises(GuestAgentError, match="guest-bogus unknown"):
+        with (
+            GuestAgent(sock_path) as ga,
+            pytest.raises(GuestAgentError, match="guest-bogus unknown"),
+        ):
             ga.execute("guest-bogus")
     finally:
         agent.close()

@@ -64,9 +64,11 @@ def test_attempts_from_the_future_do_not_count():
     assert (decision.restart, decision.attempt) == (True, 1)
 
 
-@given(st.lists(st.floats(min_value=0, max_value=10_000, allow_nan=False), max_size=20),
-       st.floats(min_value=0, max_value=10_000, allow_nan=False),
-       st.integers(min_value=0, max_value=10))
+@given(
+    st.lists(st.floats(min_value=0, max_value=10_000, allow_nan=False), max_size=20),
+    st.floats(min_value=0, max_value=10_000, allow_nan=False),
+    st.integers(min_value=0, max_value=10),
+)
 def test_the_decision_follows_the_count_inside_the_window(attempts, now, burst):
     policy = RestartPolicy(burst=burst, interval=900.0, delay=5.0)
     decision = policy.decide(attempts, now)
@@ -86,17 +88,33 @@ def test_the_decision_follows_the_count_inside_the_window(attempts, now, burst):
 
 @pytest.fixture
 def commands(tmp_path):
-    cfg = config.load(env={"WARREN_HOST_ID": "h1", "WARREN_STATE_DIR": str(tmp_path / "state"),
-                           "WARREN_IMAGE_DIR": str(tmp_path / "no-images"),
-                           "WARREN_RESTART_BURST": "2", "WARREN_RESTART_DELAY": "0.01"})
+    cfg = config.load(
+        env={
+            "WARREN_HOST_ID": "h1",
+            "WARREN_STATE_DIR": str(tmp_path / "state"),
+            "WARREN_IMAGE_DIR": str(tmp_path / "no-images"),
+            "WARREN_RESTART_BURST": "2",
+            "WARREN_RESTART_DELAY": "0.01",
+        }
+    )
     store = StateStore(cfg.state_dir)
     return Commands(cfg, store, Registry(cfg, store))
 
 
 def _ready_record(commands, vm_id="vm-1"):
-    record = VMRecord(vm_id=vm_id, image="tiny", memory_mb=256, vcpus=1, disk_gb=1,
-                      hostname="h", admin_username="u", admin_password="p" * 20,
-                      ports={"management": 21001, "amqp": 21002}, status=READY, ever_ready=True)
+    record = VMRecord(
+        vm_id=vm_id,
+        image="tiny",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=1,
+        hostname="h",
+        admin_username="u",
+        admin_password="p" * 20,
+        ports={"management": 21001, "amqp": 21002},
+        status=READY,
+        ever_ready=True,
+    )
     commands.registry.records[vm_id] = record
     return record
 
@@ -169,8 +187,10 @@ def _wait_events(client, vm_id, type_, count, timeout):
         if len(found) >= count:
             return found
         client.pump(0.2)
-    raise AssertionError(f"fewer than {count} {type_} events for {vm_id}: "
-                         f"{[e['type'] for e in events_for(client, vm_id)]}")
+    raise AssertionError(
+        f"fewer than {count} {type_} events for {vm_id}: "
+        f"{[e['type'] for e in events_for(client, vm_id)]}"
+    )
 
 
 def _kill_qemu(state_dir):
@@ -202,16 +222,20 @@ def test_a_killed_vm_comes_back_on_its_own_from_its_own_folder(daemons, client):
     noticed = time.monotonic() - killed_at
     again = _wait_events(client, "vm-heal-1", "instance.ready", 2, READY_TIMEOUT)[1]
     _wait_answering(ready["management_url"], 60)
-    print(f"\nkill -9 -> restarting event {noticed:.1f} s, -> management URL answers "
-          f"{time.monotonic() - killed_at:.1f} s")
+    print(
+        f"\nkill -9 -> restarting event {noticed:.1f} s, -> management URL answers "
+        f"{time.monotonic() - killed_at:.1f} s"
+    )
 
     assert restarting["attempt"] == 1
     assert "exited unexpectedly" in restarting["reason"]
     assert restarting["seq"] < again["seq"]
-    assert [e["type"] for e in events_for(client, "vm-heal-1")
-            if e["type"] in ("instance.restarting", "instance.ready", "instance.lost",
-                             "instance.failed")] == ["instance.ready", "instance.restarting",
-                                                     "instance.ready"]
+    assert [
+        e["type"]
+        for e in events_for(client, "vm-heal-1")
+        if e["type"]
+        in ("instance.restarting", "instance.ready", "instance.lost", "instance.failed")
+    ] == ["instance.ready", "instance.restarting", "instance.ready"]
     # Same VM, same folder, same URLs and credentials.
     for key in ("management_url", "amqp_url", "admin_username"):
         assert again[key] == ready[key]
@@ -245,10 +269,14 @@ def _own_images_root(tmp_path, tiny_images_root):
 
 @pytest.mark.vm
 def test_a_vm_that_crashes_on_every_start_ends_lost_after_the_allowed_attempts(
-        daemons, client, tmp_path, tiny_images_root):
+    daemons, client, tmp_path, tiny_images_root
+):
     images = _own_images_root(tmp_path, tiny_images_root)
-    env = {"WARREN_IMAGE_DIR": str(images), "WARREN_RESTART_BURST": "2",
-           "WARREN_RESTART_DELAY": "0.5"}
+    env = {
+        "WARREN_IMAGE_DIR": str(images),
+        "WARREN_RESTART_BURST": "2",
+        "WARREN_RESTART_DELAY": "0.5",
+    }
     daemon, _ready, marker = _ready_vm(daemons, client, "vm-heal-lost", extra_env=env)
     kernel = images / "tiny" / "vmlinuz"
     kernel.write_bytes(b"not a kernel\n" * 100)  # every start's QEMU exits at once

@@ -67,8 +67,9 @@ def _drain(ready: dict[str, Any], password: str) -> list[bytes]:
         conn.close()
 
 
-def check_auto_restart_keeps_messages(client: Any, state_dir: Any, vm_id: str,
-                                      ready: dict[str, Any], password: str) -> float:
+def check_auto_restart_keeps_messages(
+    client: Any, state_dir: Any, vm_id: str, ready: dict[str, Any], password: str
+) -> float:
     """Publish confirmed persistent messages to a durable queue on the ready VM, `kill -9` its
     QEMU, wait for the host's own restart (instance.restarting, instance.ready) and check every
     message is there, through the same URLs and credentials. Returns the seconds from the kill to
@@ -105,8 +106,10 @@ def real_image_daemons(tmp_path, amqp_url):
     try:
         manifest.load(root, IMAGE)
     except manifest.ImageError as exc:
-        pytest.skip(f"the real image {IMAGE!r} is not built on this machine ({exc}); "
-                    "`make images` builds it")
+        pytest.skip(
+            f"the real image {IMAGE!r} is not built on this machine ({exc}); "
+            "`make images` builds it"
+        )
     clean_broker(amqp_url)
     pool = Daemons(tmp_path, amqp_url, root)
     yield pool
@@ -117,8 +120,7 @@ def real_image_daemons(tmp_path, amqp_url):
 # Two cold boots of the real image under TCG: measured 643 s for the first alone on a loaded
 # 2-core host, so the suite's 900 s default is too short.
 @pytest.mark.timeout(2 * 900 + RESTART_TIMEOUT)
-def test_a_killed_real_rabbitmq_vm_restarts_by_itself_with_its_messages(real_image_daemons,
-                                                                         client):
+def test_a_killed_real_rabbitmq_vm_restarts_by_itself_with_its_messages(real_image_daemons, client):
     daemon = real_image_daemons.start(extra_env={"WARREN_BOOT_DEADLINE": str(RESTART_TIMEOUT)})
     wait_host(client, daemon.host_id)
     created = client.call("create-vm", {"image": IMAGE, "vm-id": "vm-heal-real", "memory-mb": 512})
@@ -126,6 +128,7 @@ def test_a_killed_real_rabbitmq_vm_restarts_by_itself_with_its_messages(real_ima
     ready = client.wait_event("vm-heal-real", ("instance.ready", "instance.failed"), 900)
     assert ready["type"] == "instance.ready", ready
 
-    seconds = check_auto_restart_keeps_messages(client, daemon.state_dir, "vm-heal-real", ready,
-                                                password)
+    seconds = check_auto_restart_keeps_messages(
+        client, daemon.state_dir, "vm-heal-real", ready, password
+    )
     print(f"\n{IMAGE}: kill -9 -> management URL answering again {seconds:.1f} s")

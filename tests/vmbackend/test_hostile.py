@@ -25,11 +25,22 @@ HOSTILE_CREATE = [
     (b'"create-vm"', "must be a JSON object"),
     (b'{"command": "rm -rf /"}', "unknown command"),
     (b'{"command": "create-vm"}', "options.image is required"),
-    (b'{"command": "create-vm", "options": {"image": "../../etc/passwd"}}', "image name must match"),
-    (b'{"command": "create-vm", "options": {"image": "tiny", "memory-mb": 99999999}}',
-     "memory-mb must be between"),
-    (b'{"command": "create-vm", "options": {"image": "tiny", "vcpus": "8"}}', "vcpus must be an integer"),
-    (b'{"command": "create-vm", "options": {"image": "no-such-image"}}', "not available on this host"),
+    (
+        b'{"command": "create-vm", "options": {"image": "../../etc/passwd"}}',
+        "image name must match",
+    ),
+    (
+        b'{"command": "create-vm", "options": {"image": "tiny", "memory-mb": 99999999}}',
+        "memory-mb must be between",
+    ),
+    (
+        b'{"command": "create-vm", "options": {"image": "tiny", "vcpus": "8"}}',
+        "vcpus must be an integer",
+    ),
+    (
+        b'{"command": "create-vm", "options": {"image": "no-such-image"}}',
+        "not available on this host",
+    ),
     (b'{"command": "list-vms"}', "must not be sent with routing key create-vm"),
 ]
 
@@ -38,9 +49,13 @@ HOSTILE_CREATE = [
 def daemon(amqp_url, tmp_path):
     clean_broker(amqp_url)
     (tmp_path / "images").mkdir()
-    proc = DaemonProcess(host_id=unique_host_id("hostile"), amqp_url=amqp_url,
-                         state_dir=tmp_path / "state", image_dir=tmp_path / "images",
-                         log_path=tmp_path / "daemon.log")
+    proc = DaemonProcess(
+        host_id=unique_host_id("hostile"),
+        amqp_url=amqp_url,
+        state_dir=tmp_path / "state",
+        image_dir=tmp_path / "images",
+        log_path=tmp_path / "daemon.log",
+    )
     yield proc
     proc.stop()
     clean_broker(amqp_url)
@@ -89,8 +104,11 @@ def test_bad_host_commands_are_rejected_and_unknown_vms_answered(daemon, amqp_ur
             (b'{"command": "stop-vm", "options": {"vm-id": "a", "kill": 1}}', key, "kill must be"),
             (b'{"command": "create-vm", "options": {"image": "tiny"}}', key, "shared queue"),
             (b'{"command": "delete-vm", "options": {"vm-id": "a"}}', "stop-vm", "does not match"),
-            (json.dumps({"command": "start-vm", "options": {"vm-id": "nope"}}).encode(), key,
-             "unknown vm-id"),
+            (
+                json.dumps({"command": "start-vm", "options": {"vm-id": "nope"}}).encode(),
+                key,
+                "unknown vm-id",
+            ),
         ]
         for body, routing_key, reason in cases:
             reply = client.wait_reply(client.send_raw(body, routing_key), timeout=30)
@@ -117,11 +135,16 @@ def test_bodies_that_crash_a_json_parser_are_dead_lettered_and_the_daemon_lives(
     """A 50 KB body of `[` (RecursionError in json) and a 5000-digit number (ValueError from
     int()) used to escape the parser and kill the daemon."""
     nested = b"[" * 50_000
-    huge = (b'{"command": "create-vm", "options": {"image": "tiny", "memory-mb": '
-            + b"9" * 5000 + b"}}")
+    huge = (
+        b'{"command": "create-vm", "options": {"image": "tiny", "memory-mb": ' + b"9" * 5000 + b"}}"
+    )
     key = topology.host_key(daemon.host_id)
-    cases = [(nested, "create-vm", "nests deeper"), (nested, key, "nests deeper"),
-             (huge, "create-vm", "longer than 20 digits"), (huge, key, "longer than 20 digits")]
+    cases = [
+        (nested, "create-vm", "nests deeper"),
+        (nested, key, "nests deeper"),
+        (huge, "create-vm", "longer than 20 digits"),
+        (huge, key, "longer than 20 digits"),
+    ]
     with Client(amqp_url) as client:
         wait_host(client, daemon.host_id)
         for body, routing_key, reason in cases:
@@ -137,22 +160,33 @@ def test_bodies_that_crash_a_json_parser_are_dead_lettered_and_the_daemon_lives(
     assert "Traceback" not in daemon.log_text()
 
 
-@settings(max_examples=1, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.data_too_large, HealthCheck.too_slow])
+@settings(
+    max_examples=1,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.data_too_large,
+        HealthCheck.too_slow,
+    ],
+)
 @given(batch=st.lists(BODIES, min_size=25, max_size=25))
 def test_a_generated_batch_of_garbage_is_settled_and_the_daemon_keeps_serving(
-        daemon, amqp_url, batch):
+    daemon, amqp_url, batch
+):
     key = topology.host_key(daemon.host_id)
     with Client(amqp_url) as client:
         wait_host(client, daemon.host_id)
-        sent = [(client.send_raw(body, rk), body) for body in batch
-                for rk in ("create-vm", key)]
+        sent = [(client.send_raw(body, rk), body) for body in batch for rk in ("create-vm", key)]
         replies = [client.wait_reply(cid, timeout=30) for cid, _ in sent]
         assert wait_host(client, daemon.host_id) == []
     assert daemon.proc.poll() is None
-    rejected = [r for r in replies if r["execution-info"]["status"] == "error"
-                and r["execution-info"]["reason"] != "unknown vm-id"]
+    rejected = [
+        r
+        for r in replies
+        if r["execution-info"]["status"] == "error"
+        and r["execution-info"]["reason"] != "unknown vm-id"
+    ]
     assert len(_dead_letters(amqp_url)) == len(rejected)
     assert "internal error" not in daemon.log_text()
     # Nothing left for a redelivery loop: stop the daemon (unacked messages would go back to
@@ -188,15 +222,21 @@ def _in_process_daemon(amqp_url, tmp_path, image_dir):
     from vmbackend import config
     from vmbackend.daemon import Daemon
 
-    cfg = config.load(env={"WARREN_HOST_ID": "guard-1", "WARREN_AMQP_URL": amqp_url,
-                           "WARREN_STATE_DIR": str(tmp_path / "state"),
-                           "WARREN_IMAGE_DIR": str(image_dir),
-                           "WARREN_PORT_RANGE": "21000-28999"})
+    cfg = config.load(
+        env={
+            "WARREN_HOST_ID": "guard-1",
+            "WARREN_AMQP_URL": amqp_url,
+            "WARREN_STATE_DIR": str(tmp_path / "state"),
+            "WARREN_IMAGE_DIR": str(image_dir),
+            "WARREN_PORT_RANGE": "21000-28999",
+        }
+    )
     return Daemon(cfg)
 
 
 def test_an_exception_while_handling_one_message_dead_letters_it_with_the_reason(
-        amqp_url, tmp_path):
+    amqp_url, tmp_path
+):
     """The guard around every handler: a bug hit by one message (here a handler that raises)
     ends in a dead letter with the reason and an ack, not a dead daemon or a requeue loop."""
     clean_broker(amqp_url)
@@ -218,7 +258,8 @@ def test_an_exception_while_handling_one_message_dead_letters_it_with_the_reason
 
 
 def test_a_create_vm_whose_state_cannot_be_written_is_dead_lettered_and_forgotten(
-        amqp_url, tmp_path, tiny_images_root):
+    amqp_url, tmp_path, tiny_images_root
+):
     """An OSError from the disk (not the broker) must not send the daemon into its reconnect
     loop (the message would come back forever), and no VM may be promised without its file."""
     clean_broker(amqp_url)

@@ -35,7 +35,9 @@ class FakeRecipe(Recipe):
     distro = "fake"
     kind = "tiny"
 
-    def __init__(self, name: str, source: Path, *, fail_at: int | None = None, exc: type = BuildError):
+    def __init__(
+        self, name: str, source: Path, *, fail_at: int | None = None, exc: type = BuildError
+    ):
         self.name = name
         self.source = source
         self.fail_at = fail_at
@@ -182,7 +184,9 @@ def test_a_failed_rebuild_keeps_the_previous_image(root: Path, source: Path):
 
 def test_ctrl_c_in_a_step_removes_the_temp_folder(root: Path, source: Path):
     with pytest.raises(KeyboardInterrupt):
-        build.build(root, FakeRecipe("fake", source, fail_at=0, exc=KeyboardInterrupt), progress=quiet)
+        build.build(
+            root, FakeRecipe("fake", source, fail_at=0, exc=KeyboardInterrupt), progress=quiet
+        )
     assert not (root / "fake").exists()
     assert leftovers(root) == []
 
@@ -233,7 +237,9 @@ def start_slow_build(root: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path
     script = tmp_path / "slow_build.py"
     script.write_text(KILLABLE.format(repo=str(REPO), root=str(root)))
     proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         # The script is not the CLI (which sets its own handler): give it Ctrl-C's default
         # explicitly, or a test run started in the background would hand it SIGINT ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -241,7 +247,9 @@ def start_slow_build(root: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         started = list(root.glob(".slow.build-*/rootfs/started"))
-        child = subprocess.run(["pgrep", "-P", str(proc.pid), "-x", "sleep"], capture_output=True, text=True)
+        child = subprocess.run(
+            ["pgrep", "-P", str(proc.pid), "-x", "sleep"], capture_output=True, text=True
+        )
         if started and child.stdout.strip():
             return proc, started[0].parents[1], int(child.stdout.split()[0])
         time.sleep(0.05)
@@ -257,7 +265,9 @@ def gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_build_removes_its_temp_folder_and_its_command(root: Path, tmp_path: Path, sig):
+def test_an_interrupted_build_removes_its_temp_folder_and_its_command(
+    root: Path, tmp_path: Path, sig
+):
     proc, work, sleep_pid = start_slow_build(root, tmp_path)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
@@ -267,7 +277,9 @@ def test_an_interrupted_build_removes_its_temp_folder_and_its_command(root: Path
     assert gone(sleep_pid)  # the step's command was killed with the build
 
 
-def test_a_build_killed_outright_is_cleaned_by_the_next_build(root: Path, tmp_path: Path, source: Path):
+def test_a_build_killed_outright_is_cleaned_by_the_next_build(
+    root: Path, tmp_path: Path, source: Path
+):
     proc, work, sleep_pid = start_slow_build(root, tmp_path)
     proc.kill()  # SIGKILL: no cleanup can run
     proc.wait(timeout=10)
@@ -312,16 +324,36 @@ def test_ctrl_c_stops_a_cli_build_even_when_started_with_sigint_ignored(root: Pa
     with socket.socket() as mirror:  # accepts connections (in the backlog) and never answers
         mirror.bind(("127.0.0.1", 0))
         mirror.listen(8)
-        env = {**os.environ, "WARREN_DEBIAN_MIRROR": f"http://127.0.0.1:{mirror.getsockname()[1]}/debian"}
+        env = {
+            **os.environ,
+            "WARREN_DEBIAN_MIRROR": f"http://127.0.0.1:{mirror.getsockname()[1]}/debian",
+        }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vmbackend", "image", "--images-dir", str(root), "build", "sigint"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "vmbackend",
+                "image",
+                "--images-dir",
+                str(root),
+                "build",
+                "sigint",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             start_new_session=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
         try:
-            stuck = wait_until(lambda: _pids_running(b"debootstrap", str(root).encode()), 30,
-                               "debootstrap to wait on the mirror", interval=0.05)
+            stuck = wait_until(
+                lambda: _pids_running(b"debootstrap", str(root).encode()),
+                30,
+                "debootstrap to wait on the mirror",
+                interval=0.05,
+            )
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
             _, err = proc.communicate(timeout=30)
         finally:
@@ -338,7 +370,12 @@ def test_debootstrap_output_is_summarised_per_phase():
     summary = _DebootstrapSummary()
     lines = [f"I: Retrieving pkg{i} 1.0" for i in range(120)] + ["I: Validating pkg0 1.0", "noise"]
     shown = [s for s in map(summary, lines) if s]
-    assert shown == ["Retrieving pkg0 1.0", "Retrieving 50 ...", "Retrieving 100 ...", "Validating pkg0 1.0"]
+    assert shown == [
+        "Retrieving pkg0 1.0",
+        "Retrieving 50 ...",
+        "Retrieving 100 ...",
+        "Validating pkg0 1.0",
+    ]
     assert summary("E: Couldn't download packages") == "E: Couldn't download packages"
 
 
@@ -348,7 +385,8 @@ def test_the_debian_mirror_is_the_one_apt_uses(tmp_path: Path, monkeypatch):
     (tmp_path / "sources.list.d" / "other.sources").write_text(
         "Types: deb\nURIs: https://example.invalid/node\nSuites: nodistro\nComponents: main\n"
     )
-    (tmp_path / "sources.list.d" / "debian.sources").write_text(textwrap.dedent("""\
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        textwrap.dedent("""\
         Types: deb
         # a comment
         URIs: http://mirror.test/debian
@@ -359,10 +397,13 @@ def test_the_debian_mirror_is_the_one_apt_uses(tmp_path: Path, monkeypatch):
         URIs: http://mirror.test/debian-security
         Suites: bookworm-security
         Components: main
-        """))
+        """)
+    )
     assert debian_mirror(tmp_path) == "http://mirror.test/debian"
     (tmp_path / "sources.list.d" / "debian.sources").unlink()
-    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://old.test/debian/ bookworm main contrib\n")
+    (tmp_path / "sources.list").write_text(
+        "deb [arch=amd64] http://old.test/debian/ bookworm main contrib\n"
+    )
     assert debian_mirror(tmp_path) == "http://old.test/debian"
     (tmp_path / "sources.list").write_text("")
     with pytest.raises(BuildError, match="WARREN_DEBIAN_MIRROR"):
@@ -390,7 +431,9 @@ def test_the_arch_recipe_fails_clearly_without_a_mirror(root: Path):
 def test_the_arch_recipe_fails_clearly_with_an_unreachable_mirror(root: Path):
     port = free_port()  # a loopback port nobody listens on
     mirror = f"http://127.0.0.1:{port}/$repo/os/$arch"
-    result = cli("build", "rabbitmq", "--distro", "arch", root=root, env={"WARREN_ARCH_MIRROR": mirror})
+    result = cli(
+        "build", "rabbitmq", "--distro", "arch", root=root, env={"WARREN_ARCH_MIRROR": mirror}
+    )
     assert result.returncode == 1
     assert "no Arch mirror configured/reachable" in result.stderr
     assert f"127.0.0.1:{port}/core/os/x86_64/core.db" in result.stderr
@@ -401,7 +444,9 @@ def test_cli_lists_built_images_and_rejects_bad_names(root: Path, source: Path):
     assert "no images" in cli("list", root=root).stdout
     build.build(root, FakeRecipe("fake", source), progress=quiet)
     rows = [json.loads(line) for line in cli("list", root=root).stdout.splitlines()]
-    assert [(r["name"], r["distro"], r["kind"], r["saved"]) for r in rows] == [("fake", "fake", "tiny", False)]
+    assert [(r["name"], r["distro"], r["kind"], r["saved"]) for r in rows] == [
+        ("fake", "fake", "tiny", False)
+    ]
     bad = cli("build", "../../etc/passwd", root=root)
     assert bad.returncode == 1
     assert "image name must match" in bad.stderr

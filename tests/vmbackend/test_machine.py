@@ -75,8 +75,9 @@ def test_two_vms_get_their_own_hostnames(machine_factory):
     names = {m.guest_exec("/bin/hostname")[1].strip() for m in (a, b)}
     assert names == {a.spec.hostname.encode(), b.spec.hostname.encode()}
     # each VM's credentials only work on that VM
-    assert _get(a.management_url(), "api/overview", b.spec.admin_user,
-                b.spec.admin_password)[0] == 401
+    assert (
+        _get(a.management_url(), "api/overview", b.spec.admin_user, b.spec.admin_password)[0] == 401
+    )
 
 
 def test_powerdown_stops_the_guest_through_acpi(machine_factory):
@@ -103,8 +104,13 @@ def test_a_vm_survives_its_launcher_and_can_be_adopted(machine_factory):
         os._exit(0)
     """)
     import pickle
-    subprocess.run([sys.executable, "-c", launcher, pickle.dumps(m.spec).hex()], check=True,
-                   timeout=120, cwd=Path(__file__).parents[2])
+
+    subprocess.run(
+        [sys.executable, "-c", launcher, pickle.dumps(m.spec).hex()],
+        check=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
     adopted = Machine.adopt(m.spec, m.vm_dir, m.images_root)
     assert adopted.is_running()
     assert qemu_pids(m.vm_dir) == [adopted.pid]
@@ -152,14 +158,20 @@ def _broken_image(root, tiny_root, *, kernel=None, initrd=None):
     folder = root / "broken"
     folder.mkdir(parents=True)
     src = tiny_root / "tiny"
-    (folder / "vmlinuz").write_bytes(kernel if kernel is not None else (src / "vmlinuz").read_bytes())
-    (folder / "initrd.img").write_bytes(initrd if initrd is not None else (src / "initrd.img").read_bytes())
+    (folder / "vmlinuz").write_bytes(
+        kernel if kernel is not None else (src / "vmlinuz").read_bytes()
+    )
+    (folder / "initrd.img").write_bytes(
+        initrd if initrd is not None else (src / "initrd.img").read_bytes()
+    )
     data = manifest.load(tiny_root, "tiny").raw | {"name": "broken"}
     manifest.write_manifest(folder, {k: v for k, v in data.items() if k != "format"})
     return root
 
 
-def test_a_bad_kernel_fails_at_launch_with_qemus_reason(machine_factory, tmp_path, tiny_images_root):
+def test_a_bad_kernel_fails_at_launch_with_qemus_reason(
+    machine_factory, tmp_path, tiny_images_root
+):
     root = _broken_image(tmp_path, tiny_images_root, kernel=b"not a kernel\n")
     m = machine_factory(image="broken", images_root=root)
     with pytest.raises(MachineGone, match="exit code 1.*kernel"):
@@ -169,7 +181,8 @@ def test_a_bad_kernel_fails_at_launch_with_qemus_reason(machine_factory, tmp_pat
 
 
 def test_a_guest_without_an_agent_fails_by_the_deadline_and_leaves_nothing(
-        machine_factory, tmp_path, tiny_images_root):
+    machine_factory, tmp_path, tiny_images_root
+):
     root = _broken_image(tmp_path, tiny_images_root, initrd=b"")  # kernel panics: no init
     m = machine_factory(image="broken", images_root=root)
     m.launch()

@@ -22,7 +22,6 @@ def broker() -> Iterator[Broker]:
         yield state
 
 
-
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,8 +61,9 @@ def test_a_slow_answer_times_out(broker):
     with pytest.raises(ManagementAPIError, match="unreachable: timed out"):
         api.get("api/overview")
     with pytest.raises(ManagementAPIError, match="timed out"):
-        ManagementAPI(broker.url(), "admin", PASSWORD).put("api/users/x", {"password": "p"},
-                                                          timeout=0.2)
+        ManagementAPI(broker.url(), "admin", PASSWORD).put(
+            "api/users/x", {"password": "p"}, timeout=0.2
+        )
 
 
 def test_a_non_json_answer_is_an_error(broker):
@@ -80,7 +80,11 @@ def test_users_permissions_and_limits_reach_the_server_quoted(broker):
     calls = [(method, path, body) for method, path, _, body in broker.seen]
     assert calls == [
         ("PUT", "/api/users/new%2Fadmin", {"password": "pw-1", "tags": "administrator"}),
-        ("PUT", "/api/permissions/%2F/new%2Fadmin", {"configure": ".*", "write": ".*", "read": ".*"}),
+        (
+            "PUT",
+            "/api/permissions/%2F/new%2Fadmin",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        ),
         ("PUT", "/api/vhost-limits/%2F/max-connections", {"value": 7}),
     ]
     assert ManagementAPI(broker.url(), "new/admin", "pw-1").whoami() == "new/admin"
@@ -118,7 +122,9 @@ def test_only_http_urls():
 
 def test_wait_until_ok_returns_once_the_api_answers_200(broker):
     broker.unready = 3
-    ManagementAPI(broker.url(), "admin", PASSWORD).wait_until_ok("api/overview", time.monotonic() + 30)
+    ManagementAPI(broker.url(), "admin", PASSWORD).wait_until_ok(
+        "api/overview", time.monotonic() + 30
+    )
     assert len(broker.seen) == 4
 
 
@@ -146,11 +152,14 @@ def test_wait_until_ok_runs_the_check_before_every_attempt_and_lets_it_fail(brok
 
     with pytest.raises(RuntimeError, match="the VM died"):
         ManagementAPI(broker.url(), "admin", PASSWORD).wait_until_ok(
-            "api/overview", time.monotonic() + 30, check=check)
+            "api/overview", time.monotonic() + 30, check=check
+        )
     assert len(broker.seen) == 2
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(name=st.text(min_size=1, max_size=20))
 def test_any_user_name_stays_one_path_segment(broker, name):
     broker.seen.clear()

@@ -33,7 +33,8 @@ def _image(root, name="tiny", **over):
 
 
 @pytest.mark.parametrize(
-    "name", ["../../etc/passwd", "..", ".", "", "A", "-x", "a/b", "a" * 65, "x\x00", None, 3, ".hidden"]
+    "name",
+    ["../../etc/passwd", "..", ".", "", "A", "-x", "a/b", "a" * 65, "x\x00", None, 3, ".hidden"],
 )
 def test_it_rejects_bad_image_names(name):
     with pytest.raises(ImageError):
@@ -85,8 +86,14 @@ def test_it_reports_a_missing_image_and_missing_files(tmp_path):
 
 @pytest.mark.parametrize(
     "over",
-    [{"format": 2}, {"name": "other"}, {"guest": {"kind": "windows"}}, {"append": 5},
-     {"guest": {"kind": "tiny", "management_port": 70000}}, {"recipe_hash": None}],
+    [
+        {"format": 2},
+        {"name": "other"},
+        {"guest": {"kind": "windows"}},
+        {"append": 5},
+        {"guest": {"kind": "tiny", "management_port": 70000}},
+        {"recipe_hash": None},
+    ],
 )
 def test_it_rejects_invalid_manifests(tmp_path, over):
     _image(tmp_path, **over)
@@ -104,8 +111,13 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
 def test_write_manifest_is_atomic_and_validated(tmp_path):
     folder = tmp_path / "tiny"
     folder.mkdir()
-    data = {"name": "tiny", "recipe_hash": "sha256:x", "kernel": "vmlinuz", "append": "",
-            "guest": {"kind": "tiny"}}
+    data = {
+        "name": "tiny",
+        "recipe_hash": "sha256:x",
+        "kernel": "vmlinuz",
+        "append": "",
+        "guest": {"kind": "tiny"},
+    }
     manifest.write_manifest(folder, data)
     assert json.loads((folder / "image.json").read_text())["format"] == 1
     assert [p.name for p in folder.iterdir()] == ["image.json"]

@@ -43,13 +43,16 @@ def test_many_vms_get_distinct_macs():
     assert len(set(taken)) == 300
 
 
-@pytest.mark.parametrize("addresses,expected", [
-    (["127.0.0.1", "fe80::1", "10.0.2.15", "fd00::5"], "10.0.2.15"),
-    (["10.1.2.3/24"], "10.1.2.3"),
-    (["::1", "fe80::5054:ff:fe12:3456", "2001:db8::7"], "2001:db8::7"),
-    (["127.0.0.1", "169.254.3.4", "fe80::1", "garbage"], None),
-    ([], None),
-])
+@pytest.mark.parametrize(
+    "addresses,expected",
+    [
+        (["127.0.0.1", "fe80::1", "10.0.2.15", "fd00::5"], "10.0.2.15"),
+        (["10.1.2.3/24"], "10.1.2.3"),
+        (["::1", "fe80::5054:ff:fe12:3456", "2001:db8::7"], "2001:db8::7"),
+        (["127.0.0.1", "169.254.3.4", "fe80::1", "garbage"], None),
+        ([], None),
+    ],
+)
 def test_the_preferred_address_skips_loopback_and_link_local(addresses, expected):
     assert network.preferred_address(addresses) == expected
 
@@ -59,8 +62,11 @@ def netns():
     name = f"wtest-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
     try:
-        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "add", "br-t", "type", "bridge"],
-                       check=True, timeout=10)
+        subprocess.run(
+            ["ip", "netns", "exec", name, "ip", "link", "add", "br-t", "type", "bridge"],
+            check=True,
+            timeout=10,
+        )
         yield name
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False, timeout=10)
@@ -85,8 +91,9 @@ def test_a_missing_bridge_is_a_clear_error(netns):
 
 
 def _in_ns(ns, *cmd, check=True):
-    return subprocess.run(["ip", "netns", "exec", ns, *cmd], check=check, timeout=30,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *cmd], check=check, timeout=30, capture_output=True, text=True
+    )
 
 
 @pytest.fixture
@@ -107,22 +114,42 @@ def bridged_netns():
         (work / "udhcpd.conf").write_text(
             "start 192.168.77.100\nend 192.168.77.150\ninterface br-t\n"
             f"lease_file {work}/leases\npidfile {work}/udhcpd.pid\n"
-            "option subnet 255.255.255.0\noption lease 3600\n")
-        procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "busybox", "udhcpd", "-f",
-                                       str(work / "udhcpd.conf")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            "option subnet 255.255.255.0\noption lease 3600\n"
+        )
+        procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", ns, "busybox", "udhcpd", "-f", str(work / "udhcpd.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         sock = work / "amqp.sock"
-        procs.append(subprocess.Popen(["socat", f"UNIX-LISTEN:{sock},fork",
-                                       "TCP:127.0.0.1:5672,connect-timeout=5"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                ["socat", f"UNIX-LISTEN:{sock},fork", "TCP:127.0.0.1:5672,connect-timeout=5"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         for _ in range(100):
             if sock.exists():
                 break
             time.sleep(0.05)
-        procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "socat",
-                                       "TCP-LISTEN:5672,bind=127.0.0.1,fork,reuseaddr",
-                                       f"UNIX-CONNECT:{sock}"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "socat",
+                    "TCP-LISTEN:5672,bind=127.0.0.1,fork,reuseaddr",
+                    f"UNIX-CONNECT:{sock}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         yield ns
     finally:
         for proc in procs:
@@ -149,19 +176,22 @@ except urllib.error.HTTPError as exc:
 
 @pytest.mark.vm
 def test_bridge_mode_boots_a_vm_on_a_tap_and_uses_the_guest_address(
-        bridged_netns, amqp_url, tmp_path, tiny_images_root):
+    bridged_netns, amqp_url, tmp_path, tiny_images_root
+):
     ns = bridged_netns
     clean_broker(amqp_url)
     pool = Daemons(tmp_path, amqp_url, tiny_images_root)
     admin = {"username": "warren-bridge", "password": "bridge-password-123"}
     try:
-        daemon = pool.start(netns=ns, extra_env={"WARREN_NETWORK": "bridge",
-                                                 "WARREN_BRIDGE": "br-t"})
+        daemon = pool.start(
+            netns=ns, extra_env={"WARREN_NETWORK": "bridge", "WARREN_BRIDGE": "br-t"}
+        )
         with Client(amqp_url) as client:
             client.watch_events("#")
             wait_host(client, daemon.host_id)
-            reply = client.call("create-vm", {"image": "tiny", "vm-id": "vm-br-1",
-                                              "memory-mb": 256, "admin": admin})
+            reply = client.call(
+                "create-vm", {"image": "tiny", "vm-id": "vm-br-1", "memory-mb": 256, "admin": admin}
+            )
             assert reply["execution-info"]["status"] == "success"
             ready = client.wait_event("vm-br-1", ("instance.ready", "instance.failed"), 240)
             assert ready["type"] == "instance.ready", ready

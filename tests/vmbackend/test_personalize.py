@@ -26,9 +26,17 @@ def broker() -> Iterator[Broker]:
 
 
 def _spec() -> VMSpec:
-    return VMSpec(vm_id="vm-p-1", image="tiny", memory_mb=256, vcpus=1, disk_gb=1,
-                  hostname="vm-p-1", admin_user="owner", admin_password=OWN_PW,
-                  network=UserNet("127.0.0.1", 1, 2))
+    return VMSpec(
+        vm_id="vm-p-1",
+        image="tiny",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=1,
+        hostname="vm-p-1",
+        admin_user="owner",
+        admin_password=OWN_PW,
+        network=UserNet("127.0.0.1", 1, 2),
+    )
 
 
 def _never_gone(doing: str) -> None:
@@ -56,8 +64,9 @@ def test_an_unknown_template_admin_is_an_error(broker):
 
 def test_a_wrong_template_password_fails_at_the_deadline_without_passwords(broker):
     with pytest.raises(PersonalizeError, match="admin swap: .*HTTP 401") as err:
-        swap_admin(broker.url(), _spec(), TEMPLATE, "stale-pw-3", time.monotonic() + 0.5,
-                   _never_gone)
+        swap_admin(
+            broker.url(), _spec(), TEMPLATE, "stale-pw-3", time.monotonic() + 0.5, _never_gone
+        )
     for secret in ("stale-pw-3", OWN_PW, TEMPLATE_PW):
         assert secret not in str(err.value)
     assert broker.users == {TEMPLATE: TEMPLATE_PW}

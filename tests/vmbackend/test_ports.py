@@ -21,8 +21,9 @@ def test_it_allocates_distinct_free_ports_in_the_range():
 
 
 def test_it_skips_ports_other_vms_hold():
-    got = ports.allocate(2, used=[31000, 31001], bind_address="127.0.0.1",
-                         port_min=31000, port_max=31003)
+    got = ports.allocate(
+        2, used=[31000, 31001], bind_address="127.0.0.1", port_min=31000, port_max=31003
+    )
     assert sorted(got) == [31002, 31003]
 
 
@@ -43,8 +44,9 @@ def test_many_allocations_never_collide():
     used: list[int] = []
     rng = random.Random(7)
     for _ in range(20):
-        used += ports.allocate(2, used=used, bind_address="127.0.0.1",
-                               port_min=32000, port_max=32039, rng=rng)
+        used += ports.allocate(
+            2, used=used, bind_address="127.0.0.1", port_min=32000, port_max=32039, rng=rng
+        )
     assert len(used) == len(set(used)) == 40
     with pytest.raises(ports.NoFreePorts):
         ports.allocate(1, used=used, bind_address="127.0.0.1", port_min=32000, port_max=32039)

@@ -16,17 +16,29 @@ CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu MHz\t\t: 2445.404\nfla
 def _manifest(disk=True, append="console=ttyS0 root=/dev/vda rw quiet"):
     folder = Path("/images/rabbitmq")
     return Manifest(
-        name="rabbitmq", folder=folder, distro="debian", recipe_hash="sha256:x", built_at="",
-        kernel=folder / "vmlinuz", initrd=folder / "initrd.img",
-        disk=folder / "disk.qcow2" if disk else None, append=append,
+        name="rabbitmq",
+        folder=folder,
+        distro="debian",
+        recipe_hash="sha256:x",
+        built_at="",
+        kernel=folder / "vmlinuz",
+        initrd=folder / "initrd.img",
+        disk=folder / "disk.qcow2" if disk else None,
+        append=append,
         guest=Guest("rabbitmq", 15672, 5672),
     )
 
 
 def _spec(**over):
     base = dict(
-        vm_id="0b6c", image="rabbitmq", hostname="rmq-0b6c", admin_user="warren-1",
-        admin_password="s3cret-pass", memory_mb=768, vcpus=2, disk_gb=4,
+        vm_id="0b6c",
+        image="rabbitmq",
+        hostname="rmq-0b6c",
+        admin_user="warren-1",
+        admin_password="s3cret-pass",
+        memory_mb=768,
+        vcpus=2,
+        disk_gb=4,
         network=qemu.UserNet("127.0.0.1", 20001, 20002),
     )
     base.update(over)
@@ -34,8 +46,9 @@ def _spec(**over):
 
 
 def _args(accel="tcg", **kw):
-    return qemu.build_args(_manifest(), _spec(), qemu.VMPaths(Path("/vms/0b6c")), accel,
-                           tsc_khz=2445404, **kw)
+    return qemu.build_args(
+        _manifest(), _spec(), qemu.VMPaths(Path("/vms/0b6c")), accel, tsc_khz=2445404, **kw
+    )
 
 
 def _after(args, flag):
@@ -83,13 +96,15 @@ def test_an_existing_tsc_hint_is_replaced_not_doubled():
 def test_disk_is_the_vms_own_overlay_on_virtio_blk():
     args = _args()
     assert _after(args, "-drive") == [
-        "id=disk0,file=disk.qcow2,format=qcow2,if=none,cache=writeback,discard=unmap"]
+        "id=disk0,file=disk.qcow2,format=qcow2,if=none,cache=writeback,discard=unmap"
+    ]
     assert "virtio-blk-device,drive=disk0" in _after(args, "-device")
 
 
 def test_an_image_without_a_disk_gets_no_drive():
-    args = qemu.build_args(_manifest(disk=False), _spec(), qemu.VMPaths(Path("/v")), "tcg",
-                           tsc_khz=1)
+    args = qemu.build_args(
+        _manifest(disk=False), _spec(), qemu.VMPaths(Path("/v")), "tcg", tsc_khz=1
+    )
     assert "-drive" not in args
     assert not any(d.startswith("virtio-blk") for d in _after(args, "-device"))
 
@@ -97,7 +112,8 @@ def test_an_image_without_a_disk_gets_no_drive():
 def test_user_networking_forwards_ports_on_the_bind_address_only():
     args = _args()
     assert _after(args, "-netdev") == [
-        "user,id=net0,hostfwd=tcp:127.0.0.1:20001-:15672,hostfwd=tcp:127.0.0.1:20002-:5672"]
+        "user,id=net0,hostfwd=tcp:127.0.0.1:20001-:15672,hostfwd=tcp:127.0.0.1:20002-:5672"
+    ]
     assert "virtio-net-device,netdev=net0" in _after(args, "-device")
 
 
@@ -114,13 +130,16 @@ def test_an_image_without_amqp_gets_only_the_management_forward():
     assert _after(args, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:20001-:15672"]
 
 
-@pytest.mark.parametrize("make", [
-    lambda: qemu.TapNet(tap="x;rm -rf /", mac="52:54:00:aa:bb:cc"),
-    lambda: qemu.TapNet(tap="tap0", mac="nope"),
-    lambda: qemu.UserNet("0.0.0.0; x", 1, 2),
-    lambda: qemu.UserNet("127.0.0.1", 70000, 2),
-    lambda: qemu.UserNet("127.0.0.1", 1, 0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: qemu.TapNet(tap="x;rm -rf /", mac="52:54:00:aa:bb:cc"),
+        lambda: qemu.TapNet(tap="tap0", mac="nope"),
+        lambda: qemu.UserNet("0.0.0.0; x", 1, 2),
+        lambda: qemu.UserNet("127.0.0.1", 70000, 2),
+        lambda: qemu.UserNet("127.0.0.1", 1, 0),
+    ],
+)
 def test_it_rejects_bad_network_settings(make):
     with pytest.raises(ValueError):
         make()
@@ -139,7 +158,8 @@ def test_secrets_go_through_fw_cfg_files_never_the_command_line():
     args = _args()
     assert _after(args, "-fw_cfg") == [
         f"name=opt/warren/{k},file=fw_cfg/{k}"
-        for k in ("hostname", "admin_user", "admin_password", "erlang_cookie")]
+        for k in ("hostname", "admin_user", "admin_password", "erlang_cookie")
+    ]
     assert "s3cret-pass" not in " ".join(args)
     assert "s3cret-pass" not in repr(_spec())
 
@@ -165,8 +185,18 @@ def test_host_tsc_khz_reads_cpuinfo():
 def test_overlay_commands_use_an_absolute_backing_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cmds = qemu.overlay_args(Path("base.qcow2"), Path("/v/disk.qcow2"), 4)
-    assert cmds[0] == ["qemu-img", "create", "-q", "-f", "qcow2", "-b",
-                       str(tmp_path / "base.qcow2"), "-F", "qcow2", "/v/disk.qcow2"]
+    assert cmds[0] == [
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        str(tmp_path / "base.qcow2"),
+        "-F",
+        "qcow2",
+        "/v/disk.qcow2",
+    ]
     assert cmds[1] == ["qemu-img", "resize", "-q", "/v/disk.qcow2", "4G"]
 
 
@@ -176,8 +206,14 @@ def test_create_overlay_makes_a_backed_qcow2_of_the_asked_size(tmp_path):
     overlay = tmp_path / "vm" / "disk.qcow2"
     overlay.parent.mkdir()
     qemu.create_overlay(base, overlay, 3)
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(overlay)],
-                                     check=True, capture_output=True, text=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(overlay)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     assert info["backing-filename"] == str(base)
     assert info["virtual-size"] == 3 * 1024**3
     qemu.create_overlay(base, tmp_path / "small.qcow2", 0)  # never shrinks below the base

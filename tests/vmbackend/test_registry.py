@@ -45,8 +45,9 @@ HOST_KEY = "host.h1"
 
 @pytest.fixture
 def registry(tmp_path):
-    cfg = config.load(env={"WARREN_HOST_ID": "h1", "WARREN_STATE_DIR": str(tmp_path),
-                           "WARREN_CAPACITY": "2"})
+    cfg = config.load(
+        env={"WARREN_HOST_ID": "h1", "WARREN_STATE_DIR": str(tmp_path), "WARREN_CAPACITY": "2"}
+    )
     flushes = []
     reg = Registry(cfg, StateStore(tmp_path), on_event=lambda: flushes.append(1))
     reg.flushes = flushes
@@ -60,9 +61,18 @@ def _create(vm_id="vm-1") -> CreateVM:
 
 
 def _add(registry, vm_id="vm-1", status=ACCEPTED, **kw) -> VMRecord:
-    record = VMRecord(vm_id=vm_id, image="tiny", memory_mb=256, vcpus=1, disk_gb=1,
-                      hostname=hostname_for(vm_id), admin_username="warren-a",
-                      admin_password="p" * 20, status=status, **kw)
+    record = VMRecord(
+        vm_id=vm_id,
+        image="tiny",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=1,
+        hostname=hostname_for(vm_id),
+        admin_username="warren-a",
+        admin_password="p" * 20,
+        status=status,
+        **kw,
+    )
     registry.records[vm_id] = record
     return record
 
@@ -151,8 +161,14 @@ def test_a_duplicate_after_progress_republishes_progress_not_accepted(registry):
 
 def test_a_duplicate_of_a_ready_vm_republishes_ready_with_its_urls(registry):
     record = _add(registry, status=BOOTING)
-    fields = {"management_url": "http://m/", "amqp_url": "amqp://u@m/", "admin_username": "u",
-              "ip_addresses": ["10.0.2.15"], "boot": "cold", "seconds": 1.5}
+    fields = {
+        "management_url": "http://m/",
+        "amqp_url": "amqp://u@m/",
+        "admin_username": "u",
+        "ip_addresses": ["10.0.2.15"],
+        "boot": "cold",
+        "seconds": 1.5,
+    }
     registry.report(record, "instance.ready", fields, status=READY)
     registry.republish(record)
     last = record.outbox[-1]
@@ -161,14 +177,26 @@ def test_a_duplicate_of_a_ready_vm_republishes_ready_with_its_urls(registry):
 
 
 def test_a_record_from_before_last_event_republishes_by_status():
-    base = dict(vm_id="v", image="tiny", memory_mb=256, vcpus=1, disk_gb=1, hostname="h",
-                admin_username="u", admin_password="p" * 20)
+    base = dict(
+        vm_id="v",
+        image="tiny",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=1,
+        hostname="h",
+        admin_username="u",
+        admin_password="p" * 20,
+    )
     assert state_event(VMRecord(**base))[0] == "instance.accepted"
     assert state_event(VMRecord(**base, status=BOOTING, stage="guest_up")) == (
-        "instance.progress", {"stage": "guest_up"})
+        "instance.progress",
+        {"stage": "guest_up"},
+    )
     assert state_event(VMRecord(**base, status=LOST))[0] == "instance.lost"
     assert state_event(VMRecord(**base, status=FAILED, reason="r")) == (
-        "instance.failed", {"reason": "r"})
+        "instance.failed",
+        {"reason": "r"},
+    )
 
 
 # -- events flushed
@@ -217,30 +245,55 @@ def test_commands_for_unknown_or_deleted_vms_are_unknown(registry):
     assert registry.claim(VMCommand(command="start-vm", vm_id="gone"))[0] == UNKNOWN
 
 
-@pytest.mark.parametrize(("status", "command", "boot_running", "plan"), [
-    (BOOTING, "delete-vm", True, DELETE),
-    (FAILED, "delete-vm", False, DELETE),
-    (BOOTING, "start-vm", True, WAIT_FOR_BOOT),
-    (READY, "stop-vm", False, RUN),
-    (STOPPED, "start-vm", False, RUN),
-    (LOST, "start-vm", False, RUN),
-    (READY, "restart-vm", False, RUN),
-])
+@pytest.mark.parametrize(
+    ("status", "command", "boot_running", "plan"),
+    [
+        (BOOTING, "delete-vm", True, DELETE),
+        (FAILED, "delete-vm", False, DELETE),
+        (BOOTING, "start-vm", True, WAIT_FOR_BOOT),
+        (READY, "stop-vm", False, RUN),
+        (STOPPED, "start-vm", False, RUN),
+        (LOST, "start-vm", False, RUN),
+        (READY, "restart-vm", False, RUN),
+    ],
+)
 def test_which_command_runs_on_which_vm(status, command, boot_running, plan):
-    record = VMRecord(vm_id="v", image="tiny", memory_mb=256, vcpus=1, disk_gb=1, hostname="h",
-                      admin_username="u", admin_password="p" * 20, status=status)
+    record = VMRecord(
+        vm_id="v",
+        image="tiny",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=1,
+        hostname="h",
+        admin_username="u",
+        admin_password="p" * 20,
+        status=status,
+    )
     assert command_plan(record, command, boot_running=boot_running) == plan
 
 
-@pytest.mark.parametrize(("status", "command", "boot_running", "reason"), [
-    (BOOTING, "stop-vm", True, "still booting"),
-    (ACCEPTED, "start-vm", False, "still booting"),  # no boot thread: nothing to wait for
-    (FAILED, "start-vm", False, "only delete-vm"),
-])
-def test_commands_that_may_not_run_are_rejected_with_a_reason(status, command, boot_running,
-                                                              reason):
-    record = VMRecord(vm_id="v", image="tiny", memory_mb=256, vcpus=1, disk_gb=1, hostname="h",
-                      admin_username="u", admin_password="p" * 20, status=status)
+@pytest.mark.parametrize(
+    ("status", "command", "boot_running", "reason"),
+    [
+        (BOOTING, "stop-vm", True, "still booting"),
+        (ACCEPTED, "start-vm", False, "still booting"),  # no boot thread: nothing to wait for
+        (FAILED, "start-vm", False, "only delete-vm"),
+    ],
+)
+def test_commands_that_may_not_run_are_rejected_with_a_reason(
+    status, command, boot_running, reason
+):
+    record = VMRecord(
+        vm_id="v",
+        image="tiny",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=1,
+        hostname="h",
+        admin_username="u",
+        admin_password="p" * 20,
+        status=status,
+    )
     with pytest.raises(Rejected, match=reason):
         command_plan(record, command, boot_running=boot_running)
 
@@ -250,8 +303,11 @@ def test_a_deeply_nested_body_is_rejected_not_a_crash():
     with pytest.raises(Rejected, match="nests deeper"):
         parse_create(b"[" * 50_000)
     with pytest.raises(Rejected):
-        parse_host(b'{"command": "list-vms", "x": ' + b"[" * 50_000, routing_key=HOST_KEY,
-                   host_key=HOST_KEY)
+        parse_host(
+            b'{"command": "list-vms", "x": ' + b"[" * 50_000,
+            routing_key=HOST_KEY,
+            host_key=HOST_KEY,
+        )
 
 
 def test_a_number_too_long_for_int_is_rejected_not_a_crash():
@@ -264,40 +320,54 @@ def test_the_queue_and_routing_key_must_fit_the_command():
     with pytest.raises(Rejected, match="routing key create-vm"):
         parse_create(messages.command("list-vms"))
     with pytest.raises(Rejected, match="shared queue"):
-        parse_host(messages.command("create-vm", {"image": "tiny"}), routing_key=HOST_KEY,
-                   host_key=HOST_KEY)
+        parse_host(
+            messages.command("create-vm", {"image": "tiny"}),
+            routing_key=HOST_KEY,
+            host_key=HOST_KEY,
+        )
     with pytest.raises(Rejected, match="does not match"):
-        parse_host(messages.command("delete-vm", {"vm-id": "a"}), routing_key="stop-vm",
-                   host_key=HOST_KEY)
-    assert isinstance(parse_host(messages.command("list-vms"), routing_key="list-vms",
-                                 host_key=HOST_KEY), ListVMs)
+        parse_host(
+            messages.command("delete-vm", {"vm-id": "a"}), routing_key="stop-vm", host_key=HOST_KEY
+        )
+    assert isinstance(
+        parse_host(messages.command("list-vms"), routing_key="list-vms", host_key=HOST_KEY), ListVMs
+    )
 
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=20)
-KEYS = st.sampled_from(["image", "vm-id", "memory-mb", "vcpus", "disk-gb", "admin", "limits",
-                        "kill", "x"])
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+KEYS = st.sampled_from(
+    ["image", "vm-id", "memory-mb", "vcpus", "disk-gb", "admin", "limits", "kill", "x"]
+)
 COMMANDS = st.sampled_from([*messages.COMMANDS, "rm -rf /", ""])
 BODIES = (
     st.binary(max_size=300)
     | st.integers(1, 60_000).map(lambda n: b"[" * n)  # RecursionError in json when deep
     | st.integers(1, 6000).map(  # int() refuses more than 4300 digits
-        lambda n: b'{"command": "create-vm", "options": {"image": "tiny", "memory-mb": '
-        + b"9" * n + b"}}")
+        lambda n: (
+            b'{"command": "create-vm", "options": {"image": "tiny", "memory-mb": '
+            + b"9" * n
+            + b"}}"
+        )
+    )
     | JSON.map(lambda v: json.dumps(v).encode())
-    | st.builds(lambda c, o: json.dumps({"command": c, "options": o}).encode(),
-                COMMANDS, st.dictionaries(KEYS, JSON, max_size=6))
+    | st.builds(
+        lambda c, o: json.dumps({"command": c, "options": o}).encode(),
+        COMMANDS,
+        st.dictionaries(KEYS, JSON, max_size=6),
+    )
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(body=BODIES, key=st.sampled_from([HOST_KEY, "stop-vm", "list-vms", "create-vm"]))
 def test_any_body_becomes_a_command_or_rejected_never_another_exception(body, key):
-    for parse in (parse_create,
-                  lambda b: parse_host(b, routing_key=key, host_key=HOST_KEY)):
+    for parse in (parse_create, lambda b: parse_host(b, routing_key=key, host_key=HOST_KEY)):
         try:
             cmd = parse(body)
         except Rejected as exc:

@@ -22,8 +22,9 @@ READY_TIMEOUT = 240
 def test_sigkill_mid_boot_then_restart_ends_ready_once_with_one_qemu(daemons, client):
     first = daemons.start(host_id="t-kill-boot")
     wait_host(client, first.host_id)
-    client.call("create-vm", {"image": "tiny", "vm-id": "vm-kill-1", "memory-mb": 256,
-                              "admin": ADMIN})
+    client.call(
+        "create-vm", {"image": "tiny", "vm-id": "vm-kill-1", "memory-mb": 256, "admin": ADMIN}
+    )
     client.wait_event("vm-kill-1", ("instance.progress",), 60)
     for _ in range(100):  # wait until QEMU runs, then kill the daemon before readiness
         if qemu_pids(first.state_dir):
@@ -49,8 +50,9 @@ def test_sigkill_mid_boot_then_restart_ends_ready_once_with_one_qemu(daemons, cl
 def test_sigterm_then_restart_adopts_the_running_vm(daemons, client):
     first = daemons.start(host_id="t-term")
     wait_host(client, first.host_id)
-    client.call("create-vm", {"image": "tiny", "vm-id": "vm-adopt-1", "memory-mb": 256,
-                              "admin": ADMIN})
+    client.call(
+        "create-vm", {"image": "tiny", "vm-id": "vm-adopt-1", "memory-mb": 256, "admin": ADMIN}
+    )
     ready = client.wait_event("vm-adopt-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
     assert ready["type"] == "instance.ready"
     pids = qemu_pids(first.state_dir)
@@ -106,8 +108,9 @@ def test_a_vm_whose_qemu_dies_under_a_running_daemon_is_reported_lost(daemons, c
 def test_sigterm_hands_an_in_flight_command_back_and_the_next_daemon_finishes_it(daemons, client):
     first = daemons.start(host_id="t-inflight")
     wait_host(client, first.host_id)
-    client.call("create-vm", {"image": "tiny", "vm-id": "vm-flight-1", "memory-mb": 256,
-                              "admin": ADMIN})
+    client.call(
+        "create-vm", {"image": "tiny", "vm-id": "vm-flight-1", "memory-mb": 256, "admin": ADMIN}
+    )
     ready = client.wait_event("vm-flight-1", ("instance.ready", "instance.failed"), READY_TIMEOUT)
     assert ready["type"] == "instance.ready"
     stopped = client.call("stop-vm", {"vm-id": "vm-flight-1", "kill": True}, timeout=60)

@@ -21,7 +21,9 @@ def saved_root(tiny_images_root, tmp_path_factory):
     """A private images root with a copy of `tiny` and its saved state (256 MiB, 1 vCPU), so
     other tests keep booting the shared tiny image cold."""
     root = tmp_path_factory.mktemp("images")
-    shutil.copytree(tiny_images_root / "tiny", root / "tiny", ignore=shutil.ignore_patterns("saved"))
+    shutil.copytree(
+        tiny_images_root / "tiny", root / "tiny", ignore=shutil.ignore_patterns("saved")
+    )
     snapshot.create(root, "tiny", lambda m: None, memory_mb=256, vcpus=1)
     return root
 
@@ -39,17 +41,35 @@ def _ready(m):
 
 
 def test_device_signature_ignores_names_ports_and_command_line():
-    image = manifest.Manifest(name="t", folder=Path("/i/t"), distro="", recipe_hash="x",
-                              built_at="", kernel=Path("/i/t/k"), initrd=None, disk=None,
-                              append="quiet", guest=manifest.Guest("tiny"))
-    a = qemu.VMSpec(vm_id="a", image="t", memory_mb=256, vcpus=1, disk_gb=1, hostname="a",
-                    admin_user="a", admin_password="a", network=qemu.UserNet("127.0.0.1", 1, 2))
+    image = manifest.Manifest(
+        name="t",
+        folder=Path("/i/t"),
+        distro="",
+        recipe_hash="x",
+        built_at="",
+        kernel=Path("/i/t/k"),
+        initrd=None,
+        disk=None,
+        append="quiet",
+        guest=manifest.Guest("tiny"),
+    )
+    a = qemu.VMSpec(
+        vm_id="a",
+        image="t",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=1,
+        hostname="a",
+        admin_user="a",
+        admin_password="a",
+        network=qemu.UserNet("127.0.0.1", 1, 2),
+    )
     b = dataclasses.replace(a, vm_id="b", hostname="b", network=qemu.UserNet("127.0.0.1", 3, 4))
     assert saved_state.signature(image, a, "tcg") == saved_state.signature(image, b, "tcg")
     assert saved_state.signature(image, a, "tcg") != saved_state.signature(
-        image, dataclasses.replace(a, memory_mb=512), "tcg")
+        image, dataclasses.replace(a, memory_mb=512), "tcg"
+    )
     assert saved_state.signature(image, a, "tcg") != saved_state.signature(image, a, "kvm")
-
 
 
 @pytest.mark.vm
@@ -105,8 +125,9 @@ def test_two_restored_vms_differ(saved_root, machine_factory):
     _ready(a)
     _ready(b)
     assert a.guest_exec("/bin/hostname")[1] != b.guest_exec("/bin/hostname")[1]
-    assert _get(a.management_url(), "api/overview", b.spec.admin_user,
-                b.spec.admin_password)[0] == 401
+    assert (
+        _get(a.management_url(), "api/overview", b.spec.admin_user, b.spec.admin_password)[0] == 401
+    )
     assert _cookie(a) != _cookie(b)
 
 
@@ -164,15 +185,26 @@ IMAGE = "rabbitmq-4.0"  # the image new orders get (versions.DEFAULT_VERSION)
 def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_images_root):
     root = manifest.default_images_root()
     if IMAGE not in manifest.available(root):
-        pytest.skip(f"no {IMAGE} image under {root}: run `python -m vmbackend image build rabbitmq-4.0`")
+        pytest.skip(
+            f"no {IMAGE} image under {root}: run `python -m vmbackend image build rabbitmq-4.0`"
+        )
     image = manifest.load(root, IMAGE)
     if saved_state.load_meta(image) is None:
-        pytest.skip(f"the {IMAGE} image has no saved state: run `python -m vmbackend image snapshot rabbitmq-4.0`")
+        pytest.skip(
+            f"the {IMAGE} image has no saved state: run `python -m vmbackend image snapshot rabbitmq-4.0`"
+        )
     meta = saved_state.load_meta(image)
-    a = machine_factory(image=IMAGE, images_root=root, memory_mb=meta["memory_mb"],
-                        vcpus=meta["vcpus"], disk_gb=4, limits={"max-connections": 5})
-    b = machine_factory(image=IMAGE, images_root=root, memory_mb=meta["memory_mb"],
-                        vcpus=meta["vcpus"], disk_gb=4)
+    a = machine_factory(
+        image=IMAGE,
+        images_root=root,
+        memory_mb=meta["memory_mb"],
+        vcpus=meta["vcpus"],
+        disk_gb=4,
+        limits={"max-connections": 5},
+    )
+    b = machine_factory(
+        image=IMAGE, images_root=root, memory_mb=meta["memory_mb"], vcpus=meta["vcpus"], disk_gb=4
+    )
     assert a.launch() == "restore"
     assert b.launch() == "restore"
     for m in (a, b):
@@ -184,15 +216,26 @@ def test_the_rabbitmq_image_restores_with_its_own_admin(machine_factory, tiny_im
         base = m.management_url()
         assert _get(base, "api/overview", m.spec.admin_user, m.spec.admin_password)[0] == 200
         assert _get(base, "api/overview", "guest", "guest")[0] == 401
-        assert _get(base, "api/overview", snapshot.TEMPLATE_ADMIN,
-                    saved_state.template_password(root, IMAGE))[0] == 401
+        assert (
+            _get(
+                base,
+                "api/overview",
+                snapshot.TEMPLATE_ADMIN,
+                saved_state.template_password(root, IMAGE),
+            )[0]
+            == 401
+        )
     assert a.guest_exec("/bin/hostname")[1] != b.guest_exec("/bin/hostname")[1]
-    status, body = _get(a.management_url(), "api/vhost-limits/%2F", a.spec.admin_user,
-                        a.spec.admin_password)
+    status, body = _get(
+        a.management_url(), "api/vhost-limits/%2F", a.spec.admin_user, a.spec.admin_password
+    )
     assert status == 200 and b"max-connections" in body
     # The plan's disk size, not the template's: the restored guest was told of the resize and
     # grew its root file system (the template's disk is 2 GiB).
-    assert a.guest_exec("/bin/cat", ["/sys/block/vda/size"])[1].strip() == str(4 * 1024**3 // 512).encode()
+    assert (
+        a.guest_exec("/bin/cat", ["/sys/block/vda/size"])[1].strip()
+        == str(4 * 1024**3 // 512).encode()
+    )
     deadline = time.monotonic() + 60
     while True:
         df = a.guest_exec("/bin/df", ["-B1M", "--output=size", "/"])[1].split()

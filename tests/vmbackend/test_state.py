@@ -23,14 +23,27 @@ from vmbackend.state import (
 
 
 def _record(vm_id="vm-1", **kw):
-    return VMRecord(vm_id=vm_id, image="tiny", memory_mb=256, vcpus=1, disk_gb=1,
-                    hostname="h", admin_username="warren-a", admin_password="p" * 20, **kw)
+    return VMRecord(
+        vm_id=vm_id,
+        image="tiny",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=1,
+        hostname="h",
+        admin_username="warren-a",
+        admin_password="p" * 20,
+        **kw,
+    )
 
 
 def test_a_saved_record_loads_back_equal(tmp_path):
     store = StateStore(tmp_path)
-    record = _record(ports={"management": 20001, "amqp": 20002}, status=READY, seq=3,
-                     outbox=[{"type": "instance.ready", "seq": 3}])
+    record = _record(
+        ports={"management": 20001, "amqp": 20002},
+        status=READY,
+        seq=3,
+        outbox=[{"type": "instance.ready", "seq": 3}],
+    )
     store.save(record)
     assert store.load("vm-1") == record
     assert store.load_all() == {"vm-1": record}
@@ -111,19 +124,40 @@ def test_every_status_has_a_row_and_deleted_is_final():
     assert TRANSITIONS[FAILED] == {DELETED}
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    (ACCEPTED, BOOTING), (ACCEPTED, FAILED), (BOOTING, READY), (BOOTING, LOST),
-    (READY, STOPPED), (READY, LOST), (STOPPED, BOOTING), (LOST, BOOTING), (LOST, STOPPED),
-    (STOPPED, LOST), (FAILED, DELETED), (READY, DELETED), (READY, BOOTING),
-])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (ACCEPTED, BOOTING),
+        (ACCEPTED, FAILED),
+        (BOOTING, READY),
+        (BOOTING, LOST),
+        (READY, STOPPED),
+        (READY, LOST),
+        (STOPPED, BOOTING),
+        (LOST, BOOTING),
+        (LOST, STOPPED),
+        (STOPPED, LOST),
+        (FAILED, DELETED),
+        (READY, DELETED),
+        (READY, BOOTING),
+    ],
+)
 def test_allowed_changes(old, new):
     assert can_move(old, new)
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    (ACCEPTED, READY), (FAILED, BOOTING), (DELETED, ACCEPTED), (READY, ACCEPTED),
-    (STOPPED, READY), (READY, FAILED), (STOPPED, FAILED),
-])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (ACCEPTED, READY),
+        (FAILED, BOOTING),
+        (DELETED, ACCEPTED),
+        (READY, ACCEPTED),
+        (STOPPED, READY),
+        (READY, FAILED),
+        (STOPPED, FAILED),
+    ],
+)
 def test_illegal_changes(old, new):
     assert not can_move(old, new)
 

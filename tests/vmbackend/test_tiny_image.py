@@ -9,12 +9,17 @@ from vmbackend.images import manifest, tiny
 
 def _ko(path, depends):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x7fELF junk\x00license=GPL\x00depends=" + depends.encode() + b"\x00name=x\x00")
+    path.write_bytes(
+        b"\x7fELF junk\x00license=GPL\x00depends=" + depends.encode() + b"\x00name=x\x00"
+    )
     return path
 
 
 def test_module_depends_reads_the_modinfo_section(tmp_path):
-    assert tiny.module_depends(_ko(tmp_path / "a.ko", "virtio,virtio_ring")) == ["virtio", "virtio_ring"]
+    assert tiny.module_depends(_ko(tmp_path / "a.ko", "virtio,virtio_ring")) == [
+        "virtio",
+        "virtio_ring",
+    ]
     assert tiny.module_depends(_ko(tmp_path / "b.ko", "")) == []
 
 
@@ -26,7 +31,14 @@ def test_module_order_puts_dependencies_first_once(tmp_path):
     _ko(tmp_path / "kernel/failover.ko", "")
     _ko(tmp_path / "kernel/virtio-rng.ko", "virtio_ring,virtio")
     order = [p.stem for p in tiny.module_order(tmp_path, ("virtio_net", "virtio-rng"))]
-    assert order == ["virtio", "virtio_ring", "failover", "net_failover", "virtio_net", "virtio-rng"]
+    assert order == [
+        "virtio",
+        "virtio_ring",
+        "failover",
+        "net_failover",
+        "virtio_net",
+        "virtio-rng",
+    ]
 
 
 def test_module_order_reports_missing_modules_and_cycles(tmp_path):
@@ -49,11 +61,25 @@ def test_the_recipe_hash_changes_with_the_packages():
 def test_the_built_image_has_a_valid_manifest_and_the_real_agent(tiny_images_root):
     m = manifest.load(tiny_images_root, "tiny")
     assert m.guest.kind == "tiny" and m.disk is None
-    listing = subprocess.run(["cpio", "-it", "--quiet"], input=gzip.decompress(m.initrd.read_bytes()),
-                             capture_output=True, check=True).stdout.decode().split()
-    for path in ("init", "bin/busybox", "usr/sbin/qemu-ga", "lib/modules/qemu_fw_cfg.ko",
-                 "lib/modules/virtio_console.ko", "usr/local/sbin/api.sh",
-                 "usr/local/sbin/warren-restore-settings"):
+    listing = (
+        subprocess.run(
+            ["cpio", "-it", "--quiet"],
+            input=gzip.decompress(m.initrd.read_bytes()),
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split()
+    )
+    for path in (
+        "init",
+        "bin/busybox",
+        "usr/sbin/qemu-ga",
+        "lib/modules/qemu_fw_cfg.ko",
+        "lib/modules/virtio_console.ko",
+        "usr/local/sbin/api.sh",
+        "usr/local/sbin/warren-restore-settings",
+    ):
         assert path in listing
     assert any(p.startswith("lib/x86_64-linux-gnu/libglib-2.0.so") for p in listing)
 
@@ -75,5 +101,7 @@ def test_a_build_into_a_fresh_root_leaves_no_temporary_folders(tmp_path, tiny_im
     folder = tiny.build(tmp_path, lambda m: None)
     assert folder == tmp_path / "tiny"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".tiny.lock")) == [
-        ".downloads", "tiny"]
+        ".downloads",
+        "tiny",
+    ]
     assert manifest.load(tmp_path, "tiny").recipe_hash.startswith("sha256:")

@@ -72,7 +72,9 @@ def test_a_crashed_service_is_started_again_and_stop_ends_everything():
 
 
 @pytest.mark.vm
-def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(tmp_path: Path, amqp_url: str):
+def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(
+    tmp_path: Path, amqp_url: str
+):
     port = free_port()
     env = {
         **os.environ,
@@ -82,9 +84,21 @@ def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(tmp_path
         "WARREN_HOST_ID": "run-test",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "warren", "run", "--port", str(port), "--image", "tiny",
-         "--skip-image-build"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "warren",
+            "run",
+            "--port",
+            str(port),
+            "--image",
+            "tiny",
+            "--skip-image-build",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -113,9 +127,22 @@ def test_ctrl_c_stops_the_setup_even_when_started_with_sigint_ignored(tmp_path: 
         "WARREN_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "warren", "run", "--port", str(free_port()), "--image", "tiny",
-         "--skip-image-build", "--no-daemon"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "warren",
+            "run",
+            "--port",
+            str(free_port()),
+            "--image",
+            "tiny",
+            "--skip-image-build",
+            "--no-daemon",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )

@@ -174,7 +174,9 @@ class DebianRecipe(Recipe):
 
     def steps(self) -> Sequence[Step]:
         return (
-            Step(f"debootstrap {self.suite} ({len(PACKAGES)} packages + minbase)", self.debootstrap),
+            Step(
+                f"debootstrap {self.suite} ({len(PACKAGES)} packages + minbase)", self.debootstrap
+            ),
             Step("configure the guest (network, units, RabbitMQ, first boot)", configure),
             Step("initramfs with virtio modules; copy kernel and initrd out", initramfs),
             Step("clean caches", clean),

@@ -50,8 +50,16 @@ def _free_port() -> int:
         return port
 
 
-def create(images_root: Path, name: str, progress: Progress = print, *, memory_mb: int = 512,
-           vcpus: int = 1, accel: str = "auto", force: bool = False) -> Path:
+def create(
+    images_root: Path,
+    name: str,
+    progress: Progress = print,
+    *,
+    memory_mb: int = 512,
+    vcpus: int = 1,
+    accel: str = "auto",
+    force: bool = False,
+) -> Path:
     """Boot image `name` cold, save its running state into <image>/saved/; returns that folder.
 
     Does nothing when a matching saved state exists (unless `force`)."""
@@ -59,19 +67,34 @@ def create(images_root: Path, name: str, progress: Progress = print, *, memory_m
     manifest_mod.validate_name(name)
     with open(images_root / f".{name}.snapshot.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one snapshot of an image at a time
-        return _create(images_root, name, progress, memory_mb=memory_mb, vcpus=vcpus,
-                       accel=accel, force=force)
+        return _create(
+            images_root, name, progress, memory_mb=memory_mb, vcpus=vcpus, accel=accel, force=force
+        )
 
 
-def _create(images_root: Path, name: str, progress: Progress, *, memory_mb: int, vcpus: int,
-            accel: str, force: bool) -> Path:
+def _create(
+    images_root: Path,
+    name: str,
+    progress: Progress,
+    *,
+    memory_mb: int,
+    vcpus: int,
+    accel: str,
+    force: bool,
+) -> Path:
     image = manifest_mod.load(images_root, name)
     verdict = accel_mod.choose(accel, kernel=image.kernel)
     password = secrets.token_urlsafe(24)
     spec = VMSpec(
-        vm_id=f"snapshot-{uuid.uuid4().hex[:8]}", image=name, memory_mb=memory_mb, vcpus=vcpus,
-        disk_gb=1, hostname=f"{name}-template", admin_user=TEMPLATE_ADMIN,
-        admin_password=password, network=UserNet("127.0.0.1", _free_port(), _free_port()),
+        vm_id=f"snapshot-{uuid.uuid4().hex[:8]}",
+        image=name,
+        memory_mb=memory_mb,
+        vcpus=vcpus,
+        disk_gb=1,
+        hostname=f"{name}-template",
+        admin_user=TEMPLATE_ADMIN,
+        admin_password=password,
+        network=UserNet("127.0.0.1", _free_port(), _free_port()),
     )
     expected = saved_state.expected_meta(image, spec, verdict.accel)
     if not force and saved_state.matching(image, spec, verdict.accel):
@@ -115,14 +138,17 @@ def _create(images_root: Path, name: str, progress: Progress, *, memory_mb: int,
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
-        write_json_atomic(saved / saved_state.META, {
-            **expected,
-            "state": state_file.name,
-            "disk": disk_file.name if image.disk is not None else None,
-            "template_secret": secret_file.name,
-            "template_admin": TEMPLATE_ADMIN,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        })
+        write_json_atomic(
+            saved / saved_state.META,
+            {
+                **expected,
+                "state": state_file.name,
+                "disk": disk_file.name if image.disk is not None else None,
+                "template_secret": secret_file.name,
+                "template_admin": TEMPLATE_ADMIN,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+        )
         done = True
         progress(f"{name}: saved state {state_file} ({state_file.stat().st_size >> 20} MiB)")
         return saved
