@@ -157,6 +157,18 @@ class Boot:
             self.report(self.record, "instance.progress", {"stage": stage}, stage=stage)
 
     # -- steps
+    def _new_machine(self) -> Machine:
+        """The record's Machine (not started yet), its tap created first in bridge mode."""
+        if self.record.network == "bridge":
+            network.create_tap(self.record.tap, self.cfg.bridge)
+        self.machine = Machine(
+            spec_for(self.cfg, self.record),
+            self.store.vm_dir(self.record.vm_id),
+            self.cfg.image_dir,
+            accel=self.cfg.accel,
+        )
+        return self.machine
+
     def launch(self) -> None:
         if self.existing_disk:
             self.relaunch()
@@ -165,15 +177,7 @@ class Boot:
         if not self.record.boot_started_at:  # the boot deadline and `seconds` count from here
             self.report(self.record, None, {}, boot_started_at=time.time())
         self._stage("vm_starting")
-        if self.record.network == "bridge":
-            network.create_tap(self.record.tap, self.cfg.bridge)
-        machine = Machine(
-            spec_for(self.cfg, self.record),
-            self.store.vm_dir(self.record.vm_id),
-            self.cfg.image_dir,
-            accel=self.cfg.accel,
-        )
-        self.machine = machine
+        machine = self._new_machine()
         boot = machine.launch(allow_restore=self.cfg.restore)
         if self.cancel.is_set():  # delete-vm arrived while QEMU was starting: no orphan VM
             machine.kill()
@@ -189,15 +193,7 @@ class Boot:
 
     def relaunch(self) -> None:
         """Start QEMU again on the VM's own disk (start-vm of a stopped or lost VM)."""
-        if self.record.network == "bridge":
-            network.create_tap(self.record.tap, self.cfg.bridge)
-        machine = Machine(
-            spec_for(self.cfg, self.record),
-            self.store.vm_dir(self.record.vm_id),
-            self.cfg.image_dir,
-            accel=self.cfg.accel,
-        )
-        self.machine = machine
+        machine = self._new_machine()
         started = time.time()
         boot = machine.start()
         if self.cancel.is_set():  # delete-vm arrived while QEMU was starting: no orphan VM

@@ -337,7 +337,7 @@ def test_ctrl_c_stops_a_cli_build_even_when_started_with_sigint_ignored(root: Pa
                 "--images-dir",
                 str(root),
                 "build",
-                "sigint",
+                "rabbitmq-3.10",  # a real recipe name (the name picks the release)
             ],
             cwd=REPO,
             env=env,

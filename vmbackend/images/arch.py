@@ -44,7 +44,7 @@ DISABLE_TIMERS: tuple[str, ...] = (
     "man-db.timer",
     "archlinux-keyring-wkd-sync.timer",
 )
-APPEND = "console=ttyS0 root=/dev/vda rw quiet"
+APPEND = rootfs.APPEND
 HOSTNAME = "rabbitmq"
 COMPRESS = True
 PACMAN_CONF = """\
@@ -128,31 +128,27 @@ class ArchRecipe(Recipe):
         progress(f"arch mirror: {mirror}")
 
     def steps(self) -> Sequence[Step]:
-        return (
+        return rootfs.rabbitmq_steps(
             Step(f"pacstrap {' '.join(PACKAGES)}", pacstrap),
-            Step("configure the guest (network, units, RabbitMQ, first boot)", configure),
-            Step("initramfs with virtio modules; copy kernel and initrd out", initramfs),
-            Step("clean caches", clean),
-            Step("ext4 file system and qcow2 disk", self.make_disk),
+            configure=configure,
+            initramfs=initramfs,
+            clean=clean,
+            make_disk=self.make_disk,
         )
 
     def make_disk(self, ctx: Context) -> None:
         rootfs.make_disk(ctx, compress=self.compress)
 
     def manifest(self, ctx: Context) -> dict[str, Any]:
-        return {
-            "kernel": "vmlinuz",
-            "initrd": "initrd.img",
-            "disk": ctx.disk_name,
-            "append": APPEND,
-            "guest": {"kind": "rabbitmq", "management_port": 15672, "amqp_port": 5672},
-            "saved_state": None,
-            "arch": {
+        return rootfs.rabbitmq_manifest(
+            ctx,
+            "arch",
+            {
                 "kernel_version": ctx.facts.get("kernel_version"),
                 "rootfs_bytes": ctx.facts.get("rootfs_bytes"),
                 "compressed": self.compress,
             },
-        }
+        )
 
 
 def render(root: Path) -> list[Path]:

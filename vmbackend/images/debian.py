@@ -67,7 +67,7 @@ MASK_UNITS: tuple[str, ...] = (
 )
 ENABLE_UNITS: tuple[str, ...] = ("systemd-networkd.service", guest.FIRSTBOOT_UNIT)
 RABBIT_UNIT = "rabbitmq-server.service"
-APPEND = "console=ttyS0 root=/dev/vda rw quiet"
+APPEND = rootfs.APPEND
 HOSTNAME = "rabbitmq"
 DEBOOTSTRAP_CACHE = Path.home() / ".cache" / "warren" / "debootstrap"
 # qcow2 compression: see docs/images.md for the measurement behind this choice.
@@ -173,14 +173,15 @@ class DebianRecipe(Recipe):
         progress(f"debian mirror: {debian_mirror()}")
 
     def steps(self) -> Sequence[Step]:
-        return (
-            Step(
-                f"debootstrap {self.suite} ({len(PACKAGES)} packages + minbase)", self.debootstrap
-            ),
-            Step("configure the guest (network, units, RabbitMQ, first boot)", configure),
-            Step("initramfs with virtio modules; copy kernel and initrd out", initramfs),
-            Step("clean caches", clean),
-            Step("ext4 file system and qcow2 disk", self.make_disk),
+        install = Step(
+            f"debootstrap {self.suite} ({len(PACKAGES)} packages + minbase)", self.debootstrap
+        )
+        return rootfs.rabbitmq_steps(
+            install,
+            configure=configure,
+            initramfs=initramfs,
+            clean=clean,
+            make_disk=self.make_disk,
         )
 
     def debootstrap(self, ctx: Context) -> None:
@@ -190,21 +191,17 @@ class DebianRecipe(Recipe):
         rootfs.make_disk(ctx, compress=self.compress)
 
     def manifest(self, ctx: Context) -> dict[str, Any]:
-        return {
-            "kernel": "vmlinuz",
-            "initrd": "initrd.img",
-            "disk": ctx.disk_name,
-            "append": APPEND,
-            "guest": {"kind": "rabbitmq", "management_port": 15672, "amqp_port": 5672},
-            "saved_state": None,
-            "debian": {
+        return rootfs.rabbitmq_manifest(
+            ctx,
+            "debian",
+            {
                 "suite": self.suite,
                 "kernel_version": ctx.facts.get("kernel_version"),
                 "rabbitmq_version": ctx.facts.get("rabbitmq_version"),
                 "rootfs_bytes": ctx.facts.get("rootfs_bytes"),
                 "compressed": self.compress,
             },
-        }
+        )
 
 
 def debootstrap(ctx: Context, suite: str) -> None:

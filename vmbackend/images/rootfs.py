@@ -11,8 +11,9 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
-from vmbackend.images.build import Context, run
+from vmbackend.images.build import Context, Step, run
 
 CHROOT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -98,3 +99,34 @@ def kernel_version(root: Path) -> str:
     if len(kernels) != 1:
         raise BuildError(f"expected one kernel in the image, found {kernels}")
     return kernels[0]
+
+
+# What the RabbitMQ recipes (Debian, Arch) share: direct kernel boot of an ext4 root on /dev/vda.
+APPEND = "console=ttyS0 root=/dev/vda rw quiet"
+StepRun = Callable[[Context], None]
+
+
+def rabbitmq_steps(
+    install: Step, *, configure: StepRun, initramfs: StepRun, clean: StepRun, make_disk: StepRun
+) -> tuple[Step, ...]:
+    """A RabbitMQ recipe's steps: the distro's own install step, then the common ones."""
+    return (
+        install,
+        Step("configure the guest (network, units, RabbitMQ, first boot)", configure),
+        Step("initramfs with virtio modules; copy kernel and initrd out", initramfs),
+        Step("clean caches", clean),
+        Step("ext4 file system and qcow2 disk", make_disk),
+    )
+
+
+def rabbitmq_manifest(ctx: Context, distro: str, details: dict[str, Any]) -> dict[str, Any]:
+    """image.json fields of a RabbitMQ image; `details` goes under the distro's own key."""
+    return {
+        "kernel": "vmlinuz",
+        "initrd": "initrd.img",
+        "disk": ctx.disk_name,
+        "append": APPEND,
+        "guest": {"kind": "rabbitmq", "management_port": 15672, "amqp_port": 5672},
+        "saved_state": None,
+        distro: details,
+    }
