@@ -1,6 +1,8 @@
 """Stripe webhooks: verify, record once, apply to the order. No network I/O, one transaction.
 
-`process_webhook()` is the whole workflow behind the thin view at orders:stripe_webhook.
+`process_webhook()` is the whole workflow behind the thin view at orders:stripe_webhook. Over
+400 lines as one thing: the verification, the shape checks and one small handler per Stripe event
+type, which all run inside the one transaction that records the event.
 
 - The signature is checked by the stripe library with settings.STRIPE_WEBHOOK_TOLERANCE; a bad or
   stale signature, or a body that is not a JSON event, raises WebhookError (the view answers 400)
