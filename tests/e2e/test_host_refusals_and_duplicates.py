@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.e2e.harness import System, admin_action, admin_session, csrf, wait_until
+from tests.qemu_procs import qemu_pids
 from warren.run import ROOT
 
 pytestmark = [pytest.mark.vm, pytest.mark.django_db(databases=[])]
@@ -117,6 +118,11 @@ def _second_daemon(system: System, host_id: str) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _both_hosts_qemu(system: System) -> list[int]:
+    """QEMU processes of both daemons (system.qemu_pids() sees the first daemon's only)."""
+    return qemu_pids(system.workdir / "vmbackend") + qemu_pids(system.workdir / "vmbackend-b")
+
+
 def test_a_create_vm_sent_twice_to_two_hosts_ends_as_exactly_one_vm(tiny_system: System):
     system = tiny_system
     system.env["WARREN_CAPACITY"] = "1"  # a full host takes no second copy: the other host does
@@ -179,13 +185,13 @@ def test_a_create_vm_sent_twice_to_two_hosts_ends_as_exactly_one_vm(tiny_system:
         )
         assert accepted_by_both
         wait_until(
-            lambda: len(system.qemu_pids()) == 1,
+            lambda: len(_both_hosts_qemu(system)) == 1,
             120,
             "the duplicate copy to be deleted",
             system=system,
         )
         time.sleep(3)
-        assert len(system.qemu_pids()) == 1
+        assert len(_both_hosts_qemu(system)) == 1
         assert _status(system, bob, order_id) == "ready"
         owner = system.manage(
             "shell",
@@ -194,7 +200,7 @@ def test_a_create_vm_sent_twice_to_two_hosts_ends_as_exactly_one_vm(tiny_system:
             "-c",
             "from orders.models import Instance; print(Instance.objects.get().host_id)",
         ).strip()
-        (pid,) = system.qemu_pids()
+        (pid,) = _both_hosts_qemu(system)
         cwd = os.readlink(f"/proc/{pid}/cwd")
         expected = "vmbackend-b" if owner.endswith("-b") else "vmbackend/"
         assert expected in cwd + "/", (owner, cwd)
