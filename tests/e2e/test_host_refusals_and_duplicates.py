@@ -26,6 +26,7 @@ BUNNY = {
     "disk_gb": "4",
     "max_connections": "100",
     "max_queues": "200",
+    "rabbitmq_version": "4.0",
     "monthly_price_cents": "900",
     "currency": "usd",
     "stripe_price_id": "",
