@@ -137,7 +137,11 @@ def test_the_relay_loop_retries_until_the_broker_is_back(order, amqp, orders_amq
         proxy.up()
 
         assert _wait_until(lambda: OutboxMessage.objects.get(pk=row.pk).sent_at is not None)
-        assert len(get_all(amqp, "computing.create-vm")) == 1
+        # At least once (docs/orders.md): a publish whose confirm was lost when the proxy dropped
+        # the connection is sent again, so a copy may arrive twice, always as the same message.
+        published = get_all(amqp, "computing.create-vm")
+        assert published
+        assert {props.message_id for _, props, _ in published} == {str(row.message_id)}
     finally:
         relay.stop()
         thread.join(timeout=10)
