@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -212,3 +213,7 @@ def test_a_create_vm_sent_twice_to_two_hosts_ends_as_exactly_one_vm(tiny_system:
         except subprocess.TimeoutExpired:
             other.kill()
             other.wait()
+        # SIGTERM leaves a daemon's VMs running by design; the harness cleans up only the first
+        # daemon's, so this test stops the second daemon's QEMU itself.
+        for pid in qemu_pids(system.workdir / "vmbackend-b"):
+            os.kill(pid, signal.SIGKILL)
