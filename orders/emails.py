@@ -38,7 +38,8 @@ _SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
 def order_url(order: Order) -> str:
     """The order page's absolute URL (WARREN_SITE_URL): what every email links to."""
     path = reverse("orders:detail", kwargs={"public_id": order.public_id})
-    return settings.SITE_URL.rstrip("/") + path
+    site: str = settings.SITE_URL
+    return site.rstrip("/") + path
 
 
 def render_order_email(*, order: Order, kind: str, context: dict[str, Any]) -> tuple[str, str]:
@@ -56,8 +57,9 @@ def render_order_email(*, order: Order, kind: str, context: dict[str, Any]) -> t
         "plan": order.plan,
         "order_url": order_url(order),
     }
-    subject = render_to_string(f"emails/{kind}_subject.txt", full)
-    subject = " ".join(subject.split())  # one line: a newline in a header is an injection
+    subject = " ".join(
+        render_to_string(f"emails/{kind}_subject.txt", full).split()
+    )  # one line: a newline in a header is an injection
     body = render_to_string(f"emails/{kind}.txt", full)
     return subject, body
 
@@ -67,7 +69,9 @@ def send_order_email(*, order: Order, kind: str, context: dict[str, Any]) -> boo
     the owner has no address or the mail server failed (logged, not raised)."""
     recipient = order.user.email
     if not recipient:
-        log.info("event=order_email_skipped order_id=%s kind=%s reason=no_address", order.public_id, kind)
+        log.info(
+            "event=order_email_skipped order_id=%s kind=%s reason=no_address", order.public_id, kind
+        )
         return False
     subject, body = render_order_email(order=order, kind=kind, context=context)
     try:
