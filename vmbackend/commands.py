@@ -17,7 +17,7 @@ from vmbackend.boot import Boot, cleanup, spec_for
 from vmbackend.config import Config
 from vmbackend.healing import RestartPolicy
 from vmbackend.machine import Machine, MachineError, MachineGone
-from vmbackend.messages import Rejected, VMCommand
+from vmbackend.messages import ConsoleCommand, Rejected, VMCommand
 from vmbackend.registry import DELETE, WAIT_FOR_BOOT, Registry, command_plan
 from vmbackend.state import BOOTING, DELETED, LOST, READY, STOPPED, StateStore, VMRecord
 
@@ -251,8 +251,10 @@ class Commands:
             self.after_boot()
 
     # -- host commands
-    def run(self, cmd: VMCommand) -> dict[str, Any]:
+    def run(self, cmd: VMCommand | ConsoleCommand) -> dict[str, Any]:
         """start/stop/restart/delete one VM; runs in a worker thread. Returns the response."""
+        if not isinstance(cmd, VMCommand):
+            raise Rejected(f"{cmd.command} is not served by this host yet")
         with self.registry.lock:
             record = self.registry.records[cmd.vm_id]
         boot = self.registry.boot_of(record.vm_id)

@@ -37,7 +37,7 @@ from vmbackend.backoff import run_with_reconnect
 from vmbackend.commands import Commands
 from vmbackend.config import Config
 from vmbackend.images import manifest
-from vmbackend.messages import ListVMs, Rejected, VMCommand
+from vmbackend.messages import ConsoleCommand, ListVMs, Rejected, VMCommand
 from vmbackend.recovery import recover
 from vmbackend.registry import (
     BUSY,
@@ -192,7 +192,7 @@ class Daemon:
             self.registry.release(cmd.vm_id, cmd.command)
             raise
 
-    def work(self, cmd: VMCommand, delivery: Delivery) -> None:
+    def work(self, cmd: VMCommand | ConsoleCommand, delivery: Delivery) -> None:
         """A host command in its worker thread; the reply and ack go back to the I/O thread."""
         try:
             reply = messages.success(self.commands.run(cmd))

@@ -1,7 +1,7 @@
 """The control protocol's messages (docs/protocol.md), built and parsed here for both sides.
 
 This module is the contract: the shop builds its commands with `create_vm_body`/`delete_vm_body`
-and reads events with `parse_event`; the daemon reads commands with `parse` and builds events with
+(and the console's `set_admin_password_body`/`resize_vm_body`/`restart_vm_body`) and reads events with `parse_event`; the daemon reads commands with `parse` and builds events with
 `event`. Neither side writes a body by hand, so the two cannot drift apart.
 
 `parse` turns a raw AMQP body into one typed command or raises `Rejected` with a reason that is
@@ -34,8 +34,13 @@ MAX_INT_DIGITS = 20  # 2**63-1 has 19 digits; longer numbers are refused before 
 CREATE_VM = "create-vm"
 LIST_VMS = "list-vms"
 VM_COMMANDS = ("start-vm", "stop-vm", "restart-vm", "delete-vm")
-HOST_COMMANDS = (LIST_VMS, *VM_COMMANDS)
-COMMANDS = (CREATE_VM, *HOST_COMMANDS)
+HOST_COMMANDS = (LIST_VMS, *VM_COMMANDS)  # also broadcast keys (bound on every host queue)
+# The customer's console (issue 11): sent to one host only (routing key host.<host_id>).
+SET_ADMIN_PASSWORD = "set-admin-password"  # noqa: S105 - a command name, not a password
+RESIZE_VM = "resize-vm"
+RESTART_VM = "restart-vm"
+CONSOLE_COMMANDS = (SET_ADMIN_PASSWORD, RESIZE_VM)
+COMMANDS = (CREATE_VM, *HOST_COMMANDS, *CONSOLE_COMMANDS)
 
 IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -83,9 +88,34 @@ class VMCommand:
     command: str
     vm_id: str
     kill: bool = False
+    request_id: str = ""  # restart-vm only: the console's idempotency key (a UUID, or "")
 
 
-Command = CreateVM | ListVMs | VMCommand
+@dataclass(frozen=True)
+class SetAdminPassword:
+    """Give the VM's administrator a new password (the console's rotation)."""
+
+    vm_id: str
+    request_id: str
+    username: str
+    password: str = field(repr=False)
+    command: str = SET_ADMIN_PASSWORD
+
+
+@dataclass(frozen=True)
+class ResizeVM:
+    """New memory/vCPUs (through a clean restart) and a disk that only grows."""
+
+    vm_id: str
+    request_id: str
+    memory_mb: int
+    vcpus: int
+    disk_gb: int
+    command: str = RESIZE_VM
+
+
+Command = CreateVM | ListVMs | VMCommand | SetAdminPassword | ResizeVM
+ConsoleCommand = SetAdminPassword | ResizeVM
 
 
 def _int(options: dict[str, Any], key: str, bounds: tuple[int, int, int]) -> int:
@@ -120,7 +150,11 @@ def generate_admin() -> tuple[str, str]:
 def _admin(options: dict[str, Any]) -> tuple[str, str, bool]:
     if "admin" not in options:
         return (*generate_admin(), True)
-    admin = options["admin"]
+    return (*_credentials(options["admin"]), False)
+
+
+def _credentials(admin: object) -> tuple[str, str]:
+    """options.admin: a user name (not guest) and a 12-128 character printable password."""
     if not isinstance(admin, dict):
         raise Rejected("options.admin must be an object with username and password")
     username, password = admin.get("username"), admin.get("password")
@@ -130,7 +164,7 @@ def _admin(options: dict[str, Any]) -> tuple[str, str, bool]:
         raise Rejected("options.admin.username must not be guest")
     if not isinstance(password, str) or not PASSWORD_RE.fullmatch(password):
         raise Rejected("options.admin.password must be 12-128 printable ASCII characters")
-    return username, password, False
+    return username, password
 
 
 def _limits(options: dict[str, Any]) -> dict[str, int]:
@@ -172,13 +206,61 @@ def _create_vm(options: dict[str, Any]) -> CreateVM:
     )
 
 
-def _vm_command(command: str, options: dict[str, Any]) -> VMCommand:
+def _vm_id(options: dict[str, Any]) -> str:
     if "vm-id" not in options:
         raise Rejected("options.vm-id is required")
+    return validate_vm_id(options["vm-id"])
+
+
+def validate_request_id(value: object) -> str:
+    """A request id: a UUID string, returned in its canonical form (lower case, dashes)."""
+    if not isinstance(value, str) or len(value) > 36:
+        raise Rejected("options.request-id must be a UUID")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Rejected("options.request-id must be a UUID") from None
+
+
+def _request_id(options: dict[str, Any]) -> str:
+    """The optional options.request-id ("" when absent)."""
+    return validate_request_id(options["request-id"]) if "request-id" in options else ""
+
+
+def _required_int(options: dict[str, Any], key: str, bounds: tuple[int, int, int]) -> int:
+    if key not in options:
+        raise Rejected(f"options.{key} is required")
+    return _int(options, key, bounds)
+
+
+def _vm_command(command: str, options: dict[str, Any]) -> VMCommand:
+    vm_id = _vm_id(options)
     kill = options.get("kill", False)
     if not isinstance(kill, bool):
         raise Rejected("options.kill must be true or false")
-    return VMCommand(command=command, vm_id=validate_vm_id(options["vm-id"]), kill=kill)
+    request_id = _request_id(options) if command == RESTART_VM else ""
+    return VMCommand(command=command, vm_id=vm_id, kill=kill, request_id=request_id)
+
+
+def _set_admin_password(options: dict[str, Any]) -> SetAdminPassword:
+    vm_id = _vm_id(options)
+    request_id = _request_id(options)
+    if "admin" not in options:
+        raise Rejected("options.admin is required")
+    username, password = _credentials(options["admin"])
+    return SetAdminPassword(
+        vm_id=vm_id, request_id=request_id, username=username, password=password
+    )
+
+
+def _resize_vm(options: dict[str, Any]) -> ResizeVM:
+    return ResizeVM(
+        vm_id=_vm_id(options),
+        request_id=_request_id(options),
+        memory_mb=_required_int(options, "memory-mb", MEMORY_MB),
+        vcpus=_required_int(options, "vcpus", VCPUS),
+        disk_gb=_required_int(options, "disk-gb", DISK_GB),
+    )
 
 
 _ESCAPE = re.compile(r"\\.", re.DOTALL)  # \" or \\ inside a string
@@ -266,6 +348,10 @@ def parse(body: bytes) -> Command:
         return _create_vm(options)
     if command == LIST_VMS:
         return ListVMs()
+    if command == SET_ADMIN_PASSWORD:
+        return _set_admin_password(options)
+    if command == RESIZE_VM:
+        return _resize_vm(options)
     return _vm_command(command, options)
 
 
@@ -333,6 +419,40 @@ def delete_vm_body(*, vm_id: str) -> dict[str, Any]:
     return command_body("delete-vm", {"vm-id": vm_id})
 
 
+# The console's commands (no reply_to: instance.command_done/failed tell the shop the outcome;
+# send them with routing key host.<host_id> of the VM's host).
+def set_admin_password_body(
+    *, vm_id: str, request_id: str | uuid.UUID, username: str, password: str
+) -> dict[str, Any]:
+    return command_body(
+        SET_ADMIN_PASSWORD,
+        {
+            "vm-id": vm_id,
+            "request-id": str(request_id),
+            "admin": {"username": username, "password": password},
+        },
+    )
+
+
+def resize_vm_body(
+    *, vm_id: str, request_id: str | uuid.UUID, memory_mb: int, vcpus: int, disk_gb: int
+) -> dict[str, Any]:
+    return command_body(
+        RESIZE_VM,
+        {
+            "vm-id": vm_id,
+            "request-id": str(request_id),
+            "memory-mb": memory_mb,
+            "vcpus": vcpus,
+            "disk-gb": disk_gb,
+        },
+    )
+
+
+def restart_vm_body(*, vm_id: str, request_id: str | uuid.UUID) -> dict[str, Any]:
+    return command_body(RESTART_VM, {"vm-id": vm_id, "request-id": str(request_id)})
+
+
 def encode(body: dict[str, Any]) -> bytes:
     """The bytes on the wire for a command or event dict."""
     return _dumps(body)
@@ -380,6 +500,8 @@ INSTANCE_STARTED = "instance.started"
 INSTANCE_DELETED = "instance.deleted"
 INSTANCE_LOST = "instance.lost"
 INSTANCE_RESTARTING = "instance.restarting"  # QEMU exited on its own; the host starts it again
+INSTANCE_COMMAND_DONE = "instance.command_done"  # a console command's outcome (request_id)
+INSTANCE_COMMAND_FAILED = "instance.command_failed"
 HEARTBEAT = "host.heartbeat"
 INSTANCE_EVENTS = frozenset(
     {
@@ -392,6 +514,8 @@ INSTANCE_EVENTS = frozenset(
         INSTANCE_DELETED,
         INSTANCE_LOST,
         INSTANCE_RESTARTING,
+        INSTANCE_COMMAND_DONE,
+        INSTANCE_COMMAND_FAILED,
     }
 )
 STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
@@ -407,6 +531,8 @@ MAX_SHORT = 100  # message_id, occurred_at, image, admin_username, each IP addre
 MAX_ADDRESSES = 64
 MAX_VERSION = 50  # daemon_version
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+COMMAND_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,49}$")
+RUNTIME_KEYS = ("rabbitmq_version", "erlang_version", "node")  # instance.ready's runtime
 MANAGEMENT_URL_RE = re.compile(r"^https?://[^\s]+$")
 AMQP_URL_RE = re.compile(r"^amqps?://[^\s]+$")
 
@@ -554,6 +680,16 @@ class Event:
     free_slots: int = 0
     daemon_version: str = ""
     metrics: Metrics | None = None  # instance.metrics only
+    # instance.ready's optional runtime (what the VM runs; "" when not reported)
+    rabbitmq_version: str = ""
+    erlang_version: str = ""
+    node: str = ""
+    # instance.command_done / instance.command_failed (sizes: resize-vm's done only; 0 otherwise)
+    command: str = ""
+    request_id: uuid.UUID | None = None
+    memory_mb: int = 0
+    vcpus: int = 0
+    disk_gb: int = 0
 
     @property
     def is_instance_event(self) -> bool:
@@ -607,6 +743,43 @@ def _ready_extras(data: dict[str, Any]) -> None:
         or not 0 <= seconds <= 10**9
     ):
         raise MalformedEvent("seconds must be a non-negative number")
+
+
+def _runtime(data: dict[str, Any]) -> dict[str, str]:
+    """instance.ready's optional `runtime` object: known keys as strings (unknown keys ignored)."""
+    runtime = data.get("runtime")
+    if runtime is None:
+        return {}
+    if not isinstance(runtime, dict):
+        raise MalformedEvent("runtime must be an object")
+    return {name: _event_str(runtime, name, MAX_SHORT) for name in RUNTIME_KEYS}
+
+
+def _outcome(data: dict[str, Any], event_type: str) -> dict[str, Any]:
+    """The fields of instance.command_done / instance.command_failed."""
+    fields: dict[str, Any] = {
+        "command": _event_str(
+            data,
+            "command",
+            MAX_TYPE,
+            required=True,
+            pattern=COMMAND_NAME_RE,
+            what="a command name ([a-z][a-z0-9-]*)",
+        )
+    }
+    request_id = _event_str(data, "request_id", MAX_SHORT)
+    if request_id:
+        try:
+            fields["request_id"] = uuid.UUID(request_id)
+        except ValueError:
+            raise MalformedEvent("request_id must be a UUID") from None
+    if event_type == INSTANCE_COMMAND_FAILED:
+        fields["reason"] = _event_str(data, "reason", MAX_REASON)
+    else:
+        fields["memory_mb"] = _event_int(data, "memory_mb", MEMORY_MB[1])
+        fields["vcpus"] = _event_int(data, "vcpus", VCPUS[1])
+        fields["disk_gb"] = _event_int(data, "disk_gb", DISK_GB[1])
+    return fields
 
 
 def parse_event(body: bytes) -> Event:
@@ -673,6 +846,9 @@ def parse_event(body: bytes) -> Event:
             what="a user name ([A-Za-z0-9][A-Za-z0-9._-]*)",
         )
         _ready_extras(data)
+        fields.update(_runtime(data))
+    elif event_type in (INSTANCE_COMMAND_DONE, INSTANCE_COMMAND_FAILED):
+        fields.update(_outcome(data, event_type))
     elif event_type in (INSTANCE_FAILED, INSTANCE_LOST):
         fields["reason"] = _event_str(data, "reason", MAX_REASON)
     elif event_type == INSTANCE_RESTARTING:

@@ -16,7 +16,14 @@ from typing import Any
 
 from vmbackend import messages, network, ports
 from vmbackend.config import Config
-from vmbackend.messages import CreateVM, ListVMs, Rejected, VMCommand
+from vmbackend.messages import (
+    CONSOLE_COMMANDS,
+    ConsoleCommand,
+    CreateVM,
+    ListVMs,
+    Rejected,
+    VMCommand,
+)
 from vmbackend.state import (
     ACCEPTED,
     BOOTING,
@@ -66,11 +73,16 @@ def parse_create(body: bytes) -> CreateVM:
     return cmd
 
 
-def parse_host(body: bytes, *, routing_key: str, host_key: str) -> ListVMs | VMCommand:
-    """The command in a delivery to the host queue (own key or a broadcast key), or Rejected."""
+def parse_host(
+    body: bytes, *, routing_key: str, host_key: str
+) -> ListVMs | VMCommand | ConsoleCommand:
+    """The command in a delivery to the host queue (own key or a broadcast key), or Rejected.
+    The console's commands come only on the host's own key (never broadcast)."""
     cmd = _parse(body)
     if isinstance(cmd, CreateVM):
         raise Rejected("create-vm goes to routing key create-vm (the shared queue)")
+    if cmd.command in CONSOLE_COMMANDS and routing_key != host_key:
+        raise Rejected(f"{cmd.command} goes to routing key host.<host_id> of the VM's host")
     if routing_key != host_key and routing_key != cmd.command:
         raise Rejected(f"routing key {routing_key} does not match command {cmd.command}")
     return cmd
@@ -293,7 +305,7 @@ class Registry:
         self.report(record, event_type, fields)
 
     # -- host commands
-    def claim(self, cmd: VMCommand) -> tuple[str, VMRecord | None]:
+    def claim(self, cmd: VMCommand | ConsoleCommand) -> tuple[str, VMRecord | None]:
         """CLAIMED (the vm-id is now busy: call `release` when done), UNKNOWN or BUSY.
 
         A delete-vm wins over a command whose boot is still running (a start-vm whose RabbitMQ

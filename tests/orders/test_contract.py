@@ -213,3 +213,103 @@ def test_the_wire_format_is_the_documented_one(instance):
         "admin",
         "limits",
     }
+
+
+# -- the customer's console (issue 11) ------------------------------------------------------------
+
+
+def test_the_console_commands_the_shop_builds_are_read_by_the_daemon_on_its_own_key(instance):
+    from vmbackend.messages import ResizeVM, SetAdminPassword
+    from vmbackend.registry import parse_host
+
+    request_id = "5f1d2c3b-4a59-4e8f-9d0c-1b2a3c4d5e6f"
+    vm_id = str(instance.public_id)
+    bodies = {
+        messages.encode(
+            messages.set_admin_password_body(
+                vm_id=vm_id,
+                request_id=request_id,
+                username=instance.admin_username,
+                password="A-new-password-0123456789",
+            )
+        ): SetAdminPassword(
+            vm_id, request_id, instance.admin_username, "A-new-password-0123456789"
+        ),
+        messages.encode(
+            messages.resize_vm_body(
+                vm_id=vm_id, request_id=request_id, memory_mb=1024, vcpus=2, disk_gb=10
+            )
+        ): ResizeVM(vm_id, request_id, 1024, 2, 10),
+        messages.encode(messages.restart_vm_body(vm_id=vm_id, request_id=request_id)): VMCommand(
+            "restart-vm", vm_id, request_id=request_id
+        ),
+    }
+    for body, expected in bodies.items():
+        assert parse_host(body, routing_key="host.host-a", host_key="host.host-a") == expected
+    # Never broadcast: a console command on another routing key is dead-lettered.
+    with pytest.raises(messages.Rejected, match="routing key host"):
+        parse_host(
+            messages.encode(
+                messages.resize_vm_body(
+                    vm_id=vm_id, request_id=request_id, memory_mb=1024, vcpus=2, disk_gb=10
+                )
+            ),
+            routing_key="resize-vm",
+            host_key="host.host-a",
+        )
+
+
+def test_the_console_outcomes_the_daemon_builds_are_read_by_the_shop(instance):
+    request_id = "5f1d2c3b-4a59-4e8f-9d0c-1b2a3c4d5e6f"
+
+    def event(type_: str, seq: int, **fields: Any) -> bytes:
+        return messages.encode_event(
+            messages.event(type_, instance_id=instance.vm_id, host_id="host-a", seq=seq, **fields)
+        )
+
+    done = messages.parse_event(
+        event(
+            "instance.command_done",
+            1,
+            command="resize-vm",
+            request_id=request_id,
+            memory_mb=1024,
+            vcpus=2,
+            disk_gb=10,
+        )
+    )
+    assert (done.command, str(done.request_id), done.memory_mb, done.vcpus, done.disk_gb) == (
+        "resize-vm",
+        request_id,
+        1024,
+        2,
+        10,
+    )
+    failed = messages.parse_event(
+        event(
+            "instance.command_failed",
+            2,
+            command="set-admin-password",
+            request_id=request_id,
+            reason="the VM is stopped; try again when it is running",
+        )
+    )
+    assert (failed.command, failed.reason) == (
+        "set-admin-password",
+        "the VM is stopped; try again when it is running",
+    )
+    ready = messages.parse_event(
+        event(
+            "instance.ready",
+            3,
+            management_url="http://127.0.0.1:20001/",
+            amqp_url="amqp://u@127.0.0.1:20002/",
+            runtime={"rabbitmq_version": "4.0.5", "erlang_version": "26.2.5", "node": "rabbit@vm"},
+        )
+    )
+    assert (ready.rabbitmq_version, ready.erlang_version, ready.node) == (
+        "4.0.5",
+        "26.2.5",
+        "rabbit@vm",
+    )
+    assert all(ev.instance_id == instance.public_id for ev in (done, failed, ready))

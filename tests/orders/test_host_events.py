@@ -516,6 +516,8 @@ _EVENT_FIELDS = {
     "instance.failed": {"reason": "boom"},
     "instance.lost": {"reason": "gone"},
     "instance.restarting": {"reason": "QEMU exited", "attempt": 1},
+    "instance.command_done": {"command": "restart-vm"},
+    "instance.command_failed": {"command": "restart-vm", "reason": "the VM is stopped"},
 }
 
 

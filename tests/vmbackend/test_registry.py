@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmbackend import config, messages
-from vmbackend.messages import CreateVM, ListVMs, Rejected, VMCommand
+from vmbackend.messages import CreateVM, ListVMs, Rejected, ResizeVM, SetAdminPassword, VMCommand
 from vmbackend.registry import (
     BUSY,
     CLAIMED,
@@ -373,4 +373,4 @@ def test_any_body_becomes_a_command_or_rejected_never_another_exception(body, ke
         except Rejected as exc:
             assert exc.reason and isinstance(exc.reason, str)
         else:
-            assert isinstance(cmd, CreateVM | ListVMs | VMCommand)
+            assert isinstance(cmd, CreateVM | ListVMs | VMCommand | SetAdminPassword | ResizeVM)
