@@ -40,7 +40,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel
 
-from orders import broker
+from orders import broker, metrics
 from orders.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
 from orders.models import (
     EFFECT_FORGET_CREDENTIALS,
@@ -70,6 +70,8 @@ CONSUMER_ERRORS = (pika.exceptions.AMQPError, OSError, DatabaseError)
 def handle_message(body: bytes, *, now: datetime | None = None) -> str:
     """Parse and apply one event. Returns what happened (for logs and tests)."""
     event = messages.parse_event(body)
+    if event.type == messages.INSTANCE_METRICS:
+        return apply_metrics_event(event)
     if event.type == messages.HEARTBEAT:
         result = apply_heartbeat(event, now=now or timezone.now())
     elif event.is_instance_event:
@@ -82,6 +84,28 @@ def handle_message(body: bytes, *, now: datetime | None = None) -> str:
         event.instance_id or "-",
         event.host_id,
         event.seq,
+        result,
+    )
+    return result
+
+
+def apply_metrics_event(event: Event) -> str:
+    """instance.metrics: a sample for the graphs and alarms (orders/metrics.py). Outside the
+    (host_id, seq) path: it neither reads nor moves last_event_seq, and keeps no receipt."""
+    if event.metrics is None or event.instance_id is None:  # the parser sets both
+        return "ignored"
+    result = metrics.apply_metrics(
+        instance_id=event.instance_id,
+        host_id=event.host_id,
+        at=_occurred_at(event),
+        metrics=event.metrics,
+    )
+    # DEBUG: every VM reports every 30 s; the INFO log stays about changes.
+    log.debug(
+        "event=host_event type=%s instance_id=%s host_id=%s result=%s",
+        event.type,
+        event.instance_id,
+        event.host_id,
         result,
     )
     return result
@@ -381,6 +405,11 @@ class EventConsumer:
     backoff_max: float = 30.0
     silent_check_interval: float = 15.0
     dead_letter_interval: float = 2.0
+    # Metrics roll-up and pruning (orders/metrics.rollup_and_prune); settings' default: 60 s.
+    maintenance_interval: float = field(
+        default_factory=lambda: float(settings.METRICS_MAINTENANCE_INTERVAL)
+    )
+    last_maintenance: float | None = None  # monotonic time of the last run; None: never ran
     stop_event: threading.Event = field(default_factory=threading.Event)
     counts: dict[str, int] = field(default_factory=dict)
     last_silent_check: float = 0.0
@@ -507,6 +536,7 @@ class EventConsumer:
                 if method is None and once:
                     break
                 self.check_silent_hosts(channel)
+                self.maintain(channel)
                 if self.stop_event.is_set():
                     break
             channel.cancel()
@@ -519,6 +549,19 @@ class EventConsumer:
         if now.timestamp() - self.last_silent_check > self.silent_check_interval:
             self.with_database(channel, lambda: mark_silent_hosts(now))
             self.last_silent_check = now.timestamp()
+
+    def maintain(self, channel: BlockingChannel) -> dict[str, int] | None:
+        """Roll up and prune the metrics when maintenance_interval has passed (one step; tests
+        call it directly). Returns the job's counts, or None when it was not time yet."""
+        now = time.monotonic()
+        if (
+            self.last_maintenance is not None
+            and now - self.last_maintenance < self.maintenance_interval
+        ):
+            return None
+        counts: dict[str, int] = self.with_database(channel, metrics.rollup_and_prune)
+        self.last_maintenance = time.monotonic()
+        return counts
 
 
 def _record_safely(method: Any, properties: Any, body: bytes) -> str:

@@ -15,4 +15,7 @@ urlpatterns = [
     path("<uuid:public_id>/cancel/", views.cancel, name="cancel"),
     path("<uuid:public_id>/credentials/", views.credentials, name="credentials"),
     path("<uuid:public_id>/status/", views.status, name="status"),
+    path("<uuid:public_id>/metrics/", views.metrics, name="metrics"),
+    path("<uuid:public_id>/alarms/", views.alarm_add, name="alarm_add"),
+    path("<uuid:public_id>/alarms/<int:alarm_id>/remove/", views.alarm_remove, name="alarm_remove"),
 ]

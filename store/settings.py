@@ -195,6 +195,10 @@ AMQP_URL = env.str("WARREN_AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672
 INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="")
 # A host that has not sent a heartbeat for this long is shown to staff as unreachable.
 HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
+# The order page refetches its metrics and alarms this often (seconds).
+METRICS_REFRESH_SECONDS = env.int("WARREN_METRICS_REFRESH_SECONDS", default=15)
+# The event worker rolls up and prunes the metrics this often (seconds; docs/metrics.md).
+METRICS_MAINTENANCE_INTERVAL = env.int("WARREN_METRICS_MAINTENANCE_INTERVAL", default=60)
 
 LOGGING = {
     "version": 1,
