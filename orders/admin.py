@@ -14,15 +14,27 @@ import json
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.constants import LOOKUP_SEP
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from orders.checkout import CheckoutError, settle_refund
+from orders.fleet import fleet
 from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
-from orders.models import DeadLetter, Host, Instance, Order, OutboxMessage, WebhookEvent
+from orders.models import (
+    DeadLetter,
+    Host,
+    Instance,
+    MetricSample,
+    Order,
+    OutboxMessage,
+    WebhookEvent,
+)
 from orders.outbox import requeue
 from orders.provisioning import ProvisioningError, cancel_order, retry_provisioning
 
@@ -172,6 +184,7 @@ class InstanceAdmin(ReadOnlyAdmin):
         "host_id",
         "attempts",
         "restart_count",
+        "latest_sample",
         "updated_at",
         "failure_reason",
     )
@@ -199,6 +212,26 @@ class InstanceAdmin(ReadOnlyAdmin):
                 '<span style="color:#a60">restarting: {}</span>', obj.failure_reason[:200]
             )
         return ""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Instance]:
+        # The latest metrics sample's time per row, by the (instance, at) index: one subquery.
+        newest = MetricSample.objects.filter(instance=OuterRef("pk")).order_by("-at")
+        instances: QuerySet[Instance] = super().get_queryset(request)
+        return instances.annotate(
+            latest_sample_at=Subquery(newest.values("at")[:1]),
+            latest_sample_reachable=Subquery(newest.values("reachable")[:1]),
+        )
+
+    @admin.display(description="latest sample")
+    def latest_sample(self, obj: Instance) -> str:
+        at = getattr(obj, "latest_sample_at", None)
+        if at is None:
+            return "-"
+        if not getattr(obj, "latest_sample_reachable", True):
+            return format_html(
+                '<strong style="color:#b00">not answering</strong> {}', f"{at:%d %b %H:%M:%S}"
+            )
+        return f"{at:%d %b %H:%M:%S}"
 
     @admin.display(description="order")
     def order_link(self, obj: Instance) -> str:
@@ -315,12 +348,33 @@ class HostAdmin(ReadOnlyAdmin):
         "running",
         "free_slots",
         "version",
+        "fleet_link",
     )
     search_fields = ("host_id",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
         mark_silent_hosts(timezone.now())
         return super().get_queryset(request)
+
+    def get_urls(self) -> list[URLPattern]:
+        fleet_view = self.admin_site.admin_view(self.fleet_view)
+        return [path("fleet/", fleet_view, name="orders_host_fleet"), *super().get_urls()]
+
+    def fleet_view(self, request: HttpRequest) -> HttpResponse:
+        """Per host its VMs, CPU, memory, free capacity, last heartbeat; per VM its latest
+        sample (orders/fleet.py)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {**self.admin_site.each_context(request), "hosts": fleet(timezone.now())}
+        return TemplateResponse(request, "admin/orders/fleet.html", context)
+
+    @admin.display(description="fleet")
+    def fleet_link(self, obj: Host) -> str:
+        return format_html(
+            '<a href="{}#host-{}">VMs and their samples</a>',
+            reverse("admin:orders_host_fleet"),
+            obj.host_id,
+        )
 
     @admin.display(description="status")
     def heartbeat(self, obj: Host) -> str:
