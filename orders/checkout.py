@@ -16,7 +16,8 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 from django.utils import timezone
 
-from orders.models import Order
+from orders import activity
+from orders.models import Activity, Order
 from store.models import Plan
 
 log = logging.getLogger(__name__)
@@ -187,13 +188,19 @@ def settle_refund(*, order: Order) -> bool:
             )
             return False
     now = timezone.now()
-    Order.objects.filter(pk=order.pk, refund_status=Refund.PENDING).update(
+    settled = Order.objects.filter(pk=order.pk, refund_status=Refund.PENDING).update(
         refund_status=Refund.REFUNDED,
         stripe_refund_id=refund_id,
         refunded_at=now,
         refund_error="",
         updated_at=now,
     )
+    if settled:  # a racing settle recorded it already otherwise
+        activity.record(
+            order=order,
+            kind=Activity.Kind.REFUNDED,
+            message="A payment that arrived after the order had ended was refunded.",
+        )
     log.info(
         "event=refunded order_id=%s payment=%s refund=%s",
         order.public_id,
@@ -248,3 +255,56 @@ def _refund_target(client: stripe.StripeClient, payment: str) -> dict[str, str]:
 
 def _stripe_id(value: object) -> str:
     return value if isinstance(value, str) else value["id"]  # type: ignore[index]
+
+
+# -- the console: plan changes and the billing portal -----------------------------------------
+
+
+def change_subscription_price(*, order: Order, price_id: str, idempotency_key: str) -> None:
+    """Move the order's subscription to `price_id` with proration (Stripe bills or credits the
+    difference for the rest of the period). Raises CheckoutError when Stripe refuses or is down.
+    The same idempotency_key makes a repeated call one change at Stripe."""
+    client = _stripe_client()
+    sub_id = order.stripe_subscription_id
+    log.info(
+        "event=stripe_price_changing order_id=%s subscription=%s price=%s",
+        order.public_id,
+        sub_id,
+        price_id,
+    )
+    try:
+        subscription = client.v1.subscriptions.retrieve(sub_id)
+        item_id = subscription["items"]["data"][0]["id"]
+        client.v1.subscriptions.update(
+            sub_id,
+            {
+                "items": [{"id": item_id, "price": price_id}],
+                "proration_behavior": "create_prorations",
+            },
+            {"idempotency_key": idempotency_key},
+        )
+    except stripe.StripeError as exc:
+        log.error(
+            "event=stripe_price_change_failed order_id=%s error=%s",
+            order.public_id,
+            type(exc).__name__,
+        )
+        raise CheckoutError("The payment provider did not accept the change") from exc
+    except (KeyError, IndexError, TypeError) as exc:  # a subscription without an item
+        log.error("event=stripe_price_change_failed order_id=%s error=no_item", order.public_id)
+        raise CheckoutError("The subscription has no price to change") from exc
+    log.info("event=stripe_price_changed order_id=%s price=%s", order.public_id, price_id)
+
+
+def billing_portal_url(*, order: Order, return_url: str) -> str:
+    """A Stripe customer portal session for the order's customer (cards, invoices)."""
+    try:
+        session = _stripe_client().v1.billing_portal.sessions.create(
+            {"customer": order.stripe_customer_id, "return_url": return_url}
+        )
+    except stripe.StripeError as exc:
+        log.error(
+            "event=stripe_portal_failed order_id=%s error=%s", order.public_id, type(exc).__name__
+        )
+        raise CheckoutError("Payment provider unavailable, please try again") from exc
+    return str(session.url)

@@ -40,7 +40,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel
 
-from orders import broker, metrics
+from orders import activity, broker, console, metrics
 from orders.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
 from orders.models import (
     EFFECT_FORGET_CREDENTIALS,
@@ -277,6 +277,20 @@ def _update(instance: Instance, **fields: Any) -> None:
 
 
 def apply_step(order: Order, instance: Instance, event: Event) -> str:
+    """Apply one new event to the locked order and instance: a console command's outcome
+    (orders/console.py), or the table's step; then the order's timeline (orders/activity.py)."""
+    if event.type in console.OUTCOME_EVENTS:
+        return console.apply_outcome(order, instance, event)
+    before = activity.Before.of(instance)
+    result = _apply_table_step(order, instance, event)
+    if result == "applied":
+        if event.type == messages.INSTANCE_READY and instance.status == Instance.Status.READY:
+            console.after_ready(order, instance, event)
+        activity.after_host_event(order, instance, event, before)
+    return result
+
+
+def _apply_table_step(order: Order, instance: Instance, event: Event) -> str:
     """Apply HOST_EVENT_TRANSITIONS[(type, instance status)] to the locked order and instance."""
     step = HOST_EVENT_TRANSITIONS.get((event.type, instance.status))
     if step is None:

@@ -271,6 +271,17 @@ class Instance(_StateMachine):
     last_crash_at = models.DateTimeField(null=True, blank=True)
     last_restart_at = models.DateTimeField(null=True, blank=True)
     restart_count = models.PositiveIntegerField(default=0)
+    # The VM's own size (set from the plan at payment, then from each resize-vm's command_done):
+    # what it has, not what its plan says today. And what it runs, from the last instance.ready's
+    # `runtime` (runtime_at = that ready: the last (re)start). docs/orders.md, "Console".
+    memory_mb = models.PositiveIntegerField(null=True, blank=True)
+    vcpus = models.PositiveSmallIntegerField(null=True, blank=True)
+    disk_gb = models.PositiveIntegerField(null=True, blank=True)
+    created_rabbitmq_version = models.CharField(max_length=8, blank=True)  # the plan's series
+    rabbitmq_version = models.CharField(max_length=100, blank=True)
+    erlang_version = models.CharField(max_length=100, blank=True)
+    node_name = models.CharField(max_length=100, blank=True)
+    runtime_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -713,3 +724,148 @@ class AlarmEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alarm} {self.change} {self.at:%Y-%m-%d %H:%M}"
+
+
+# -- the customer's console and the order's timeline (issue 11; orders/console.py, activity.py) --
+
+
+class ConsoleCommandKind(models.TextChoices):
+    """What the customer asked for; the value is the protocol's command name."""
+
+    RESTART = "restart-vm", "Restart"
+    ROTATE_PASSWORD = "set-admin-password", "Rotate password"  # noqa: S105 - a command name
+    CHANGE_PLAN = "resize-vm", "Change plan"
+
+
+class ConsoleCommandStatus(models.TextChoices):
+    SENT = "sent", "Sent to the host"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class ConsoleCommand(_StateMachine):
+    """One console action of the owner, sent to the VM's host and waiting for its outcome.
+
+    `request_id` is the protocol's request-id and the form's one-time token: a repeated POST of
+    the same form finds its row and does nothing again. At most one command per instance is
+    `sent` at a time (a partial unique index): the next waits until the host answered.
+    """
+
+    Kind = ConsoleCommandKind
+    Status = ConsoleCommandStatus
+
+    S = Status
+    # sent -> done (instance.command_done, or instance.ready for a restart) | failed
+    # (instance.command_failed, or no answer within settings.CONSOLE_COMMAND_TIMEOUT). A host's
+    # late command_done after that timeout still counts (failed -> done): the VM did change.
+    TRANSITIONS = {
+        S.SENT: frozenset({S.DONE, S.FAILED}),
+        S.DONE: frozenset(),
+        S.FAILED: frozenset({S.DONE}),
+    }
+
+    class Billing(models.TextChoices):
+        """The money side of a plan change (docs/orders.md, "Changing plan")."""
+
+        NONE = "", "Nothing to bill"
+        CHANGED = "changed", "Subscription price changed"  # with Stripe, before resize-vm
+        REVERTED = "reverted", "Price change reverted"  # the resize failed
+        REVERT_FAILED = "revert_failed", "Revert failed: staff must fix the price"
+
+    instance = models.ForeignKey(Instance, on_delete=models.PROTECT, related_name="commands")
+    request_id = models.UUIDField(unique=True)
+    kind = models.CharField(max_length=30, choices=ConsoleCommandKind.choices)
+    status = models.CharField(
+        max_length=10, choices=ConsoleCommandStatus.choices, default=ConsoleCommandStatus.SENT
+    )
+    from_plan = models.ForeignKey(
+        "store.Plan", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    to_plan = models.ForeignKey(
+        "store.Plan", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # set-admin-password: the new password, encrypted, until the host confirmed it (then it
+    # becomes the instance's password and this is cleared) or refused it (cleared).
+    new_password_encrypted = models.TextField(blank=True)
+    # set-admin-password, done: when the owner was shown the new password (once).
+    password_shown_at = models.DateTimeField(null=True, blank=True)
+    billing = models.CharField(max_length=15, choices=Billing.choices, default="", blank=True)
+    reason = models.CharField(max_length=300, blank=True)  # why it failed (the host's words)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=ConsoleCommandStatus.values),
+                name="console_command_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=ConsoleCommandKind.values),
+                name="console_command_kind_valid",
+            ),
+            # One action at a time per server; also the page's "is something pending" lookup.
+            models.UniqueConstraint(
+                fields=["instance"],
+                condition=models.Q(status="sent"),
+                name="console_one_pending_per_instance",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.request_id} ({self.status})"
+
+    def __repr__(self) -> str:  # never the password
+        return f"<ConsoleCommand {self.kind} {self.request_id} status={self.status}>"
+
+    @property
+    def new_password(self) -> str:
+        return encryption.decrypt(self.new_password_encrypted)
+
+
+class ActivityKind(models.TextChoices):
+    PAID = "paid", "Paid"
+    SETTING_UP = "setting_up", "Setting up"
+    READY = "ready", "Ready"
+    STOPPED = "stopped", "Stopped unexpectedly"
+    RESTARTED = "restarted", "Restarted"
+    LOST = "lost", "Could not be restarted"
+    SETUP_FAILED = "setup_failed", "Setup failed"
+    RESTART_REQUESTED = "restart_requested", "Restart requested"
+    PASSWORD_ROTATED = "password_rotated", "Password changed"  # noqa: S105 - a label
+    PLAN_CHANGED = "plan_changed", "Plan changed"
+    ACTION_REQUESTED = "action_requested", "Action requested"
+    ACTION_FAILED = "action_failed", "Action failed"
+    PAYMENT_FAILED = "payment_failed", "Payment failed"
+    CANCELLED = "cancelled", "Cancelled"
+    DELETED = "deleted", "Server deleted"
+    REFUNDED = "refunded", "Refunded"
+
+
+class Activity(models.Model):
+    """One line of an order's timeline (orders/activity.py writes them, in the transaction of the
+    change they record). Append-only: nothing updates or deletes a row."""
+
+    Kind = ActivityKind
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="activities")
+    kind = models.CharField(max_length=20, choices=ActivityKind.choices)
+    message = models.CharField(max_length=300)  # what the customer reads; never a secret
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            # The order page's timeline: one order's newest rows.
+            models.Index(fields=["order", "-at", "-id"], name="activity_order_newest"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind__in=ActivityKind.values), name="activity_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.kind}"

@@ -16,7 +16,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from orders.models import ORDER_STATUS_FOR_INSTANCE, Instance, Order, OutboxMessage
+from orders import activity
+from orders.models import ORDER_STATUS_FOR_INSTANCE, Activity, Instance, Order, OutboxMessage
 from vmbackend import messages, topology
 
 CREATE_VM = messages.CREATE_VM
@@ -38,11 +39,11 @@ def enqueue(
 ) -> OutboxMessage:
     """Record a command to publish; commits (or rolls back) with the caller's transaction.
 
-    A create-vm is stored without its admin password: the row would otherwise keep the secret in
-    clear for as long as it exists. The relay fills it in from the instance (where it is
-    encrypted) at the moment it publishes (`body_to_publish`).
+    A create-vm (and a console's set-admin-password) is stored without its admin password: the
+    row would otherwise keep the secret in clear for as long as it exists. The relay fills it in
+    from where it is encrypted at the moment it publishes (`body_to_publish`).
     """
-    admin = (body.get("options") or {}).get("admin") if routing_key == CREATE_VM else None
+    admin = (body.get("options") or {}).get("admin") if _carries_password(body) else None
     if isinstance(admin, dict) and admin.get("password"):
         body = copy.deepcopy(body)
         body["options"]["admin"]["password"] = ""
@@ -51,16 +52,32 @@ def enqueue(
     )
 
 
+# Commands whose options.admin.password is never stored in the outbox (filled in at publish).
+PASSWORD_COMMANDS = frozenset({CREATE_VM, messages.SET_ADMIN_PASSWORD})
+
+
+def _carries_password(body: dict[str, Any]) -> bool:
+    return body.get("command") in PASSWORD_COMMANDS
+
+
 def body_to_publish(row: OutboxMessage) -> dict[str, Any]:
-    """The body the relay puts on the wire: a create-vm gets its instance's password back
-    (decrypted here, in memory, just for the publish)."""
+    """The body the relay puts on the wire: a create-vm gets its instance's password back, a
+    set-admin-password the new password its console command holds (decrypted here, in memory,
+    just for the publish)."""
     stored: dict[str, Any] = row.body
-    admin = (stored.get("options") or {}).get("admin") if row.routing_key == CREATE_VM else None
+    admin = (stored.get("options") or {}).get("admin") if _carries_password(stored) else None
     instance = row.instance if row.instance_id is not None else None
     if not isinstance(admin, dict) or instance is None:
         return stored
     body = copy.deepcopy(stored)
-    body["options"]["admin"]["password"] = instance.admin_password
+    if stored.get("command") == messages.SET_ADMIN_PASSWORD:
+        from orders.console import password_to_send
+
+        body["options"]["admin"]["password"] = password_to_send(
+            instance=instance, request_id=str(stored["options"].get("request-id", ""))
+        )
+    else:
+        body["options"]["admin"]["password"] = instance.admin_password
     return body
 
 
@@ -104,10 +121,20 @@ def request_provisioning(
     # Order.instance is one-to-one: even a second writer that slipped past the status check
     # could not create a second instance (IntegrityError rolls its whole transaction back).
     username, password = messages.generate_admin()  # warren-xxxxxx, 32 url-safe characters
-    instance = Instance(order=order, admin_username=username)
+    plan = order.plan
+    instance = Instance(
+        order=order,
+        admin_username=username,
+        # The VM's own size and version from now on (a plan's values may change later).
+        memory_mb=plan.memory_mb,
+        vcpus=plan.vcpus,
+        disk_gb=plan.disk_gb,
+        created_rabbitmq_version=plan.rabbitmq_version,
+    )
     instance.admin_password = password  # encrypted on the way in (orders/encryption.py)
     instance.save(force_insert=True)
     enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance)
+    activity.record(order=order, kind=Activity.Kind.PAID, message="Payment received.")
     log.info(
         "event=provisioning_requested order_id=%s instance_id=%s plan=%s",
         order.public_id,
@@ -168,6 +195,10 @@ def cancel_order_locked(*, order: Order, reason: str) -> bool:
         request_deletion(order=order, instance=instance)
         changed = True
     if changed:
+        said = reason.split(" (")[0]  # "Cancelled by staff (name)": the customer reads no name
+        activity.record(
+            order=order, kind=Activity.Kind.CANCELLED, message=f"Order cancelled: {said}."
+        )
         log.info(
             "event=order_cancelled order_id=%s status=%s reason=%s",
             order.public_id,

@@ -18,4 +18,6 @@ urlpatterns = [
     path("<uuid:public_id>/metrics/", views.metrics, name="metrics"),
     path("<uuid:public_id>/alarms/", views.alarm_add, name="alarm_add"),
     path("<uuid:public_id>/alarms/<int:alarm_id>/remove/", views.alarm_remove, name="alarm_remove"),
+    path("<uuid:public_id>/console/<slug:action>/", views.console_action, name="console"),
+    path("<uuid:public_id>/billing/", views.billing_portal, name="billing_portal"),
 ]

@@ -22,9 +22,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from orders import metrics_page
+from orders import console, metrics_page
 from orders.alarms import AlarmError, add_alarm, alarms_context, remove_alarm
-from orders.checkout import CheckoutError, start_checkout
+from orders.checkout import CheckoutError, billing_portal_url, start_checkout
 from orders.models import Instance, Order
 from orders.offline_checkout import (
     OfflinePaymentError,
@@ -133,10 +133,14 @@ def _state_context(order: Order) -> dict[str, Any]:
     restarting = bool(instance and instance.is_restarting)
     # A failed order keeps polling: staff may retry it, and the customer should see that happen.
     # So does a server being restarted by its host.
-    final = order.status not in Order.MAY_CHANGE and not restarting
     serving = instance if instance and instance.is_ready and order.status in Order.SERVING else None
     restarted = (
         f":{instance.restart_count}:{restarting}" if instance and instance.last_crash_at else ""
+    )
+    console_ctx = console.page_context(order, instance, serving=serving is not None)
+    # ... and so does one whose console command waits for its host's answer.
+    final = (
+        order.status not in Order.MAY_CHANGE and not restarting and not console_ctx["console_busy"]
     )
     return {
         "order": order,
@@ -149,11 +153,12 @@ def _state_context(order: Order) -> dict[str, Any]:
             instance and instance.status == Instance.Status.LOST and instance.ran_once
         ),
         # Changes whenever anything the page shows changes; the page's script compares it.
-        "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}",
+        "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}{console_ctx['console_version']}",
         "show_connection": serving is not None,
         "management_url": _without_password(serving.management_url) if serving else "",
         "amqp_url": _without_password(serving.amqp_url) if serving else "",
         "offline_payments": offline_payments_enabled(),
+        **console_ctx,
     }
 
 
@@ -322,10 +327,10 @@ def credentials(request: HttpRequest, public_id: UUID) -> HttpResponse:
     if instance is None or not instance.is_ready:
         raise Http404("No credentials yet")
 
+    password = instance.admin_password
+    console.mark_password_shown(instance=instance)  # a rotation's one-time notice is over
     if "application/json" in request.headers.get("Accept", ""):
-        return JsonResponse(
-            {"username": instance.admin_username, "password": instance.admin_password}
-        )
+        return JsonResponse({"username": instance.admin_username, "password": password})
     return render(request, "orders/credentials.html", {"order": order, "instance": instance})
 
 
@@ -352,3 +357,63 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
     except WebhookError:
         return HttpResponse(status=400)
     return HttpResponse(status=200)
+
+
+CONSOLE_SERVICES = {
+    "restart": console.request_restart,
+    "password": console.request_password_rotation,
+}
+CONSOLE_DONE = {
+    "restart": "Restart requested: your server restarts in a moment.",
+    "password": "Password change requested: the new password appears here once it is set.",
+    "plan": "Plan change requested: your server restarts with its new size in a moment.",
+}
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def console_action(request: HttpRequest, public_id: UUID, action: str) -> HttpResponse:
+    """GET: the confirmation page (works without JavaScript); POST: do it, once per form."""
+    order = _get_order(request, public_id)
+    instance = _get_instance(order)
+    if action not in CONSOLE_DONE or instance is None:
+        raise Http404("No such action")
+    if request.method != "POST":
+        ctx = console.confirm_context(order, instance, action)
+        return render(request, "orders/console_confirm.html", ctx)
+    try:
+        request_id = UUID(request.POST.get("request_id", ""))
+    except ValueError:
+        messages.error(request, "That form had expired; nothing was changed. Please try again.")
+        return redirect("orders:detail", order.public_id)
+    try:
+        if action == "plan":
+            plan = Plan.objects.filter(slug=request.POST.get("plan", "")).first()
+            if plan is None:
+                raise console.ConsoleError("Please choose a plan.")
+            started = console.request_plan_change(order=order, request_id=request_id, plan=plan)
+        else:
+            started = CONSOLE_SERVICES[action](order=order, request_id=request_id)
+    except console.ConsoleError as exc:
+        messages.error(request, str(exc))
+    else:
+        if started.new:
+            messages.success(request, CONSOLE_DONE[action])
+    return redirect("orders:detail", order.public_id)
+
+
+@login_required
+@require_POST
+def billing_portal(request: HttpRequest, public_id: UUID) -> HttpResponse:
+    """Stripe's customer portal (cards, invoices) for the order's customer; not offline."""
+    order = _get_order(request, public_id)
+    if not console.stripe_on() or not order.stripe_customer_id:
+        raise Http404("No billing portal")
+    back = request.build_absolute_uri(reverse("orders:detail", args=[order.public_id]))
+    try:
+        url = billing_portal_url(order=order, return_url=back)
+    except CheckoutError as exc:
+        messages.error(request, str(exc))
+        return redirect("orders:detail", order.public_id)
+    return redirect(url)

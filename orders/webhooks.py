@@ -40,6 +40,7 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from orders import activity
 from orders.checkout import request_refund, settle_refund
 from orders.models import Instance, Order, WebhookEvent
 from orders.provisioning import cancel_order_locked, order_status_for, request_provisioning
@@ -351,9 +352,12 @@ def _cancel_unpaid(session: dict[str, Any], *, reason: str, detail: str) -> _Out
 
 
 def on_async_payment_failed(session: dict[str, Any]) -> _Outcome:
-    return _cancel_unpaid(
+    outcome = _cancel_unpaid(
         session, reason="Payment failed", detail="payment failed, order cancelled"
     )
+    if outcome.result == Result.PROCESSED and outcome.order is not None:
+        activity.payment_failed(order=outcome.order, renewal=False)
+    return outcome
 
 
 def on_checkout_session_expired(session: dict[str, Any]) -> _Outcome:
@@ -408,6 +412,7 @@ def on_invoice_payment_failed(invoice: dict[str, Any]) -> _Outcome:
         return _Outcome(Result.UNKNOWN_ORDER, None, f"invoice {_id_of(invoice.get('id'))}")
     if order.status in Order.IN_GOOD_STANDING:
         order.move_to(Order.Status.PAST_DUE)
+        activity.payment_failed(order=order, renewal=True)
         return _Outcome(Result.PROCESSED, order, "renewal failed, past due")
     # A first invoice that fails leaves the order awaiting payment; others change nothing.
     return _Outcome(Result.IGNORED, order, f"already {order.status}")

@@ -199,6 +199,9 @@ HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
 METRICS_REFRESH_SECONDS = env.int("WARREN_METRICS_REFRESH_SECONDS", default=15)
 # The event worker rolls up and prunes the metrics this often (seconds; docs/metrics.md).
 METRICS_MAINTENANCE_INTERVAL = env.int("WARREN_METRICS_MAINTENANCE_INTERVAL", default=60)
+# Seconds a console command (restart, password, plan) may wait for its host's answer before the
+# owner may try again (orders/console.py); a resize restarts the VM, so minutes, not seconds.
+CONSOLE_COMMAND_TIMEOUT = env.int("WARREN_CONSOLE_COMMAND_TIMEOUT", default=900)
 
 LOGGING = {
     "version": 1,
