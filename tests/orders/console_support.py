@@ -5,7 +5,7 @@ of Stripe's HTTP side (the real stripe library builds the requests and parses th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -112,13 +112,15 @@ class FakeStripe:
         return [call["path"] for call in self.calls if call["method"] == method]
 
 
-@pytest.fixture
-def fake_stripe(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[FakeStripe]:
+def install_fake_stripe(monkeypatch: pytest.MonkeyPatch, settings: Any) -> FakeStripe:
+    """Stripe keys on, and the stripe library's HTTP client talking to a FakeStripe."""
     settings.STRIPE_SECRET_KEY = "sk_test_warren"
     settings.STRIPE_WEBHOOK_SECRET = "whsec_test_console"
     fake = FakeStripe()
-    monkeypatch.setattr("stripe.RequestsClient.request", lambda self, *a, **k: fake.request(*a, **k))
-    yield fake
+    monkeypatch.setattr(
+        "stripe.RequestsClient.request", lambda self, *a, **k: fake.request(*a, **k)
+    )
+    return fake
 
 
 SendEmail = Callable[..., bool]

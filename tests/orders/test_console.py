@@ -19,8 +19,9 @@ from store.models import Plan
 from tests.orders.console_support import (
     HOST,
     RUNTIME,
+    FakeStripe,
     apply,
-    fake_stripe,  # noqa: F401 - a fixture
+    install_fake_stripe,
     make_ready,
     outcome,
     ready_fields,
@@ -49,6 +50,11 @@ def _plan(slug: str, *, memory_mb: int, disk_gb: int, cents: int, **extra: Any) 
 @pytest.fixture
 def ready(instance: Instance) -> Instance:
     return make_ready(instance)
+
+
+@pytest.fixture
+def fake_stripe(monkeypatch: pytest.MonkeyPatch, settings: Any) -> FakeStripe:
+    return install_fake_stripe(monkeypatch, settings)
 
 
 @pytest.fixture
@@ -293,7 +299,9 @@ def test_a_plan_of_another_version_is_refused(ready: Instance) -> None:
         console.request_plan_change(order=ready.order, request_id=uuid.uuid4(), plan=other)
 
 
-def test_an_offline_plan_change_resizes_and_applies_when_done(ready: Instance, bigger: Plan) -> None:
+def test_an_offline_plan_change_resizes_and_applies_when_done(
+    ready: Instance, bigger: Plan
+) -> None:
     rid = uuid.uuid4()
     command = console.request_plan_change(order=ready.order, request_id=rid, plan=bigger).command
 
@@ -310,9 +318,7 @@ def test_an_offline_plan_change_resizes_and_applies_when_done(ready: Instance, b
     assert fresh.order.plan == bigger
     assert (fresh.memory_mb, fresh.vcpus, fresh.disk_gb) == (1024, 2, 8)
     line = Activity.objects.get(order=ready.order, kind=Activity.Kind.PLAN_CHANGED)
-    assert line.message == (
-        "Plan changed from Test small ($9.00/month) to Bigger ($19.00/month)."
-    )
+    assert line.message == ("Plan changed from Test small ($9.00/month) to Bigger ($19.00/month).")
 
 
 def test_a_resize_the_host_cannot_fit_keeps_the_plan(ready: Instance, bigger: Plan) -> None:
@@ -325,7 +331,9 @@ def test_a_resize_the_host_cannot_fit_keeps_the_plan(ready: Instance, bigger: Pl
     assert fresh.order.plan.slug == "orders-test-small"
     assert (fresh.memory_mb, fresh.disk_gb) == (512, 4)
     line = Activity.objects.get(order=ready.order, kind=Activity.Kind.ACTION_FAILED)
-    assert line.message == "Plan change failed: not enough memory on the host. Your plan is unchanged."
+    assert (
+        line.message == "Plan change failed: not enough memory on the host. Your plan is unchanged."
+    )
 
 
 def test_a_past_due_order_cannot_change_plan(ready: Instance, bigger: Plan) -> None:
