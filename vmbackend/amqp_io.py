@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -77,6 +80,13 @@ class AmqpIO:
         self.event_channel: BlockingChannel | None = None
         self.create_tag: str | None = None
         self.heartbeat_seq = 0
+        # instance.metrics bodies from the sampler thread, waiting for the connection's thread:
+        # bounded (the oldest go first) and dropped once older than an interval (best-effort).
+        self.metrics_channel: BlockingChannel | None = None
+        self.metrics_out: deque[tuple[float, dict[str, Any]]] = deque(
+            maxlen=max(2 * cfg.capacity, 16)
+        )
+        self.metrics_dropped = 0
 
     # -- connection
     def connect(self, on_host: Handler) -> None:
@@ -96,6 +106,7 @@ class AmqpIO:
         self.create_channel = self.connection.channel()
         self.create_channel.basic_qos(prefetch_count=1)
         self.create_tag = None
+        self.metrics_channel = self.connection.channel()  # no confirms: samples are best-effort
         log.info(
             "connected host_id=%s url=%s capacity=%s",
             self.cfg.host_id,
@@ -106,6 +117,7 @@ class AmqpIO:
     def close(self) -> None:
         conn, self.connection = self.connection, None
         self.host_channel = self.create_channel = self.event_channel = None
+        self.metrics_channel = None
         self.create_tag = None
         if conn is not None and conn.is_open:
             try:
@@ -243,6 +255,43 @@ class AmqpIO:
             messages.encode_event(body),
             pika.BasicProperties(content_type="application/json", message_id=body["message_id"]),
         )
+
+    # -- metrics (best-effort: no outbox, no confirms, transient)
+    def offer_metrics(self, body: dict[str, Any]) -> None:
+        """Queue one sample for the connection's thread (any thread may call this)."""
+        if len(self.metrics_out) == self.metrics_out.maxlen:
+            self.metrics_dropped += 1
+        self.metrics_out.append((time.monotonic(), body))
+
+    def flush_metrics(self, max_age: float) -> int:
+        """Publish the queued samples no older than `max_age` seconds, drop the others;
+        the number published. Called on the connection's thread."""
+        channel = self.metrics_channel
+        if channel is None or not channel.is_open:
+            return 0
+        published, oldest = 0, time.monotonic() - max_age
+        while self.metrics_out:
+            queued_at, body = self.metrics_out.popleft()
+            if queued_at < oldest:
+                self.metrics_dropped += 1
+                continue
+            channel.basic_publish(
+                topology.EVENTS_EXCHANGE,
+                body["type"],
+                messages.encode_event(body),
+                pika.BasicProperties(
+                    content_type="application/json", message_id=body["message_id"]
+                ),
+            )
+            published += 1
+        if self.metrics_dropped:
+            log.warning(
+                "metrics dropped host_id=%s count=%s (the broker was unreachable)",
+                self.cfg.host_id,
+                self.metrics_dropped,
+            )
+            self.metrics_dropped = 0
+        return published
 
 
 def _adapter(

@@ -54,6 +54,12 @@ class Config:
     restart_interval: float = 900.0
     restart_delay: float = 5.0
     watch_interval: float = 0.5
+    # Metrics (vmbackend/metrics.py): one instance.metrics per ready VM every `metrics_interval`
+    # seconds (0: off), each VM's management API given `metrics_timeout` seconds, by at most
+    # `metrics_workers` fetcher threads at once.
+    metrics_interval: float = 30.0
+    metrics_timeout: float = 5.0
+    metrics_workers: int = 8
 
     def redacted_amqp_url(self) -> str:
         """The AMQP URL with its password replaced, for logs."""
@@ -81,6 +87,9 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("restart_interval", "WARREN_RESTART_INTERVAL"),
     ("restart_delay", "WARREN_RESTART_DELAY"),
     ("watch_interval", "WARREN_WATCH_INTERVAL"),
+    ("metrics_interval", "WARREN_METRICS_INTERVAL"),
+    ("metrics_timeout", "WARREN_METRICS_TIMEOUT"),
+    ("metrics_workers", "WARREN_METRICS_WORKERS"),
 )
 
 
@@ -124,6 +133,14 @@ def _bool(name: str, raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _metrics_interval(raw: str) -> float:
+    """0 turns sampling off; otherwise 0.1 s (tests) to a day."""
+    value = _float("metrics_interval", raw, 0, 86400)
+    if 0 < value < 0.1:
+        raise ConfigError(f"metrics_interval must be 0 (off) or at least 0.1, got {value}")
+    return value
 
 
 def _port_range(raw: str) -> tuple[int, int]:
@@ -202,6 +219,9 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         ),
         restart_delay=_float("restart_delay", given.get("restart_delay", "5"), 0, 3600),
         watch_interval=_float("watch_interval", given.get("watch_interval", "0.5"), 0.05, 60),
+        metrics_interval=_metrics_interval(given.get("metrics_interval", "30")),
+        metrics_timeout=_float("metrics_timeout", given.get("metrics_timeout", "5"), 0.1, 60),
+        metrics_workers=_int("metrics_workers", given.get("metrics_workers", "8"), 1, 64),
     )
 
 

@@ -8,6 +8,7 @@ The parts, each in its own module:
 - `commands` and `boot`: what happens to one VM's QEMU, always in a worker thread, and the
   watcher thread that restarts a ready VM whose QEMU exited (`healing`: the restart policy);
 - `recovery`: the state dir after a restart;
+- `metrics`: the sampler thread (instance.metrics, best-effort, never on the connection's thread);
 - this module: the handlers of one delivery and the main loop with reconnects.
 
 Threads follow pika's threaded consumer example: the main thread only does I/O (consume, answer
@@ -38,6 +39,7 @@ from vmbackend.commands import Commands
 from vmbackend.config import Config
 from vmbackend.images import manifest
 from vmbackend.messages import ConsoleCommand, ListVMs, Rejected, VMCommand
+from vmbackend.metrics import Sampler
 from vmbackend.recovery import recover
 from vmbackend.registry import (
     BUSY,
@@ -71,6 +73,11 @@ class Daemon:
             self.registry,
             after_boot=lambda: self.io.from_worker(self.update_consuming),
         )
+        self.sampler = Sampler(cfg, self.registry, self.qemu_pid, self.io.offer_metrics)
+
+    def qemu_pid(self, vm_id: str) -> int | None:
+        machine = self.commands.machines.get(vm_id)
+        return machine.pid if machine is not None else None
 
     # -- one delivery
     def guarded(self, handler: Callable[[Delivery], None], delivery: Delivery) -> None:
@@ -236,6 +243,7 @@ class Daemon:
                 self.io.publish_heartbeat()
                 next_heartbeat = time.monotonic() + self.cfg.heartbeat_interval
             self.io.flush_events()
+            self.io.flush_metrics(max_age=max(self.cfg.metrics_interval, 1.0))
             self.update_consuming()
 
     def _session(self, connected: Callable[[], None]) -> bool:
@@ -273,6 +281,10 @@ class Daemon:
         threading.Thread(
             target=self.commands.watch, args=(self.stopping,), name="watcher", daemon=True
         ).start()
+        if self.cfg.metrics_interval > 0:  # vmbackend/metrics.py: its own threads, best-effort
+            threading.Thread(
+                target=self.sampler.run, args=(self.stopping,), name="metrics", daemon=True
+            ).start()
         run_with_reconnect(
             self._session,
             stop=self.stopping,

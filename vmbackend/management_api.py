@@ -74,9 +74,16 @@ class ManagementAPI:
 
     # -- one request ----------------------------------------------------------------------------
     def request(
-        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+        max_bytes: int | None = None,
     ) -> Response:
-        """One request, whatever the status; ManagementAPIError only when nothing (valid) answers."""
+        """One request, whatever the status; ManagementAPIError only when nothing (valid) answers
+        (or, with `max_bytes`, when the answer is longer: a sampler reads at most that much)."""
         conn = http.client.HTTPConnection(
             self._host, self._port, timeout=self.timeout if timeout is None else timeout
         )
@@ -89,7 +96,13 @@ class ManagementAPI:
         try:
             conn.request(method, self._prefix + path, body=data, headers=headers)
             resp = conn.getresponse()
-            return Response(resp.status, resp.read())
+            data = resp.read() if max_bytes is None else resp.read(max_bytes + 1)
+            if max_bytes is not None and len(data) > max_bytes:
+                raise ManagementAPIError(
+                    f"{self._what(method, path)}: answer longer than {max_bytes} bytes",
+                    status=resp.status,
+                )
+            return Response(resp.status, data)
         except (OSError, http.client.HTTPException) as exc:
             raise ManagementAPIError(
                 f"{self._what(method, path)}: unreachable: {exc or type(exc).__name__}"
@@ -105,8 +118,9 @@ class ManagementAPI:
         *,
         ok: tuple[int, ...] = (),
         timeout: float | None = None,
+        max_bytes: int | None = None,
     ) -> Response:
-        resp = self.request(method, path, body, timeout=timeout)
+        resp = self.request(method, path, body, timeout=timeout, max_bytes=max_bytes)
         if not (200 <= resp.status < 300 or resp.status in ok):
             raise ManagementAPIError(
                 f"{self._what(method, path)}: answered {resp.status} {resp.body[:ERROR_BODY]!r}",
@@ -114,9 +128,9 @@ class ManagementAPI:
             )
         return resp
 
-    def get(self, path: str, *, timeout: float | None = None) -> Any:
+    def get(self, path: str, *, timeout: float | None = None, max_bytes: int | None = None) -> Any:
         """GET `path` as JSON; ManagementAPIError unless it answers 2xx with JSON."""
-        resp = self._expect("GET", path, timeout=timeout)
+        resp = self._expect("GET", path, timeout=timeout, max_bytes=max_bytes)
         try:
             return resp.json()
         except ValueError as exc:

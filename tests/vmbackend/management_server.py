@@ -29,6 +29,9 @@ class Broker:
     unready: int = 0  # answer 503 to this many requests first
     delay: float = 0.0  # seconds before any answer
     port: int = 0
+    # GET api/overview's answer, and GET api/nodes/<name>'s by node name (metrics tests set them)
+    overview: object = field(default_factory=lambda: {"management_version": "test"})
+    nodes: dict[str, object] = field(default_factory=dict)
 
     def url(self, prefix: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{prefix}"
@@ -70,7 +73,11 @@ def _handler(broker: Broker) -> type[BaseHTTPRequestHandler]:
                 return self._reply(401, b'{"error":"not_authorised"}')
             route = self.path.split("/", 3)[1:]  # ["", "api", "users", "x"] without the first ""
             if self.command == "GET" and self.path.endswith("/api/overview"):
-                return self._reply(200, {"management_version": "test"})
+                return self._reply(200, broker.overview)
+            if self.command == "GET" and route[:2] == ["api", "nodes"]:
+                node = broker.nodes.get(urllib.parse.unquote(route[2]))
+                if node is not None:
+                    return self._reply(200, node)
             if self.command == "GET" and self.path.endswith("/api/whoami"):
                 return self._reply(200, {"name": user, "tags": ["administrator"]})
             if self.command == "GET" and self.path.endswith("/text"):

@@ -55,6 +55,22 @@ def test_environment_sets_every_setting(tmp_path):
     assert (cfg.boot_deadline, cfg.heartbeat_interval, cfg.stop_timeout) == (120, 0.5, 5)
 
 
+def test_metrics_default_to_every_30_s_and_0_turns_them_off():
+    cfg = config.load(env={"WARREN_HOST_ID": "h"})
+    assert (cfg.metrics_interval, cfg.metrics_timeout, cfg.metrics_workers) == (30, 5, 8)
+    off = config.load(env={"WARREN_HOST_ID": "h", "WARREN_METRICS_INTERVAL": "0"})
+    assert off.metrics_interval == 0
+    fast = config.load(
+        env={
+            "WARREN_HOST_ID": "h",
+            "WARREN_METRICS_INTERVAL": "0.5",
+            "WARREN_METRICS_TIMEOUT": "1.5",
+            "WARREN_METRICS_WORKERS": "2",
+        }
+    )
+    assert (fast.metrics_interval, fast.metrics_timeout, fast.metrics_workers) == (0.5, 1.5, 2)
+
+
 def test_a_flag_overrides_the_environment():
     parser = argparse.ArgumentParser()
     config.add_arguments(parser)
@@ -78,6 +94,10 @@ def test_a_flag_overrides_the_environment():
         ("WARREN_AMQP_URL", "http://x", "amqp_url"),
         ("WARREN_BOOT_DEADLINE", "0", "boot_deadline"),
         ("WARREN_RESTORE", "maybe", "restore"),
+        ("WARREN_METRICS_INTERVAL", "0.01", "metrics_interval"),
+        ("WARREN_METRICS_INTERVAL", "-1", "metrics_interval"),
+        ("WARREN_METRICS_TIMEOUT", "0", "metrics_timeout"),
+        ("WARREN_METRICS_WORKERS", "0", "metrics_workers"),
     ],
 )
 def test_it_refuses_bad_values_naming_the_setting(var, value, needle):
