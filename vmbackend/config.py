@@ -20,6 +20,11 @@ HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 NETWORK_MODES = ("user", "bridge")
 ACCELS = ("auto", "kvm", "tcg")
+# Seconds from QEMU launch to a ready management API. A RabbitMQ 4.0 cold boot under TCG took
+# 656 s on a loaded 2-core host (docs/images.md), past the old 600: a slow but healthy first boot
+# then failed the customer's new VM, and a heal's attempt was thrown away. 1500 s is the cold-boot
+# allowance the image snapshot and the slow tier already use (docs/vmbackend.md).
+BOOT_DEADLINE = 1500
 
 
 class ConfigError(ValueError):
@@ -207,7 +212,9 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         network=network,
         bridge=bridge,
         accel=accel,
-        boot_deadline=_float("boot_deadline", given.get("boot_deadline", "600"), 1, 86400),
+        boot_deadline=_float(
+            "boot_deadline", given.get("boot_deadline", str(BOOT_DEADLINE)), 1, 86400
+        ),
         heartbeat_interval=_float(
             "heartbeat_interval", given.get("heartbeat_interval", "15"), 0.1, 3600
         ),

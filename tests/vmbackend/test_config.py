@@ -15,7 +15,7 @@ def test_it_has_safe_defaults():
     assert cfg.advertised_host == "127.0.0.1"
     assert cfg.network == "user"
     assert cfg.accel == "auto"
-    assert cfg.boot_deadline == 600
+    assert cfg.boot_deadline == 1500
     assert cfg.heartbeat_interval == 15
     assert cfg.restore is True
     assert cfg.image_dir == Path("~/.cache/warren/images").expanduser()
