@@ -176,9 +176,11 @@ class Commands:
     def _next_attempt(self, heal: Heal) -> bool:
         """Ask the policy; publish instance.restarting (False: it gave up, the VM is lost)."""
         record, now = heal.record, time.time()
-        decision = self.policy.decide(record.restarts, now)
+        decision = self.policy.decide(record.restarts, now, record.restart_failures)
         if not decision.restart:
-            self.mark_lost(record, f"{heal.reason} (gave up after {self.policy.describe()})")
+            full = len(decision.recent) >= self.policy.burst  # the window's count says it first
+            why = self.policy.describe(0 if full else record.restart_failures)
+            self.mark_lost(record, f"{heal.reason} (gave up after {why})")
             return False
         heal.delay = decision.delay
         log.warning(
@@ -233,8 +235,11 @@ class Commands:
                         record.vm_id,
                         record.restart_count,
                     )
+                    if record.restart_failures:
+                        self.registry.report(record, None, {}, restart_failures=0)
                     return
                 heal.reason = record.reason or "the restart failed"
+                self.registry.report(record, None, {}, restart_failures=record.restart_failures + 1)
                 with self.registry.lock:
                     if heal.cancel.is_set() or not self._next_attempt(heal):
                         return
@@ -312,8 +317,8 @@ class Commands:
             raise Rejected("start-vm cancelled: the VM is being deleted")
         if record.status != READY:
             raise Rejected(f"start-vm failed: {record.reason}")
-        if record.restarts:  # someone started it by hand: the restart policy starts afresh
-            self.registry.report(record, None, {}, restarts=[])
+        if record.restarts or record.restart_failures:  # started by hand: the policy starts afresh
+            self.registry.report(record, None, {}, restarts=[], restart_failures=0)
 
     def delete(self, record: VMRecord) -> None:
         """Cancel a running boot, destroy the VM and its files, free its ports and slot."""

@@ -95,6 +95,7 @@ class VMRecord:
     # in the middle of one goes on healing instead of waiting for a start-vm).
     restarts: list[float] = field(default_factory=list)
     restart_count: int = 0
+    restart_failures: int = 0  # failed restart attempts since the VM was last ready
     healing: bool = False
     last_event: dict[str, Any] = field(default_factory=dict)  # {"type", "fields"} last queued
     seq: int = 0

@@ -54,6 +54,15 @@ def test_attempts_older_than_the_interval_do_not_count():
     assert decision.recent == [990.0]
 
 
+def test_it_gives_up_after_the_burst_of_failed_attempts_in_a_row_however_old():
+    """Each failed attempt of a VM whose boot hangs ends at the boot deadline, longer than the
+    window: counted by the window alone, the VM would be started again forever."""
+    decision = POLICY.decide([], now=10_000.0, failed_in_a_row=3)
+    assert (decision.restart, decision.attempt) == (False, 0)
+    assert POLICY.describe(3) == "3 failed restarts in a row"
+    assert POLICY.decide([], now=10_000.0, failed_in_a_row=2).restart is True
+
+
 def test_a_burst_of_zero_never_restarts():
     assert RestartPolicy(burst=0).decide([], now=5.0).restart is False
 
@@ -160,6 +169,37 @@ def test_a_daemon_restart_keeps_the_attempts_of_the_window(commands):
     commands.check_liveness()
     assert _types(record) == ["instance.lost"]  # the burst (2) is used up: no third start
     assert record.status == LOST
+
+
+def test_attempts_that_each_fail_slower_than_the_window_still_end_lost(commands, monkeypatch):
+    """Every attempt fails after longer than the policy's window (here 1 s; a hanging boot fails
+    at the 1500 s deadline against 900 s): the window never holds two attempts, and only the
+    count of failures in a row ends it."""
+    from vmbackend import commands as commands_mod
+
+    class SlowFailingBoot(commands_mod.Boot):
+        def run(self) -> None:
+            time.sleep(1.2)
+            super().run()  # no image on this host: fails
+
+    monkeypatch.setattr(commands_mod, "Boot", SlowFailingBoot)
+    commands.policy = RestartPolicy(burst=2, interval=1.0, delay=0.01)
+    record = _ready_record(commands)
+    commands.check_liveness()
+    _boot, thread = commands.registry.boots["vm-1"]
+    thread.join(30)
+    assert not thread.is_alive(), "restarted again and again"
+    assert _types(record) == ["instance.restarting", "instance.restarting", "instance.lost"]
+    assert "gave up after 2 failed restarts in a row" in record.outbox[2]["reason"]
+    assert record.status == LOST and record.restart_failures == 2
+    assert commands.store.load("vm-1").restart_failures == 2  # a new daemon goes on counting
+
+
+def test_a_daemon_restart_keeps_the_failures_in_a_row(commands):
+    record = _ready_record(commands)
+    record.restart_failures = 2  # two failed attempts, long ago, before this daemon started
+    commands.check_liveness()
+    assert _types(record) == ["instance.lost"]
 
 
 # -- with the tiny image, through a real daemon ---------------------------------------------------
