@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.net import free_port
+from tests.qemu_procs import qemu_pids
 from vmbackend.images import manifest, tiny
 
 
@@ -24,9 +27,16 @@ def tiny_images_root() -> Path:
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
-    """A short temp folder (pytest's tmp_path can be long; sockets live in VM folders)."""
+    """A short temp folder (pytest's tmp_path can be long; sockets live in VM folders). Any QEMU
+    still running in it at the end is killed: a test that failed half-way (e.g. before it
+    reached its own cleanup, while its boot thread went on) must not leave a VM behind."""
     path = Path(tempfile.mkdtemp(prefix="wvm-"))
     yield path
+    for pid in qemu_pids(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -166,10 +166,16 @@ def test_a_start_whose_qemu_dies_leaves_the_vm_lost_with_its_folder(tiny_images_
     boot = Boot(cfg, store, record, report, existing_disk=True)
     thread = threading.Thread(target=boot.run)  # never raises
     thread.start()
-    for _ in range(600):
-        if boot.machine is not None and boot.machine.pid:
-            break
+    # Under load the launch can take a while before QEMU is spawned. If it never is, the boot is
+    # cancelled (and short_tmp kills whatever it started): a stray vm-nostart-1 QEMU had leaked
+    # when this wait ran out and the boot thread went on to start the VM.
+    end = time.monotonic() + 120
+    while (boot.machine is None or not boot.machine.pid) and time.monotonic() < end:
         time.sleep(0.05)
+    if boot.machine is None or not boot.machine.pid:
+        boot.cancel.set()
+        thread.join(120)
+        pytest.fail("QEMU was not spawned within 120 s")
     os.kill(boot.machine.pid, signal.SIGKILL)
     thread.join(120)
 
