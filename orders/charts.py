@@ -15,8 +15,10 @@ from datetime import datetime
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 600, 220
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 30, 26  # room for the axis labels and the legend
+WIDTH, HEIGHT = 480, 220
+LEFT, RIGHT, TOP, BOTTOM = 66, 10, 30, 26
+# At most this wide on a desktop (px), so its text stays about the size of the page's.
+MAX_WIDTH_PX = 640  # room for the axis labels and the legend
 COLOURS = ("#0b7285", "#e8590c", "#5f3dc4", "#2b8a3e")
 
 
@@ -29,13 +31,22 @@ class Line:
 
 def nice_ceiling(value: float) -> float:
     """The smallest 1, 2 or 5 times a power of ten that is >= value (1 for nothing to show)."""
-    if value <= 0 or not math.isfinite(value):
+    if value <= 1e-9 or not math.isfinite(value):  # nothing, or too small to tell from it
         return 1.0
     power = 10 ** math.floor(math.log10(value))
     for factor in (1, 2, 5, 10):
         if value <= factor * power * (1 + 1e-9):
             return float(factor * power)
     return float(10 * power)  # pragma: no cover - the loop returns
+
+
+def short_bytes(value: float) -> str:
+    """An axis label for bytes: 0, 512K, 1.5G (binary units, at most 4 characters and a unit)."""
+    for unit in ("", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if value >= 10 or value == 0 else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.0f}T"  # pragma: no cover - the loop returns
 
 
 def segments(
@@ -80,7 +91,8 @@ def line_chart(
 
     out = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
-        f'preserveAspectRatio="xMidYMid meet" font-size="13" font-family="sans-serif"'
+        f'preserveAspectRatio="xMidYMid meet" font-size="14" font-family="sans-serif" '
+        f'style="max-width:{MAX_WIDTH_PX}px;height:auto;display:block"'
         + (f' id="{escape(chart_id)}"' if chart_id else "")
         + f"><title>{escape(title)}</title>",
         f'<text x="{LEFT}" y="16" font-weight="bold">{escape(title)}</text>',
@@ -110,7 +122,7 @@ def line_chart(
         colour = COLOURS[index % len(COLOURS)]
         label = escape(line.label)
         out.append(f'<text x="{legend_x}" y="16" text-anchor="end" fill="{colour}">{label}</text>')
-        legend_x -= 9 * len(line.label) + 16
+        legend_x -= 8 * len(line.label) + 14
     for index, line in enumerate(lines):
         colour = COLOURS[index % len(COLOURS)]
         dash = ' stroke-dasharray="6 4"' if line.dashed else ""

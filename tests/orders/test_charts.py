@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orders.charts import Line, line_chart, nice_ceiling, segments
+from orders.charts import Line, line_chart, nice_ceiling, segments, short_bytes
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -24,6 +24,14 @@ def _points(values):
 )
 def test_the_axis_ends_at_a_round_number(value, top):
     assert nice_ceiling(value) == pytest.approx(top)
+
+
+@pytest.mark.parametrize(
+    "value, label",
+    [(0, "0"), (512, "512"), (1536, "1.5K"), (500_000_000, "477M"), (3 * 2**30, "3.0G")],
+)
+def test_byte_axis_labels_are_short(value, label):
+    assert short_bytes(value) == label
 
 
 def test_an_unknown_value_breaks_the_line():
@@ -42,10 +50,11 @@ def test_the_chart_scales_points_into_the_plot_and_labels_the_axes():
         end=T0 + timedelta(minutes=2),
         chart_id="chart-x",
     )
-    assert svg.startswith('<svg class="chart" viewBox="0 0 600 220" width="100%"')
+    assert svg.startswith('<svg class="chart" viewBox="0 0 480 220" width="100%"')
+    assert "max-width:640px" in svg
     (points,) = re.findall(r'<polyline [^>]*points="([^"]+)"', svg)
-    # x from the left edge of the plot (64) to the right (588); y from the bottom (194) to the top (30).
-    assert points == "64.0,194.0 326.0,112.0 588.0,30.0"
+    # x from the left edge of the plot (66) to the right (470); y from the bottom (194) to the top (30).
+    assert points == "66.0,194.0 268.0,112.0 470.0,30.0"
     for label in (">0<", ">50<", ">100<", ">12:00<", ">12:01<", ">12:02<", "Messages queued"):
         assert label in svg
 
@@ -69,5 +78,5 @@ def test_every_point_lands_inside_the_view_box(values):
     coords = re.findall(r'points="([^"]+)"', svg)
     for pair in " ".join(coords).split():
         x, y = map(float, pair.split(","))
-        assert 64 <= x <= 588 and 30 <= y <= 194
+        assert 66 <= x <= 470 and 30 <= y <= 194
     assert svg.count("<polyline") + svg.count("<circle") == len(segments(_points(values)))

@@ -61,7 +61,7 @@ def test_the_owner_sees_graphs_and_latest_values(ready, owner_client):
         r'<polyline [^>]*data-series="queued \(ready \+ unacked\)" points="([^"]+)"', queued.group()
     )
     assert len(lines) == 1 and len(lines[0].split()) == 2
-    assert 'viewBox="0 0 600 220" width="100%"' in html
+    assert 'viewBox="0 0 480 220" width="100%"' in html
     # The alarms section with the three defaults and the form.
     assert html.count('data-kind="') == 3
     assert 'id="alarm-form"' in html
