@@ -4,10 +4,11 @@ A sample reads the VM's RabbitMQ management API (GET api/overview, then GET api/
 with the VM's admin credentials as the record holds them at that moment (a changed password is
 used from the next sample on), and QEMU's CPU time and resident memory from /proc on the host.
 
-Threads: one sampler thread (`run`) and a small pool of fetchers. A VM whose API does not answer
-within `metrics_timeout` gives a sample with `reachable: false` at the end of the round, whatever
-its fetcher still does; a VM whose previous fetch is still running is not asked again (so a VM
-that answers one byte a second holds one fetcher, never the pool). Nothing here touches the AMQP
+Threads: one sampler thread (`run`) and one daemon thread per VM's fetch, at most
+`metrics_workers` of them fetching at once. A VM whose API does not answer within
+`metrics_timeout` gives a sample with `reachable: false` at the end of the round, whatever its
+fetcher still does; a VM whose previous fetch is still running is not asked again (so a VM that
+answers one byte a second holds one fetcher, and a daemon thread never delays the daemon's exit). Nothing here touches the AMQP
 connection: finished bodies go to `publish` (AmqpIO.offer_metrics), which the connection's thread
 sends at its next tick. Parsing the answers is pure (`overview_fields`, `node_fields`) and never
 raises: a field the answer lacks or gives as something else reads as 0 (overview counts and rates:
@@ -23,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,9 +246,7 @@ class Sampler:
         self.pid_of = pid_of
         self.publish = publish
         self.cpu = CpuMeter()
-        self.pool = ThreadPoolExecutor(
-            max_workers=cfg.metrics_workers, thread_name_prefix="metrics-fetch"
-        )
+        self.slots = threading.BoundedSemaphore(cfg.metrics_workers)
         self.lock = threading.Lock()
         self.in_flight: dict[str, Fetch] = {}  # a VM's fetch that has not ended yet
         self.unreachable: set[str] = set()  # to log a change of reachability once
@@ -288,7 +287,6 @@ class Sampler:
                 next_round = now + self.cfg.metrics_interval
             if stop.wait(next_round - now):
                 break
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def sample_round(self) -> list[dict[str, Any]]:
         """Sample every ready VM once (at most `metrics_timeout` + a little); the bodies it
@@ -300,7 +298,7 @@ class Sampler:
             with self.lock:
                 if target.vm_id in self.in_flight:
                     continue  # its last fetch still hangs: unreachable again, no new thread
-                job = self.pool.submit(fetch, target, self.cfg.metrics_timeout)
+                job = self._start(target)
                 self.in_flight[target.vm_id] = job
             job.add_done_callback(functools.partial(self._done, target.vm_id))
             started[target.vm_id] = job
@@ -319,6 +317,19 @@ class Sampler:
         for body in bodies:
             self.publish(body)
         return bodies
+
+    def _start(self, target: Target) -> Fetch:
+        """`fetch(target)` in a daemon thread once a slot is free (a ThreadPoolExecutor's threads
+        would hold up the interpreter's exit while a VM trickles its answer)."""
+        job: Fetch = Future()
+
+        def run() -> None:
+            with self.slots:
+                if job.set_running_or_notify_cancel():  # False: the round gave up on it
+                    job.set_result(fetch(target, self.cfg.metrics_timeout))
+
+        threading.Thread(target=run, name=f"metrics-{target.vm_id}", daemon=True).start()
+        return job
 
     def _done(self, vm_id: str, job: Fetch) -> None:
         with self.lock:

@@ -396,6 +396,8 @@ def test_a_vm_that_drips_its_answer_holds_one_fetcher_not_a_thread_per_round(tmp
             assert samples[healthy].reachable and samples[slow].reachable is False
         assert len(accepted) == 1  # rounds 2 and 3 did not ask the VM whose fetch still runs
         assert list(sampler.in_flight) == [slow]
+        fetching = [t for t in threading.enumerate() if t.name == f"metrics-{slow}"]
+        assert len(fetching) == 1 and fetching[0].daemon  # never holds up the daemon's exit
 
 
 def test_a_huge_or_hostile_answer_is_unreachable_not_a_crash(tmp_path, broker):
