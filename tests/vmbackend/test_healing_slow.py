@@ -89,7 +89,7 @@ class RealVM:
             self.client.pump(0.5)
 
     def last_seq(self) -> int:
-        return max((e["seq"] for e in events_for(self.client, VM_ID)), default=0)
+        return max((e.get("seq", 0) for e in events_for(self.client, VM_ID)), default=0)
 
 
 def _ok(reply: dict[str, Any]) -> dict[str, Any]:
