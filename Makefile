@@ -57,3 +57,4 @@ bench: images
 	$(PY) bench/boot.py
 	$(PY) bench/daemon.py
 	$(PY) bench/provisioning.py
+	$(PY) bench/metrics_host.py
