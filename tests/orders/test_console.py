@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from orders import console
 from orders.console import ConsoleError
@@ -456,3 +459,93 @@ def test_ready_records_what_runs_and_since_when(ready: Instance) -> None:
 def test_a_ready_without_runtime_keeps_what_was_known(ready: Instance) -> None:
     apply(ready, messages.INSTANCE_READY, **ready_fields(ready, runtime=None))
     assert _fresh(ready).rabbitmq_version == "4.0.9"
+
+
+# -- any sequence of outcomes (Hypothesis) -------------------------------------------------------
+
+_OUTCOME = st.tuples(
+    st.sampled_from(["done", "failed"]),
+    st.sampled_from([0, 1, 2, "unknown"]),  # which command's request id (or one nobody sent)
+    st.sampled_from([messages.RESTART_VM, messages.SET_ADMIN_PASSWORD, messages.RESIZE_VM, "x"]),
+)
+
+
+@hypothesis_settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.permutations(["password", "plan", "restart"]),
+    outcomes=st.lists(_OUTCOME, max_size=8),
+)
+def test_any_outcomes_in_any_order_leave_a_consistent_server(order_factory, kinds, outcomes):
+    """Two commands finished, one pending; then whatever outcomes a host reports (repeated, for
+    finished commands, for unknown ones, naming the wrong command): a finished command never
+    changes again, the pending one finishes once (as the first outcome for it says), and the
+    password and plan are what the done commands made them."""
+    instance = make_ready(order_factory())
+    order = instance.order
+    old_plan, old_password = order.plan, instance.admin_password
+    bigger, _ = Plan.objects.get_or_create(
+        slug="hyp-bigger",
+        defaults={
+            "name": "Hyp bigger",
+            "memory_mb": 1024,
+            "vcpus": 2,
+            "disk_gb": 8,
+            "max_connections": 100,
+            "max_queues": 200,
+            "monthly_price_cents": 1900,
+        },
+    )
+    start = {
+        "password": lambda rid: console.request_password_rotation(order=order, request_id=rid),
+        "plan": lambda rid: console.request_plan_change(order=order, request_id=rid, plan=bigger),
+        "restart": lambda rid: console.request_restart(order=order, request_id=rid),
+    }
+    commands = []
+    for position, kind in enumerate(kinds):
+        command = start[kind](uuid.uuid4()).command
+        commands.append(command)
+        if position < 2:
+            outcome(instance, command.request_id, command.kind, memory_mb=1024, vcpus=2, disk_gb=8)
+    pending = commands[2]
+    new_password = next(c.new_password for c in commands if c.kind == Kind.ROTATE_PASSWORD)
+    first_for_pending = None
+    for result, which, command_name in outcomes:
+        rid = uuid.uuid4() if which == "unknown" else commands[which].request_id
+        if which == 2 and first_for_pending is None:
+            first_for_pending = result
+        failed = "the VM is stopped" if result == "failed" else ""
+        got = outcome(
+            instance, rid, command_name, failed=failed, memory_mb=1024, vcpus=2, disk_gb=8
+        )
+        assert got in {"applied", "unknown_command", "already_done", "already_failed"}
+
+    statuses = {c.pk: c.status for c in ConsoleCommand.objects.filter(instance=instance)}
+    assert statuses[commands[0].pk] == statuses[commands[1].pk] == Status.DONE
+    expected = {None: Status.SENT, "done": Status.DONE, "failed": Status.FAILED}
+    assert statuses[pending.pk] == expected[first_for_pending]
+    rotated = Status.DONE in (statuses[c.pk] for c in commands if c.kind == Kind.ROTATE_PASSWORD)
+    resized = Status.DONE in (statuses[c.pk] for c in commands if c.kind == Kind.CHANGE_PLAN)
+    fresh = _fresh(instance)
+    assert fresh.admin_password == (new_password if rotated else old_password)
+    assert fresh.order.plan == (bigger if resized else old_plan)
+    done_lines = Activity.objects.filter(
+        order=order,
+        kind__in=(Activity.Kind.PASSWORD_ROTATED, Activity.Kind.PLAN_CHANGED),
+    ).count()
+    assert done_lines == int(rotated) + int(resized)
+
+
+@pytest.fixture
+def order_factory(plan, customer):
+    from orders.provisioning import request_provisioning
+
+    def make() -> Instance:
+        with transaction.atomic():
+            fresh = Order.objects.create(user=customer, plan=plan)
+            made = request_provisioning(order=Order.objects.select_for_update().get(pk=fresh.pk))
+        assert made is not None
+        return made
+
+    return make
