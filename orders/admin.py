@@ -27,6 +27,8 @@ from orders.checkout import CheckoutError, settle_refund
 from orders.fleet import fleet
 from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
 from orders.models import (
+    Activity,
+    ConsoleCommand,
     DeadLetter,
     Host,
     Instance,
@@ -408,3 +410,41 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     @admin.display(description="body (passwords masked)")
     def body_display(self, obj: DeadLetter) -> str:
         return format_html("<pre>{}</pre>", obj.body)
+
+
+@admin.register(ConsoleCommand)
+class ConsoleCommandAdmin(ReadOnlyAdmin):
+    """The owners' console actions (orders/console.py). Filter billing=revert_failed: a plan
+    change whose resize failed and whose price Stripe would not put back (fix it at Stripe)."""
+
+    list_display = ("created_at", "kind", "status", "billing", "instance", "reason")
+    list_filter = ("status", "kind", "billing")
+    search_fields = ("request_id", "instance__public_id", "instance__order__public_id")
+    list_select_related = ("instance",)
+    # Never the pending password (new_password_encrypted).
+    fields = (
+        "request_id",
+        "instance",
+        "kind",
+        "status",
+        "from_plan",
+        "to_plan",
+        "billing",
+        "reason",
+        "created_at",
+        "finished_at",
+        "password_shown_at",
+    )
+    readonly_fields = fields
+
+
+@admin.register(Activity)
+class ActivityAdmin(ReadOnlyAdmin):
+    """Every order's timeline as its owner reads it."""
+
+    list_display = ("at", "order", "kind", "message")
+    list_filter = ("kind",)
+    search_fields = ("order__public_id",)
+    list_select_related = ("order",)
+    fields = ("at", "order", "kind", "message")
+    readonly_fields = fields

@@ -549,3 +549,36 @@ def order_factory(plan, customer):
         return made
 
     return make
+
+
+# -- staff --------------------------------------------------------------------------------------
+
+
+def test_staff_see_commands_and_the_timeline_but_never_a_pending_password(
+    admin_client, ready: Instance
+) -> None:
+    from django.urls import reverse
+
+    command = console.request_password_rotation(order=ready.order, request_id=uuid.uuid4()).command
+    ConsoleCommand.objects.filter(pk=command.pk).update(
+        billing=ConsoleCommand.Billing.REVERT_FAILED
+    )
+
+    listing = admin_client.get(
+        reverse("admin:orders_consolecommand_changelist"), {"billing__exact": "revert_failed"}
+    )
+    detail = admin_client.get(reverse("admin:orders_consolecommand_change", args=[command.pk]))
+    timeline = admin_client.get(reverse("admin:orders_activity_changelist"))
+
+    assert str(command.request_id) in detail.content.decode()
+    assert str(ready.public_id) in listing.content.decode()
+    for page in (listing, detail):
+        assert command.new_password not in page.content.decode()
+        assert command.new_password_encrypted not in page.content.decode()
+    assert "You asked for a new admin password." in timeline.content.decode()
+    # No lookup through the secret column (an oracle).
+    oracle = admin_client.get(
+        reverse("admin:orders_consolecommand_changelist"),
+        {"new_password_encrypted__startswith": "g"},
+    )
+    assert oracle.status_code in (302, 400) or "error" in oracle.content.decode().lower()
