@@ -134,10 +134,13 @@ def vms_of(client: Client, host_id: str) -> dict[str, dict[str, Any]]:
 
 
 def events_for(client: Client, vm_id: str, type_: str | None = None) -> list[dict[str, Any]]:
+    """The VM's events in arrival order: its seq-ordered history, without the instance.metrics
+    samples (no seq, every WARREN_METRICS_INTERVAL) unless `type_` asks for them."""
     return [
         e
         for e in client.events
-        if e.get("instance_id") == vm_id and (type_ is None or e.get("type") == type_)
+        if e.get("instance_id") == vm_id
+        and (e.get("type") == type_ if type_ else e.get("type") != "instance.metrics")
     ]
 
 
