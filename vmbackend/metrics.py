@@ -23,6 +23,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
@@ -234,6 +235,15 @@ def fetch(target: Target, timeout: float) -> tuple[dict[str, Any], str]:
     return fields, ""
 
 
+def is_instance_id(vm_id: str) -> bool:
+    """Whether `vm_id` can be an event's instance_id (a UUID, as the shop's vm-ids are)."""
+    try:
+        uuid.UUID(vm_id)
+    except ValueError:
+        return False
+    return True
+
+
 # -- the sampler ---------------------------------------------------------------------------------------
 
 
@@ -256,8 +266,8 @@ class Sampler:
         found = []
         with self.registry.lock:
             for record in self.registry.records.values():
-                if record.status != READY:
-                    continue
+                if record.status != READY or not is_instance_id(record.vm_id):
+                    continue  # a VM made by hand as "vm-1" is no shop instance: no samples
                 try:
                     probe = urls_for(self.cfg, record, record.ip_addresses)[2]
                 except (MachineError, KeyError) as exc:

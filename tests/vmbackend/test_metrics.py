@@ -228,8 +228,15 @@ def _registry(tmp_path, **env) -> Registry:
     return Registry(cfg, StateStore(tmp_path))
 
 
-def _add(registry: Registry, port: int, *, status: str = READY, password: str = PASSWORD) -> str:
-    vm_id = str(uuid.uuid4())
+def _add(
+    registry: Registry,
+    port: int,
+    *,
+    status: str = READY,
+    password: str = PASSWORD,
+    vm_id: str = "",
+) -> str:
+    vm_id = vm_id or str(uuid.uuid4())
     registry.records[vm_id] = VMRecord(
         vm_id=vm_id,
         image="tiny",
@@ -259,6 +266,7 @@ def test_a_ready_vm_gives_one_sample_with_its_numbers_and_the_host_numbers(tmp_p
     registry = _registry(tmp_path)
     vm_id = _add(registry, broker.port)
     _add(registry, broker.port, status=STOPPED)  # not sampled
+    _add(registry, broker.port, vm_id="vm-by-hand")  # no UUID: no shop instance, not sampled
     sampler, published = _sampler(registry)
     bodies = sampler.sample_round()
     assert bodies == published and len(bodies) == 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.vmbackend.daemon_helpers import wait_host
+from tests.vmbackend.daemon_helpers import vms_of, wait_host
 from vmbackend import messages, qmp
 from vmbackend.management_api import ManagementAPI
 from vmbackend.messages import Metrics
@@ -100,6 +100,7 @@ def test_a_ready_tiny_vm_reports_metrics_that_move_and_unreachable_while_paused(
         assert gone.messages_ready is None and gone.mem_used is None
         assert gone.rss_bytes > 0
         assert len(_heartbeats(client, daemon.host_id)) > beats_before
+        assert vms_of(client, daemon.host_id)[vm_id]["status"] == "ready"  # commands answered
     finally:
         qmp.command(qmp_sock, "cont")
     count_after = len(_samples(client, vm_id))
