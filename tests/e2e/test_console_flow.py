@@ -1,6 +1,6 @@
-"""The console end to end: a customer rotates the admin password and restarts the server from
-the order page, over HTTP, through the real shop, relay, event worker, host daemon and a tiny VM.
-The old password is refused by the VM's management API at once; the new one works."""
+"""The console end to end: a customer rotates the admin password, restarts the server and changes
+plan from the order page, over HTTP, through the real shop, relay, event worker, host daemon and
+a tiny VM. The old password is refused by the VM's management API at once; the new one works."""
 
 from __future__ import annotations
 
@@ -98,5 +98,38 @@ def test_a_customer_rotates_the_password_and_restarts_from_the_order_page(
         system=system,
     )
     assert system.qemu_pids(), "the VM runs"
+
+    # Change plan (bunny -> hare: more memory, a bigger disk): the VM restarts with its new size,
+    # the order shows the new plan, and the same credentials still work.
+    url_plan = f"{system.base_url}/orders/{order_id}/console/plan/"
+    choice = olga.get(url_plan, timeout=10).text
+    request_id = re.search(r'name="request_id" value="([0-9a-f-]{36})"', choice)
+    assert request_id, choice[:2000]
+    olga.post(
+        url_plan,
+        data={
+            "csrfmiddlewaretoken": csrf(choice),
+            "request_id": request_id.group(1),
+            "plan": "hare",
+        },
+        headers={"Referer": url_plan},
+        timeout=10,
+    ).raise_for_status()
+    wait_until(
+        lambda: "Plan changed from Bunny" in system.order_page(olga, order_id),
+        300,
+        "the resize to finish",
+        interval=1,
+        system=system,
+    )
+    page = system.order_page(olga, order_id)
+    assert "<h1>Hare</h1>" in page and 'id="runtime-disk">8 GB<' in page
+    url = _management_url(page) or url
+    wait_until(
+        lambda: _status(url, new["username"], new["password"]) == 200,
+        120,
+        "the management API to answer after the resize",
+        system=system,
+    )
     logs = "".join(system.log(name) for name in system.commands)  # shop and host daemon
     assert new["password"] not in logs and old["password"] not in logs
