@@ -153,3 +153,50 @@ def test_an_event_that_changes_nothing_adds_no_line(instance: Instance) -> None:
     apply(ready, messages.INSTANCE_STARTED)  # recorded by seq only
     apply(ready, messages.INSTANCE_ACCEPTED, image="tiny")  # ignored when ready
     assert _kinds(ready.order) == before
+
+
+def test_a_delayed_first_payment_that_fails_is_told_and_cancels(
+    order: Order, post_webhook: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from tests.orders.conftest import checkout_session
+
+    with django_capture_on_commit_callbacks(execute=True):
+        post_webhook(
+            stripe_event(
+                "checkout.session.completed", checkout_session(order, payment_status="unpaid")
+            )
+        )
+        post_webhook(stripe_event("checkout.session.async_payment_failed", checkout_session(order)))
+
+    assert _kinds(order) == [K.CANCELLED, K.PAYMENT_FAILED]
+    [email] = mail.outbox
+    assert "was cancelled: the payment failed" in email.subject
+
+
+def test_an_expired_checkout_sends_no_email(
+    order: Order, post_webhook: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from tests.orders.conftest import checkout_session
+
+    with django_capture_on_commit_callbacks(execute=True):
+        post_webhook(stripe_event("checkout.session.expired", checkout_session(order)))
+
+    assert _kinds(order) == [K.CANCELLED]
+    assert mail.outbox == []
+
+
+def test_a_refund_is_on_the_timeline(order: Order) -> None:
+    from django.utils import timezone
+
+    from orders.checkout import settle_refund
+
+    Order.objects.filter(pk=order.pk).update(
+        status=Order.Status.CANCELLED,
+        refund_status=Order.RefundStatus.PENDING,
+        refund_requested_at=timezone.now(),
+    )
+
+    assert settle_refund(order=order) is True  # offline: no money moved, recorded at once
+    assert settle_refund(order=order) is True  # already refunded: no second line
+
+    assert _kinds(order) == [K.REFUNDED]
