@@ -582,3 +582,44 @@ def test_staff_see_commands_and_the_timeline_but_never_a_pending_password(
         {"new_password_encrypted__startswith": "g"},
     )
     assert oracle.status_code in (302, 400) or "error" in oracle.content.decode().lower()
+
+
+# -- through the real broker and the event worker ------------------------------------------------
+
+
+def test_a_refused_rotation_arrives_through_the_broker_and_keeps_the_password(
+    ready: Instance, amqp: Any, orders_amqp_url: str
+) -> None:
+    import pika
+
+    from orders.host_events import EventConsumer
+    from tests.orders.console_support import event_body
+
+    old_password = ready.admin_password
+    rid = uuid.uuid4()
+    console.request_password_rotation(order=ready.order, request_id=rid)
+    failed = event_body(
+        ready,
+        messages.INSTANCE_COMMAND_FAILED,
+        command=messages.SET_ADMIN_PASSWORD,
+        request_id=str(rid),
+        reason="the VM is down; try again when it is running",
+    )
+    for _ in range(2):  # delivered twice: applied once
+        amqp.basic_publish(
+            "warren.events",
+            failed["type"],
+            messages.encode_event(failed),
+            pika.BasicProperties(content_type="application/json", delivery_mode=2),
+        )
+
+    counts = EventConsumer(url=orders_amqp_url, idle_timeout=0.3).run(once=True)
+
+    assert counts == {"applied": 1, "stale": 1}
+    command = ConsoleCommand.objects.get(request_id=rid)
+    assert (command.status, command.reason) == (
+        Status.FAILED,
+        "the VM is down; try again when it is running",
+    )
+    assert _fresh(ready).admin_password == old_password
+    assert Activity.objects.filter(order=ready.order, kind=Activity.Kind.ACTION_FAILED).count() == 1
