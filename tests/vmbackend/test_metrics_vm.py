@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from tests.vmbackend.daemon_helpers import vms_of, wait_host
+from tests.tcp_proxy import TcpProxy
+from tests.vmbackend.daemon_helpers import vms_of, wait_host, with_port
 from vmbackend import messages, qmp
 from vmbackend.management_api import ManagementAPI
 from vmbackend.messages import Metrics
@@ -111,3 +113,41 @@ def test_a_ready_tiny_vm_reports_metrics_that_move_and_unreachable_while_paused(
     assert f"metrics unreachable host_id={daemon.host_id} vm_id={vm_id}" in log
     assert f"metrics reachable again host_id={daemon.host_id} vm_id={vm_id}" in log
     assert later.uptime_s > first.uptime_s
+
+
+@pytest.mark.vm
+def test_samples_taken_while_the_broker_is_unreachable_are_dropped_not_replayed(
+    daemons, client, amqp_url
+):
+    proxy = TcpProxy("127.0.0.1", 5672).up()
+    try:
+        daemon = daemons.start(
+            amqp_url=with_port(amqp_url, proxy.port),
+            extra_env={"WARREN_METRICS_INTERVAL": "1", "WARREN_METRICS_TIMEOUT": "3"},
+        )
+        wait_host(client, daemon.host_id)
+        vm_id = str(uuid.uuid4())
+        client.call("create-vm", {"image": "tiny", "vm-id": vm_id, "memory-mb": 256})
+        ready = client.wait_event(vm_id, ("instance.ready", "instance.failed"), READY_TIMEOUT)
+        assert ready["type"] == "instance.ready", ready
+        _wait_sample(client, vm_id, lambda m: m.reachable)
+
+        proxy.down()
+        down_at = datetime.now(UTC)
+        client.pump(8.0)  # eight intervals' samples are taken while the daemon is cut off
+        up_at = datetime.now(UTC)
+        proxy.up()
+        after = len(_samples(client, vm_id))
+        _wait_sample(client, vm_id, lambda m: m.reachable, after=after)  # flowing again
+
+        taken = [
+            datetime.fromisoformat(body["occurred_at"]) for body, _m in _samples(client, vm_id)
+        ]
+        middle = [
+            t for t in taken if down_at + timedelta(seconds=2) < t < up_at - timedelta(seconds=2)
+        ]
+        assert middle == []  # none of the outage's samples arrived late
+        assert f"metrics dropped host_id={daemon.host_id}" in daemon.log_text()
+        assert daemon.proc.poll() is None
+    finally:
+        proxy.down()
