@@ -21,6 +21,7 @@ revert Stripe refuses is left as `billing=revert_failed` for staff. Offline ther
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -277,6 +278,17 @@ def request_plan_change(*, order: Order, request_id: uuid.UUID, plan: Plan) -> S
             _revert_price(locked, from_plan, request_id)
         raise
     return Started(command, new=True)
+
+
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")  # Plan.slug (a NUL or a long text never reaches SQL)
+
+
+def chosen_plan(slug: str) -> Plan:
+    """The plan a form names by slug; ConsoleError when it names none."""
+    plan = Plan.objects.filter(slug=slug).first() if _SLUG.match(slug) else None
+    if plan is None:
+        raise ConsoleError("Please choose a plan.")
+    return plan
 
 
 def _check_plan_change(order: Order, instance: Instance, plan: Plan) -> None:

@@ -389,9 +389,7 @@ def console_action(request: HttpRequest, public_id: UUID, action: str) -> HttpRe
         return redirect("orders:detail", order.public_id)
     try:
         if action == "plan":
-            plan = Plan.objects.filter(slug=request.POST.get("plan", "")).first()
-            if plan is None:
-                raise console.ConsoleError("Please choose a plan.")
+            plan = console.chosen_plan(request.POST.get("plan", ""))
             started = console.request_plan_change(order=order, request_id=request_id, plan=plan)
         else:
             started = CONSOLE_SERVICES[action](order=order, request_id=request_id)

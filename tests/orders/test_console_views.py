@@ -11,6 +11,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from orders.models import Activity, ConsoleCommand, Instance, Order, OutboxMessage
 from store.models import Plan
@@ -288,3 +290,35 @@ def test_a_stranger_cannot_open_someone_elses_portal(
     client.force_login(get_user_model().objects.create_user("eve", "e@example.com", "pw-x"))
     response = client.post(reverse("orders:billing_portal", args=[ready.order.public_id]))
     assert response.status_code == 404 and fake.calls == []
+
+
+# -- hostile form input (Hypothesis) ---------------------------------------------------------------
+
+_TEXT = st.one_of(
+    st.text(max_size=60), st.uuids().map(str), st.sampled_from(["bigger", "bunny", "", "\x00"])
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    action=st.sampled_from(["restart", "password", "plan", "x" * 40, "plan%00"]),
+    request_id=_TEXT,
+    plan=_TEXT,
+)
+@example(action="plan", request_id=str(uuid.uuid4()), plan="\x00")  # PostgreSQL refuses NUL
+@example(action="plan", request_id=str(uuid.uuid4()), plan="b" * 60)
+def test_any_form_input_is_answered_without_an_error(
+    owner_client: Client, ready: Instance, bigger: Plan, action: str, request_id: str, plan: str
+) -> None:
+    try:
+        url = _console_url(ready.order, action)
+    except Exception:  # noqa: BLE001 - not a URL this site has (the resolver refuses it)
+        return
+    response = owner_client.post(url, {"request_id": request_id, "plan": plan})
+
+    assert response.status_code in (302, 404)
+    assert ConsoleCommand.objects.filter(status=ConsoleCommand.Status.SENT).count() <= 1
+    ConsoleCommand.objects.all().delete()  # the next example starts with nothing pending
+    OutboxMessage.objects.filter(routing_key="host.host-a").delete()
