@@ -38,7 +38,6 @@ from vmbackend.machine import MachineError
 from vmbackend.management_api import ManagementAPI, ManagementAPIError, quote
 from vmbackend.messages import MAX_METRIC_FLOAT, MAX_METRIC_INT, Metrics
 from vmbackend.registry import Registry
-from vmbackend.state import READY
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +261,14 @@ class Sampler:
         self.unreachable: set[str] = set()  # to log a change of reachability once
 
     def targets(self) -> list[Target]:
-        """The ready VMs with the URL the host reaches and the credentials they have now."""
+        """The ready VMs nobody works on, with the URL the host reaches and the credentials
+        they have now."""
         found = []
         with self.registry.lock:
             for record in self.registry.records.values():
-                if record.status != READY or not is_instance_id(record.vm_id):
+                if not self.registry.is_unattended_ready(record):
+                    continue  # a stop/restart/... in progress: a gap, not a false alarm
+                if not is_instance_id(record.vm_id):
                     continue  # a VM made by hand as "vm-1" is no shop instance: no samples
                 try:
                     probe = urls_for(self.cfg, record, record.ip_addresses)[2]

@@ -267,6 +267,8 @@ def test_a_ready_vm_gives_one_sample_with_its_numbers_and_the_host_numbers(tmp_p
     vm_id = _add(registry, broker.port)
     _add(registry, broker.port, status=STOPPED)  # not sampled
     _add(registry, broker.port, vm_id="vm-by-hand")  # no UUID: no shop instance, not sampled
+    restarting = _add(registry, broker.port)  # a restart-vm in progress: a gap, not unreachable
+    registry.busy[restarting] = ["restart-vm"]
     sampler, published = _sampler(registry)
     bodies = sampler.sample_round()
     assert bodies == published and len(bodies) == 1
