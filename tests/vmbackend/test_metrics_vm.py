@@ -91,6 +91,11 @@ def test_a_ready_tiny_vm_reports_metrics_that_move_and_unreachable_while_paused(
         client, vm_id, lambda m: m.messages_ready == 0, after=up_index + 1
     )
     assert down.mem_alarm is False
+    # The test hook is the stand-in's alone and takes only known names, numbers and booleans.
+    assert api.request("PUT", "api/warren-test/users", {"value": 1}).status == 404
+    assert api.request("PUT", "api/warren-test/queues", {"value": "lots"}).status == 400
+    guest = ManagementAPI(ready["management_url"], "guest", "guest")
+    assert guest.request("PUT", "api/warren-test/queues", {"value": 9}).status == 401
 
     # 3. A paused guest does not answer: reachable false (with QEMU's numbers), heartbeats go on.
     qmp_sock = daemon.state_dir / "machines" / vm_id / "qmp.sock"
