@@ -141,9 +141,12 @@ def evaluate(*, instance: Instance, sample: MetricSample) -> list[AlarmEvent]:
 
     Called by orders/metrics.apply_metrics inside the sample's transaction, for samples newer
     than every other of the instance only (alarms move forward in time)."""
-    ensure_default_alarms(instance)
+    alarms = list(instance.alarms.all())
+    if not set(Alarm.DEFAULT_KINDS) <= {a.kind for a in alarms if a.is_default}:
+        ensure_default_alarms(instance)  # the first sample of this instance (one query after)
+        alarms = list(instance.alarms.all())
     changes = []
-    for alarm in instance.alarms.all():
+    for alarm in alarms:
         if alarm.evaluated_at is not None and sample.at <= alarm.evaluated_at:
             continue
         holds, clears = conditions(alarm, sample)

@@ -109,11 +109,14 @@ def apply_metrics(*, instance_id: uuid.UUID, host_id: str, at: datetime, metrics
         if instance.status in Instance.WITHOUT_VM or instance.status == Instance.Status.DELETING:
             return "ignored"
         newest = _newest_at(instance)
-        sample = record_sample(instance=instance, at=at, metrics=metrics)
-        if sample is None:
-            return "duplicate"
-        if newest is not None and at < newest:
-            return "stored_late"  # kept for the graphs; alarms only move forward in time
+        if newest is not None and at <= newest:
+            # A redelivery, or late: kept for the graphs; alarms only move forward in time.
+            late = record_sample(instance=instance, at=at, metrics=metrics)
+            return "duplicate" if late is None else "stored_late"
+        # The newest: no duplicate check needed (a racing copy of the same event is dropped by
+        # ON CONFLICT; its alarm evaluation changes nothing twice, the status is compare-and-set).
+        sample = build_sample(instance, at, metrics)
+        MetricSample.objects.bulk_create([sample], ignore_conflicts=True)
         alarms.evaluate(instance=instance, sample=sample)
     return "recorded"
 
