@@ -246,19 +246,23 @@ class Boot:
             ) from exc
         if self.record.limits:
             self.machine.apply_limits(probe)
+        runtime = self.machine.runtime(probe)  # what runs, for the customer; {} if unread
         self._check_cancel()
         seconds = round(time.time() - (self.record.boot_started_at or time.time()), 3)
+        fields = {
+            "management_url": management,
+            "amqp_url": amqp,
+            "admin_username": self.record.admin_username,
+            "ip_addresses": addresses,
+            "boot": self.record.boot or "cold",
+            "seconds": seconds,
+        }
+        if runtime:
+            fields["runtime"] = runtime
         self.report(
             self.record,
             "instance.ready",
-            {
-                "management_url": management,
-                "amqp_url": amqp,
-                "admin_username": self.record.admin_username,
-                "ip_addresses": addresses,
-                "boot": self.record.boot or "cold",
-                "seconds": seconds,
-            },
+            fields,
             status=READY,
             management_url=management,
             amqp_url=amqp,

@@ -8,17 +8,29 @@ a channel. State changes go through `Registry.report`.
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from vmbackend.boot import Boot, cleanup, spec_for
+from vmbackend import qemu
+from vmbackend.boot import Boot, cleanup, spec_for, urls_for
 from vmbackend.config import Config
 from vmbackend.healing import RestartPolicy
 from vmbackend.machine import Machine, MachineError, MachineGone
-from vmbackend.messages import ConsoleCommand, Rejected, VMCommand
-from vmbackend.registry import DELETE, WAIT_FOR_BOOT, Registry, command_plan
+from vmbackend.management_api import ManagementAPI, ManagementAPIError
+from vmbackend.messages import ConsoleCommand, Rejected, ResizeVM, SetAdminPassword, VMCommand
+from vmbackend.qemu import VMPaths
+from vmbackend.registry import (
+    COMMAND_DONE,
+    COMMAND_FAILED,
+    DELETE,
+    WAIT_FOR_BOOT,
+    Registry,
+    command_plan,
+    resize_refusal,
+)
 from vmbackend.state import BOOTING, DELETED, LOST, READY, STOPPED, StateStore, VMRecord
 
 log = logging.getLogger(__name__)
@@ -257,9 +269,14 @@ class Commands:
 
     # -- host commands
     def run(self, cmd: VMCommand | ConsoleCommand) -> dict[str, Any]:
-        """start/stop/restart/delete one VM; runs in a worker thread. Returns the response."""
-        if not isinstance(cmd, VMCommand):
-            raise Rejected(f"{cmd.command} is not served by this host yet")
+        """One host command in a worker thread; returns the response (Rejected: the reason).
+        The console's commands (and a restart-vm with a request id) also publish their outcome."""
+        if isinstance(cmd, VMCommand) and not cmd.request_id:
+            return self.run_vm_command(cmd)
+        return self.run_console(cmd)
+
+    def run_vm_command(self, cmd: VMCommand) -> dict[str, Any]:
+        """start/stop/restart/delete one VM. Returns the response."""
         with self.registry.lock:
             record = self.registry.records[cmd.vm_id]
         boot = self.registry.boot_of(record.vm_id)
@@ -348,3 +365,163 @@ class Commands:
         self.machines.pop(record.vm_id, None)
         self.registry.report(record, "instance.deleted", {}, status=DELETED, ports={})
         log.info("vm deleted host_id=%s vm_id=%s", self.cfg.host_id, record.vm_id)
+
+    # -- the customer's console (docs/protocol.md): each ends in one outcome event
+    def run_console(self, cmd: VMCommand | ConsoleCommand) -> dict[str, Any]:
+        """Run a console command and publish instance.command_done (with what the VM has now)
+        or instance.command_failed (the reason, never a password); remembered by request id."""
+        with self.registry.lock:
+            record = self.registry.records[cmd.vm_id]
+        try:
+            fields = self._console(record, cmd)
+        except Exception as exc:  # noqa: BLE001 - every failure must end in command_failed
+            if isinstance(exc, Rejected):
+                reason = exc.reason
+            else:
+                log.exception(
+                    "console command failed host_id=%s vm_id=%s command=%s",
+                    self.cfg.host_id,
+                    record.vm_id,
+                    cmd.command,
+                )
+                reason = f"{cmd.command} failed: {type(exc).__name__}: {str(exc)[:300]}"
+            reason = _without_secrets(reason, record, cmd)
+            self.registry.finish_request(
+                record, cmd.command, cmd.request_id, COMMAND_FAILED, {"reason": reason}
+            )
+            raise Rejected(reason) from None
+        self.registry.finish_request(record, cmd.command, cmd.request_id, COMMAND_DONE, fields)
+        response: dict[str, Any] = {"vm-id": record.vm_id, "status": record.status}
+        response.update({key.replace("_", "-"): value for key, value in fields.items()})
+        return response
+
+    def _console(self, record: VMRecord, cmd: VMCommand | ConsoleCommand) -> dict[str, Any]:
+        if isinstance(cmd, SetAdminPassword):
+            self.set_admin_password(record, cmd)
+            return {}
+        if isinstance(cmd, ResizeVM):
+            return self.resize(record, cmd)
+        self.run_vm_command(cmd)  # restart-vm with a request id
+        return {}
+
+    def set_admin_password(self, record: VMRecord, cmd: SetAdminPassword) -> None:
+        """The VM's admin gets `cmd.password` through its management API (the old one is refused
+        from then on), that user's AMQP connections are closed, and the host keeps the new
+        password (state file, the Machine's spec and fw_cfg file) for all it does later. A
+        redelivery after a daemon restart mid-way finds the new password already set and goes on."""
+        command_plan(
+            record, cmd.command, boot_running=self.registry.boot_of(record.vm_id) is not None
+        )
+        if cmd.username != record.admin_username:
+            raise Rejected(f"the VM's admin user is {record.admin_username}, not {cmd.username}")
+        machine = self.machine_for(record)
+        if machine is None or not machine.is_running():
+            raise Rejected("the VM is down; try again when it is running")
+        probe = urls_for(self.cfg, record, record.ip_addresses)[2]
+        user = record.admin_username
+        new = ManagementAPI(probe, user, cmd.password, timeout=10)
+        try:
+            if record.admin_password != cmd.password:
+                old = ManagementAPI(probe, user, record.admin_password, timeout=10)
+                try:
+                    old.set_user(user, cmd.password)
+                except ManagementAPIError as exc:
+                    if exc.status != 401:
+                        raise
+                    new.whoami()  # refused with the old one: set already (before a restart)?
+            new.whoami()
+            closed = new.close_connections_of(user)
+        except ManagementAPIError as exc:
+            raise Rejected(f"the VM's management API did not take the new password: {exc}") from exc
+        self.registry.report(record, None, {}, admin_password=cmd.password)
+        machine.set_admin_password(cmd.password)
+        log.info(
+            "admin password set host_id=%s vm_id=%s user=%s connections_closed=%s",
+            self.cfg.host_id,
+            record.vm_id,
+            user,
+            closed,
+        )
+
+    def resize(self, record: VMRecord, cmd: ResizeVM) -> dict[str, Any]:
+        """New memory/vCPUs through a clean stop and a start from the VM's own disk, the disk
+        image grown first (only grows) and then the guest's root file system. Refused (nothing
+        changed) when the disk would shrink or the memory does not fit the host. The VM ends
+        running. Returns the sizes it has now."""
+        command_plan(
+            record, cmd.command, boot_running=self.registry.boot_of(record.vm_id) is not None
+        )
+        refusal = resize_refusal(
+            record,
+            cmd,
+            budget_mb=self.cfg.host_memory_mb,
+            others_mb=self.registry.memory_of_others(record.vm_id),
+        )
+        if refusal is not None:
+            raise Rejected(refusal)
+        sizes = {"memory_mb": cmd.memory_mb, "vcpus": cmd.vcpus, "disk_gb": cmd.disk_gb}
+        old = (record.memory_mb, record.vcpus, record.disk_gb)
+        if old == (cmd.memory_mb, cmd.vcpus, cmd.disk_gb) and record.status == READY:
+            return sizes
+        log.info(
+            "vm resizing host_id=%s vm_id=%s from=%s to=%s",
+            self.cfg.host_id,
+            record.vm_id,
+            "/".join(map(str, old)),
+            f"{cmd.memory_mb}/{cmd.vcpus}/{cmd.disk_gb}",
+        )
+        self.stop(record, kill=False)
+        disk = VMPaths(self.store.vm_dir(record.vm_id)).disk
+        try:
+            grew = disk.exists() and qemu.grow_disk(disk, cmd.disk_gb)
+        except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
+            self._start_after_failed_resize(record)
+            raise Rejected(f"the disk could not grow: {str(exc)[:300]}") from exc
+        self.registry.report(
+            record, None, {}, memory_mb=cmd.memory_mb, vcpus=cmd.vcpus, disk_gb=cmd.disk_gb
+        )
+        try:
+            self.start(record)
+        except Rejected as exc:
+            raise Rejected(f"the VM did not come back after the resize: {exc.reason}") from exc
+        machine = self.machines.get(record.vm_id)
+        if grew and machine is not None:
+            try:
+                machine.grow_root()
+            except MachineError as exc:  # the disk is bigger; the file system grows next time
+                log.warning(
+                    "root file system not grown host_id=%s vm_id=%s error=%s",
+                    self.cfg.host_id,
+                    record.vm_id,
+                    exc,
+                )
+        log.info(
+            "vm resized host_id=%s vm_id=%s memory_mb=%s vcpus=%s disk_gb=%s disk_grew=%s",
+            self.cfg.host_id,
+            record.vm_id,
+            cmd.memory_mb,
+            cmd.vcpus,
+            cmd.disk_gb,
+            grew,
+        )
+        return sizes
+
+    def _start_after_failed_resize(self, record: VMRecord) -> None:
+        """The resize could not go on: the VM runs again with its old sizes (best effort)."""
+        try:
+            self.start(record)
+        except Rejected as exc:
+            log.error(
+                "start after a failed resize host_id=%s vm_id=%s reason=%s",
+                self.cfg.host_id,
+                record.vm_id,
+                exc.reason,
+            )
+
+
+def _without_secrets(text: str, record: VMRecord, cmd: VMCommand | ConsoleCommand) -> str:
+    """A reason for an event: no password of the VM's, old or new, bounded."""
+    for secret in (record.admin_password, getattr(cmd, "password", "")):
+        if secret:
+            text = text.replace(secret, "***")
+    return text[:1000]

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -27,8 +27,25 @@ ACCELS = ("auto", "kvm", "tcg")
 BOOT_DEADLINE = 1500
 
 
+HOST_MEMORY_RESERVE_MB = 1024  # kept for the host itself (daemon, QEMU's own overhead, page cache)
+
+
 class ConfigError(ValueError):
     """A setting has an invalid value; the message names the setting."""
+
+
+def default_host_memory_mb(meminfo: str | None = None) -> int:
+    """The memory this host may give its VMs when WARREN_HOST_MEMORY_MB is not set: MemTotal of
+    /proc/meminfo minus HOST_MEMORY_RESERVE_MB (0 when unreadable: then no resize grows memory)."""
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return 0
+    match = re.search(r"^MemTotal:\s+(\d+)\s*kB", meminfo, re.MULTILINE)
+    if not match:
+        return 0
+    return max(0, int(match.group(1)) // 1024 - HOST_MEMORY_RESERVE_MB)
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,9 @@ class Config:
     metrics_interval: float = 30.0
     metrics_timeout: float = 5.0
     metrics_workers: int = 8
+    # Memory (MiB) all of this host's VMs together may have: a resize-vm that would pass it is
+    # refused. Default: the host's memory minus HOST_MEMORY_RESERVE_MB.
+    host_memory_mb: int = field(default_factory=default_host_memory_mb)
 
     def redacted_amqp_url(self) -> str:
         """The AMQP URL with its password replaced, for logs."""
@@ -95,6 +115,7 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("metrics_interval", "WARREN_METRICS_INTERVAL"),
     ("metrics_timeout", "WARREN_METRICS_TIMEOUT"),
     ("metrics_workers", "WARREN_METRICS_WORKERS"),
+    ("host_memory_mb", "WARREN_HOST_MEMORY_MB"),
 )
 
 
@@ -229,6 +250,11 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         metrics_interval=_metrics_interval(given.get("metrics_interval", "30")),
         metrics_timeout=_float("metrics_timeout", given.get("metrics_timeout", "5"), 0.1, 60),
         metrics_workers=_int("metrics_workers", given.get("metrics_workers", "8"), 1, 64),
+        host_memory_mb=(
+            _int("host_memory_mb", given["host_memory_mb"], 0, 2**40)
+            if "host_memory_mb" in given
+            else default_host_memory_mb()
+        ),
     )
 
 

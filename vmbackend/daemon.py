@@ -38,16 +38,27 @@ from vmbackend.backoff import run_with_reconnect
 from vmbackend.commands import Commands
 from vmbackend.config import Config
 from vmbackend.images import manifest
-from vmbackend.messages import ConsoleCommand, ListVMs, Rejected, VMCommand
+from vmbackend.messages import (
+    ConsoleCommand,
+    ListVMs,
+    Rejected,
+    ResizeVM,
+    SetAdminPassword,
+    VMCommand,
+)
 from vmbackend.metrics import Sampler
 from vmbackend.recovery import recover
 from vmbackend.registry import (
     BUSY,
+    COMMAND_FAILED,
     DUPLICATE,
     FULL,
+    REQUEST_DONE,
+    REQUEST_NEW,
     UNKNOWN,
     Registry,
     create_response,
+    outcome_response,
     parse_create,
     parse_host,
 )
@@ -170,11 +181,27 @@ class Daemon:
             self.io.reply(delivery, messages.success(self.registry.list_vms()))
             self.io.ack(delivery)
             return
-        claim, _record = self.registry.claim(cmd)
+        request_id = getattr(cmd, "request_id", "")
+        if request_id and self.repeated_request(delivery, cmd, request_id):
+            return
+        claim, record = self.registry.claim(cmd)
         if claim == UNKNOWN:
             if direct:  # broadcasts for other hosts' VMs stay silent
                 self.io.reply(delivery, messages.error("unknown vm-id"))
             self.io.ack(delivery)
+            return
+        if (
+            claim == BUSY
+            and record is not None
+            and (request_id or isinstance(cmd, SetAdminPassword | ResizeVM))
+        ):
+            reason = "another command is in progress on this VM; try again in a minute"
+            self.registry.finish_request(
+                record, cmd.command, request_id, COMMAND_FAILED, {"reason": reason}
+            )
+            self.io.reply(delivery, messages.error(reason))
+            self.io.ack(delivery)
+            self.io.flush_events()
             return
         if claim == BUSY:
             self.io.reply(
@@ -199,6 +226,33 @@ class Daemon:
             self.registry.release(cmd.vm_id, cmd.command)
             raise
 
+    def repeated_request(
+        self, delivery: Delivery, cmd: VMCommand | ConsoleCommand, request_id: str
+    ) -> bool:
+        """A console request id seen before: re-publish its outcome (done) or wait for the
+        first (running); nothing is done again. False for a new request id."""
+        state, done = self.registry.request_state(cmd.vm_id, request_id)
+        if state == REQUEST_NEW:
+            return False
+        log.info(
+            "repeated request host_id=%s vm_id=%s command=%s request_id=%s state=%s",
+            self.cfg.host_id,
+            cmd.vm_id,
+            cmd.command,
+            request_id,
+            state,
+        )
+        with self.registry.lock:
+            record = self.registry.records[cmd.vm_id]
+        if state == REQUEST_DONE and done is not None:
+            self.registry.republish_outcome(record, done)
+            self.io.reply(delivery, outcome_response(record, done["type"], done["fields"]))
+        else:
+            self.io.reply(delivery, messages.error(f"request {request_id} is in progress"))
+        self.io.ack(delivery)
+        self.io.flush_events()
+        return True
+
     def work(self, cmd: VMCommand | ConsoleCommand, delivery: Delivery) -> None:
         """A host command in its worker thread; the reply and ack go back to the I/O thread."""
         try:
@@ -214,7 +268,7 @@ class Daemon:
             )
             reply = messages.error(f"{cmd.command} failed: {str(exc)[:MAX_INTERNAL_REASON]}")
         finally:
-            self.registry.release(cmd.vm_id, cmd.command)
+            self.registry.release(cmd.vm_id, cmd.command, getattr(cmd, "request_id", ""))
 
         def finish() -> None:
             if delivery.channel.is_open:

@@ -15,6 +15,7 @@ Folder layout (vm_dir, also QEMU's working directory, mode 0700):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Any
 
 from vmbackend import accel as accel_mod
 from vmbackend import personalize, qemu, qmp, saved_state
-from vmbackend.files import write_json_atomic
+from vmbackend.files import write_atomic, write_json_atomic
 from vmbackend.guest_agent import GuestAgent, GuestAgentError
 from vmbackend.images import manifest as manifest_mod
 from vmbackend.management_api import ManagementAPI, ManagementAPIError
@@ -375,6 +376,35 @@ class Machine:
             raise MachineError(
                 f"the management API did not answer: {exc}; console: {_tail(self.paths.console)}"
             ) from exc
+
+    def runtime(self, base_url: str, timeout: float = 5.0) -> dict[str, str]:
+        """RabbitMQ/Erlang versions and node name from the management API; {} when unreadable
+        (instance.ready then goes without them)."""
+        try:
+            api = ManagementAPI(
+                base_url, self.spec.admin_user, self.spec.admin_password, timeout=timeout
+            )
+            return api.runtime()
+        except (ManagementAPIError, ValueError) as exc:
+            log.info("runtime not read vm_id=%s error=%s", self.spec.vm_id, exc)
+            return {}
+
+    def set_admin_password(self, password: str) -> None:
+        """From now on the VM's admin password is `password` (its own management API already
+        has it): the spec every later call uses, and the fw_cfg file the next start reads."""
+        self.spec = dataclasses.replace(self.spec, admin_password=password)
+        secret = self.paths.fw_cfg_dir / "admin_password"
+        if secret.parent.is_dir():
+            write_atomic(secret, password.encode(), mode=0o600)
+
+    def grow_root(self, timeout: float = 120.0) -> None:
+        """Grow the guest's root file system to its (grown) disk, through the image's
+        restore-settings script (`--grow-root`: resize2fs online). Images without a disk: no-op."""
+        if self._pre_launch_image().disk is None:
+            return
+        code, _out = self.guest_exec(personalize.RESTORE_SETTINGS, ["--grow-root"], timeout=timeout)
+        if code != 0:
+            raise MachineError(f"{personalize.RESTORE_SETTINGS} --grow-root exited {code}")
 
     def apply_limits(self, base_url: str) -> None:
         """The spec's vhost limits ({"max-connections": n, ...}) on "/" via the management API."""

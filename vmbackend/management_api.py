@@ -23,6 +23,8 @@ from typing import Any
 TIMEOUT = 5.0  # seconds for one request
 POLL = 0.25  # seconds between attempts while waiting
 ERROR_BODY = 200  # characters of an unexpected answer kept in the error
+RUNTIME_KEYS = ("rabbitmq_version", "erlang_version", "node")  # instance.ready's runtime
+RUNTIME_CHARS = 100
 
 
 class ManagementAPIError(Exception):
@@ -208,3 +210,38 @@ class ManagementAPI:
     def set_vhost_limit(self, name: str, value: int, *, vhost: str = "/") -> None:
         """One vhost limit, e.g. ("max-connections", 100)."""
         self.put(f"api/vhost-limits/{quote(vhost)}/{quote(name)}", {"value": int(value)})
+
+    def connections(self) -> list[dict[str, Any]]:
+        """The node's AMQP connections (GET api/connections), each {"name", "user", ...}."""
+        answer = self.get("api/connections?columns=name,user")
+        if not isinstance(answer, list):
+            raise ManagementAPIError(f"{self._what('GET', 'api/connections')}: not a list")
+        return [c for c in answer if isinstance(c, dict)]
+
+    def close_connection(self, name: str) -> None:
+        """Close one AMQP connection (DELETE api/connections/<name>); already gone counts."""
+        self.delete(f"api/connections/{quote(name)}")
+
+    def close_connections_of(self, user: str) -> int:
+        """Close every AMQP connection `user` has (after a password change: the old password's
+        sessions must not go on). Returns how many were closed."""
+        names = [
+            c["name"]
+            for c in self.connections()
+            if c.get("user") == user and isinstance(c.get("name"), str)
+        ]
+        for name in names:
+            self.close_connection(name)
+        return len(names)
+
+    def runtime(self) -> dict[str, str]:
+        """What the node runs, from GET api/overview: rabbitmq_version, erlang_version, node
+        (each a string of at most RUNTIME_CHARS; missing or odd values are left out)."""
+        answer = self.get("api/overview")
+        if not isinstance(answer, dict):
+            return {}
+        return {
+            key: answer[key]
+            for key in RUNTIME_KEYS
+            if isinstance(answer.get(key), str) and 0 < len(answer[key]) <= RUNTIME_CHARS
+        }

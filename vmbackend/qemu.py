@@ -302,6 +302,19 @@ def overlay_args(base: Path, overlay: Path, disk_gb: int | None) -> list[list[st
     return cmds
 
 
+def grow_args(disk: Path, disk_gb: int) -> list[str]:
+    """The qemu-img command that grows `disk` to `disk_gb` GiB (qemu-img refuses to shrink)."""
+    return [QEMU_IMG, "resize", "-q", str(disk), f"{disk_gb}G"]
+
+
+def grow_disk(disk: Path, disk_gb: int) -> bool:
+    """Grow the (stopped) VM's disk image to `disk_gb` GiB; never shrinks it. True if it grew."""
+    if base_virtual_size(disk) >= disk_gb * 1024**3:
+        return False
+    subprocess.run(grow_args(disk, disk_gb), check=True, capture_output=True, text=True, timeout=60)
+    return True
+
+
 def base_virtual_size(base: Path) -> int:
     """Virtual size of a qcow2 image in bytes."""
     out = subprocess.run(

@@ -44,6 +44,10 @@ CLAIMED, UNKNOWN, BUSY = "claimed", "unknown", "busy"
 NEW, DUPLICATE, FULL = "new", "duplicate", "full"
 # Answers of `command_plan`.
 RUN, DELETE, WAIT_FOR_BOOT = "run", "delete", "wait-for-boot"
+# Answers of `Registry.request_state` (a console command's request id on one VM).
+REQUEST_NEW, REQUEST_DONE, REQUEST_RUNNING = "new", "done", "running"
+MAX_REQUESTS = 20  # done request ids remembered per VM
+COMMAND_DONE, COMMAND_FAILED = messages.INSTANCE_COMMAND_DONE, messages.INSTANCE_COMMAND_FAILED
 
 
 def hostname_for(vm_id: str) -> str:
@@ -88,10 +92,26 @@ def parse_host(
     return cmd
 
 
+def describe_status(record: VMRecord) -> str:
+    """The VM's state in words a customer can read (a console command's refusal)."""
+    if record.status == BOOTING and record.healing:
+        return "restarting after it stopped unexpectedly"
+    if record.status in (ACCEPTED, BOOTING):
+        return "starting"
+    return {STOPPED: "stopped", LOST: "down", FAILED: "failed", DELETED: "deleted"}.get(
+        record.status, record.status
+    )
+
+
 def command_plan(record: VMRecord, command: str, *, boot_running: bool) -> str:
-    """What start/stop/restart/delete-vm does to `record` now; Rejected if it may not run."""
+    """What start/stop/restart/delete-vm (or a console command) does to `record` now; Rejected
+    with the reason if it may not run."""
     if command == "delete-vm":
         return DELETE
+    if command == messages.SET_ADMIN_PASSWORD and record.status != READY:
+        raise Rejected(f"the VM is {describe_status(record)}; try again when it is running")
+    if command == messages.RESIZE_VM and record.status not in (READY, STOPPED):
+        raise Rejected(f"the VM is {describe_status(record)}; try again when it is running")
     if record.status in (ACCEPTED, BOOTING):
         if command == "start-vm" and boot_running:
             return WAIT_FOR_BOOT  # starting a booting VM: its answer is the boot's outcome
@@ -99,6 +119,33 @@ def command_plan(record: VMRecord, command: str, *, boot_running: bool) -> str:
     if record.status == FAILED:
         raise Rejected(f"vm-id {record.vm_id} failed; only delete-vm applies")
     return RUN
+
+
+def resize_refusal(
+    record: VMRecord, cmd: messages.ResizeVM, *, budget_mb: int, others_mb: int
+) -> str | None:
+    """Why `cmd` may not resize `record` (None: it may): the disk only grows, and the memory
+    must fit the host's budget next to its other VMs (`others_mb`)."""
+    if cmd.disk_gb < record.disk_gb:
+        return f"the disk only grows: the VM has {record.disk_gb} GB, {cmd.disk_gb} GB were asked"
+    if cmd.memory_mb > record.memory_mb and others_mb + cmd.memory_mb > budget_mb:
+        free = max(0, budget_mb - others_mb)
+        return (
+            f"{cmd.memory_mb} MiB of memory does not fit this host "
+            f"(at most {free} MiB is free for this VM)"
+        )
+    return None
+
+
+def outcome_response(record: VMRecord, event_type: str, fields: dict[str, Any]) -> bytes:
+    """The reply body (for a requester with reply_to) that goes with a console outcome."""
+    if event_type == COMMAND_FAILED:
+        return messages.error(str(fields.get("reason", "failed")))
+    response = {"vm-id": record.vm_id, "status": record.status}
+    for key in ("memory_mb", "vcpus", "disk_gb"):
+        if key in fields:
+            response[key.replace("_", "-")] = fields[key]
+    return messages.success(response)
 
 
 def ready_fields(record: VMRecord) -> dict[str, Any]:
@@ -173,6 +220,8 @@ class Registry:
         # vm-id -> (Boot or Heal, Thread) of a boot in a worker thread: a create-vm's first boot,
         # a start-vm's boot or a self-healing. delete-vm cancels it through `.cancel`.
         self.boots: dict[str, Any] = {}
+        # vm-id -> the request id of the console command running on it (a repeat waits for it).
+        self.running_requests: dict[str, str] = {}
 
     def load(self) -> list[VMRecord]:
         with self.lock:
@@ -202,7 +251,8 @@ class Registry:
                         **fields,
                     )
                 )
-                record.last_event = {"type": event_type, "fields": dict(fields)}
+                if event_type not in (COMMAND_DONE, COMMAND_FAILED):  # outcomes are no state
+                    record.last_event = {"type": event_type, "fields": dict(fields)}
             self.store.save(record)
         if event_type is not None:
             self.on_event()
@@ -232,6 +282,14 @@ class Registry:
         with self.lock:
             used = sum(1 for r in self.records.values() if r.holds_slot())
         return self.cfg.capacity - used
+
+    def memory_of_others(self, vm_id: str) -> int:
+        """MiB of memory the host's other VMs hold (every VM holding a slot: a stopped one may
+        start again)."""
+        with self.lock:
+            return sum(
+                r.memory_mb for r in self.records.values() if r.holds_slot() and r.vm_id != vm_id
+            )
 
     def running(self) -> int:
         with self.lock:
@@ -323,11 +381,16 @@ class Registry:
             ):
                 return BUSY, record
             holders.append(cmd.command)
+            request_id = getattr(cmd, "request_id", "")
+            if request_id:
+                self.running_requests[cmd.vm_id] = request_id
             return CLAIMED, record
 
-    def release(self, vm_id: str, command: str = "") -> None:
+    def release(self, vm_id: str, command: str = "", request_id: str = "") -> None:
         """Drop one hold on `vm_id` (the one `command` took, else any)."""
         with self.lock:
+            if request_id and self.running_requests.get(vm_id) == request_id:
+                del self.running_requests[vm_id]
             holders = self.busy.get(vm_id, [])
             if command in holders:
                 holders.remove(command)
@@ -352,3 +415,46 @@ class Registry:
                 and record.vm_id not in self.busy
                 and record.vm_id not in self.boots
             )
+
+    # -- the console's requests (idempotency by request id)
+    def request_state(self, vm_id: str, request_id: str) -> tuple[str, dict[str, Any] | None]:
+        """REQUEST_DONE with the remembered outcome, REQUEST_RUNNING, or REQUEST_NEW."""
+        with self.lock:
+            record = self.records.get(vm_id)
+            if record is None or not request_id:
+                return REQUEST_NEW, None
+            for done in record.requests:
+                if done.get("request_id") == request_id:
+                    return REQUEST_DONE, done
+            if self.running_requests.get(vm_id) == request_id:
+                return REQUEST_RUNNING, None
+            return REQUEST_NEW, None
+
+    def finish_request(
+        self,
+        record: VMRecord,
+        command: str,
+        request_id: str,
+        event_type: str,
+        fields: dict[str, Any],
+    ) -> None:
+        """Publish a console command's outcome (command_done/failed) and, with a request id,
+        remember it in the same durable write: a repeat re-publishes it instead of acting."""
+        body = {"command": command, **({"request_id": request_id} if request_id else {}), **fields}
+        with self.lock:
+            requests = list(record.requests)
+            if request_id:
+                requests = [r for r in requests if r.get("request_id") != request_id]
+                requests.append(
+                    {
+                        "request_id": request_id,
+                        "command": command,
+                        "type": event_type,
+                        "fields": body,
+                    }
+                )
+            self.report(record, event_type, body, requests=requests[-MAX_REQUESTS:])
+
+    def republish_outcome(self, record: VMRecord, done: dict[str, Any]) -> None:
+        """A repeated request id: its outcome again (a newer seq, the same fields)."""
+        self.report(record, str(done["type"]), dict(done["fields"]))

@@ -98,6 +98,9 @@ class VMRecord:
     restart_failures: int = 0  # failed restart attempts since the VM was last ready
     healing: bool = False
     last_event: dict[str, Any] = field(default_factory=dict)  # {"type", "fields"} last queued
+    # The console's done requests, newest last (at most registry.MAX_REQUESTS): {"request_id",
+    # "command", "type", "fields"}; a repeated request id re-publishes its outcome.
+    requests: list[dict[str, Any]] = field(default_factory=list)
     seq: int = 0
     outbox: list[dict[str, Any]] = field(default_factory=list)
 

@@ -26,6 +26,8 @@ class Broker:
         default_factory=list
     )  # method, raw path, user, body
     limits: dict[str, int] = field(default_factory=dict)
+    connections: dict[str, str] = field(default_factory=dict)  # AMQP connection name -> user
+    overview: dict[str, object] = field(default_factory=lambda: {"management_version": "test"})
     unready: int = 0  # answer 503 to this many requests first
     delay: float = 0.0  # seconds before any answer
     port: int = 0
@@ -78,6 +80,13 @@ def _handler(broker: Broker) -> type[BaseHTTPRequestHandler]:
                 node = broker.nodes.get(urllib.parse.unquote(route[2]))
                 if node is not None:
                     return self._reply(200, node)
+            if self.command == "GET" and route[:2] == ["api", "connections?columns=name,user"]:
+                conns = [{"name": n, "user": u} for n, u in broker.connections.items()]
+                return self._reply(200, conns)
+            if self.command == "DELETE" and route[:2] == ["api", "connections"]:
+                if broker.connections.pop(urllib.parse.unquote(route[2]), None) is None:
+                    return self._reply(404, b'{"error":"Object Not Found"}')
+                return self._reply(204)
             if self.command == "GET" and self.path.endswith("/api/whoami"):
                 return self._reply(200, {"name": user, "tags": ["administrator"]})
             if self.command == "GET" and self.path.endswith("/text"):

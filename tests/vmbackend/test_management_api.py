@@ -169,3 +169,43 @@ def test_any_user_name_stays_one_path_segment(broker, name):
     assert prefix == "/api/users"
     assert urllib.parse.unquote(segment) == name
     assert broker.users[name] == "pw"
+
+
+# -- the console (issue 11): closing a user's connections, what the node runs ---------------------
+
+
+def test_closing_a_users_connections_leaves_the_others(broker):
+    broker.connections = {
+        "127.0.0.1:50001 -> 10.0.2.15:5672": "admin",
+        "127.0.0.1:50002 -> 10.0.2.15:5672": "admin",
+        "127.0.0.1:50003 -> 10.0.2.15:5672": "app",
+    }
+    api = ManagementAPI(broker.url(), "admin", PASSWORD)
+
+    assert api.close_connections_of("admin") == 2
+
+    assert broker.connections == {"127.0.0.1:50003 -> 10.0.2.15:5672": "app"}
+    deletes = [path for method, path, _u, _b in broker.seen if method == "DELETE"]
+    assert deletes == [
+        "/api/connections/127.0.0.1%3A50001%20-%3E%2010.0.2.15%3A5672",
+        "/api/connections/127.0.0.1%3A50002%20-%3E%2010.0.2.15%3A5672",
+    ]
+    assert api.close_connections_of("admin") == 0
+
+
+def test_the_runtime_is_read_from_the_overview_and_odd_values_are_left_out(broker):
+    api = ManagementAPI(broker.url(), "admin", PASSWORD)
+    assert api.runtime() == {}
+    broker.overview = {
+        "management_version": "4.0.5",
+        "rabbitmq_version": "4.0.5",
+        "erlang_version": "26.2.5",
+        "node": "rabbit@test",
+    }
+    assert api.runtime() == {
+        "rabbitmq_version": "4.0.5",
+        "erlang_version": "26.2.5",
+        "node": "rabbit@test",
+    }
+    broker.overview = {"rabbitmq_version": 4, "erlang_version": "e" * 101, "node": "rabbit@x"}
+    assert api.runtime() == {"node": "rabbit@x"}

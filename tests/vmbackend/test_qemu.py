@@ -218,3 +218,31 @@ def test_create_overlay_makes_a_backed_qcow2_of_the_asked_size(tmp_path):
     assert info["virtual-size"] == 3 * 1024**3
     qemu.create_overlay(base, tmp_path / "small.qcow2", 0)  # never shrinks below the base
     assert qemu.base_virtual_size(tmp_path / "small.qcow2") == 1024**3
+
+
+# -- resize-vm: the command line follows the spec, the disk only grows ------------------------------
+
+
+def test_a_resized_spec_is_a_new_command_line_and_nothing_else():
+    paths = qemu.VMPaths(Path("/vms/0b6c"))
+    small = qemu.build_args(_manifest(), _spec(), paths, "tcg", tsc_khz=2445404)
+    big = qemu.build_args(
+        _manifest(), _spec(memory_mb=2048, vcpus=4, disk_gb=20), paths, "tcg", tsc_khz=2445404
+    )
+    assert (_after(big, "-m"), _after(big, "-smp")) == (["2048M"], ["4"])
+    changed = [(a, b) for a, b in zip(small, big, strict=True) if a != b]
+    assert changed == [("768M", "2048M"), ("2", "4")]  # the disk's size lives in the file
+
+
+def test_grow_disk_grows_a_qcow2_and_never_shrinks_it(tmp_path):
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(
+        [qemu.QEMU_IMG, "create", "-q", "-f", "qcow2", str(disk), "1G"], check=True, timeout=60
+    )
+    assert qemu.grow_args(disk, 3) == ["qemu-img", "resize", "-q", str(disk), "3G"]
+
+    assert qemu.grow_disk(disk, 3) is True
+    assert qemu.base_virtual_size(disk) == 3 * 1024**3
+    assert qemu.grow_disk(disk, 2) is False  # smaller: left as it is
+    assert qemu.grow_disk(disk, 3) is False  # same: nothing to do
+    assert qemu.base_virtual_size(disk) == 3 * 1024**3

@@ -11,6 +11,8 @@
 # PUT  /api/warren-test/NAME {"value": V}   a test sets one metric the overview/node answer
 #                                           (messages_ready, publish_rate, mem_alarm, ...);
 #                                           DELETE puts its default back (see metrics below)
+# GET  /api/connections[?columns=...]       200 [] (the tiny image has no AMQP listener)
+# DELETE /api/connections/NAME              404 (no such connection)
 USERS=/run/warren/users
 cr=$(printf '\r')
 read -r method path _proto || exit 0
@@ -88,7 +90,7 @@ read -r host < /proc/sys/kernel/hostname
 
 case "$method $path" in
     "GET /api/overview")
-        reply 200 OK "{\"management_version\":\"tiny\",\"cluster_name\":\"rabbit@$(hostname)\",\"node\":\"rabbit@$(hostname)\",\"user\":\"$who\",$(totals)}" ;;
+        reply 200 OK "{\"management_version\":\"tiny\",\"rabbitmq_version\":\"0.0.0-tiny\",\"erlang_version\":\"none\",\"cluster_name\":\"rabbit@$(hostname)\",\"node\":\"rabbit@$(hostname)\",\"user\":\"$who\",$(totals)}" ;;
     "GET /api/nodes/rabbit%40$host"|"GET /api/nodes/rabbit@$host")
         metrics
         reply 200 OK "{\"name\":\"rabbit@$host\",\"running\":true,\"mem_used\":$mem_used,\"mem_limit\":$mem_limit,\"mem_alarm\":$mem_alarm,\"disk_free\":$disk_free,\"disk_free_limit\":$disk_free_limit,\"disk_free_alarm\":$disk_free_alarm,\"uptime\":$uptime}" ;;
@@ -106,6 +108,10 @@ case "$method $path" in
     "DELETE /api/warren-test/"*)
         rm -f "$TEST/$name"
         reply 204 "No Content" ;;
+    "GET /api/connections"|"GET /api/connections?"*)
+        reply 200 OK "[]" ;;
+    "DELETE /api/connections/"*)
+        reply 404 "Not Found" ;;
     "GET /api/whoami")
         reply 200 OK "{\"name\":\"$who\",\"tags\":[\"administrator\"]}" ;;
     "PUT /api/users/"*)
