@@ -240,18 +240,34 @@ def test_a_resize_restarts_with_the_new_sizes_and_refuses_what_cannot_be(daemons
     assert read_state(daemon.state_dir, "vm-resize")["memory_mb"] == 512
     assert qemu.base_virtual_size(disk) == 5 * 1024**3
 
+    # The same request twice at once (the second arrives while the first runs): one restart,
+    # one outcome; the second is left to the first.
+    double_id = str(uuid.uuid4())
+    double = messages.resize_vm_body(
+        vm_id="vm-resize", request_id=double_id, memory_mb=384, vcpus=1, disk_gb=5
+    )
+    started = len(events_for(client, "vm-resize", "instance.started"))
+    _publish(client, daemon, double)
+    _publish(client, daemon, double)
+    done = _outcome(client, "vm-resize", double_id)
+    assert (done["type"], done["memory_mb"], done["vcpus"]) == ("instance.command_done", 384, 1)
+    client.pump(2.0)
+    assert len(_outcomes(client, "vm-resize", double_id)) == 1
+    assert len(events_for(client, "vm-resize", "instance.started")) == started + 1
+    assert f"request_id={double_id} state=running" in daemon.log_text()
+
     # With reply_to (an operator's CLI) the reply carries the outcome too.
     reply = client.call(
         "resize-vm",
-        {"vm-id": "vm-resize", "memory-mb": 512, "vcpus": 2, "disk-gb": 5},
+        {"vm-id": "vm-resize", "memory-mb": 384, "vcpus": 1, "disk-gb": 5},
         routing_key=topology.host_key(daemon.host_id),
         timeout=60,
     )
     assert reply["response"] == {
         "vm-id": "vm-resize",
         "status": "ready",
-        "memory-mb": 512,
-        "vcpus": 2,
+        "memory-mb": 384,
+        "vcpus": 1,
         "disk-gb": 5,
     }
     assert daemon.proc.poll() is None
