@@ -1,7 +1,9 @@
 """Command line: `python -m vmbackend <command> ...`.
 
-`daemon` runs the host daemon; `create-vm`, `list-vms`, `start-vm`, `stop-vm`, `restart-vm` and
-`delete-vm` are clients that print JSON; `image ...` goes to the image tool.
+`daemon` runs the host daemon; `create-vm`, `list-vms`, `start-vm`, `stop-vm`, `restart-vm`,
+`delete-vm` and the console's `resize-vm` and `set-admin-password` (with `--host`; the password
+is read from stdin, never from the command line) are clients that print JSON; `image ...` goes
+to the image tool.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from typing import Any
 from vmbackend import config
 from vmbackend.config import DEFAULT_AMQP_URL, ConfigError
 
-CLIENT_COMMANDS = ("create-vm", "list-vms", "start-vm", "stop-vm", "restart-vm", "delete-vm")
+CLIENT_COMMANDS = (
+    "create-vm",
+    "list-vms",
+    "start-vm",
+    "stop-vm",
+    "restart-vm",
+    "delete-vm",
+    "resize-vm",
+    "set-admin-password",
+)
 
 
 def _print(data: Any) -> None:
@@ -53,7 +64,29 @@ def _client_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop-vm")
     stop.add_argument("vm_id")
     stop.add_argument("--kill", action="store_true", help="hard stop at once")
+    resize = sub.add_parser("resize-vm", help="needs --host")
+    resize.add_argument("vm_id")
+    for flag in ("--memory-mb", "--vcpus", "--disk-gb"):
+        resize.add_argument(flag, type=int, required=True)
+    rotate = sub.add_parser("set-admin-password", help="needs --host; the password on stdin")
+    rotate.add_argument("vm_id")
+    rotate.add_argument("--username", required=True)
+    for console in (resize, rotate):
+        console.add_argument("--request-id", help="a UUID: a repeat with it changes nothing")
     return parser
+
+
+def _console_options(args: argparse.Namespace) -> dict[str, Any]:
+    """resize-vm / set-admin-password options (the password: the first line of stdin)."""
+    options: dict[str, Any] = {"vm-id": args.vm_id}
+    if args.request_id:
+        options["request-id"] = args.request_id
+    if args.command == "resize-vm":
+        options.update({"memory-mb": args.memory_mb, "vcpus": args.vcpus, "disk-gb": args.disk_gb})
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+        options["admin"] = {"username": args.username, "password": password}
+    return options
 
 
 def _status(reply: dict[str, Any]) -> int:
@@ -65,7 +98,10 @@ def run_client(argv: Sequence[str]) -> int:
 
     from vmbackend.client import Client, ClientError
 
-    args = _client_parser().parse_args(list(argv))
+    parser = _client_parser()
+    args = parser.parse_args(list(argv))
+    if args.command in ("resize-vm", "set-admin-password") and not args.host:
+        parser.error(f"{args.command} goes to the VM's host: give --host <host id>")
     url = args.amqp_url or os.environ.get("WARREN_AMQP_URL") or DEFAULT_AMQP_URL
     try:
         with Client(url) as client:
@@ -91,6 +127,8 @@ def run_client(argv: Sequence[str]) -> int:
                     return 0 if event["type"] == "instance.ready" else 1
                 return _status(reply)
             options = {"vm-id": args.vm_id}
+            if args.command in ("resize-vm", "set-admin-password"):
+                options = _console_options(args)
             if args.command == "stop-vm":
                 options["kill"] = args.kill
             routing_key = f"host.{args.host}" if args.host else None
