@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from vmbackend import config
@@ -162,7 +163,41 @@ def run_daemon(argv: Sequence[str]) -> int:
     return daemon_main(cfg)
 
 
+def run_tls(argv: Sequence[str]) -> int:
+    """`tls init-ca DIR`: the root (once, offline); `tls host CA_DIR HOST_ID OUT_DIR`: a host's
+    intermediate, signed by the root (docs/tls.md). WARREN_CA_PASSPHRASE encrypts the root key."""
+    from vmbackend import tls
+
+    parser = argparse.ArgumentParser(prog="python -m vmbackend tls")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init-ca").add_argument("folder")
+    host = sub.add_parser("host")
+    host.add_argument("ca_folder")
+    host.add_argument("host_id")
+    host.add_argument("out")
+    args = parser.parse_args(list(argv))
+    passphrase = tls.passphrase_from_env()
+    try:
+        if args.command == "init-ca":
+            cert = tls.init_ca(Path(args.folder), passphrase=passphrase)
+            print(f"root CA {cert.subject.rfc4514_string()} in {args.folder}")
+        else:
+            if not config.HOST_ID_RE.fullmatch(args.host_id):
+                print("host_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}", file=sys.stderr)
+                return 2
+            cert = tls.init_host(
+                Path(args.ca_folder), args.host_id, Path(args.out), passphrase=passphrase
+            )
+            print(f"host intermediate {cert.subject.rfc4514_string()} in {args.out}")
+    except tls.TLSError as exc:
+        print(f"tls: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "tls":
+        return run_tls(argv[1:])
     if argv and argv[0] == "image":
         from vmbackend.images.cli import main as image_main
 
@@ -172,7 +207,7 @@ def main(argv: list[str]) -> int:
     if argv and (argv[0] in CLIENT_COMMANDS or argv[0].startswith("--")):
         return run_client(argv)
     print(
-        "usage: python -m vmbackend {daemon|image|" + "|".join(CLIENT_COMMANDS) + "} ...",
+        "usage: python -m vmbackend {daemon|image|tls|" + "|".join(CLIENT_COMMANDS) + "} ...",
         file=sys.stderr,
     )
     return 2
