@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from orders import alarms
 from orders.models import AlarmEvent, Instance, MetricRollup, MetricSample
-from vmbackend.messages import Metrics
+from vmbackend.messages import MAX_METRIC_INT, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ def rollup_rows(rows: Iterable[dict[str, Any]]) -> list[MetricRollup]:
                 samples=len(points),
                 reachable_samples=len(up),
                 messages_queued=_mean(queued),
-                max_messages_queued=max(queued) if queued else None,
+                # ready + unacked can exceed a 64-bit column at the contract's bounds.
+                max_messages_queued=min(max(queued), MAX_METRIC_INT) if queued else None,
                 **values,
             )
         )

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from orders import metrics
 from orders.host_events import EventConsumer, handle_message
@@ -315,3 +317,55 @@ def test_unreachable_since_is_the_start_of_the_current_outage(ready):
     assert metrics.unreachable_since(ready, latest) == T0 + timedelta(seconds=90)
     metrics.record_sample(instance=ready, at=T0 + timedelta(minutes=5), metrics=sample())
     assert metrics.unreachable_since(ready, metrics.latest_sample(ready)) is None
+
+
+# -- any sample the contract allows -------------------------------------------------------------
+
+_INT = st.one_of(st.none(), st.integers(0, messages.MAX_METRIC_INT))
+_FLOAT = st.one_of(st.none(), st.floats(0, messages.MAX_METRIC_FLOAT))
+_BOOL = st.one_of(st.none(), st.booleans())
+any_metrics = st.builds(
+    Metrics,
+    reachable=st.booleans(),
+    **{name: _INT for name in messages.METRIC_INTS},
+    **{name: _FLOAT for name in messages.METRIC_FLOATS},
+    **{name: _BOOL for name in messages.METRIC_BOOLS},
+    cpu_percent=_FLOAT,
+    rss_bytes=_INT,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(samples=st.lists(any_metrics, min_size=1, max_size=4))
+@example(
+    samples=[
+        Metrics(
+            reachable=True,
+            messages_ready=messages.MAX_METRIC_INT,
+            messages_unacked=messages.MAX_METRIC_INT,
+            mem_used=messages.MAX_METRIC_INT,
+            publish_rate=messages.MAX_METRIC_FLOAT,
+        )
+    ]
+)
+def test_any_sample_within_the_contract_is_stored_rolled_up_and_drawn(ready, samples):
+    """Bounds at their extremes (2^63-1 messages ready and unacked: a sum the roll-up's column
+    cannot hold) never make the worker fail, the roll-up or the page."""
+    from orders import alarms, metrics_page
+
+    MetricSample.objects.all().delete()
+    MetricRollup.objects.all().delete()
+    alarms.add_alarm(instance=ready, kind="queue_depth", threshold=1e12, minutes=1)
+    for i, one in enumerate(samples):
+        at = T0 + timedelta(seconds=30 * i)
+        assert (
+            metrics.apply_metrics(instance_id=ready.public_id, host_id="host-a", at=at, metrics=one)
+            == "recorded"
+        )
+    metrics.rollup(T0 + timedelta(minutes=10))
+    assert MetricRollup.objects.count() >= 1
+    page = metrics_page.metrics_context(ready, "1h", now=T0 + timedelta(minutes=3))
+    assert len(page["graphs"]) == 5
+    ready.alarms.all().delete()
