@@ -53,6 +53,7 @@ from orders.models import (
     Host,
     Instance,
     Order,
+    wake_order_page,
 )
 from orders.provisioning import delete_vm, forget_credentials, resend_deletion
 from vmbackend import messages, topology
@@ -154,6 +155,7 @@ def apply_instance_event(event: Event) -> str:
         if event.seq <= instance.last_event_seq:
             return "stale"
         _record_seq(order, instance, event)
+        wake_order_page(order)  # stage, URLs, console outcome: the page re-reads at commit
         return apply_step(order, instance, event)
 
 

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from orders import encryption
+from orders import encryption, wakeup
 
 
 class InvalidTransition(Exception):
@@ -57,7 +57,15 @@ class _StateMachine(models.Model):
         self.status = to
         for name, value in fields.items():
             setattr(self, name, value)
+        wake_order_page(self)
         return True
+
+
+def wake_order_page(obj: models.Model) -> None:
+    """Wake the order's waiting pages when this change commits (orders/wakeup.py)."""
+    order_pk = obj.pk if isinstance(obj, Order) else getattr(obj, "order_id", None)
+    if order_pk is not None:
+        wakeup.notify(wakeup.ORDERS, str(order_pk))
 
 
 class OrderStatus(models.TextChoices):

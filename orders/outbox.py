@@ -24,7 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from orders import broker
+from orders import broker, wakeup
 from orders.models import OutboxMessage
 from orders.provisioning import DELETE_VM, body_to_publish
 from orders.relay_lock import RelayLock, relay_lock
@@ -157,6 +157,7 @@ class Relay:
     lock_check_interval: float = 5.0
     stop_event: threading.Event = field(default_factory=threading.Event)
     total: int = 0
+    wakeups: int = 0  # waits ended by a commit's wake-up (orders/wakeup.py), not the poll
     lock: RelayLock | None = None
 
     def stop(self) -> None:
@@ -200,11 +201,25 @@ class Relay:
             self.stop_event.wait(self.lock_poll)
         return False
 
+    def _wait_for_wakeup(self, listener: wakeup.Listener, connection: BlockingConnection) -> None:
+        """Until a wake-up, the poll interval, or stop; pika's heartbeats served in between."""
+        deadline = time.monotonic() + self.poll_interval
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            woken = listener.wait(min(left, WAIT_SLICE))
+            connection.process_data_events(time_limit=0)
+            if woken:
+                self.wakeups += 1
+                return
+
     def serve(self, connected: Callable[[], None], *, once: bool = False) -> bool:
         """One broker session: publish and poll until stopped. Returns True when `once` is done."""
         connection, channel = open_channel(self.url)
+        listener = _listen()  # before the first look at the table: no row can slip between
         try:
-            log.info("event=relay_connected")
+            log.info("event=relay_connected wakeup=%s", "on" if listener else "off")
             connected()
             skipped: set[int] = set()  # cleared on reconnect: a new session
             skip_since = lock_checked = time.monotonic()
@@ -224,11 +239,27 @@ class Relay:
                 if sent < BATCH_SIZE:
                     if once:
                         return True
-                    # Keep heartbeats flowing while idle.
-                    connection.process_data_events(time_limit=self.poll_interval)
+                    if listener is None:  # keep heartbeats flowing while idle
+                        connection.process_data_events(time_limit=self.poll_interval)
+                    else:  # a commit's wake-up ends the wait at once; the poll is the backstop
+                        self._wait_for_wakeup(listener, connection)
         finally:
+            if listener is not None:
+                listener.close()
             broker.close_quietly(connection)
         return False
+
+
+WAIT_SLICE = 0.5  # the longest wait on the wake-up between heartbeats and stop checks
+
+
+def _listen() -> wakeup.Listener | None:
+    """The relay's wake-up on commit (orders/wakeup.py); None (poll only) when it cannot be had."""
+    try:
+        return wakeup.Listener(wakeup.OUTBOX)
+    except Exception as exc:  # noqa: BLE001 - the poll alone still publishes every row
+        log.warning("event=relay_wakeup_unavailable error=%s", exc)
+        return None
 
 
 def _log_unavailable(exc: BaseException, retry_in: float) -> None:

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from orders import activity
+from orders import activity, wakeup
 from orders.models import ORDER_STATUS_FOR_INSTANCE, Activity, Instance, Order, OutboxMessage
 from vmbackend import messages, topology
 
@@ -47,9 +47,11 @@ def enqueue(
     if isinstance(admin, dict) and admin.get("password"):
         body = copy.deepcopy(body)
         body["options"]["admin"]["password"] = ""
-    return OutboxMessage.objects.create(
+    row = OutboxMessage.objects.create(
         exchange=exchange, routing_key=routing_key, body=body, instance=instance
     )
+    wakeup.notify(wakeup.OUTBOX)  # the relay publishes it at commit, not at its next poll
+    return row
 
 
 # Commands whose options.admin.password is never stored in the outbox (filled in at publish).

@@ -1,0 +1,125 @@
+"""Wake-ups on commit (orders/wakeup.py): the relay publishes a new row at once, an order page's
+waiting request learns of its order's change. Run on SQLite (the default) and on PostgreSQL
+(DATABASE_URL=postgres://...): each path is the real one of its database."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from django.db import transaction
+
+from orders import wakeup
+from orders.models import OutboxMessage
+from orders.outbox import Relay
+from orders.provisioning import enqueue
+from tests.orders.conftest import get_all
+
+LONG_POLL = 120.0  # the relay's poll in these tests: only a wake-up can be quicker
+
+
+def _wait_until(predicate, *, timeout: float = 30.0) -> bool:
+    done = threading.Event()
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return True
+        done.wait(0.02)
+    return predicate()
+
+
+def _create_vm(n: int) -> OutboxMessage:
+    return enqueue(routing_key="create-vm", body={"version": 1, "command": "create-vm", "n": n})
+
+
+@pytest.fixture
+def relay(orders_amqp_url):
+    relay = Relay(url=orders_amqp_url, poll_interval=LONG_POLL, lock_poll=0.05)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    yield relay
+    relay.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_committed_row_is_published_on_the_wake_up_not_the_poll(amqp, relay):
+    first = _create_vm(0)  # published by the relay's first pass; then it waits (poll: 120 s)
+    assert _wait_until(lambda: OutboxMessage.objects.get(pk=first.pk).sent_at is not None)
+    assert relay.wakeups <= 1  # the first row's own wake-up may have come after the pass
+
+    with transaction.atomic():
+        second = _create_vm(1)
+
+    assert _wait_until(lambda: OutboxMessage.objects.get(pk=second.pk).sent_at is not None)
+    assert relay.wakeups >= 1
+    bodies = [b for _, _, b in get_all(amqp, "computing.create-vm")]
+    assert len(bodies) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_row_wakes_nobody(amqp, relay):
+    assert _wait_until(lambda: relay.lock is not None and relay.total == 0)
+    with wakeup.Listener(wakeup.OUTBOX) as listener:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            _create_vm(2)
+            raise RuntimeError("rolled back")
+        assert listener.wait(0.5) == []
+    assert not OutboxMessage.objects.exists()
+    assert relay.wakeups == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_listener_of_a_channel_gets_the_key_once_the_change_commits():
+    with wakeup.Listener(wakeup.ORDERS) as one, wakeup.Listener(wakeup.ORDERS) as two:
+        with transaction.atomic():
+            wakeup.notify(wakeup.ORDERS, "42")
+            assert one.drain() == []  # not before the commit
+        assert one.wait(10.0) == ["42"]
+        assert two.wait(10.0) == ["42"]
+        assert one.drain() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_another_channel_is_not_woken_and_unknown_channels_are_refused():
+    with wakeup.Listener(wakeup.OUTBOX) as outbox:
+        wakeup.notify(wakeup.ORDERS, "7")
+        assert outbox.wait(0.3) == []
+    with pytest.raises(ValueError):
+        wakeup.notify("warren_outbox; DROP TABLE x", "")
+    with pytest.raises(ValueError):
+        wakeup.Listener("nope")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_listeners_socket_is_removed_by_the_next_sender():
+    if wakeup.is_postgresql():
+        pytest.skip("SQLite's datagram sockets only")
+    with wakeup.Listener(wakeup.ORDERS) as alive:
+        folder = wakeup._wake_dir(wakeup.ORDERS)
+        dead = folder / "999999999-0"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(dead))  # bound, then closed: nobody receives any more
+        wakeup.notify(wakeup.ORDERS, "1")
+        assert alive.wait(10.0) == ["1"]
+        assert not dead.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_hub_wakes_a_waiting_page_for_its_own_order_only():
+    hub = wakeup.Hub()
+    seen = hub.generation("5")
+    assert _wait_until(lambda: hub.thread is not None and hub.thread.is_alive())
+    results: dict[str, int] = {}
+
+    def wait(key: str, timeout: float) -> None:
+        results[key] = hub.wait(key, hub.generation(key), timeout)
+
+    other = threading.Thread(target=wait, args=("6", 1.0))
+    other.start()
+    # The hub's listener may not be bound yet: notify until the waiting key moves.
+    assert _wait_until(lambda: (wakeup.notify(wakeup.ORDERS, "5"), hub.generation("5"))[1] > seen)
+    other.join()
+    hub.stop()
+    assert results["6"] == 0  # its order never changed: it waited out its timeout
