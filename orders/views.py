@@ -22,7 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from orders import console, metrics_page
+from orders import console, metrics_page, order_wait
 from orders.alarms import AlarmError, add_alarm, alarms_context, remove_alarm
 from orders.checkout import CheckoutError, billing_portal_url, start_checkout
 from orders.models import Instance, Order
@@ -300,7 +300,18 @@ def alarm_remove(request: HttpRequest, public_id: UUID, alarm_id: int) -> HttpRe
 @login_required
 @require_GET
 def status(request: HttpRequest, public_id: UUID) -> JsonResponse:
+    """The order's state; with `since=<version>` a long poll: answers when the version differs
+    or after ORDER_LONG_POLL_SECONDS (orders/order_wait.py)."""
     order = _get_order(request, public_id)
+    since = request.GET.get("since", "")[:500]
+    if since:
+        order_wait.wait_for_change(
+            str(order.pk),
+            since,
+            lambda: _state_context(Order.objects.get(pk=order.pk))["version"],
+            timeout=settings.ORDER_LONG_POLL_SECONDS,
+        )
+        order = Order.objects.get(pk=order.pk)
     ctx = _state_context(order)
     instance = ctx["instance"]
     return JsonResponse(

@@ -197,6 +197,12 @@ INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="")
 HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
 # The order page refetches its metrics and alarms this often (seconds).
 METRICS_REFRESH_SECONDS = env.int("WARREN_METRICS_REFRESH_SECONDS", default=15)
+# The order page's status request waits up to this long for its order to change (a long poll
+# woken on commit, orders/order_wait.py); 0 answers at once (the page then polls every 2 s).
+ORDER_LONG_POLL_SECONDS = env.float("WARREN_ORDER_LONG_POLL_SECONDS", default=20.0)
+# Waiting status requests per web process at most; past it a request answers at once. Keep it
+# under the web process's threads (`warren run`: WARREN_WEB_THREADS, default 16).
+ORDER_LONG_POLL_MAX_WAITERS = env.int("WARREN_ORDER_LONG_POLL_MAX_WAITERS", default=12)
 # The event worker rolls up and prunes the metrics this often (seconds; docs/metrics.md).
 METRICS_MAINTENANCE_INTERVAL = env.int("WARREN_METRICS_MAINTENANCE_INTERVAL", default=60)
 # Seconds a console command (restart, password, plan) may wait for its host's answer before the

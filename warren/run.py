@@ -39,6 +39,9 @@ class Options:
     build_images: bool = True
     daemon: bool = True
     web_workers: int = 2
+    web_threads: int = field(
+        default_factory=lambda: int(os.environ.get("WARREN_WEB_THREADS", "16"))
+    )
 
 
 @dataclass
@@ -78,10 +81,14 @@ def service_commands(opts: Options, python: str = sys.executable) -> dict[str, l
             "store.wsgi:application",
             "--bind",
             f"{opts.bind}:{opts.port}",
-            # Sync workers: no request waits on another request of ours (the offline payment
-            # runs in-process), and no page streams.
+            # Threads (gthread): an order page's status request waits for its order to change
+            # (a long poll, orders/order_wait.py) holding a thread, not a worker process.
             "--workers",
             str(opts.web_workers),
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(opts.web_threads),
             "--access-logfile",
             "-",
             "--graceful-timeout",
