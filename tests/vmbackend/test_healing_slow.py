@@ -1,6 +1,8 @@
 """One real RabbitMQ VM through the host daemon, for what a customer's server lives through (slow
 tier): create-vm → ready → confirmed messages → `kill -9` of its QEMU → the host's own restart
-from the VM's disk (self-healing) → every message back → delete-vm.
+from the VM's disk (self-healing) → every message back → the customer's console: password
+rotation (old AMQP connections closed, old password refused) → resize (memory, vCPUs and disk up
+through a restart, the messages still there) → delete-vm.
 
 A real-image boot costs minutes under TCG on a loaded CI host, so one VM serves every check, in
 the order of the tests below (each test continues from the previous one's VM, as in
@@ -15,11 +17,16 @@ not asserted.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -33,8 +40,10 @@ from tests.vmbackend.daemon_helpers import (
     clean_broker,
     events_for,
     qemu_pids,
+    read_state,
     wait_host,
 )
+from vmbackend import messages, topology
 from vmbackend.client import Client
 from vmbackend.images import manifest, versions
 
@@ -45,6 +54,7 @@ VM_ID = "vm-heal-real"
 BOOT_SECONDS = 1500  # a cold boot of the real image under TCG on a loaded host (656 s seen)
 QUEUES = {"heal-classic": "classic", "heal-quorum": "quorum", "heal-stream": "stream"}
 MESSAGES = 300  # per queue, each confirmed by the broker before the kill
+OUTCOMES = ("instance.command_done", "instance.command_failed")
 
 
 @dataclass
@@ -66,7 +76,9 @@ class RealVM:
             self.ready["management_url"], user or self.user, password or self.password
         )
 
-    def amqp(self, password: str | None = None, attempts: int = 3) -> pika.BlockingConnection:
+    def amqp(
+        self, password: str | None = None, attempts: int = 3, heartbeat: int | None = None
+    ) -> pika.BlockingConnection:
         url = self.ready["amqp_url"]
         host_port = url.split("@", 1)[1].strip("/")
         host, port = host_port.rsplit(":", 1)
@@ -74,7 +86,7 @@ class RealVM:
             host=host, port=int(port),
             credentials=pika.PlainCredentials(self.user, password or self.password),
             socket_timeout=10, blocked_connection_timeout=30, connection_attempts=attempts,
-            retry_delay=2,
+            retry_delay=2, heartbeat=heartbeat,
         )  # fmt: skip
         return pika.BlockingConnection(params)
 
@@ -157,7 +169,7 @@ def _publish_confirmed(vm: RealVM) -> None:
         conn.close()
 
 
-def _read_back(vm: RealVM) -> None:
+def _read_back(vm: RealVM, *, in_order: bool = True) -> None:
     conn = vm.amqp(attempts=10)
     try:
         ch = conn.channel()
@@ -178,9 +190,12 @@ def _read_back(vm: RealVM) -> None:
                 break
         ch.cancel()
         assert bodies == vm.sent["heal-stream"]
-        for name in ("heal-classic", "heal-quorum"):  # in order and readable, not just counted
+        for name in ("heal-classic", "heal-quorum"):  # readable, not just counted
             got = [ch.basic_get(name, auto_ack=False)[2] for _ in range(MESSAGES)]
-            assert got == vm.sent[name], name
+            if in_order:
+                assert got == vm.sent[name], name
+            else:  # messages returned by an earlier read may come back in another order
+                assert sorted(got) == sorted(vm.sent[name]), name
         ch.close()  # unacked: back in the queues for the checks after this one
     finally:
         conn.close()
@@ -223,6 +238,168 @@ def test_a_killed_vm_is_restarted_by_the_host_with_every_confirmed_message(vm: R
         f"\n{IMAGE}: kill -9 -> instance.restarting {noticed:.1f} s, -> management URL "
         f"answering again {seconds:.1f} s (cold boot from the VM's disk; load {load[0]:.1f})"
     )
+
+
+def _console(vm: RealVM, body: dict[str, Any]) -> None:
+    """As the shop's relay sends a console command: to the VM's host only, persistent, no
+    reply_to (the outcome comes as an event)."""
+    vm.client.channel.basic_publish(
+        topology.COMMANDS_EXCHANGE,
+        topology.host_key(vm.daemon.host_id),
+        messages.encode(body),
+        pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=str(uuid.uuid4()),
+        ),
+    )
+
+
+def _outcomes(vm: RealVM, request_id: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in events_for(vm.client, VM_ID)
+        if e["type"] in OUTCOMES and e.get("request_id") == request_id
+    ]
+
+
+def _outcome(vm: RealVM, request_id: str, seconds: float, count: int = 1) -> dict[str, Any]:
+    end = time.monotonic() + seconds
+    while len(_outcomes(vm, request_id)) < count:
+        assert time.monotonic() < end, f"no outcome #{count} of {request_id} in {seconds} s"
+        vm.client.pump(0.5)
+    return _outcomes(vm, request_id)[count - 1]
+
+
+def _closed_by_the_broker(conn: pika.BlockingConnection, seconds: float) -> bool:
+    """Whether the broker closes `conn` (CONNECTION_FORCED, as the management API's close does)
+    within `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            conn.process_data_events(time_limit=1)
+        except pika.exceptions.ConnectionClosedByBroker as exc:
+            return exc.reply_code == 320
+    return False
+
+
+def test_a_password_rotation_closes_old_connections_and_refuses_the_old_password(vm: RealVM):
+    """Issue 11's console on the real broker: the rotation goes through the VM's management API,
+    the AMQP connections opened with the old password are closed, the old password is refused at
+    once, the new one works, and the host keeps it (healing and resizing use it)."""
+    assert vm.ready, "needs the ready VM of the tests before"
+    old, new = vm.password, "rotated-" + uuid.uuid4().hex
+    conn = vm.amqp(heartbeat=0)  # idle while the rotation runs: only the host may close it
+    conn.channel().queue_declare("", exclusive=True)
+    # RabbitMQ lists a connection in its management API only after its first statistics
+    # emission (~5 s); a customer's connection is older than that. (One opened in the seconds
+    # before a rotation is not seen by it: known limit, see the report.)
+    end = time.monotonic() + 120
+    while not [c for c in _api(vm, "api/connections") if c.get("user") == vm.user]:
+        assert time.monotonic() < end, "the connection never appeared in the management API"
+        vm.client.pump(1)
+    request_id = str(uuid.uuid4())
+    started = time.monotonic()
+    _console(
+        vm,
+        messages.set_admin_password_body(
+            vm_id=VM_ID, request_id=request_id, username=vm.user, password=new
+        ),
+    )
+    done = _outcome(vm, request_id, 600)
+    seconds = time.monotonic() - started
+    assert done["type"] == "instance.command_done", done
+    assert done["command"] == "set-admin-password"
+    assert new not in json.dumps(done) and old not in json.dumps(done)
+    assert _closed_by_the_broker(conn, 30), "the old password's AMQP connection stays open"
+    vm.password = new
+    assert vm.status(vm.user, old) == 401
+    assert vm.status() == 200
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        vm.amqp(old, attempts=1)
+    vm.amqp().close()
+    assert read_state(vm.daemon.state_dir, VM_ID)["admin_password"] == new
+    assert new not in vm.daemon.log_text()
+    print(f"\n{IMAGE}: set-admin-password -> command_done {seconds:.1f} s")
+
+
+def _api(vm: RealVM, path: str) -> Any:
+    """GET a management API path on the VM as its admin; the decoded JSON."""
+    token = base64.b64encode(f"{vm.user}:{vm.password}".encode()).decode()
+    request = urllib.request.Request(  # noqa: S310 - the VM's loopback http URL
+        vm.ready["management_url"] + path, headers={"Authorization": f"Basic {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.load(response)
+
+
+def _disk_free(vm: RealVM) -> int:
+    """The guest's free bytes on RabbitMQ's disk (its root file system), from the node's stats;
+    0 until a node that just started has emitted them."""
+    [node] = _api(vm, "api/nodes")
+    return int(node.get("disk_free", 0))
+
+
+def test_a_resize_grows_memory_vcpus_and_disk_through_a_restart_and_keeps_the_messages(
+    vm: RealVM,
+):
+    assert vm.ready, "needs the ready VM of the tests before"
+    disk_gb = int(read_state(vm.daemon.state_dir, VM_ID)["disk_gb"])
+    free_before = _disk_free(vm)
+    assert free_before > 0
+    before = vm.last_seq()
+    request_id = str(uuid.uuid4())
+    body = messages.resize_vm_body(
+        vm_id=VM_ID, request_id=request_id, memory_mb=1024, vcpus=2, disk_gb=disk_gb + 2
+    )
+    started = time.monotonic()
+    _console(vm, body)
+    done = _outcome(vm, request_id, BOOT_SECONDS + 120)
+    seconds = time.monotonic() - started
+    assert done["type"] == "instance.command_done", done
+    assert (done["memory_mb"], done["vcpus"], done["disk_gb"]) == (1024, 2, disk_gb + 2)
+    after = [e["type"] for e in events_for(vm.client, VM_ID) if e.get("seq", 0) > before]
+    assert "instance.stopped" in after and "instance.ready" in after, after
+    again = [e for e in events_for(vm.client, VM_ID, "instance.ready") if e["seq"] > before][-1]
+    for key in ("management_url", "amqp_url", "admin_username"):
+        assert again[key] == vm.ready[key]
+    version = versions.for_image(IMAGE)
+    if version is not None:  # what is running, for the order page
+        assert again["runtime"]["rabbitmq_version"].startswith(version.version + "."), again
+    [pid] = qemu_pids(vm.daemon.state_dir)
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert args[args.index("-m") + 1] == "1024M" and args[args.index("-smp") + 1] == "2"
+    while vm.status() != 200:  # the rotated password survived the restart
+        assert time.monotonic() < started + BOOT_SECONDS
+        vm.client.pump(0.5)
+    _read_back(vm, in_order=False)
+    end = time.monotonic() + 300  # the guest's file system grows after the boot
+    while _disk_free(vm) < free_before + 2**30:
+        assert time.monotonic() < end, "the guest's file system did not grow"
+        vm.client.pump(1)
+
+    # The same request again (a redelivery, a repeated click): the same outcome, no restart.
+    seq = vm.last_seq()
+    _console(vm, body)
+    repeated = _outcome(vm, request_id, 120, count=2)
+    assert {k: repeated[k] for k in ("type", "memory_mb", "vcpus", "disk_gb")} == {
+        k: done[k] for k in ("type", "memory_mb", "vcpus", "disk_gb")
+    }
+    # A smaller disk is refused with the reason, and the VM stays as it is.
+    refused_id = str(uuid.uuid4())
+    _console(
+        vm,
+        messages.resize_vm_body(
+            vm_id=VM_ID, request_id=refused_id, memory_mb=1024, vcpus=2, disk_gb=disk_gb
+        ),
+    )
+    refused = _outcome(vm, refused_id, 120)
+    assert refused["type"] == "instance.command_failed", refused
+    assert "only grows" in refused["reason"]
+    later = [e["type"] for e in events_for(vm.client, VM_ID) if e.get("seq", 0) > seq]
+    assert "instance.stopped" not in later and "instance.started" not in later, later
+    assert vm.status() == 200
+    print(f"\n{IMAGE}: resize-vm (ACPI stop, cold boot, grow) -> command_done {seconds:.1f} s")
 
 
 def test_delete_vm_removes_the_vm_and_its_qemu(vm: RealVM):
