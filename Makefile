@@ -58,3 +58,4 @@ bench: images
 	$(PY) bench/daemon.py
 	$(PY) bench/provisioning.py
 	$(PY) bench/metrics_host.py
+	$(PY) bench/console.py
