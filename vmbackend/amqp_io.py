@@ -234,6 +234,22 @@ class AmqpIO:
                 if not self.registry.confirmed(vm_id, body["message_id"]):
                     break
 
+    def publish_confirmed(self, body: dict[str, Any]) -> None:
+        """Publish one event outside any VM's outbox and wait for the broker's confirm (an
+        instance.declined: the create-vm it answers is acked only afterwards, so a lost
+        connection redelivers the create-vm rather than losing the answer)."""
+        channel = self.event_channel
+        if channel is None or not channel.is_open:
+            raise pika.exceptions.ChannelWrongStateError("not connected")
+        channel.basic_publish(
+            topology.EVENTS_EXCHANGE,
+            body["type"],
+            messages.encode_event(body),
+            pika.BasicProperties(
+                content_type="application/json", delivery_mode=2, message_id=body["message_id"]
+            ),
+        )
+
     def publish_heartbeat(self) -> None:
         channel = self.event_channel
         if channel is None or not channel.is_open:
@@ -248,6 +264,7 @@ class AmqpIO:
             running=self.registry.running(),
             free_slots=max(0, self.registry.free_slots()),
             daemon_version=DAEMON_VERSION,
+            **self.registry.resources().heartbeat_fields(),
         )
         channel.basic_publish(
             topology.EVENTS_EXCHANGE,

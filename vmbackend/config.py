@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmbackend.capacity import DEFAULT_CPU_OVERCOMMIT, default_cpus, default_disk_gb
+
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
@@ -85,6 +87,16 @@ class Config:
     # Memory (MiB) all of this host's VMs together may have: a resize-vm that would pass it is
     # refused. Default: the host's memory minus HOST_MEMORY_RESERVE_MB.
     host_memory_mb: int = field(default_factory=default_host_memory_mb)
+    # The rest of the host's capacity (vmbackend/capacity.py, docs/fleet.md): its cores (times
+    # `cpu_overcommit` gives the vCPUs it may sell) and the disk GB its VMs may have (default:
+    # the free space of the state dir's filesystem at start, minus 10 %). A create-vm that does
+    # not fit next to the VMs already here is declined (host queue) or left to another host.
+    host_cpus: int = field(default_factory=default_cpus)
+    cpu_overcommit: float = DEFAULT_CPU_OVERCOMMIT
+    host_disk_gb: int = field(default_factory=lambda: default_disk_gb(Path.home()))
+    # Seconds this host stops taking from the shared create-vm queue after it had to put back a
+    # request that does not fit it (the request goes to another host meanwhile).
+    fallback_pause: float = 5.0
 
     def redacted_amqp_url(self) -> str:
         """The AMQP URL with its password replaced, for logs."""
@@ -116,6 +128,10 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("metrics_timeout", "WARREN_METRICS_TIMEOUT"),
     ("metrics_workers", "WARREN_METRICS_WORKERS"),
     ("host_memory_mb", "WARREN_HOST_MEMORY_MB"),
+    ("host_cpus", "WARREN_HOST_CPUS"),
+    ("cpu_overcommit", "WARREN_CPU_OVERCOMMIT"),
+    ("host_disk_gb", "WARREN_HOST_DISK_GB"),
+    ("fallback_pause", "WARREN_FALLBACK_PAUSE"),
 )
 
 
@@ -255,6 +271,14 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
             if "host_memory_mb" in given
             else default_host_memory_mb()
         ),
+        host_cpus=_int("host_cpus", given.get("host_cpus", str(default_cpus())), 0, 100_000),
+        cpu_overcommit=_float("cpu_overcommit", given.get("cpu_overcommit", "4"), 0.1, 64),
+        host_disk_gb=(
+            _int("host_disk_gb", given["host_disk_gb"], 0, 2**40)
+            if "host_disk_gb" in given
+            else default_disk_gb(state_dir)
+        ),
+        fallback_pause=_float("fallback_pause", given.get("fallback_pause", "5"), 0, 3600),
     )
 
 

@@ -40,6 +40,7 @@ from vmbackend.config import Config
 from vmbackend.images import manifest
 from vmbackend.messages import (
     ConsoleCommand,
+    CreateVM,
     ListVMs,
     Rejected,
     ResizeVM,
@@ -85,6 +86,9 @@ class Daemon:
             after_boot=lambda: self.io.from_worker(self.update_consuming),
         )
         self.sampler = Sampler(cfg, self.registry, self.qemu_pid, self.io.offer_metrics)
+        # Monotonic time until which the shared create-vm queue is left to other hosts: this
+        # host put back a request that does not fit it (docs/fleet.md, the fallback queue).
+        self.shared_paused_until = 0.0
 
     def qemu_pid(self, vm_id: str) -> int | None:
         machine = self.commands.machines.get(vm_id)
@@ -124,6 +128,10 @@ class Daemon:
         except Rejected as exc:
             self.io.dead_letter(delivery, exc.reason)
             return
+        self.create(delivery, cmd, placed=False)
+
+    def create(self, delivery: Delivery, cmd: CreateVM, *, placed: bool) -> None:
+        """Take a create-vm from the shared queue, or one placed on this host (host.<id>)."""
         decision, existing = self.registry.create_decision(cmd)
         if decision == DUPLICATE and existing is not None:
             # Same reply, the VM's latest state re-published, no new VM.
@@ -138,8 +146,13 @@ class Daemon:
             self.io.ack(delivery)
             self.io.flush_events()
             return
-        if decision == FULL:  # raced with our own cancel: hand it to another host
+        if decision == FULL and placed:
+            self.decline(delivery, cmd)
+            return
+        if decision == FULL:  # no slot, or too big here: hand it to another host
             self.io.requeue(delivery)
+            if self.registry.free_slots() > 0:  # too big: let the others see it first
+                self.shared_paused_until = time.monotonic() + self.cfg.fallback_pause
             self.update_consuming()
             return
         record, failure = self.registry.add_new(cmd)
@@ -169,6 +182,35 @@ class Daemon:
         self.io.ack(delivery)
         self.io.flush_events()
 
+    def decline(self, delivery: Delivery, cmd: CreateVM) -> None:
+        """A create-vm placed on this host that does not fit (the shop's view was stale, or
+        another VM came first): instance.declined with the reason, confirmed, then the ack. The
+        shop places it again (docs/fleet.md); nothing is recorded here."""
+        reason = self.registry.room_refusal(cmd) or "no room on this host"
+        log.warning(
+            "create-vm declined host_id=%s vm_id=%s memory_mb=%s vcpus=%s disk_gb=%s reason=%s",
+            self.cfg.host_id,
+            cmd.vm_id,
+            cmd.memory_mb,
+            cmd.vcpus,
+            cmd.disk_gb,
+            reason,
+        )
+        self.io.publish_confirmed(
+            messages.event(
+                messages.INSTANCE_DECLINED,
+                instance_id=cmd.vm_id,
+                host_id=self.cfg.host_id,
+                seq=0,
+                reason=reason,
+                memory_mb=cmd.memory_mb,
+                vcpus=cmd.vcpus,
+                disk_gb=cmd.disk_gb,
+            )
+        )
+        self.io.reply(delivery, messages.error(f"create-vm declined: {reason}"))
+        self.io.ack(delivery)
+
     def handle_host(self, delivery: Delivery) -> None:
         host_key = topology.host_key(self.cfg.host_id)
         direct = delivery.routing_key == host_key
@@ -180,6 +222,14 @@ class Daemon:
         if isinstance(cmd, ListVMs):
             self.io.reply(delivery, messages.success(self.registry.list_vms()))
             self.io.ack(delivery)
+            return
+        if isinstance(cmd, CreateVM):  # placed on this host by the shop (docs/fleet.md)
+            try:
+                manifest.load(self.cfg.image_dir, cmd.image)
+            except manifest.ImageError:
+                self.io.dead_letter(delivery, f"image {cmd.image} is not available on this host")
+                return
+            self.create(delivery, cmd, placed=True)
             return
         request_id = getattr(cmd, "request_id", "")
         if request_id and self.repeated_request(delivery, cmd, request_id):
@@ -280,7 +330,11 @@ class Daemon:
 
     # -- main loop
     def update_consuming(self) -> None:
-        want = self.registry.free_slots() > 0 and not self.stopping.is_set()
+        want = (
+            self.registry.free_slots() > 0
+            and not self.stopping.is_set()
+            and time.monotonic() >= self.shared_paused_until
+        )
         self.io.set_consuming_create(want, self.on_create)
 
     def request_stop(self, *_args: object) -> None:

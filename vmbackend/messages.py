@@ -503,6 +503,22 @@ INSTANCE_RESTARTING = "instance.restarting"  # QEMU exited on its own; the host 
 INSTANCE_COMMAND_DONE = "instance.command_done"  # a console command's outcome (request_id)
 INSTANCE_COMMAND_FAILED = "instance.command_failed"
 HEARTBEAT = "host.heartbeat"
+# A host would not take a create-vm placed on it (routing key host.<id>): it does not fit there
+# (any more). Not a state of the VM (the host keeps no record, seq 0): the shop places it again.
+INSTANCE_DECLINED = "instance.declined"
+# host.heartbeat's resource fields (docs/fleet.md); 0 from a daemon older than them.
+HEARTBEAT_RESOURCES = (
+    "memory_total_mb",
+    "memory_used_mb",
+    "memory_free_mb",
+    "vcpus_total",
+    "vcpus_used",
+    "vcpus_free",
+    "disk_total_gb",
+    "disk_used_gb",
+    "disk_free_gb",
+)
+MAX_RESOURCE = 2**40  # MiB / vCPUs / GB a host may report
 INSTANCE_EVENTS = frozenset(
     {
         INSTANCE_ACCEPTED,
@@ -679,6 +695,8 @@ class Event:
     running: int = 0
     free_slots: int = 0
     daemon_version: str = ""
+    # host.heartbeat's resources (HEARTBEAT_RESOURCES; 0 when absent)
+    resources: dict[str, int] = field(default_factory=dict)
     metrics: Metrics | None = None  # instance.metrics only
     # instance.ready's optional runtime (what the VM runs; "" when not reported)
     rabbitmq_version: str = ""
@@ -809,7 +827,7 @@ def parse_event(body: bytes) -> Event:
         raise MalformedEvent(
             f"instance.metrics body must be smaller than {MAX_METRICS_BYTES} bytes"
         )
-    if event_type in INSTANCE_EVENTS or event_type == INSTANCE_METRICS:
+    if event_type in INSTANCE_EVENTS or event_type in (INSTANCE_METRICS, INSTANCE_DECLINED):
         instance_id = _event_str(data, "instance_id", MAX_SHORT, required=True)
         try:
             fields["instance_id"] = uuid.UUID(instance_id)
@@ -858,6 +876,11 @@ def parse_event(body: bytes) -> Event:
         for name in ("capacity", "running", "free_slots"):
             fields[name] = _event_int(data, name, MAX_COUNT)
         fields["daemon_version"] = _event_str(data, "daemon_version", MAX_VERSION)
+        fields["resources"] = {
+            name: _event_int(data, name, MAX_RESOURCE) for name in HEARTBEAT_RESOURCES
+        }
+    elif event_type == INSTANCE_DECLINED:
+        fields["reason"] = _event_str(data, "reason", MAX_REASON)
     elif event_type == INSTANCE_METRICS:
         fields["metrics"] = _metrics(data)
     return Event(**fields)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from vmbackend import messages, network, ports
+from vmbackend import capacity, messages, network, ports
 from vmbackend.config import Config
 from vmbackend.messages import (
     CONSOLE_COMMANDS,
@@ -79,12 +79,13 @@ def parse_create(body: bytes) -> CreateVM:
 
 def parse_host(
     body: bytes, *, routing_key: str, host_key: str
-) -> ListVMs | VMCommand | ConsoleCommand:
+) -> CreateVM | ListVMs | VMCommand | ConsoleCommand:
     """The command in a delivery to the host queue (own key or a broadcast key), or Rejected.
-    The console's commands come only on the host's own key (never broadcast)."""
+    The console's commands and a placed create-vm (docs/fleet.md) come only on the host's own
+    key (never broadcast)."""
     cmd = _parse(body)
-    if isinstance(cmd, CreateVM):
-        raise Rejected("create-vm goes to routing key create-vm (the shared queue)")
+    if isinstance(cmd, CreateVM) and routing_key != host_key:
+        raise Rejected("create-vm goes to routing key create-vm or host.<host_id>")
     if cmd.command in CONSOLE_COMMANDS and routing_key != host_key:
         raise Rejected(f"{cmd.command} goes to routing key host.<host_id> of the VM's host")
     if routing_key != host_key and routing_key != cmd.command:
@@ -283,6 +284,25 @@ class Registry:
             used = sum(1 for r in self.records.values() if r.holds_slot())
         return self.cfg.capacity - used
 
+    def resources(self) -> capacity.Resources:
+        """The host's totals (config) and what its VMs holding a slot use (docs/fleet.md)."""
+        totals = capacity.Resources(
+            memory_total_mb=self.cfg.host_memory_mb,
+            vcpus_total=capacity.overcommitted_vcpus(self.cfg.host_cpus, self.cfg.cpu_overcommit),
+            disk_total_gb=self.cfg.host_disk_gb,
+        )
+        with self.lock:
+            held = [r for r in self.records.values() if r.holds_slot()]
+            return capacity.usage(totals, held)
+
+    def room_refusal(self, cmd: CreateVM) -> str | None:
+        """Why this host has no room for `cmd` now (no free slot, or its size does not fit);
+        None when it has."""
+        with self.lock:
+            if self.free_slots() <= 0:
+                return f"this host has no free slot (capacity {self.cfg.capacity})"
+            return capacity.refusal(self.resources(), cmd)
+
     def memory_of_others(self, vm_id: str) -> int:
         """MiB of memory the host's other VMs hold (every VM holding a slot: a stopped one may
         start again)."""
@@ -315,12 +335,13 @@ class Registry:
 
     # -- create-vm
     def create_decision(self, cmd: CreateVM) -> tuple[str, VMRecord | None]:
-        """NEW, DUPLICATE (with the record) or FULL (hand it to another host)."""
+        """NEW, DUPLICATE (with the record) or FULL (no slot, or it does not fit: hand it to
+        another host; `room_refusal` says why)."""
         with self.lock:
             existing = self.records.get(cmd.vm_id)
             if existing is not None and existing.status != DELETED:
                 return DUPLICATE, existing
-            if self.free_slots() <= 0:
+            if self.room_refusal(cmd) is not None:
                 return FULL, None
             return NEW, None
 

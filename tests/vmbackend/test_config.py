@@ -1,9 +1,11 @@
 import argparse
+import os
 from pathlib import Path
 
 import pytest
 
 from vmbackend import config
+from vmbackend.capacity import default_disk_gb
 from vmbackend.config import ConfigError
 
 
@@ -53,6 +55,28 @@ def test_environment_sets_every_setting(tmp_path):
     assert (cfg.network, cfg.bridge, cfg.accel) == ("bridge", "br-test", "tcg")
     assert cfg.advertised_host == "vm.example.test"
     assert (cfg.boot_deadline, cfg.heartbeat_interval, cfg.stop_timeout) == (120, 0.5, 5)
+
+
+def test_capacity_by_resources_is_configured_or_derived_from_the_machine(tmp_path):
+    cfg = config.load(
+        env={
+            "WARREN_HOST_ID": "h",
+            "WARREN_HOST_MEMORY_MB": "2048",
+            "WARREN_HOST_CPUS": "3",
+            "WARREN_CPU_OVERCOMMIT": "2.5",
+            "WARREN_HOST_DISK_GB": "40",
+            "WARREN_FALLBACK_PAUSE": "0.5",
+        }
+    )
+    assert (cfg.host_memory_mb, cfg.host_cpus, cfg.cpu_overcommit) == (2048, 3, 2.5)
+    assert (cfg.host_disk_gb, cfg.fallback_pause) == (40, 0.5)
+    derived = config.load(env={"WARREN_HOST_ID": "h", "WARREN_STATE_DIR": str(tmp_path / "s")})
+    assert derived.host_cpus == (os.cpu_count() or 1)
+    assert derived.cpu_overcommit == 4
+    assert derived.host_disk_gb == default_disk_gb(tmp_path)
+    for var, value in (("WARREN_CPU_OVERCOMMIT", "0"), ("WARREN_HOST_DISK_GB", "-1")):
+        with pytest.raises(config.ConfigError):
+            config.load(env={"WARREN_HOST_ID": "h", var: value})
 
 
 def test_metrics_default_to_every_30_s_and_0_turns_them_off():

@@ -464,5 +464,30 @@ def test_a_heartbeat_without_seq_or_instance_is_read():
     assert (event.capacity, event.running, event.free_slots, event.seq) == (2, 0, 0, 0)
 
 
+def test_a_heartbeat_carries_the_hosts_resources_and_an_old_one_reads_as_zero():
+    old = messages.parse_event(b'{"type": "host.heartbeat", "host_id": "h", "capacity": 2}')
+    assert old.resources == dict.fromkeys(messages.HEARTBEAT_RESOURCES, 0)
+    fields = {name: i + 1 for i, name in enumerate(messages.HEARTBEAT_RESOURCES)}
+    new = messages.parse_event(_event_body("host.heartbeat", **fields))
+    assert new.resources == fields
+    for bad in (-1, True, "12", 2**41):
+        with pytest.raises(messages.MalformedEvent, match="memory_free_mb must be an integer"):
+            messages.parse_event(_event_body("host.heartbeat", memory_free_mb=bad))
+
+
+def test_a_declined_create_vm_needs_its_instance_but_no_seq():
+    event = messages.parse_event(
+        _event_body("instance.declined", seq=0, reason="does not fit", memory_mb=1024)
+    )
+    assert (event.type, str(event.instance_id), event.reason) == (
+        "instance.declined",
+        VM,
+        "does not fit",
+    )
+    assert not event.is_instance_event  # not a state of the VM: no (host, seq) ordering
+    with pytest.raises(messages.MalformedEvent, match="instance_id"):
+        messages.parse_event(_event_body("instance.declined", instance_id="x"))
+
+
 def test_the_largest_seq_is_read():
     assert messages.parse_event(_event_body(seq=2**63 - 1)).seq == 2**63 - 1

@@ -126,6 +126,39 @@ def test_failed_and_deleted_vms_free_their_slot(registry):
 
 
 # -- create-vm
+def test_a_create_vm_that_does_not_fit_the_resources_left_is_refused(tmp_path):
+    cfg = config.load(
+        env={
+            "WARREN_HOST_ID": "h1",
+            "WARREN_STATE_DIR": str(tmp_path),
+            "WARREN_CAPACITY": "10",
+            "WARREN_HOST_MEMORY_MB": "1024",
+            "WARREN_HOST_CPUS": "1",
+            "WARREN_CPU_OVERCOMMIT": "3",
+            "WARREN_HOST_DISK_GB": "9",
+        }
+    )
+    registry = Registry(cfg, StateStore(tmp_path))
+    _add(registry, "a", READY)  # 256 MiB, 1 vCPU, 1 GB
+    _add(registry, "b", STOPPED)  # a stopped VM keeps its room: it may start again
+    _add(registry, "c", FAILED)  # a failed one does not
+    used = registry.resources()
+    assert (used.memory_used_mb, used.vcpus_used, used.disk_used_gb) == (512, 2, 2)
+    assert (used.memory_total_mb, used.vcpus_total, used.disk_total_gb) == (1024, 3, 9)
+
+    def create(**options):
+        body = {"image": "tiny", "vm-id": "new", **options}
+        cmd = messages.parse(messages.command("create-vm", body))
+        assert isinstance(cmd, CreateVM)
+        return cmd
+
+    assert registry.create_decision(create(**{"memory-mb": 512})) == (NEW, None)
+    assert registry.create_decision(create(**{"memory-mb": 768})) == (FULL, None)
+    assert "768 MiB of memory (512 free)" in registry.room_refusal(create(**{"memory-mb": 768}))
+    assert "2 vCPUs (1 free)" in registry.room_refusal(create(vcpus=2))
+    assert "8 GB of disk (7 free)" in registry.room_refusal(create(**{"disk-gb": 8}))
+
+
 def test_a_create_vm_is_new_duplicate_or_refused_by_a_full_host(registry):
     assert registry.create_decision(_create("vm-1")) == (NEW, None)
     record, failure = registry.add_new(_create("vm-1"))
@@ -319,10 +352,15 @@ def test_a_number_too_long_for_int_is_rejected_not_a_crash():
 def test_the_queue_and_routing_key_must_fit_the_command():
     with pytest.raises(Rejected, match="routing key create-vm"):
         parse_create(messages.command("list-vms"))
-    with pytest.raises(Rejected, match="shared queue"):
+    # A create-vm comes on the shared queue or placed on this host's own key, never broadcast.
+    placed = parse_host(
+        messages.command("create-vm", {"image": "tiny"}), routing_key=HOST_KEY, host_key=HOST_KEY
+    )
+    assert isinstance(placed, CreateVM)
+    with pytest.raises(Rejected, match="host.<host_id>"):
         parse_host(
             messages.command("create-vm", {"image": "tiny"}),
-            routing_key=HOST_KEY,
+            routing_key="list-vms",
             host_key=HOST_KEY,
         )
     with pytest.raises(Rejected, match="does not match"):
