@@ -40,7 +40,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel
 
-from orders import activity, broker, console, metrics
+from orders import activity, broker, console, metrics, placement
 from orders.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
 from orders.models import (
     EFFECT_FORGET_CREDENTIALS,
@@ -75,6 +75,10 @@ def handle_message(body: bytes, *, now: datetime | None = None) -> str:
         return apply_metrics_event(event)
     if event.type == messages.HEARTBEAT:
         result = apply_heartbeat(event, now=now or timezone.now())
+    elif event.type == messages.INSTANCE_DECLINED:  # orders/placement.py: placed again
+        result = placement.apply_declined(
+            instance_id=event.instance_id, host_id=event.host_id, reason=event.reason
+        )
     elif event.is_instance_event:
         result = apply_instance_event(event)
     else:
@@ -112,6 +116,17 @@ def apply_metrics_event(event: Event) -> str:
     return result
 
 
+# The heartbeat's resource fields kept on the Host row (the free ones follow from these).
+HEARTBEAT_HOST_FIELDS = (
+    "memory_total_mb",
+    "memory_used_mb",
+    "vcpus_total",
+    "vcpus_used",
+    "disk_total_gb",
+    "disk_used_gb",
+)
+
+
 def apply_heartbeat(event: Event, *, now: datetime) -> str:
     fields = {
         "last_heartbeat_at": now,
@@ -120,6 +135,7 @@ def apply_heartbeat(event: Event, *, now: datetime) -> str:
         "free_slots": event.free_slots,
         "version": event.daemon_version,
         "silent_since": None,
+        **{name: event.resources.get(name, 0) for name in HEARTBEAT_HOST_FIELDS},
     }
     # Race: two consumers may see the first heartbeat of a new host at once; the unique host_id
     # makes one create fail, and that one updates instead.

@@ -290,12 +290,23 @@ class Instance(_StateMachine):
     erlang_version = models.CharField(max_length=100, blank=True)
     node_name = models.CharField(max_length=100, blank=True)
     runtime_at = models.DateTimeField(null=True, blank=True)
+    # Placement (orders/placement.py, docs/fleet.md): the host the relay sent the outstanding
+    # create-vm to ("" = the shared queue, or not sent yet). While the instance is requested it
+    # is this host's claim; hosts that declined it are not tried again for this vm-id.
+    placed_on = models.CharField(max_length=100, blank=True)
+    placement_tries = models.PositiveSmallIntegerField(default=0)
+    declined_by = models.JSONField(default=list, blank=True)
+    # Set when the relay found no live host with room for it (it went to the shared queue, and
+    # the customer was told); staff see these at once (admin filter "waiting for room").
+    unplaced_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             # mark_silent_hosts: the instances living on a host that went quiet.
             models.Index(fields=["host_id", "status"], name="instance_host_status"),
+            # orders/placement.py: the claims (requested instances) placed on each host.
+            models.Index(fields=["placed_on", "status"], name="instance_placed_status"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -516,6 +527,16 @@ class Host(models.Model):
     version = models.CharField(max_length=50, blank=True)
     # Set by mark_silent_hosts() when heartbeats stop; cleared by the next heartbeat.
     silent_since = models.DateTimeField(null=True, blank=True)
+    # Resources from the last heartbeat (0: a daemon that does not report them: nothing is
+    # placed on it by size). docs/fleet.md.
+    memory_total_mb = models.PositiveBigIntegerField(default=0)
+    memory_used_mb = models.PositiveBigIntegerField(default=0)
+    vcpus_total = models.PositiveBigIntegerField(default=0)
+    vcpus_used = models.PositiveBigIntegerField(default=0)
+    disk_total_gb = models.PositiveBigIntegerField(default=0)
+    disk_used_gb = models.PositiveBigIntegerField(default=0)
+    # Staff: a draining host takes no new VMs (maintenance); its VMs keep running.
+    draining = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["host_id"]
@@ -850,6 +871,7 @@ class ActivityKind(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
     DELETED = "deleted", "Server deleted"
     REFUNDED = "refunded", "Refunded"
+    WAITING_FOR_ROOM = "waiting_for_room", "Waiting for a server with room"
 
 
 class Activity(models.Model):

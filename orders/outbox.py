@@ -24,7 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from orders import broker, wakeup
+from orders import broker, placement, wakeup
 from orders.models import OutboxMessage
 from orders.provisioning import DELETE_VM, body_to_publish
 from orders.relay_lock import RelayLock, relay_lock
@@ -64,16 +64,20 @@ def _mark_sent(row: OutboxMessage, *, keep_error: bool = False) -> None:
 def publish_row(channel: BlockingChannel, row: OutboxMessage) -> None:
     """Publish one row and wait for the broker's confirm (the channel is in confirm mode)."""
     _record_attempt(row)
+    routing_key = placement.route(row)  # a fresh create-vm: to the host it is placed on
     body = messages.encode(body_to_publish(row))  # a create-vm's password is filled in here
     try:
         channel.basic_publish(
             exchange=row.exchange,
-            routing_key=row.routing_key,
+            routing_key=routing_key,
             body=body,
             properties=broker.json_properties(str(row.message_id)),
             mandatory=True,
         )
     except pika.exceptions.UnroutableError as exc:
+        if placement.unplace_unroutable(row):  # the placed host's queue is gone: elsewhere
+            publish_row(channel, row)
+            return
         if row.body.get("command") == DELETE_VM:
             # No host queue exists (for a delete-vm to one host: that host's queue is gone), so
             # no host can have this VM. Should a host take the create-vm later, its

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -195,6 +196,14 @@ AMQP_URL = env.str("WARREN_AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672
 INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="")
 # A host that has not sent a heartbeat for this long is shown to staff as unreachable.
 HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
+# Placement (orders/placement.py, docs/fleet.md): `pack` fills the fullest host that fits first,
+# `spread` the emptiest; a create-vm declined by this many hosts waits on the shared queue.
+PLACEMENT = env.str("WARREN_PLACEMENT", default="pack")
+if PLACEMENT not in ("pack", "spread"):
+    raise ImproperlyConfigured("WARREN_PLACEMENT must be pack or spread")
+PLACEMENT_TRIES = env.int("WARREN_PLACEMENT_TRIES", default=3)
+# The pricing page sells a plan only while a live host fits it grown by this fraction.
+SELL_MARGIN = env.float("WARREN_SELL_MARGIN", default=0.1)
 # The order page refetches its metrics and alarms this often (seconds).
 METRICS_REFRESH_SECONDS = env.int("WARREN_METRICS_REFRESH_SECONDS", default=15)
 # The order page's status request waits up to this long for its order to change (a long poll

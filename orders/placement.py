@@ -1,0 +1,349 @@
+"""Placement: which host gets a paid order's VM (docs/fleet.md), the shop's half of the fleet.
+
+Nova's shape, small: the hosts' resources come from their heartbeats (`Host` rows); a host is a
+candidate when it is alive (heard within HOST_HEARTBEAT_TIMEOUT), not draining, reports its
+resources, and the VM fits what is left on it (filters); the candidates are ordered by free
+memory, fullest first (`pack`) or emptiest first (`spread`, WARREN_PLACEMENT) (the weigher).
+
+What is left on a host = its totals minus the larger of what it reported as used and what the
+shop knows lives there (instances accepted on it since that heartbeat are in the second), minus
+its claims: instances still `requested` whose create-vm was placed on it (`Instance.placed_on`).
+The relay places one create-vm at a time under the host's row lock (select_for_update) and
+claims with a conditional UPDATE of the instance, in one transaction with the outbox row's new
+routing key, so two placements never both count the same room. The host checks the fit again
+(vmbackend/capacity.py) and declines what does not fit (`instance.declined`): the instance is
+placed again elsewhere (not on the hosts that declined it), at most PLACEMENT_TRIES times, then
+it waits on the shared create-vm queue, which every host with room consumes. Never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from orders import activity
+from orders.models import Activity, Host, Instance, Order, OutboxMessage
+from vmbackend import messages, topology
+from vmbackend.capacity import Resources, Size, refusal
+
+log = logging.getLogger(__name__)
+
+PACK, SPREAD = "pack", "spread"
+STRATEGIES = (PACK, SPREAD)
+# Instances that hold room on their host (a lost VM keeps its disk and may start again).
+ON_A_HOST = frozenset(
+    {
+        Instance.Status.BOOTING,
+        Instance.Status.READY,
+        Instance.Status.LOST,
+        Instance.Status.DELETING,
+    }
+)
+WAITING_MESSAGE = (
+    "All our servers are full right now, so yours is waiting for room. It starts by itself as "
+    "soon as a server has room; you can cancel any time."
+)
+
+
+def size_of(instance: Instance) -> Size:
+    """The VM's size: its own (set at payment), else its plan's."""
+    plan = instance.order.plan
+    return Size(
+        memory_mb=instance.memory_mb or plan.memory_mb,
+        vcpus=instance.vcpus or plan.vcpus,
+        disk_gb=instance.disk_gb or plan.disk_gb,
+    )
+
+
+def _sizes_by(field: str, **filters: object) -> dict[str, Size]:
+    """Per `field` value (a host id): the summed sizes of the instances matching `filters`
+    (an instance without its own size counts its plan's). One query."""
+    totals = (
+        Instance.objects.filter(**filters)
+        .exclude(**{field: ""})
+        .values(field)
+        .annotate(
+            memory=Sum(Coalesce(F("memory_mb"), F("order__plan__memory_mb"))),
+            vcpus=Sum(Coalesce(F("vcpus"), F("order__plan__vcpus"))),
+            disk=Sum(Coalesce(F("disk_gb"), F("order__plan__disk_gb"))),
+        )
+    )
+    return {
+        row[field]: Size(row["memory"] or 0, row["vcpus"] or 0, row["disk"] or 0) for row in totals
+    }
+
+
+@dataclass(frozen=True)
+class HostRoom:
+    """One host's resources as placement sees them."""
+
+    host: Host
+    resources: Resources  # totals, and used = reported-or-known plus claims
+
+    @property
+    def host_id(self) -> str:
+        return self.host.host_id
+
+    def fits(self, size: Size, margin: float = 0.0) -> bool:
+        return refusal(self.resources, with_margin(size, margin)) is None
+
+
+def with_margin(size: Size, margin: float) -> Size:
+    """`size` grown by `margin` (0.1 = 10 %), rounded up: the pricing page's safety margin."""
+    return Size(
+        memory_mb=math.ceil(size.memory_mb * (1 + margin)),
+        vcpus=math.ceil(size.vcpus * (1 + margin)),
+        disk_gb=math.ceil(size.disk_gb * (1 + margin)),
+    )
+
+
+def live_hosts(now: datetime) -> list[Host]:
+    """Hosts heard from within the timeout, not draining, that report their resources."""
+    cutoff = now - timedelta(seconds=settings.HOST_HEARTBEAT_TIMEOUT)
+    return list(
+        Host.objects.filter(
+            last_heartbeat_at__gte=cutoff, draining=False, memory_total_mb__gt=0
+        ).order_by("host_id")
+    )
+
+
+def rooms(hosts: list[Host]) -> list[HostRoom]:
+    """Each host with what is used on it: max(reported, known) + claims, per resource."""
+    ids = [h.host_id for h in hosts]
+    known = _sizes_by("host_id", host_id__in=ids, status__in=ON_A_HOST)
+    claims = _sizes_by("placed_on", placed_on__in=ids, status=Instance.Status.REQUESTED)
+    out = []
+    for host in hosts:
+        k = known.get(host.host_id, Size(0, 0, 0))
+        c = claims.get(host.host_id, Size(0, 0, 0))
+        out.append(
+            HostRoom(
+                host,
+                Resources(
+                    memory_total_mb=host.memory_total_mb,
+                    vcpus_total=host.vcpus_total,
+                    disk_total_gb=host.disk_total_gb,
+                    memory_used_mb=max(host.memory_used_mb, k.memory_mb) + c.memory_mb,
+                    vcpus_used=max(host.vcpus_used, k.vcpus) + c.vcpus,
+                    disk_used_gb=max(host.disk_used_gb, k.disk_gb) + c.disk_gb,
+                ),
+            )
+        )
+    return out
+
+
+def weigh(candidates: list[HostRoom], strategy: str) -> list[HostRoom]:
+    """Order the candidates: `pack` fills the fullest host first (big plans keep finding an
+    empty one), `spread` the emptiest (a lost host takes fewer customers with it). Ties: by
+    host id, so the order is stable."""
+    sign = 1 if strategy == PACK else -1
+    return sorted(candidates, key=lambda r: (sign * r.resources.memory_free_mb, r.host_id))
+
+
+def fleet_known(now: datetime) -> bool:
+    """Whether any host ever reported its resources: without that (an old daemon, a shop with
+    no host yet) the shop cannot tell what fits and sells as before (the shared queue)."""
+    return Host.objects.filter(memory_total_mb__gt=0).exists()
+
+
+def plan_available(plan: object, now: datetime | None = None) -> bool:
+    """Whether a live host can fit a VM of `plan` with the safety margin (WARREN_SELL_MARGIN).
+    True when the fleet is unknown (see fleet_known)."""
+    now = now or timezone.now()
+    if not fleet_known(now):
+        return True
+    size = Size(plan.memory_mb, plan.vcpus, plan.disk_gb)  # type: ignore[attr-defined]
+    return any(r.fits(size, settings.SELL_MARGIN) for r in rooms(live_hosts(now)))
+
+
+def available_plans(plans: Iterable[object], now: datetime | None = None) -> dict[int, bool]:
+    """plan pk -> plan_available, with the hosts read once."""
+    now = now or timezone.now()
+    plans = list(plans)
+    if not fleet_known(now):
+        return {p.pk: True for p in plans}  # type: ignore[attr-defined]
+    host_rooms = rooms(live_hosts(now))
+    return {
+        p.pk: any(  # type: ignore[attr-defined]
+            r.fits(Size(p.memory_mb, p.vcpus, p.disk_gb), settings.SELL_MARGIN)  # type: ignore[attr-defined]
+            for r in host_rooms
+        )
+        for p in plans
+    }
+
+
+# -- the relay's step ----------------------------------------------------------------------------
+
+
+def route(row: OutboxMessage, now: datetime | None = None) -> str:
+    """The routing key to publish a create-vm row with: `host.<id>` of the host it is placed on
+    (claimed in this transaction), or `create-vm` (the shared queue). Rows that are not a fresh
+    create-vm (already placed, or no instance) keep theirs."""
+    if row.routing_key != messages.CREATE_VM or row.instance_id is None:
+        return row.routing_key
+    now = now or timezone.now()
+    with transaction.atomic():
+        instance = (
+            Instance.objects.select_related("order", "order__plan")
+            .filter(pk=row.instance_id)
+            .first()
+        )
+        vm_id = (row.body.get("options") or {}).get("vm-id")
+        if (
+            instance is None
+            or instance.status != Instance.Status.REQUESTED
+            or instance.vm_id != vm_id
+            or instance.placed_on
+        ):
+            return row.routing_key
+        if instance.placement_tries >= settings.PLACEMENT_TRIES or not fleet_known(now):
+            _left_to_shared_queue(instance, now, tried_out=instance.placement_tries > 0)
+            return row.routing_key
+        host_id = _claim(instance, now)
+        if host_id is None:
+            _left_to_shared_queue(instance, now, tried_out=False)
+            return row.routing_key
+        key = topology.host_key(host_id)
+        OutboxMessage.objects.filter(pk=row.pk).update(routing_key=key)
+        row.routing_key = key
+        return key
+
+
+def _claim(instance: Instance, now: datetime) -> str | None:
+    """Claim room for `instance` on the best candidate host; its id, or None (nothing fits)."""
+    size = size_of(instance)
+    declined = set(instance.declined_by or [])
+    hosts = [h for h in live_hosts(now) if h.host_id not in declined]
+    for candidate in weigh([r for r in rooms(hosts) if r.fits(size)], settings.PLACEMENT):
+        # Race: another placement may be claiming on this host right now; its row lock
+        # serialises us, and the room is read again under it.
+        locked = Host.objects.select_for_update().filter(pk=candidate.host.pk).first()
+        if locked is None or locked.draining:
+            continue
+        (room,) = rooms([locked])
+        if not room.fits(size):
+            continue
+        # Compare-and-set: only a requested, unplaced instance is claimed (a cancel or a second
+        # relay may have moved it).
+        claimed = Instance.objects.filter(
+            pk=instance.pk, status=Instance.Status.REQUESTED, placed_on=""
+        ).update(
+            placed_on=locked.host_id,
+            placement_tries=F("placement_tries") + 1,
+            unplaced_since=None,
+        )
+        if not claimed:
+            return None
+        log.info(
+            "event=vm_placed order_id=%s instance_id=%s host_id=%s memory_mb=%s strategy=%s",
+            instance.order.public_id,
+            instance.public_id,
+            locked.host_id,
+            size.memory_mb,
+            settings.PLACEMENT,
+        )
+        return locked.host_id
+    return None
+
+
+def _left_to_shared_queue(instance: Instance, now: datetime, *, tried_out: bool) -> None:
+    """No live host has room (or every try was declined): the create-vm waits on the shared
+    queue. Told once to the customer (timeline, order page) and marked for staff."""
+    if instance.unplaced_since is not None or not fleet_known(now):
+        return
+    Instance.objects.filter(pk=instance.pk).update(unplaced_since=now)
+    instance.unplaced_since = now
+    activity.record(
+        order=instance.order, kind=Activity.Kind.WAITING_FOR_ROOM, message=WAITING_MESSAGE
+    )
+    log.warning(
+        "event=vm_unplaced order_id=%s instance_id=%s tried_out=%s",
+        instance.order.public_id,
+        instance.public_id,
+        tried_out,
+    )
+
+
+def unplace_unroutable(row: OutboxMessage) -> bool:
+    """The broker had no queue for the host a create-vm was placed on (the host was removed):
+    drop the claim, never try that host again for it, and route the row afresh. False for any
+    other row."""
+    host_id = row.routing_key.removeprefix("host.")
+    if (
+        row.body.get("command") != messages.CREATE_VM
+        or not row.routing_key.startswith("host.")
+        or row.instance_id is None
+    ):
+        return False
+    with transaction.atomic():
+        instance = Instance.objects.select_for_update().filter(pk=row.instance_id).first()
+        if instance is None or instance.placed_on != host_id:
+            return False
+        Instance.objects.filter(pk=instance.pk).update(
+            placed_on="", declined_by=[*instance.declined_by, host_id]
+        )
+        OutboxMessage.objects.filter(pk=row.pk).update(routing_key=messages.CREATE_VM)
+    row.routing_key = messages.CREATE_VM
+    log.warning("event=vm_unroutable instance_id=%s host_id=%s", instance.public_id, host_id)
+    return True
+
+
+# -- a host's answer -----------------------------------------------------------------------------
+
+
+def apply_declined(*, instance_id: uuid.UUID | None, host_id: str, reason: str) -> str:
+    """instance.declined: the host would not take the create-vm placed on it. Place it again
+    (a new outbox row; the relay routes it), never on a host that declined it."""
+    from orders.provisioning import CREATE_VM, create_vm_body, enqueue
+
+    with transaction.atomic():
+        if instance_id is None:  # the parser requires one
+            return "unknown_instance"
+        order_pk = (
+            Instance.objects.filter(public_id=instance_id)
+            .values_list("order_id", flat=True)
+            .first()
+        )
+        if order_pk is None:
+            return "unknown_instance"
+        # The order row first, then the instance (the lock order used everywhere).
+        Order.objects.select_for_update().get(pk=order_pk)
+        instance = (
+            Instance.objects.select_for_update()
+            .select_related("order", "order__plan")
+            .get(order_id=order_pk)
+        )
+        if (
+            str(instance.public_id) != str(instance_id)
+            or instance.status != Instance.Status.REQUESTED
+            or instance.placed_on != host_id
+        ):
+            return "stale"  # a repeat, or the instance moved on
+        declined = [*instance.declined_by, host_id]
+        Instance.objects.filter(pk=instance.pk).update(placed_on="", declined_by=declined)
+        instance.placed_on, instance.declined_by = "", declined
+        enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance)
+        log.warning(
+            "event=vm_declined order_id=%s instance_id=%s host_id=%s tries=%s reason=%r",
+            instance.order.public_id,
+            instance.public_id,
+            host_id,
+            instance.placement_tries,
+            reason,
+        )
+        return "replaced"
+
+
+def waiting_for_room() -> Q:
+    """Instances a paid order is waiting on with no host placed (the admin's filter)."""
+    return Q(status=Instance.Status.REQUESTED, unplaced_since__isnull=False)
