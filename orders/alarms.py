@@ -224,13 +224,18 @@ def notify(*, alarm: Alarm, event: AlarmEvent) -> None:
 
 def add_alarm(*, instance: Instance, kind: str, threshold: float, minutes: int) -> Alarm:
     """A customer threshold: `kind` one of Alarm.THRESHOLD_KINDS, above `threshold` for
-    `minutes`. Raises AlarmError with the reason."""
+    `minutes`. The same alarm again returns the existing one. Raises AlarmError with the reason."""
     if kind not in Alarm.THRESHOLD_KINDS:
         raise AlarmError("Choose what the alarm watches.")
     if not 0 <= threshold <= MAX_THRESHOLD:
         raise AlarmError(f"The threshold must be between 0 and {MAX_THRESHOLD:.0e}.")
     if not 1 <= minutes <= MAX_MINUTES:
         raise AlarmError(f"The duration must be between 1 and {MAX_MINUTES} minutes.")
+    same = instance.alarms.filter(
+        is_default=False, kind=kind, threshold=threshold, duration_s=minutes * 60
+    ).first()
+    if same is not None:  # a repeated click (or a second tab): the alarm once
+        return same
     if instance.alarms.filter(is_default=False).count() >= MAX_CUSTOM_ALARMS:
         raise AlarmError(f"At most {MAX_CUSTOM_ALARMS} alarms per server; remove one first.")
     alarm = Alarm.objects.create(

@@ -233,10 +233,12 @@ def test_the_customers_thresholds_are_checked(ready):
         add_alarm(instance=ready, kind="connections", threshold=-1, minutes=1)
     with pytest.raises(AlarmError, match="duration"):
         add_alarm(instance=ready, kind="connections", threshold=1, minutes=0)
-    for _ in range(alarms.MAX_CUSTOM_ALARMS):
-        add_alarm(instance=ready, kind="connections", threshold=1, minutes=1)
+    for n in range(alarms.MAX_CUSTOM_ALARMS):
+        add_alarm(instance=ready, kind="connections", threshold=n, minutes=1)
     with pytest.raises(AlarmError, match="At most"):
-        add_alarm(instance=ready, kind="connections", threshold=1, minutes=1)
+        add_alarm(instance=ready, kind="connections", threshold=100, minutes=1)
+    # The same alarm again is the one there (a repeated click), even at the limit.
+    assert add_alarm(instance=ready, kind="connections", threshold=1, minutes=1).threshold == 1
 
 
 @pytest.mark.django_db
@@ -248,3 +250,35 @@ def test_only_the_customers_own_alarms_can_be_removed(ready):
     assert remove_alarm(instance=ready, alarm_id=default.pk) is False
     assert remove_alarm(instance=ready, alarm_id=mine.pk) is True
     assert remove_alarm(instance=ready, alarm_id=mine.pk) is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_with_the_same_sample_store_it_once_and_fire_once(ready, mailoutbox):
+    """A redelivered sample applied by two workers at once (PostgreSQL: real row locks; SQLite
+    serialises the writers): one row, one fire, one email."""
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent writers need a server database (SQLite serialises them)")
+    feed(ready, 0, {"disk_alarm": True}, {"disk_alarm": True})  # 30 s of a 60 s duration
+    barrier = threading.Barrier(2)
+    results: list[str] = []
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            results.extend(feed(ready, 60, {"disk_alarm": True}))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results) in (["duplicate", "recorded"], ["recorded", "recorded"])
+    assert ready.metric_samples.count() == 3
+    assert AlarmEvent.objects.filter(alarm__kind="disk", change="fired").count() == 1
+    assert len(mailoutbox) == 1

@@ -161,3 +161,13 @@ def test_the_alarm_form_needs_the_csrf_token(ready, customer):
     assert answer.status_code == 403
     assert client.get(url).status_code == 405
     assert not Alarm.objects.filter(instance=ready).exists()
+
+
+def test_a_repeated_click_adds_the_alarm_once(ready, owner_client):
+    url = reverse("orders:alarm_add", args=[ready.order.public_id])
+    form = {"kind": "connections", "threshold": "50", "minutes": "2"}
+    assert owner_client.post(url, form).status_code == 302
+    assert owner_client.post(url, form).status_code == 302
+    assert Alarm.objects.filter(instance=ready, is_default=False).count() == 1
+    owner_client.post(url, form | {"threshold": "60"})
+    assert Alarm.objects.filter(instance=ready, is_default=False).count() == 2
