@@ -28,6 +28,7 @@ from orders.fleet import fleet
 from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
 from orders.models import (
     Activity,
+    Alarm,
     ConsoleCommand,
     DeadLetter,
     Host,
@@ -448,3 +449,22 @@ class ActivityAdmin(ReadOnlyAdmin):
     list_select_related = ("order",)
     fields = ("at", "order", "kind", "message")
     readonly_fields = fields
+
+
+@admin.register(Alarm)
+class AlarmAdmin(ReadOnlyAdmin):
+    """Every instance's alarms (defaults and the customers' thresholds), firing ones first."""
+
+    list_display = (
+        "instance",
+        "kind",
+        "status",
+        "threshold",
+        "duration_s",
+        "fired_at",
+        "cleared_at",
+    )
+    list_filter = ("status", "kind", "is_default")
+    search_fields = ("instance__public_id", "instance__order__public_id")
+    list_select_related = ("instance",)
+    ordering = ("-status", "-fired_at")

@@ -83,3 +83,13 @@ def test_customers_do_not_see_the_fleet(client, customer):
     client.force_login(customer)
     answer = client.get(reverse("admin:orders_host_fleet"))
     assert answer.status_code == 302 and "/login/" in answer["Location"]
+
+
+def test_staff_see_the_firing_alarms(admin_client, ready):
+    for seconds_ago in (90, 60, 30):
+        _feed(ready, seconds_ago, disk_alarm=True)
+    page = admin_client.get(
+        reverse("admin:orders_alarm_changelist"), {"status__exact": "firing"}
+    ).content.decode()
+    assert '<td class="field-kind">Disk alarm</td>' in page
+    assert '<td class="field-kind">Memory alarm</td>' not in page
