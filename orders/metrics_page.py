@@ -7,7 +7,7 @@ fetches every 15 s (orders:metrics). Reads orders/metrics.py, draws with orders/
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -17,6 +17,8 @@ from orders.alarms import human_bytes
 from orders.models import Instance, MetricSample, Order
 
 TIME_FORMAT = {"1h": "%H:%M", "24h": "%H:%M", "7d": "%d %b"}
+# No sample for this long (hosts sample every 30 s): the page says the values are not current.
+STALE_AFTER = timedelta(minutes=3)
 
 
 def shows_metrics(order: Order, instance: Instance | None) -> bool:
@@ -169,5 +171,7 @@ def metrics_context(
         "latest_sample": latest,
         "latest_values": latest_values(latest) if latest else [],
         "unreachable_since": down_since,
+        # The host stopped reporting (host down, or cut off from the broker): say so, with when.
+        "stale_since": latest.at if latest and now - latest.at > STALE_AFTER else None,
         "graphs": graphs,
     }

@@ -171,3 +171,13 @@ def test_a_repeated_click_adds_the_alarm_once(ready, owner_client):
     assert Alarm.objects.filter(instance=ready, is_default=False).count() == 1
     owner_client.post(url, form | {"threshold": "60"})
     assert Alarm.objects.filter(instance=ready, is_default=False).count() == 2
+
+
+def test_values_from_a_host_that_stopped_reporting_are_marked_as_old(ready, owner_client):
+    old = timezone.now() - timedelta(minutes=10)
+    metrics.apply_metrics(instance_id=ready.public_id, host_id="host-a", at=old, metrics=sample())
+    html = owner_client.get(reverse("orders:detail", args=[ready.order.public_id])).content.decode()
+    assert f"No measurements from your server since {timezone.localtime(old):%H:%M} UTC" in html
+    feed(ready, {})
+    html = owner_client.get(reverse("orders:detail", args=[ready.order.public_id])).content.decode()
+    assert 'id="metrics-stale"' not in html
