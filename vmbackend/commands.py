@@ -446,17 +446,12 @@ class Commands:
     def resize(self, record: VMRecord, cmd: ResizeVM) -> dict[str, Any]:
         """New memory/vCPUs through a clean stop and a start from the VM's own disk, the disk
         image grown first (only grows) and then the guest's root file system. Refused (nothing
-        changed) when the disk would shrink or the memory does not fit the host. The VM ends
+        changed) when the disk would shrink or what grows does not fit the host. The VM ends
         running. Returns the sizes it has now."""
         command_plan(
             record, cmd.command, boot_running=self.registry.boot_of(record.vm_id) is not None
         )
-        refusal = resize_refusal(
-            record,
-            cmd,
-            budget_mb=self.cfg.host_memory_mb,
-            others_mb=self.registry.memory_of_others(record.vm_id),
-        )
+        refusal = resize_refusal(record, cmd, self.registry.resources_without(record.vm_id))
         if refusal is not None:
             raise Rejected(refusal)
         sizes = {"memory_mb": cmd.memory_mb, "vcpus": cmd.vcpus, "disk_gb": cmd.disk_gb}

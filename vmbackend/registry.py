@@ -123,18 +123,30 @@ def command_plan(record: VMRecord, command: str, *, boot_running: bool) -> str:
 
 
 def resize_refusal(
-    record: VMRecord, cmd: messages.ResizeVM, *, budget_mb: int, others_mb: int
+    record: VMRecord, cmd: messages.ResizeVM, others: capacity.Resources
 ) -> str | None:
-    """Why `cmd` may not resize `record` (None: it may): the disk only grows, and the memory
-    must fit the host's budget next to its other VMs (`others_mb`)."""
+    """Why `cmd` may not resize `record` (None: it may): the disk only grows, and whatever
+    grows (memory, vCPUs, disk) must fit the host next to its other VMs (`others`: the host's
+    totals and what every other VM holding a slot uses). Shrinking always fits."""
     if cmd.disk_gb < record.disk_gb:
         return f"the disk only grows: the VM has {record.disk_gb} GB, {cmd.disk_gb} GB were asked"
-    if cmd.memory_mb > record.memory_mb and others_mb + cmd.memory_mb > budget_mb:
-        free = max(0, budget_mb - others_mb)
-        return (
-            f"{cmd.memory_mb} MiB of memory does not fit this host "
-            f"(at most {free} MiB is free for this VM)"
-        )
+    checks = (
+        (
+            "MiB of memory",
+            cmd.memory_mb,
+            record.memory_mb,
+            others.memory_total_mb,
+            others.memory_used_mb,
+        ),
+        ("vCPUs", cmd.vcpus, record.vcpus, others.vcpus_total, others.vcpus_used),
+        ("GB of disk", cmd.disk_gb, record.disk_gb, others.disk_total_gb, others.disk_used_gb),
+    )
+    for unit, wanted, now, total, used in checks:
+        if wanted > now and used + wanted > total:
+            return (
+                f"{wanted} {unit} does not fit this host "
+                f"(at most {max(0, total - used)} {unit} is free for this VM)"
+            )
     return None
 
 
@@ -303,12 +315,21 @@ class Registry:
                 return f"this host has no free slot (capacity {self.cfg.capacity})"
             return capacity.refusal(self.resources(), cmd)
 
-    def memory_of_others(self, vm_id: str) -> int:
-        """MiB of memory the host's other VMs hold (every VM holding a slot: a stopped one may
-        start again)."""
+    def resources_without(self, vm_id: str) -> capacity.Resources:
+        """The host's totals and what every VM holding a slot except `vm_id` uses (a resize
+        asks whether the VM's new size fits next to them)."""
+        resources = self.resources()
         with self.lock:
-            return sum(
-                r.memory_mb for r in self.records.values() if r.holds_slot() and r.vm_id != vm_id
+            record = self.records.get(vm_id)
+            if record is None or not record.holds_slot():
+                return resources
+            return capacity.Resources(
+                memory_total_mb=resources.memory_total_mb,
+                vcpus_total=resources.vcpus_total,
+                disk_total_gb=resources.disk_total_gb,
+                memory_used_mb=resources.memory_used_mb - record.memory_mb,
+                vcpus_used=resources.vcpus_used - record.vcpus,
+                disk_used_gb=resources.disk_used_gb - record.disk_gb,
             )
 
     def running(self) -> int:

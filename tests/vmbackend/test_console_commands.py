@@ -225,7 +225,7 @@ def test_a_resize_restarts_with_the_new_sizes_and_refuses_what_cannot_be(daemons
         ),
         (
             {"memory_mb": 2048, "vcpus": 2, "disk_gb": 5},
-            "2048 MiB of memory does not fit this host (at most 1024 MiB is free for this VM)",
+            "2048 MiB of memory does not fit this host (at most 1024 MiB of memory is free for this VM)",
         ),
     ):
         refused_id = str(uuid.uuid4())

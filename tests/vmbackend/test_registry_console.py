@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmbackend import config, messages
+from vmbackend import capacity, config, messages
 from vmbackend.messages import ResizeVM, SetAdminPassword, VMCommand
 from vmbackend.registry import (
     CLAIMED,
@@ -86,61 +86,74 @@ def _resize(memory_mb=512, vcpus=1, disk_gb=4) -> ResizeVM:
     return ResizeVM("vm-1", REQ, memory_mb, vcpus, disk_gb)
 
 
+def _others(memory=(4096, 0), vcpus=(8, 0), disk=(100, 0)) -> capacity.Resources:
+    """A host's (total, used by the other VMs) per resource."""
+    return capacity.Resources(
+        memory_total_mb=memory[0],
+        memory_used_mb=memory[1],
+        vcpus_total=vcpus[0],
+        vcpus_used=vcpus[1],
+        disk_total_gb=disk[0],
+        disk_used_gb=disk[1],
+    )
+
+
 def test_the_disk_only_grows():
-    assert resize_refusal(_record(disk_gb=10), _resize(disk_gb=4), budget_mb=4096, others_mb=0) == (
+    assert resize_refusal(_record(disk_gb=10), _resize(disk_gb=4), _others()) == (
         "the disk only grows: the VM has 10 GB, 4 GB were asked"
     )
-    assert (
-        resize_refusal(_record(disk_gb=10), _resize(disk_gb=10), budget_mb=4096, others_mb=0)
-        is None
-    )
-    assert (
-        resize_refusal(_record(disk_gb=10), _resize(disk_gb=20), budget_mb=4096, others_mb=0)
-        is None
-    )
+    assert resize_refusal(_record(disk_gb=10), _resize(disk_gb=10), _others()) is None
+    assert resize_refusal(_record(disk_gb=10), _resize(disk_gb=20), _others()) is None
 
 
-def test_memory_must_fit_next_to_the_other_vms():
+def test_what_grows_must_fit_next_to_the_other_vms():
     record = _record(memory_mb=512)
-    refusal = resize_refusal(record, _resize(memory_mb=2048), budget_mb=3000, others_mb=1024)
-    assert (
-        refusal
-        == "2048 MiB of memory does not fit this host (at most 1976 MiB is free for this VM)"
+    refusal = resize_refusal(record, _resize(memory_mb=2048), _others(memory=(3000, 1024)))
+    assert refusal == (
+        "2048 MiB of memory does not fit this host (at most 1976 MiB of memory is free for this VM)"
     )
-    assert resize_refusal(record, _resize(memory_mb=1976), budget_mb=3000, others_mb=1024) is None
-    # Shrinking memory always fits, even on a host that is over its budget.
-    assert resize_refusal(record, _resize(memory_mb=256), budget_mb=100, others_mb=5000) is None
+    assert resize_refusal(record, _resize(memory_mb=1976), _others(memory=(3000, 1024))) is None
+    assert resize_refusal(record, _resize(vcpus=4), _others(vcpus=(8, 6))) == (
+        "4 vCPUs does not fit this host (at most 2 vCPUs is free for this VM)"
+    )
+    assert resize_refusal(record, _resize(disk_gb=50), _others(disk=(60, 20))) == (
+        "50 GB of disk does not fit this host (at most 40 GB of disk is free for this VM)"
+    )
+    # What shrinks or stays always fits, even on a host that is over its budget.
+    over = _others(memory=(100, 5000), vcpus=(1, 9), disk=(1, 90))
+    assert resize_refusal(record, _resize(memory_mb=256, vcpus=1, disk_gb=4), over) is None
 
 
 @given(
-    old_disk=st.integers(1, 200),
-    new_disk=st.integers(1, 200),
-    old_mem=st.integers(256, 16384),
-    new_mem=st.integers(256, 16384),
-    budget=st.integers(0, 70000),
-    others=st.integers(0, 70000),
+    old=st.tuples(st.integers(256, 16384), st.integers(1, 8), st.integers(1, 200)),
+    new=st.tuples(st.integers(256, 16384), st.integers(1, 8), st.integers(1, 200)),
+    totals=st.tuples(st.integers(0, 70000), st.integers(0, 64), st.integers(0, 2000)),
+    used=st.tuples(st.integers(0, 70000), st.integers(0, 64), st.integers(0, 2000)),
 )
-def test_a_resize_is_refused_exactly_when_the_disk_shrinks_or_more_memory_does_not_fit(
-    old_disk, new_disk, old_mem, new_mem, budget, others
+def test_a_resize_is_refused_exactly_when_the_disk_shrinks_or_what_grows_does_not_fit(
+    old, new, totals, used
 ):
-    refusal = resize_refusal(
-        _record(memory_mb=old_mem, disk_gb=old_disk),
-        _resize(memory_mb=new_mem, disk_gb=new_disk),
-        budget_mb=budget,
-        others_mb=others,
+    record = _record(memory_mb=old[0], disk_gb=old[2])
+    record.vcpus = old[1]
+    others = _others(*zip(totals, used, strict=True))
+    refusal = resize_refusal(record, _resize(*new), others)
+    expected = new[2] < old[2] or any(
+        n > o and u + n > t for n, o, t, u in zip(new, old, totals, used, strict=True)
     )
-    expected = new_disk < old_disk or (new_mem > old_mem and others + new_mem > budget)
     assert (refusal is not None) == expected
 
 
-def test_the_memory_of_the_other_vms_counts_every_vm_holding_a_slot(registry):
+def test_the_resources_of_the_others_leave_out_the_vm_and_what_holds_no_slot(registry):
     registry.records = {
-        "a": _record("a", READY, memory_mb=512),
-        "b": _record("b", STOPPED, memory_mb=1024),
-        "c": _record("c", FAILED, memory_mb=4096),
+        "a": _record("a", READY, memory_mb=512, disk_gb=4),
+        "b": _record("b", STOPPED, memory_mb=1024, disk_gb=10),
+        "c": _record("c", FAILED, memory_mb=4096, disk_gb=50),
     }
-    assert registry.memory_of_others("a") == 1024
-    assert registry.memory_of_others("z") == 1536
+    others = registry.resources_without("a")
+    assert (others.memory_used_mb, others.vcpus_used, others.disk_used_gb) == (1024, 1, 10)
+    assert others.memory_total_mb == 2048  # WARREN_HOST_MEMORY_MB
+    everyone = registry.resources_without("z")
+    assert (everyone.memory_used_mb, everyone.disk_used_gb) == (1536, 14)
 
 
 def test_the_host_memory_budget_defaults_to_meminfo_minus_a_reserve():
