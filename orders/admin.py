@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from typing import Any
 
 from django.contrib import admin, messages
@@ -23,6 +24,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from orders import placement
 from orders.checkout import CheckoutError, settle_refund
 from orders.fleet import fleet
 from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
@@ -40,6 +42,9 @@ from orders.models import (
 )
 from orders.outbox import requeue
 from orders.provisioning import ProvisioningError, cancel_order, retry_provisioning
+from store.models import Plan
+
+log = logging.getLogger(__name__)
 
 MASK = "********"
 # Never a lookup through these, on any model or relation (a regex lookup is an oracle).
@@ -176,6 +181,21 @@ class SilentHostFilter(admin.SimpleListFilter):
         return queryset
 
 
+class WaitingForRoomFilter(admin.SimpleListFilter):
+    """Paid orders whose VM no live host had room for (orders/placement.py): staff act now."""
+
+    title = "placement"
+    parameter_name = "waiting_for_room"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Waiting for room")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Instance]) -> QuerySet[Instance]:
+        if self.value() == "yes":
+            return queryset.filter(placement.waiting_for_room())
+        return queryset
+
+
 @admin.register(Instance)
 class InstanceAdmin(ReadOnlyAdmin):
     list_display = (
@@ -191,7 +211,7 @@ class InstanceAdmin(ReadOnlyAdmin):
         "updated_at",
         "failure_reason",
     )
-    list_filter = ("status", "stage", SilentHostFilter, "host_id")
+    list_filter = ("status", "stage", SilentHostFilter, WaitingForRoomFilter, "host_id")
     search_fields = (
         "public_id",
         "order__public_id",
@@ -213,6 +233,11 @@ class InstanceAdmin(ReadOnlyAdmin):
         if obj.is_restarting:
             return format_html(
                 '<span style="color:#a60">restarting: {}</span>', obj.failure_reason[:200]
+            )
+        if obj.status == Instance.Status.REQUESTED and obj.unplaced_since is not None:
+            return format_html(
+                '<strong style="color:#b00">waiting for room since {}</strong>',
+                f"{obj.unplaced_since:%d %b %H:%M}",
             )
         return ""
 
@@ -350,10 +375,41 @@ class HostAdmin(ReadOnlyAdmin):
         "capacity",
         "running",
         "free_slots",
+        "memory",
+        "vcpus",
+        "disk",
+        "draining",
         "version",
         "fleet_link",
     )
     search_fields = ("host_id",)
+    actions = ["drain", "undrain"]
+
+    @admin.display(description="memory MiB used / total")
+    def memory(self, obj: Host) -> str:
+        return f"{obj.memory_used_mb} / {obj.memory_total_mb}"
+
+    @admin.display(description="vCPUs used / total")
+    def vcpus(self, obj: Host) -> str:
+        return f"{obj.vcpus_used} / {obj.vcpus_total}"
+
+    @admin.display(description="disk GB used / total")
+    def disk(self, obj: Host) -> str:
+        return f"{obj.disk_used_gb} / {obj.disk_total_gb}"
+
+    @admin.action(description="Drain: place no new VMs on the selected hosts")
+    def drain(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        hosts = list(queryset.values_list("host_id", flat=True))
+        queryset.update(draining=True)
+        log.warning("event=hosts_draining host_ids=%s by=%s", ",".join(hosts), request.user)
+        self.message_user(request, f"Draining {len(hosts)} host(s): no new VMs go there.")
+
+    @admin.action(description="Undrain: place new VMs on the selected hosts again")
+    def undrain(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        hosts = list(queryset.values_list("host_id", flat=True))
+        queryset.update(draining=False)
+        log.warning("event=hosts_undrained host_ids=%s by=%s", ",".join(hosts), request.user)
+        self.message_user(request, f"{len(hosts)} host(s) take new VMs again.")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Host]:
         mark_silent_hosts(timezone.now())
@@ -368,7 +424,13 @@ class HostAdmin(ReadOnlyAdmin):
         sample (orders/fleet.py)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        context = {**self.admin_site.each_context(request), "hosts": fleet(timezone.now())}
+        now = timezone.now()
+        context = {
+            **self.admin_site.each_context(request),
+            "hosts": fleet(now),
+            "plans": placement.plan_capacity(Plan.objects.filter(is_active=True), now),
+            "waiting": Instance.objects.filter(placement.waiting_for_room()).count(),
+        }
         return TemplateResponse(request, "admin/orders/fleet.html", context)
 
     @admin.display(description="fleet")

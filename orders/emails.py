@@ -94,3 +94,23 @@ def send_order_email_on_commit(*, order: Order, kind: str, context: dict[str, An
     not a callback after the commit."""
     render_order_email(order=order, kind=kind, context=context)
     transaction.on_commit(lambda: send_order_email(order=order, kind=kind, context=context))
+
+
+def send_email(*, to: str, kind: str, context: dict[str, Any]) -> bool:
+    """An email that is about no order (the waitlist's "on sale again"): the same templates,
+    rules and error handling as `send_order_email`, to the address given. True if sent."""
+    if not _KIND.match(kind):
+        raise ValueError(f"bad email kind {kind!r}")
+    secret_keys = [key for key in context if _SECRET_KEY.search(key)]
+    if secret_keys:
+        raise ValueError(f"email {kind} refused: context names a secret ({secret_keys[0]})")
+    full = {**context, "site_url": str(settings.SITE_URL).rstrip("/")}
+    subject = " ".join(render_to_string(f"emails/{kind}_subject.txt", full).split())
+    body = render_to_string(f"emails/{kind}.txt", full)
+    try:
+        send_mail(subject, body, None, [to])
+    except (OSError, smtplib.SMTPException) as exc:
+        log.warning("event=email_failed kind=%s error=%s", kind, type(exc).__name__)
+        return False
+    log.info("event=email_sent kind=%s", kind)
+    return True

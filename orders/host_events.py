@@ -445,6 +445,9 @@ class EventConsumer:
     stop_event: threading.Event = field(default_factory=threading.Event)
     counts: dict[str, int] = field(default_factory=dict)
     last_silent_check: float = 0.0
+    # Sold-out plans on sale again: their waitlists are emailed (store/waitlist.py).
+    waitlist_interval: float = 15.0
+    last_waitlist_check: float | None = None  # monotonic; None: never ran
     last_dead_letter_check: float = 0.0
     # The database's backoff lives as long as the consumer: a reconnect to the broker does not
     # reset it (that made a poison message loop at the shortest delay); an applied event does.
@@ -568,6 +571,7 @@ class EventConsumer:
                 if method is None and once:
                     break
                 self.check_silent_hosts(channel)
+                self.check_waitlist(channel)
                 self.maintain(channel)
                 if self.stop_event.is_set():
                     break
@@ -581,6 +585,21 @@ class EventConsumer:
         if now.timestamp() - self.last_silent_check > self.silent_check_interval:
             self.with_database(channel, lambda: mark_silent_hosts(now))
             self.last_silent_check = now.timestamp()
+
+    def check_waitlist(self, channel: BlockingChannel) -> int | None:
+        """Email the waitlists of plans on sale again, every waitlist_interval seconds (one
+        step; tests call it directly). None when it was not time yet."""
+        from store.waitlist import notify_waitlist
+
+        now = time.monotonic()
+        if (
+            self.last_waitlist_check is not None
+            and now - self.last_waitlist_check < self.waitlist_interval
+        ):
+            return None
+        sent: int = self.with_database(channel, notify_waitlist)
+        self.last_waitlist_check = time.monotonic()
+        return sent
 
     def maintain(self, channel: BlockingChannel) -> dict[str, int] | None:
         """Roll up and prune the metrics when maintenance_interval has passed (one step; tests

@@ -182,6 +182,38 @@ def available_plans(plans: Iterable[object], now: datetime | None = None) -> dic
     }
 
 
+@dataclass(frozen=True)
+class PlanCapacity:
+    plan: object
+    more: int  # VMs of this plan the live hosts could still take (each host on its own)
+    on_sale: bool
+
+
+def plan_capacity(plans: Iterable[object], now: datetime | None = None) -> list[PlanCapacity]:
+    """Per plan: how many more of its VMs the live hosts have room for, and whether it is on
+    sale (the staff's fleet view)."""
+    now = now or timezone.now()
+    host_rooms = rooms(live_hosts(now))
+    plans = list(plans)
+    on_sale = available_plans(plans, now)
+    out = []
+    for plan in plans:
+        size = Size(plan.memory_mb, plan.vcpus, plan.disk_gb)  # type: ignore[attr-defined]
+        more = 0
+        for room in host_rooms:
+            r = room.resources
+            more += max(
+                0,
+                min(
+                    r.memory_free_mb // max(size.memory_mb, 1),
+                    r.vcpus_free // max(size.vcpus, 1),
+                    r.disk_free_gb // max(size.disk_gb, 1),
+                ),
+            )
+        out.append(PlanCapacity(plan, more, on_sale[plan.pk]))  # type: ignore[attr-defined]
+    return out
+
+
 # -- the relay's step ----------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from orders import console, metrics_page, order_wait
+from orders import console, metrics_page, order_wait, placement
 from orders.alarms import AlarmError, add_alarm, alarms_context, remove_alarm
 from orders.checkout import CheckoutError, billing_portal_url, start_checkout
 from orders.models import Instance, Order
@@ -174,6 +174,9 @@ def checkout(request: SignedInRequest, plan_slug: str) -> HttpResponse:
     plan = get_object_or_404(Plan, slug=plan_slug, is_active=True)
     if request.method != "POST":
         # Back from the login page after a POST as an anonymous visitor: buying needs a click.
+        return redirect(reverse("store:pricing") + f"#plan-{plan.slug}")
+    if not placement.plan_available(plan):  # sold out since the page was shown
+        messages.error(request, f"{plan.name} is sold out right now: join its waitlist below.")
         return redirect(reverse("store:pricing") + f"#plan-{plan.slug}")
 
     try:

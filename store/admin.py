@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from store.models import Plan
+from store.models import Plan, WaitlistEntry
 
 
 @admin.register(Plan)
@@ -24,3 +24,10 @@ class PlanAdmin(admin.ModelAdmin):
     list_filter = ("is_active", "currency", "rabbitmq_version")
     search_fields = ("name", "slug", "stripe_price_id")
     prepopulated_fields = {"slug": ("name",)}
+
+
+@admin.register(WaitlistEntry)
+class WaitlistEntryAdmin(admin.ModelAdmin):
+    list_display = ("email", "plan", "created_at", "notified_at")
+    list_filter = ("plan", ("notified_at", admin.EmptyFieldListFilter))
+    search_fields = ("email",)

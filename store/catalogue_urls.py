@@ -6,4 +6,5 @@ app_name = "store"
 
 urlpatterns = [
     path("", views.pricing, name="pricing"),
+    path("waitlist/<slug:plan_slug>/", views.join_waitlist, name="waitlist"),
 ]

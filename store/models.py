@@ -63,3 +63,36 @@ class Plan(models.Model):
     @property
     def monthly_price(self) -> str:
         return f"{self.monthly_price_cents / 100:.2f}"
+
+
+class WaitlistEntry(models.Model):
+    """Someone who asked to hear when a sold-out plan is on sale again (store/waitlist.py).
+
+    Emailed once (`notified_at`); joining again after that adds a new entry."""
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="waitlist")
+    email = models.EmailField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            # One waiting entry per address and plan: a repeated click changes nothing.
+            models.UniqueConstraint(
+                fields=["plan", "email"],
+                condition=models.Q(notified_at__isnull=True),
+                name="waitlist_one_waiting_per_email",
+            ),
+        ]
+        indexes = [
+            # store/waitlist.notify_waitlist: the entries still waiting, per plan.
+            models.Index(
+                fields=["plan", "created_at"],
+                condition=models.Q(notified_at__isnull=True),
+                name="waitlist_waiting",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} waits for {self.plan}"
