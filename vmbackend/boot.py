@@ -20,9 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from vmbackend import network
+from vmbackend import certificates, guest_tls, network, tls
 from vmbackend.config import Config
 from vmbackend.machine import Machine, MachineError, TapNet, UserNet, VMSpec
+from vmbackend.qemu import TLS_AMQP_PORT, TLS_MANAGEMENT_PORT
 from vmbackend.state import BOOTING, FAILED, LOST, READY, StateStore, VMRecord
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,15 @@ def spec_for(cfg: Config, record: VMRecord) -> VMSpec:
     if record.network == "bridge":
         net: UserNet | TapNet = TapNet(tap=record.tap, mac=record.mac)
     else:
-        net = UserNet(cfg.bind_address, record.ports["management"], record.ports["amqp"])
+        net = UserNet(
+            cfg.bind_address,
+            record.ports["management"],
+            record.ports["amqp"],
+            amqps_port=record.ports.get("amqps"),
+            https_port=record.ports.get("https"),
+            # Closing the plain ports needs the TLS ones open (a host with TLS).
+            plain_ports=record.plain_ports or "amqps" not in record.ports,
+        )
     return VMSpec(
         vm_id=record.vm_id,
         image=record.image,
@@ -81,10 +90,24 @@ def urls_for(cfg: Config, record: VMRecord, addresses: list[str]) -> tuple[str, 
             raise MachineError("the guest reported no usable address on the bridge")
         host = _host_in_url(guest_ip)
         management = f"http://{host}:{GUEST_MANAGEMENT_PORT}/"
+        if record.tls_cert:
+            return (
+                f"https://{host}:{TLS_MANAGEMENT_PORT}/",
+                f"amqps://{user}@{host}:{TLS_AMQP_PORT}/",
+                management,
+            )
         return management, f"amqp://{user}@{host}:{GUEST_AMQP_PORT}/", management
     advertised = _host_in_url(cfg.advertised_host)
     mport, aport = record.ports["management"], record.ports["amqp"]
-    probe = f"http://{_host_in_url(cfg.bind_address)}:{mport}/"
+    net = spec_for(cfg, record).network
+    assert isinstance(net, UserNet)
+    probe = f"http://{_host_in_url(net.management_bind)}:{mport}/"
+    if record.tls_cert and "amqps" in record.ports:  # the customer's URLs are the TLS ones
+        return (
+            f"https://{advertised}:{record.ports['https']}/",
+            f"amqps://{user}@{advertised}:{record.ports['amqps']}/",
+            probe,
+        )
     return f"http://{advertised}:{mport}/", f"amqp://{user}@{advertised}:{aport}/", probe
 
 
@@ -225,8 +248,29 @@ class Boot:
         self._stage("guest_up")
         addresses = self.machine.guest_addresses()
         self._check_cancel()
-        self.machine.personalize(self._deadline())
+        # A restored VM gets its certificate before the cookie rotation (guest_tls talks to the
+        # node with the cookie file); a cold-booted one once its node answers (wait_rabbitmq).
+        self.machine.personalize(self._deadline(), before_cookie=lambda: self._tls(addresses))
         return addresses
+
+    def _tls(self, addresses: list[str]) -> None:
+        """Give the VM a certificate when it has none (or it is due, or its names changed): a
+        key made now, never one from the image or the saved state. A VM that had one already
+        (a start from its disk) has the drop-in: its node started the listeners itself."""
+        machine = self.machine
+        if not certificates.enabled(self.cfg) or machine is None or not machine.speaks_tls():
+            return
+        if self.record.network == "bridge":
+            self.record.ip_addresses = list(addresses)
+        if not certificates.is_due(self.cfg, self.record):
+            return
+        self._check_cancel()
+        try:
+            certificates.install(
+                self.cfg, self.record, machine, self.report, start=not self.record.tls_cert
+            )
+        except (tls.TLSError, guest_tls.GuestTLSError) as exc:
+            raise MachineError(f"TLS certificate: {exc}") from exc
 
     def wait_rabbitmq(self, addresses: list[str]) -> None:
         self._check_cancel()
@@ -244,6 +288,8 @@ class Boot:
             raise MachineError(
                 f"RabbitMQ did not answer; its log: {rabbitmq_log_tail(self.machine)}; {exc}"
             ) from exc
+        self._tls(addresses)
+        management, amqp, probe = urls_for(self.cfg, self.record, addresses)
         if self.record.limits:
             self.machine.apply_limits(probe)
         runtime = self.machine.runtime(probe)  # what runs, for the customer; {} if unread

@@ -97,6 +97,13 @@ class Config:
     # Seconds this host stops taking from the shared create-vm queue after it had to put back a
     # request that does not fit it (the request goes to another host meanwhile).
     fallback_pause: float = 5.0
+    # TLS (docs/tls.md): the host's intermediate CA folder (None: no TLS, plain ports only),
+    # how long a VM's certificate lasts, how long before its end it is renewed, and how often
+    # the daemon looks.
+    tls_dir: Path | None = None
+    tls_cert_days: float = 90.0
+    tls_renew_before_days: float = 30.0
+    tls_check_interval: float = 3600.0
 
     def redacted_amqp_url(self) -> str:
         """The AMQP URL with its password replaced, for logs."""
@@ -132,6 +139,10 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("cpu_overcommit", "WARREN_CPU_OVERCOMMIT"),
     ("host_disk_gb", "WARREN_HOST_DISK_GB"),
     ("fallback_pause", "WARREN_FALLBACK_PAUSE"),
+    ("tls_dir", "WARREN_TLS_DIR"),
+    ("tls_cert_days", "WARREN_TLS_CERT_DAYS"),
+    ("tls_renew_before_days", "WARREN_TLS_RENEW_BEFORE_DAYS"),
+    ("tls_check_interval", "WARREN_TLS_CHECK_INTERVAL"),
 )
 
 
@@ -236,6 +247,19 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         given.get("state_dir") or Path("~/.local/state/warren/vmbackend") / host_id
     ).expanduser()
 
+    # Fractions of a day are allowed (a test's certificate lasts minutes); at most 825 days,
+    # what browsers accept for a server certificate.
+    tls_cert_days = _float("tls_cert_days", given.get("tls_cert_days", "90"), 0.0005, 825)
+    tls_renew_before_days = _float(
+        "tls_renew_before_days", given.get("tls_renew_before_days", "30"), 0, 825
+    )
+    if tls_renew_before_days >= tls_cert_days:
+        raise ConfigError(
+            f"tls_renew_before_days ({tls_renew_before_days:g}) must be less than "
+            f"tls_cert_days ({tls_cert_days:g})"
+        )
+    tls_dir = Path(given["tls_dir"]).expanduser() if given.get("tls_dir") else None
+
     return Config(
         host_id=host_id,
         amqp_url=amqp_url,
@@ -279,6 +303,12 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
             else default_disk_gb(state_dir)
         ),
         fallback_pause=_float("fallback_pause", given.get("fallback_pause", "5"), 0, 3600),
+        tls_dir=tls_dir,
+        tls_cert_days=tls_cert_days,
+        tls_renew_before_days=tls_renew_before_days,
+        tls_check_interval=_float(
+            "tls_check_interval", given.get("tls_check_interval", "3600"), 0.1, 86400
+        ),
     )
 
 

@@ -32,12 +32,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from vmbackend import messages, topology
+from vmbackend import certificates, messages, topology
 from vmbackend.amqp_io import CONNECTION_ERRORS, AmqpIO, Delivery, connection_lost
 from vmbackend.backoff import run_with_reconnect
 from vmbackend.commands import Commands
 from vmbackend.config import Config
 from vmbackend.images import manifest
+from vmbackend.machine import Machine
 from vmbackend.messages import (
     ConsoleCommand,
     CreateVM,
@@ -89,6 +90,9 @@ class Daemon:
         # Monotonic time until which the shared create-vm queue is left to other hosts: this
         # host put back a request that does not fit it (docs/fleet.md, the fallback queue).
         self.shared_paused_until = 0.0
+
+    def machine_of(self, vm_id: str) -> Machine | None:
+        return self.commands.machines.get(vm_id)
 
     def qemu_pid(self, vm_id: str) -> int | None:
         machine = self.commands.machines.get(vm_id)
@@ -392,6 +396,11 @@ class Daemon:
         if self.cfg.metrics_interval > 0:  # vmbackend/metrics.py: its own threads, best-effort
             threading.Thread(
                 target=self.sampler.run, args=(self.stopping,), name="metrics", daemon=True
+            ).start()
+        if certificates.enabled(self.cfg):  # renews VMs' certificates before they expire
+            renewer = certificates.Renewer(self.cfg, self.commands.registry, self.machine_of)
+            threading.Thread(
+                target=renewer.run, args=(self.stopping,), name="tls-renewal", daemon=True
             ).start()
         run_with_reconnect(
             self._session,

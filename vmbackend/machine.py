@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -348,7 +349,7 @@ class Machine:
         """The base URL (ending in /) where the host reaches the guest's management API."""
         net = self.spec.network
         if isinstance(net, UserNet):
-            host = net.bind_address
+            host = net.management_bind
             host = f"[{host}]" if ":" in host else host
             return f"http://{host}:{net.management_port}/"
         addresses = self.guest_addresses()
@@ -356,6 +357,11 @@ class Machine:
             raise MachineError("the guest has no address yet")
         host = addresses[0] if ":" not in addresses[0] else f"[{addresses[0]}]"
         return f"http://{host}:{self._image_guest().management_port}/"
+
+    def speaks_tls(self) -> bool:
+        """Whether the image runs RabbitMQ (its TLS listeners, vmbackend/guest_tls.py); the tiny
+        test image does not."""
+        return self._image_guest().amqp_port is not None
 
     def _image_guest(self) -> manifest_mod.Guest:
         return self._pre_launch_image().guest
@@ -416,7 +422,7 @@ class Machine:
                 raise MachineError(f"vhost limit {name}: {exc}") from exc
 
     # -- restore personalization ----------------------------------------------------------------
-    def personalize(self, deadline: float) -> None:
+    def personalize(self, deadline: float, before_cookie: Callable[[], None] | None = None) -> None:
         """After a restore: the guest's clock, hostname, a fresh Erlang cookie, and the VM's own
         admin in place of the template's (vmbackend/personalize.py). After a cold boot fw_cfg
         did it all: a no-op."""
@@ -433,6 +439,7 @@ class Machine:
                 template_password=saved_state.read_secret(state.get("template_secret")),
                 deadline=deadline,
                 check=self._check_alive,
+                before_cookie=before_cookie,
             )
         except personalize.PersonalizeError as exc:
             raise MachineError(f"personalize: {exc}; console: {_tail(self.paths.console)}") from exc

@@ -74,6 +74,7 @@ class CreateVM:
     password_generated: bool
     limits: dict[str, int]
     command: str = CREATE_VM
+    plain_ports: bool = True  # False: TLS ports only, where the host has TLS (docs/tls.md)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,15 @@ def _create_vm(options: dict[str, Any]) -> CreateVM:
         admin_password=password,
         password_generated=generated,
         limits=_limits(options),
+        plain_ports=_plain_ports(options),
     )
+
+
+def _plain_ports(options: dict[str, Any]) -> bool:
+    value = options.get("plain-ports", True)
+    if not isinstance(value, bool):
+        raise Rejected("options.plain-ports must be true or false")
+    return value
 
 
 def _vm_id(options: dict[str, Any]) -> str:
@@ -399,20 +408,21 @@ def create_vm_body(
     admin_username: str,
     admin_password: str,
     limits: dict[str, int],
+    plain_ports: bool = True,
 ) -> dict[str, Any]:
     """The create-vm command the shop sends (no reply_to: events tell it what happened)."""
-    return command_body(
-        CREATE_VM,
-        {
-            "image": image,
-            "vm-id": vm_id,
-            "memory-mb": memory_mb,
-            "vcpus": vcpus,
-            "disk-gb": disk_gb,
-            "admin": {"username": admin_username, "password": admin_password},
-            "limits": limits,
-        },
-    )
+    options: dict[str, Any] = {
+        "image": image,
+        "vm-id": vm_id,
+        "memory-mb": memory_mb,
+        "vcpus": vcpus,
+        "disk-gb": disk_gb,
+        "admin": {"username": admin_username, "password": admin_password},
+        "limits": limits,
+    }
+    if not plain_ports:  # absent means true: older hosts and bodies stay as they were
+        options["plain-ports"] = False
+    return command_body(CREATE_VM, options)
 
 
 def delete_vm_body(*, vm_id: str) -> dict[str, Any]:

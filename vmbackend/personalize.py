@@ -41,9 +41,12 @@ def run(
     template_password: str | None,
     deadline: float,
     check: Check,
+    before_cookie: Callable[[], None] | None = None,
 ) -> None:
     """The guest's clock, hostname, a fresh Erlang cookie, and the VM's own admin in place of
-    the template's (`deadline` is a time.monotonic() value)."""
+    the template's (`deadline` is a time.monotonic() value). `before_cookie` runs once the rest
+    is done and before the cookie rotation starts (the VM's TLS certificate: it talks to the node
+    with the cookie file, which the rotation replaces)."""
     # Under TCG every program the guest agent runs costs seconds, so the guest-side work
     # overlaps the host-side: the hostname script starts first, the admin swap (HTTP) and
     # the clock run while it works, then we collect its result.
@@ -60,6 +63,8 @@ def run(
         raise PersonalizeError(
             f"{RESTORE_SETTINGS} exited {result.exitcode}: {result.stderr[-300:]!r}"
         )
+    if before_cookie is not None:
+        before_cookie()
     # The cookie rotation is not waited for: it takes many seconds under TCG, the script
     # reports its outcome in the guest (/run/warren/cookie-rotation), and the management
     # API does not depend on it.

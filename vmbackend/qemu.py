@@ -25,6 +25,8 @@ MACHINE = "microvm,acpi=on,pcie=off,rtc=on"
 TCG_TB_SIZE_MB = 256  # TCG's translation cache defaults to 1 GiB per process
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 FW_CFG_PREFIX = "opt/warren/"
+TLS_AMQP_PORT = 5671  # RabbitMQ's amqps listener in the guest (vmbackend/guest_tls.py)
+TLS_MANAGEMENT_PORT = 15671  # the management UI over https in the guest
 FW_CFG_KEYS = ("hostname", "admin_user", "admin_password", "erlang_cookie")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 TAP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -42,11 +44,27 @@ class UserNet:
     bind_address: str
     management_port: int  # host port forwarded to the guest's management port (15672)
     amqp_port: int  # host port forwarded to the guest's AMQP port (5672)
+    # TLS (docs/tls.md): host ports forwarded to the guest's amqps (5671) and https (15671).
+    amqps_port: int | None = None
+    https_port: int | None = None
+    # False (a plan with TLS only): the plain AMQP port is not forwarded and the plain
+    # management port only on the host's loopback, for the host's own calls.
+    plain_ports: bool = True
 
     def __post_init__(self) -> None:
         ipaddress.ip_address(self.bind_address)  # ValueError for anything but an IP address
         _check_port(self.management_port)
         _check_port(self.amqp_port)
+        for port in (self.amqps_port, self.https_port):
+            if port is not None:
+                _check_port(port)
+
+    @property
+    def management_bind(self) -> str:
+        """Where the plain management port listens on the host."""
+        if self.plain_ports:
+            return self.bind_address
+        return "::1" if ipaddress.ip_address(self.bind_address).version == 6 else "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -166,10 +184,16 @@ def _netdev(spec: VMSpec, manifest: Manifest) -> str:
     net = spec.network
     if isinstance(net, TapNet):
         return f"tap,id=net0,ifname={net.tap},script=no,downscript=no"
-    forwards = [(net.management_port, manifest.guest.management_port)]
+    forwards = [(net.management_bind, net.management_port, manifest.guest.management_port)]
     if manifest.guest.amqp_port is not None:
-        forwards.append((net.amqp_port, manifest.guest.amqp_port))
-    fwd = "".join(f",hostfwd=tcp:{net.bind_address}:{host}-:{guest}" for host, guest in forwards)
+        if net.plain_ports:
+            forwards.append((net.bind_address, net.amqp_port, manifest.guest.amqp_port))
+        # The TLS ports exist only in RabbitMQ images (the ones with AMQP).
+        if net.amqps_port is not None:
+            forwards.append((net.bind_address, net.amqps_port, TLS_AMQP_PORT))
+        if net.https_port is not None:
+            forwards.append((net.bind_address, net.https_port, TLS_MANAGEMENT_PORT))
+    fwd = "".join(f",hostfwd=tcp:{addr}:{host}-:{guest}" for addr, host, guest in forwards)
     return f"user,id=net0{fwd}"
 
 

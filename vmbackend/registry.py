@@ -208,6 +208,7 @@ def new_record(cfg: Config, cmd: CreateVM) -> VMRecord:
         password_generated=cmd.password_generated,
         limits=dict(cmd.limits),
         network=cfg.network,
+        plain_ports=cmd.plain_ports,
     )
 
 
@@ -386,14 +387,17 @@ class Registry:
             record.mac = network.mac_for(record.vm_id, taken=[r.mac for r in others if r.mac])
             return
         used = [p for r in others for p in r.ports.values()]
-        management, amqp = ports.allocate(
-            2,
+        names = ["management", "amqp"]
+        if self.cfg.tls_dir is not None:  # amqps and https too (docs/tls.md)
+            names += ["amqps", "https"]
+        chosen = ports.allocate(
+            len(names),
             used=used,
             bind_address=self.cfg.bind_address,
             port_min=self.cfg.port_min,
             port_max=self.cfg.port_max,
         )
-        record.ports = {"management": management, "amqp": amqp}
+        record.ports = dict(zip(names, chosen, strict=True))
 
     def forget(self, vm_id: str) -> None:
         with self.lock:

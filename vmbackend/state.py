@@ -103,6 +103,10 @@ class VMRecord:
     requests: list[dict[str, Any]] = field(default_factory=list)
     seq: int = 0
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    # TLS (docs/tls.md): whether the plain AMQP/management ports stay open to customers (the
+    # plan's choice), and the VM's current certificate (PEM, public; its key is only in the guest).
+    plain_ports: bool = True
+    tls_cert: str = ""
 
     def holds_slot(self) -> bool:
         return self.status not in FREE_SLOT_STATUSES

@@ -491,3 +491,21 @@ def test_a_declined_create_vm_needs_its_instance_but_no_seq():
 
 def test_the_largest_seq_is_read():
     assert messages.parse_event(_event_body(seq=2**63 - 1)).seq == 2**63 - 1
+
+
+def test_create_vm_plain_ports_is_a_boolean_sent_only_when_false() -> None:
+    """docs/tls.md: a plan with TLS only sends "plain-ports": false; absent means true."""
+    body = messages.create_vm_body(
+        vm_id="0b6c3f9e-3c2e-4d55-8a53-9f2d4c6d7a10", image="rabbitmq-4.0", memory_mb=512,
+        vcpus=1, disk_gb=4, admin_username="warren-abc", admin_password="x" * 32, limits={},
+    )  # fmt: skip
+    assert "plain-ports" not in body["options"]
+    parsed = messages.parse(json.dumps(body).encode())
+    assert isinstance(parsed, messages.CreateVM) and parsed.plain_ports is True
+    body["options"]["plain-ports"] = False
+    parsed = messages.parse(json.dumps(body).encode())
+    assert isinstance(parsed, messages.CreateVM) and parsed.plain_ports is False
+    for bad in ("false", 0, None):
+        body["options"]["plain-ports"] = bad
+        with pytest.raises(messages.Rejected, match="plain-ports"):
+            messages.parse(json.dumps(body).encode())
