@@ -10,8 +10,11 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -83,6 +86,21 @@ def body_to_publish(row: OutboxMessage) -> dict[str, Any]:
     return body
 
 
+def ca_certificate_pem() -> bytes | None:
+    """The root CA certificate customers download (settings.CA_CERT), or None when none is
+    configured or the file holds no certificate: only a public certificate is ever served."""
+    path = settings.CA_CERT
+    if not path:
+        return None
+    try:
+        data = Path(path).read_bytes()
+        certs = x509.load_pem_x509_certificates(data)
+    except (OSError, ValueError) as exc:
+        log.error("event=ca_certificate_unreadable path=%s error=%s", path, exc)
+        return None
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
 def create_vm_body(*, instance: Instance) -> dict[str, Any]:
     """The create-vm command of docs/protocol.md for this instance (built by the contract)."""
     plan = instance.order.plan
@@ -95,6 +113,7 @@ def create_vm_body(*, instance: Instance) -> dict[str, Any]:
         admin_username=instance.admin_username,
         admin_password=instance.admin_password,
         limits={"max-connections": plan.max_connections, "max-queues": plan.max_queues},
+        plain_ports=plan.plain_ports,
     )
 
 

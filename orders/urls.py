@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.order_list, name="list"),
     path("checkout/<slug:plan_slug>/", views.checkout, name="checkout"),
     path("webhooks/stripe/", views.stripe_webhook, name="stripe_webhook"),
+    path("warren-ca.pem", views.ca_certificate, name="ca_certificate"),
     path("<uuid:public_id>/", views.detail, name="detail"),
     path("<uuid:public_id>/pay/", views.offline_checkout, name="offline_checkout"),
     path("<uuid:public_id>/success/", views.success, name="success"),

@@ -31,7 +31,7 @@ from orders.offline_checkout import (
     complete_offline_payment,
     offline_payments_enabled,
 )
-from orders.provisioning import cancel_order
+from orders.provisioning import ca_certificate_pem, cancel_order
 from orders.webhooks import WebhookError, process_webhook
 from store.models import Plan
 
@@ -157,6 +157,7 @@ def _state_context(order: Order) -> dict[str, Any]:
         "show_connection": serving is not None,
         "management_url": _without_password(serving.management_url) if serving else "",
         "amqp_url": _without_password(serving.amqp_url) if serving else "",
+        "ca_download": bool(serving and settings.CA_CERT and serving.amqp_url.startswith("amqps:")),
         "offline_payments": offline_payments_enabled(),
         **console_ctx,
     }
@@ -429,3 +430,16 @@ def billing_portal(request: HttpRequest, public_id: UUID) -> HttpResponse:
         messages.error(request, str(exc))
         return redirect("orders:detail", order.public_id)
     return redirect(url)
+
+
+@require_GET
+def ca_certificate(request: HttpRequest) -> HttpResponse:
+    """Warren's root CA certificate (public: no sign-in needed, so `curl` can fetch it); 404 when
+    the shop has none configured (WARREN_CA_CERT) or the file is not a certificate."""
+    pem = ca_certificate_pem()
+    if pem is None:
+        raise Http404("No CA certificate")
+    response = HttpResponse(pem, content_type="application/x-pem-file")
+    response["Content-Disposition"] = 'attachment; filename="warren-ca.pem"'
+    response["Cache-Control"] = "public, max-age=3600"
+    return response

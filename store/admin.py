@@ -17,11 +17,12 @@ class PlanAdmin(admin.ModelAdmin):
         "monthly_price",
         "currency",
         "stripe_price_id",
+        "plain_ports",
         "is_active",
         "sort_order",
     )
     list_editable = ("is_active", "sort_order")
-    list_filter = ("is_active", "currency", "rabbitmq_version")
+    list_filter = ("is_active", "currency", "rabbitmq_version", "plain_ports")
     search_fields = ("name", "slug", "stripe_price_id")
     prepopulated_fields = {"slug": ("name",)}
 

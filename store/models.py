@@ -39,6 +39,11 @@ class Plan(models.Model):
     currency = models.CharField(max_length=3, default="usd")
     # Stripe Price (recurring, monthly) used by Checkout; blank for the offline payment path.
     stripe_price_id = models.CharField(max_length=100, blank=True)
+    # TLS is always on where the hosts have it (docs/tls.md); this keeps the plain amqp:// and
+    # http:// ports open too (clients that cannot do TLS). Off: TLS only.
+    plain_ports = models.BooleanField(
+        "plain ports open", default=True, help_text="Also open plain AMQP and HTTP next to TLS."
+    )
     is_active = models.BooleanField(default=True)
     sort_order = models.PositiveSmallIntegerField(default=0)
 

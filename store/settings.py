@@ -194,6 +194,9 @@ AMQP_URL = env.str("WARREN_AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672
 # Empty: each instance boots the image of its plan's RabbitMQ version (rabbitmq-4.0, ...).
 # A name overrides that for every order (`tiny` for a seconds-fast demo or test).
 INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="")
+# Warren's root CA certificate (public; docs/tls.md), offered on the order page for clients to
+# verify the servers' certificates. Empty: no download (hosts without TLS, or a public CA).
+CA_CERT = env.str("WARREN_CA_CERT", default="")
 # A host that has not sent a heartbeat for this long is shown to staff as unreachable.
 HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
 # Placement (orders/placement.py, docs/fleet.md): `pack` fills the fullest host that fits first,
