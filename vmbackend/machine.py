@@ -361,7 +361,7 @@ class Machine:
     def speaks_tls(self) -> bool:
         """Whether the image runs RabbitMQ (its TLS listeners, vmbackend/guest_tls.py); the tiny
         test image does not."""
-        return self._image_guest().amqp_port is not None
+        return self._image_guest().kind == "rabbitmq"
 
     def _image_guest(self) -> manifest_mod.Guest:
         return self._pre_launch_image().guest

@@ -185,10 +185,9 @@ def _netdev(spec: VMSpec, manifest: Manifest) -> str:
     if isinstance(net, TapNet):
         return f"tap,id=net0,ifname={net.tap},script=no,downscript=no"
     forwards = [(net.management_bind, net.management_port, manifest.guest.management_port)]
-    if manifest.guest.amqp_port is not None:
-        if net.plain_ports:
-            forwards.append((net.bind_address, net.amqp_port, manifest.guest.amqp_port))
-        # The TLS ports exist only in RabbitMQ images (the ones with AMQP).
+    if manifest.guest.amqp_port is not None and net.plain_ports:
+        forwards.append((net.bind_address, net.amqp_port, manifest.guest.amqp_port))
+    if manifest.guest.kind == "rabbitmq":  # the TLS listeners exist only in RabbitMQ images
         if net.amqps_port is not None:
             forwards.append((net.bind_address, net.amqps_port, TLS_AMQP_PORT))
         if net.https_port is not None:

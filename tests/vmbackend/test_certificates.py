@@ -136,7 +136,15 @@ def test_a_plan_without_plain_ports_closes_them_to_customers(ca: Path, tmp_path:
     assert isinstance(net, qemu.UserNet)
     netdev = qemu._netdev(
         boot.spec_for(cfg, record),
-        type("M", (), {"guest": type("G", (), {"management_port": 15672, "amqp_port": 5672})})(),  # type: ignore[arg-type]
+        type(
+            "M",
+            (),
+            {
+                "guest": type(
+                    "G", (), {"kind": "rabbitmq", "management_port": 15672, "amqp_port": 5672}
+                )
+            },
+        )(),  # type: ignore[arg-type]
     )
     ports = record.ports
     assert f"hostfwd=tcp:127.0.0.1:{ports['management']}-:15672" in netdev  # the host's only
@@ -260,3 +268,11 @@ def test_new_record_keeps_the_plan_s_choice() -> None:
 def test_bad_tls_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(config.ConfigError, match=message):
         config.load(env=env)
+
+
+def test_only_rabbitmq_images_speak_tls(tiny_images_root: Path, tmp_path: Path) -> None:
+    """The tiny test image has no RabbitMQ: a TLS host leaves it on its plain URLs."""
+    from vmbackend.machine import Machine
+
+    spec = qemu.VMSpec("vm-1", "tiny", 256, 1, 1, "vm-1", "warren-a", "pw")
+    assert Machine(spec, tmp_path / "vm", tiny_images_root).speaks_tls() is False

@@ -1,0 +1,42 @@
+"""A daemon with TLS on (WARREN_TLS_DIR) end to end with the tiny image: the real daemon
+subprocess, the real broker, real QEMU. The tiny image has no RabbitMQ, so its VM stays on plain
+URLs; the host still gives it the four ports and its renewal thread runs without harm. The
+RabbitMQ side (certificate in the guest, amqps/https verified, renewal) is test_tls_slow.py's."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.vmbackend.daemon_helpers import basic_auth_status, read_state, wait_host
+from vmbackend import tls
+
+ADMIN = {"username": "warren-tls1", "password": "correct-horse-battery-9"}
+
+
+@pytest.mark.vm
+def test_a_tls_host_boots_a_vm_of_an_image_without_tls(daemons, client, tmp_path: Path) -> None:
+    tls.init_ca(tmp_path / "root")
+    tls.init_host(tmp_path / "root", "tls-host", tmp_path / "host")
+    daemon = daemons.start(
+        extra_env={"WARREN_TLS_DIR": str(tmp_path / "host"), "WARREN_TLS_CHECK_INTERVAL": "0.2"}
+    )
+    wait_host(client, daemon.host_id)
+    reply = client.call(
+        "create-vm",
+        {
+            "image": "tiny",
+            "vm-id": "vm-tls-1",
+            "memory-mb": 256,
+            "admin": ADMIN,
+            "plain-ports": False,
+        },
+    )
+    assert reply["execution-info"]["status"] == "success", reply
+    ready = client.wait_event("vm-tls-1", ("instance.ready", "instance.failed"), 240)
+    assert ready["type"] == "instance.ready", ready
+    assert ready["management_url"].startswith("http://127.0.0.1:")
+    assert basic_auth_status(ready["management_url"], ADMIN["username"], ADMIN["password"]) == 200
+    state = read_state(daemon.state_dir, "vm-tls-1")
+    assert state is not None
+    assert set(state["ports"]) == {"management", "amqp", "amqps", "https"}
+    assert state["tls_cert"] == ""  # nothing to renew: the renewal thread leaves it alone
