@@ -24,6 +24,7 @@ from vmbackend import certificates, guest_tls, network, tls
 from vmbackend.config import Config
 from vmbackend.machine import Machine, MachineError, TapNet, UserNet, VMSpec
 from vmbackend.qemu import TLS_AMQP_PORT, TLS_MANAGEMENT_PORT
+from vmbackend.simulated import SimulatedMachine
 from vmbackend.state import BOOTING, FAILED, LOST, READY, StateStore, VMRecord
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,11 @@ class Boot:
     # -- steps
     def _new_machine(self) -> Machine:
         """The record's Machine (not started yet), its tap created first in bridge mode."""
+        if self.cfg.driver == "simulated":  # load tests: no QEMU (vmbackend/simulated.py)
+            self.machine = SimulatedMachine(  # type: ignore[assignment]
+                self.cfg.sim_boot_seconds, self.cfg.sim_failure_rate
+            )
+            return self.machine  # type: ignore[return-value]
         if self.record.network == "bridge":
             network.create_tap(self.record.tap, self.cfg.bridge)
         self.machine = Machine(

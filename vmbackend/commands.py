@@ -75,6 +75,8 @@ class Commands:
 
     # -- machines
     def adopt(self, record: VMRecord) -> Machine | None:
+        if self.cfg.driver == "simulated":  # no process outlives a simulated VM's daemon
+            return None
         try:
             machine = Machine.adopt(
                 spec_for(self.cfg, record), self.store.vm_dir(record.vm_id), self.cfg.image_dir

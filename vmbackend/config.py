@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmbackend.capacity import DEFAULT_CPU_OVERCOMMIT, default_cpus, default_disk_gb
+from vmbackend.simulated import DRIVERS, parse_boot_seconds
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -104,6 +105,11 @@ class Config:
     tls_cert_days: float = 90.0
     tls_renew_before_days: float = 30.0
     tls_check_interval: float = 3600.0
+    # The machine driver: `qemu` (the product), or `simulated` (vmbackend/simulated.py: VMs
+    # without QEMU for load tests; boot seconds `low-high` and a failure rate).
+    driver: str = "qemu"
+    sim_boot_seconds: tuple[float, float] = (1.0, 3.0)
+    sim_failure_rate: float = 0.0
 
     def redacted_amqp_url(self) -> str:
         """The AMQP URL with its password replaced, for logs."""
@@ -143,6 +149,9 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("tls_cert_days", "WARREN_TLS_CERT_DAYS"),
     ("tls_renew_before_days", "WARREN_TLS_RENEW_BEFORE_DAYS"),
     ("tls_check_interval", "WARREN_TLS_CHECK_INTERVAL"),
+    ("driver", "WARREN_DRIVER"),
+    ("sim_boot_seconds", "WARREN_SIM_BOOT_SECONDS"),
+    ("sim_failure_rate", "WARREN_SIM_FAILURE_RATE"),
 )
 
 
@@ -186,6 +195,19 @@ def _bool(name: str, raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _boot_seconds(raw: str) -> tuple[float, float]:
+    try:
+        return parse_boot_seconds(raw)
+    except ValueError as exc:
+        raise ConfigError(f"sim_boot_seconds: {exc}") from None
 
 
 def _metrics_interval(raw: str) -> float:
@@ -309,6 +331,9 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         tls_check_interval=_float(
             "tls_check_interval", given.get("tls_check_interval", "3600"), 0.1, 86400
         ),
+        driver=_choice("driver", given.get("driver", "qemu"), DRIVERS),
+        sim_boot_seconds=_boot_seconds(given.get("sim_boot_seconds", "1-3")),
+        sim_failure_rate=_float("sim_failure_rate", given.get("sim_failure_rate", "0"), 0, 1),
     )
 
 

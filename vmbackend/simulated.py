@@ -1,0 +1,99 @@
+"""The simulated machine driver (WARREN_DRIVER=simulated): a VM without QEMU, for load tests.
+
+A `SimulatedMachine` stands where `machine.Machine` stands in a boot (vmbackend/boot.py): the
+daemon, its registry, state files, events, capacity checks and AMQP side are the real ones; only
+the machine is a record. Its launch waits a boot time drawn from WARREN_SIM_BOOT_SECONDS
+(`low-high`, uniform, or one number) split over the real stages (vm_starting, guest_up,
+rabbitmq_starting), and fails with probability WARREN_SIM_FAILURE_RATE (then the real failure
+path runs: instance.failed, the VM cleaned up, its room freed). Ready VMs get loopback URLs on
+their allocated ports that nothing answers: nobody is meant to connect. Nothing survives a daemon
+restart (there is no process to adopt): recovery treats it as a QEMU gone while away.
+
+Shipped in the product so `bench/fleet.py` can run many hosts on one machine; never the default.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from typing import Any
+
+from vmbackend.machine import MachineError
+
+DRIVERS = ("qemu", "simulated")
+BOOT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:-\s*(\d+(?:\.\d+)?))?\s*$")
+
+
+def parse_boot_seconds(raw: str) -> tuple[float, float]:
+    """`2` -> (2, 2); `0.5-3` -> (0.5, 3). ValueError for anything else or low > high."""
+    match = BOOT_RE.match(raw)
+    if not match:
+        raise ValueError(f"boot seconds must look like 2 or 0.5-3, got {raw!r}")
+    low = float(match[1])
+    high = float(match[2]) if match[2] is not None else low
+    if low > high or high > 3600:
+        raise ValueError(f"boot seconds must be low <= high <= 3600, got {raw!r}")
+    return low, high
+
+
+class SimulatedMachine:
+    """What a Boot and the commands ask of a Machine, without a process."""
+
+    pid: int | None = None
+
+    def __init__(self, boot_seconds: tuple[float, float], failure_rate: float, seed: Any = None):
+        rng = random.Random(seed)  # noqa: S311 - a simulation, not a secret
+        self.total = rng.uniform(*boot_seconds)
+        self.fails = rng.random() < failure_rate
+        self.running = False
+        self.stopped = threading.Event()  # kill/destroy ends a wait at once
+
+    def _wait(self, fraction: float) -> None:
+        if self.stopped.wait(self.total * fraction):
+            raise MachineError("simulated machine was killed")
+
+    def launch(self, *, allow_restore: bool = True) -> str:
+        self._wait(0.2)
+        self.running = True
+        return "restore" if allow_restore else "cold"
+
+    def start(self) -> str:
+        self.stopped.clear()
+        self._wait(0.2)
+        self.running = True
+        return "cold"
+
+    def wait_guest_agent(self, deadline: float) -> None:
+        self._wait(0.3)
+
+    def guest_addresses(self, wait: float = 15.0) -> list[str]:
+        return ["10.0.2.15"]
+
+    def personalize(self, deadline: float) -> None:
+        return None
+
+    def wait_management(self, base_url: str, deadline: float) -> None:
+        self._wait(0.5)
+        if self.fails:
+            self.running = False
+            raise MachineError("simulated boot failure (WARREN_SIM_FAILURE_RATE)")
+
+    def apply_limits(self, base_url: str) -> None:
+        return None
+
+    def runtime(self, base_url: str, timeout: float = 5.0) -> dict[str, str]:
+        return {}
+
+    def is_running(self) -> bool:
+        return self.running
+
+    def powerdown(self, timeout: float = 30) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        self.running = False
+        self.stopped.set()
+
+    def destroy(self) -> None:
+        self.kill()
