@@ -70,8 +70,14 @@ class SimulatedMachine:
     def guest_addresses(self, wait: float = 15.0) -> list[str]:
         return ["10.0.2.15"]
 
-    def personalize(self, deadline: float) -> None:
-        return None
+    def personalize(self, deadline: float, before_cookie: Any = None) -> None:
+        return None  # a simulated VM has no guest to personalize (nor TLS to install)
+
+    def speaks_tls(self) -> bool:
+        return False
+
+    def guest_exec(self, path: str, args: list[str], timeout: float = 10) -> tuple[int, bytes]:
+        raise MachineError("a simulated machine has no guest to run commands in")
 
     def wait_management(self, base_url: str, deadline: float) -> None:
         self._wait(0.5)
