@@ -24,7 +24,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from orders import placement
+from orders import evacuation, placement
 from orders.checkout import CheckoutError, settle_refund
 from orders.fleet import fleet
 from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
@@ -383,7 +383,20 @@ class HostAdmin(ReadOnlyAdmin):
         "fleet_link",
     )
     search_fields = ("host_id",)
-    actions = ["drain", "undrain"]
+    actions = ["drain", "undrain", "evacuate"]
+
+    @admin.action(description="Evacuate: re-create their VMs on other hosts (data on them is lost)")
+    def evacuate(self, request: HttpRequest, queryset: QuerySet[Host]) -> None:
+        for host in queryset:
+            if not host.silent_since and not host.draining:
+                self.message_user(
+                    request,
+                    f"{host.host_id} answers and is not draining: drain it first.",
+                    level=messages.ERROR,
+                )
+                continue
+            moved = evacuation.evacuate_host(host_id=host.host_id, by=str(request.user))
+            self.message_user(request, f"{host.host_id}: {moved} VM(s) being re-created elsewhere.")
 
     @admin.display(description="memory MiB used / total")
     def memory(self, obj: Host) -> str:

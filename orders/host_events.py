@@ -40,7 +40,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel
 
-from orders import activity, broker, console, metrics, placement
+from orders import activity, broker, console, evacuation, metrics, placement
 from orders.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
 from orders.models import (
     EFFECT_FORGET_CREDENTIALS,
@@ -584,6 +584,7 @@ class EventConsumer:
         now = timezone.now()
         if now.timestamp() - self.last_silent_check > self.silent_check_interval:
             self.with_database(channel, lambda: mark_silent_hosts(now))
+            self.with_database(channel, lambda: evacuation.evacuate_silent_hosts(now))
             self.last_silent_check = now.timestamp()
 
     def check_waitlist(self, channel: BlockingChannel) -> int | None:

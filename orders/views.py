@@ -22,7 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from orders import console, metrics_page, order_wait, placement
+from orders import console, evacuation, metrics_page, order_wait, placement
 from orders.alarms import AlarmError, add_alarm, alarms_context, remove_alarm
 from orders.checkout import CheckoutError, billing_portal_url, start_checkout
 from orders.models import Instance, Order
@@ -128,8 +128,21 @@ def _restart_notice(instance: Instance | None) -> str:
     return ""
 
 
+def _host_notice(instance: Instance | None) -> str:
+    """What the customer is told while their server's host does not answer (docs/fleet.md)."""
+    since = evacuation.host_down_since(instance)
+    if since is None:
+        return ""
+    return (
+        f"The host your server runs on has not answered since {_when(since)}: your server is "
+        "unreachable. We are on it; if the host does not come back, we re-create your server "
+        "on another host (same user name and password, a new address)."
+    )
+
+
 def _state_context(order: Order) -> dict[str, Any]:
     instance = _get_instance(order)
+    host_notice = _host_notice(instance)
     restarting = bool(instance and instance.is_restarting)
     # A failed order keeps polling: staff may retry it, and the customer should see that happen.
     # So does a server being restarted by its host.
@@ -148,12 +161,13 @@ def _state_context(order: Order) -> dict[str, Any]:
         "steps": _steps(order, instance),
         "final": final,
         "restart_notice": _restart_notice(instance),
+        "host_notice": host_notice,
         # A server that ran and is lost is down, not a failed setup.
         "server_down": bool(
             instance and instance.status == Instance.Status.LOST and instance.ran_once
         ),
         # Changes whenever anything the page shows changes; the page's script compares it.
-        "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}{console_ctx['console_version']}",
+        "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}{console_ctx['console_version']}{':host-down' if host_notice else ''}",
         "show_connection": serving is not None,
         "management_url": _without_password(serving.management_url) if serving else "",
         "amqp_url": _without_password(serving.amqp_url) if serving else "",

@@ -207,6 +207,9 @@ if PLACEMENT not in ("pack", "spread"):
 PLACEMENT_TRIES = env.int("WARREN_PLACEMENT_TRIES", default=3)
 # The pricing page sells a plan only while a live host fits it grown by this fraction.
 SELL_MARGIN = env.float("WARREN_SELL_MARGIN", default=0.1)
+# A host silent this many seconds has its VMs re-created elsewhere by the event worker
+# (orders/evacuation.py); 0: only when staff evacuate it from the admin.
+HOST_EVACUATE_AFTER = env.int("WARREN_HOST_EVACUATE_AFTER", default=0)
 # The order page refetches its metrics and alarms this often (seconds).
 METRICS_REFRESH_SECONDS = env.int("WARREN_METRICS_REFRESH_SECONDS", default=15)
 # The order page's status request waits up to this long for its order to change (a long poll
