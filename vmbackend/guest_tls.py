@@ -72,13 +72,20 @@ for f in key.pem cert.pem cacert.pem; do mv -f "$d/$f.new" "$d/$f"; done
 mv -f "$conf.new" "$conf"
 chown rabbitmq:rabbitmq "$conf"
 cd /var/lib/rabbitmq
-if runuser -u rabbitmq -- env HOME=/var/lib/rabbitmq WARREN_PLAIN="$1" erl -sname "warren-tls-$$" -hidden -noshell -noinput -eval "$2"; then
-    echo "$0"
-elif [ "$0" = start ] && ! pgrep -u rabbitmq beam.smp >/dev/null; then
-    echo "not running"  # the node reads the drop-in when it starts
-else
-    exit 1
-fi
+# Three tries, 5 s apart: a cookie rotation finishing (a daemon restarted between
+# personalization and this step) makes the node refuse us for a moment.
+for try in 1 2 3; do
+    if runuser -u rabbitmq -- env HOME=/var/lib/rabbitmq WARREN_PLAIN="$1" erl -sname "warren-tls-$$-$try" -hidden -noshell -noinput -eval "$2"; then
+        echo "$0"
+        exit 0
+    fi
+    if [ "$0" = start ] && ! pgrep -u rabbitmq beam.smp >/dev/null; then
+        echo "not running"  # the node reads the drop-in when it starts
+        exit 0
+    fi
+    [ "$try" = 3 ] || sleep 5
+done
+exit 1
 """
 
 
