@@ -379,6 +379,7 @@ class HostAdmin(ReadOnlyAdmin):
         "vcpus",
         "disk",
         "draining",
+        "pool",
         "version",
         "fleet_link",
     )

@@ -134,6 +134,7 @@ def apply_heartbeat(event: Event, *, now: datetime) -> str:
         "running": event.running,
         "free_slots": event.free_slots,
         "version": event.daemon_version,
+        "pool": event.pool,
         "silent_since": None,
         **{name: event.resources.get(name, 0) for name in HEARTBEAT_HOST_FIELDS},
     }

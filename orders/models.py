@@ -525,6 +525,8 @@ class Host(models.Model):
     running = models.PositiveIntegerField(default=0)
     free_slots = models.PositiveIntegerField(default=0)
     version = models.CharField(max_length=50, blank=True)
+    # The host's warm pool as its last heartbeat told it (vmbackend/pool.py), "" without one.
+    pool = models.CharField(max_length=2000, blank=True)
     # Set by mark_silent_hosts() when heartbeats stop; cleared by the next heartbeat.
     silent_since = models.DateTimeField(null=True, blank=True)
     # Resources from the last heartbeat (0: a daemon that does not report them: nothing is

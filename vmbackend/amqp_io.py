@@ -265,6 +265,7 @@ class AmqpIO:
             free_slots=max(0, self.registry.free_slots()),
             daemon_version=DAEMON_VERSION,
             **self.registry.resources().heartbeat_fields(),
+            **({"pool": self.registry.pool_census()} if self.cfg.pool else {}),
         )
         channel.basic_publish(
             topology.EVENTS_EXCHANGE,

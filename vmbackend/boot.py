@@ -65,7 +65,7 @@ def spec_for(cfg: Config, record: VMRecord) -> VMSpec:
             plain_ports=record.plain_ports or "amqps" not in record.ports,
         )
     return VMSpec(
-        vm_id=record.vm_id,
+        vm_id=record.machine_name,  # QEMU's name: a claimed pool VM keeps its QEMU
         image=record.image,
         memory_mb=record.memory_mb,
         vcpus=record.vcpus,
@@ -192,7 +192,7 @@ class Boot:
             network.create_tap(self.record.tap, self.cfg.bridge)
         self.machine = Machine(
             spec_for(self.cfg, self.record),
-            self.store.vm_dir(self.record.vm_id),
+            self.store.vm_dir(self.record.machine_name),
             self.cfg.image_dir,
             accel=self.cfg.accel,
         )
@@ -397,6 +397,6 @@ def cleanup(cfg: Config, store: StateStore, record: VMRecord, machine: Machine |
             machine.destroy()
     except MachineError as exc:
         log.error("cleanup failed host_id=%s vm_id=%s error=%s", cfg.host_id, record.vm_id, exc)
-    shutil.rmtree(store.vm_dir(record.vm_id), ignore_errors=True)
+    shutil.rmtree(store.vm_dir(record.machine_name), ignore_errors=True)
     if record.network == "bridge" and record.tap:
         network.delete_tap(record.tap)

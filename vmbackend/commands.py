@@ -7,6 +7,7 @@ a channel. State changes go through `Registry.report`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 from vmbackend import qemu
 from vmbackend.boot import Boot, cleanup, spec_for, urls_for
+from vmbackend.claim import ClaimBoot
 from vmbackend.config import Config
 from vmbackend.healing import RestartPolicy
 from vmbackend.machine import Machine, MachineError, MachineGone
@@ -79,7 +81,9 @@ class Commands:
             return None
         try:
             machine = Machine.adopt(
-                spec_for(self.cfg, record), self.store.vm_dir(record.vm_id), self.cfg.image_dir
+                spec_for(self.cfg, record),
+                self.store.vm_dir(record.machine_name),
+                self.cfg.image_dir,
             )
         except MachineGone:
             return None
@@ -128,6 +132,48 @@ class Commands:
         thread.start()
         return thread
 
+    # -- the warm pool (vmbackend/pool.py)
+    def start_claim(self, record: VMRecord, machine: Machine | None = None) -> threading.Thread:
+        """Finish a pool claim in a worker thread (vmbackend/claim.py): on the pool VM's QEMU
+        (found by `record.machine_id`), else the ordinary boot."""
+        with self.registry.lock:
+            source = record.claimed_from.get("vm_id", "")
+            machine = machine or self.machines.pop(source, None) or self.adopt(record)
+        boot = ClaimBoot(self.cfg, self.store, record, self.registry.report, machine=machine)
+        return self.start_boot(record, machine, boot)
+
+    def retire_pool(self, record: VMRecord, reason: str) -> None:
+        """Stop a pool VM and forget it (crashed, recycled, evicted for a paying order, or its
+        boot failed): at once in the books, its QEMU and folder in a worker thread."""
+        with self.registry.lock:
+            if record.status != DELETED:
+                self.registry.report(record, None, {}, status=DELETED)
+            running = self.registry.boots.get(record.vm_id)
+            machine = self.machines.pop(record.vm_id, None)
+        log.info(
+            "pool vm retired host_id=%s vm_id=%s reason=%s", self.cfg.host_id, record.vm_id, reason
+        )
+
+        def finish() -> None:
+            nonlocal machine
+            if running is not None:
+                boot, thread = running
+                boot.cancel.set()
+                if boot.machine is not None:
+                    with contextlib.suppress(MachineError):
+                        boot.machine.kill()
+                thread.join(timeout=self.cfg.stop_timeout + 30)
+                machine = boot.machine or machine
+            cleanup(self.cfg, self.store, record, machine or self.adopt(record))
+            with self.registry.lock:
+                self.machines.pop(record.vm_id, None)
+                if self.registry.records.get(record.vm_id) is record:
+                    del self.registry.records[record.vm_id]
+                self.store.remove(record.vm_id, record.machine_name)
+            self.after_boot()
+
+        threading.Thread(target=finish, name=f"retire-{record.vm_id}", daemon=True).start()
+
     def mark_lost(self, record: VMRecord, reason: str) -> None:
         log.error(
             "vm lost host_id=%s vm_id=%s restart_count=%s reason=%s",
@@ -154,6 +200,9 @@ class Commands:
             machine = self.machines.get(record.vm_id)
             if machine is None or not machine.is_running():
                 try:
+                    if record.pool:  # nobody's yet: a new one replaces it (vmbackend/pool.py)
+                        self.retire_pool(record, QEMU_EXITED)
+                        continue
                     self.heal(record, QEMU_EXITED)
                 except Exception:  # noqa: BLE001 - one VM's trouble must not stop the others
                     log.exception("heal failed host_id=%s vm_id=%s", self.cfg.host_id, record.vm_id)
@@ -468,7 +517,7 @@ class Commands:
             f"{cmd.memory_mb}/{cmd.vcpus}/{cmd.disk_gb}",
         )
         self.stop(record, kill=False)
-        disk = VMPaths(self.store.vm_dir(record.vm_id)).disk
+        disk = VMPaths(self.store.vm_dir(record.machine_name)).disk
         try:
             grew = disk.exists() and qemu.grow_disk(disk, cmd.disk_gb)
         except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmbackend.capacity import DEFAULT_CPU_OVERCOMMIT, default_cpus, default_disk_gb
+from vmbackend.pool import PoolEntry, parse_pool
 from vmbackend.simulated import DRIVERS, parse_boot_seconds
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -110,6 +111,10 @@ class Config:
     driver: str = "qemu"
     sim_boot_seconds: tuple[float, float] = (1.0, 3.0)
     sim_failure_rate: float = 0.0
+    # The warm pool (vmbackend/pool.py): ready VMs per (image, memory) kept for create-vm to
+    # claim; empty: no pool. A pool VM older than `pool_recycle` seconds is replaced.
+    pool: tuple[PoolEntry, ...] = ()
+    pool_recycle: float = 21600.0
 
     def redacted_amqp_url(self) -> str:
         """The AMQP URL with its password replaced, for logs."""
@@ -152,6 +157,8 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("driver", "WARREN_DRIVER"),
     ("sim_boot_seconds", "WARREN_SIM_BOOT_SECONDS"),
     ("sim_failure_rate", "WARREN_SIM_FAILURE_RATE"),
+    ("pool", "WARREN_POOL"),
+    ("pool_recycle", "WARREN_POOL_RECYCLE"),
 )
 
 
@@ -334,7 +341,16 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         driver=_choice("driver", given.get("driver", "qemu"), DRIVERS),
         sim_boot_seconds=_boot_seconds(given.get("sim_boot_seconds", "1-3")),
         sim_failure_rate=_float("sim_failure_rate", given.get("sim_failure_rate", "0"), 0, 1),
+        pool=_pool(given.get("pool", "")),
+        pool_recycle=_float("pool_recycle", given.get("pool_recycle", "21600"), 60, 30 * 86400),
     )
+
+
+def _pool(raw: str) -> tuple[PoolEntry, ...]:
+    try:
+        return parse_pool(raw)
+    except ValueError as exc:
+        raise ConfigError(f"pool: {exc}") from None
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -49,6 +49,7 @@ from vmbackend.messages import (
     VMCommand,
 )
 from vmbackend.metrics import Sampler
+from vmbackend.pool import POOL_PREFIX, Pool, is_pool_id
 from vmbackend.recovery import recover
 from vmbackend.registry import (
     BUSY,
@@ -64,7 +65,7 @@ from vmbackend.registry import (
     parse_create,
     parse_host,
 )
-from vmbackend.state import FAILED, StateStore
+from vmbackend.state import FAILED, StateStore, VMRecord
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Daemon:
             self.registry,
             after_boot=lambda: self.io.from_worker(self.update_consuming),
         )
+        self.pool = Pool(cfg, self.registry, self.commands)
         self.sampler = Sampler(cfg, self.registry, self.qemu_pid, self.io.offer_metrics)
         # Monotonic time until which the shared create-vm queue is left to other hosts: this
         # host put back a request that does not fit it (docs/fleet.md, the fallback queue).
@@ -125,6 +127,8 @@ class Daemon:
     def handle_create(self, delivery: Delivery) -> None:
         try:
             cmd = parse_create(delivery.body)
+            if is_pool_id(cmd.vm_id):
+                raise Rejected(f"vm-ids starting with {POOL_PREFIX} are reserved for the host")
             self.check_image(cmd)
         except Rejected as exc:
             self.io.dead_letter(delivery, exc.reason)
@@ -165,7 +169,9 @@ class Daemon:
                 self.shared_paused_until = time.monotonic() + self.cfg.fallback_pause
             self.update_consuming()
             return
-        record, failure = self.registry.add_new(cmd)
+        record, failure = self.claim_or_make_room(cmd), None
+        if record is None:
+            record, failure = self.registry.add_new(cmd)
         try:
             self.registry.report(record, "instance.accepted", {"image": record.image})
         except Exception:
@@ -186,7 +192,10 @@ class Daemon:
             # The record is durable, so the boot starts before any broker I/O: a connection that
             # drops during the reply, the ack or the flush must not leave an accepted VM that
             # never boots (its redelivered create-vm would only be answered as a duplicate).
-            self.commands.start_boot(record, None)
+            if record.claimed_from:
+                self.commands.start_claim(record)
+            else:
+                self.commands.start_boot(record, None)
         self.io.reply(delivery, messages.success(create_response(record, self.cfg.host_id)))
         self.update_consuming()
         self.io.ack(delivery)
@@ -220,6 +229,20 @@ class Daemon:
         )
         self.io.reply(delivery, messages.error(f"create-vm declined: {reason}"))
         self.io.ack(delivery)
+
+    def claim_or_make_room(self, cmd: CreateVM) -> VMRecord | None:
+        """A ready pool VM claimed for `cmd` (vmbackend/pool.py), else None after giving a pool
+        VM's slot up when the host has no idle one (a paying order first)."""
+        if not self.cfg.pool:
+            return None
+        record = self.registry.claim_pool(cmd)
+        while record is None and self.registry.pool_in_the_way(cmd):
+            victim = self.registry.evict_pool()
+            if victim is None:
+                break
+            self.commands.retire_pool(victim, "its room went to a paying order")
+        self.pool.nudge.set()  # a replacement (or the pool is smaller now)
+        return record
 
     def handle_host(self, delivery: Delivery) -> None:
         host_key = topology.host_key(self.cfg.host_id)
@@ -399,6 +422,10 @@ class Daemon:
         threading.Thread(
             target=self.commands.watch, args=(self.stopping,), name="watcher", daemon=True
         ).start()
+        if self.cfg.pool:  # vmbackend/pool.py: the warm pool's own thread
+            threading.Thread(
+                target=self.pool.run, args=(self.stopping,), name="pool", daemon=True
+            ).start()
         if self.cfg.metrics_interval > 0:  # vmbackend/metrics.py: its own threads, best-effort
             threading.Thread(
                 target=self.sampler.run, args=(self.stopping,), name="metrics", daemon=True

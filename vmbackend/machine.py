@@ -403,6 +403,33 @@ class Machine:
         if secret.parent.is_dir():
             write_atomic(secret, password.encode(), mode=0o600)
 
+    def hand_over(self, admin_user: str, admin_password: str, limits: dict[str, int]) -> None:
+        """A claimed pool VM is the order's now (vmbackend/pool.py): its admin and limits in the
+        spec every later call uses, and the admin in the fw_cfg files the next start reads."""
+        self.spec = dataclasses.replace(
+            self.spec, admin_user=admin_user, admin_password=admin_password, limits=dict(limits)
+        )
+        for key, value in (("admin_user", admin_user), ("admin_password", admin_password)):
+            path = self.paths.fw_cfg_dir / key
+            if path.parent.is_dir():
+                write_atomic(path, value.encode(), mode=0o600)
+
+    def has_disk(self) -> bool:
+        return self._pre_launch_image().disk is not None
+
+    def grow_running_disk(self, disk_gb: int) -> None:
+        """Grow the running VM's disk to `disk_gb` (QMP block_resize: the guest is told), then
+        its root file system (`grow_root`). Images without a disk: no-op."""
+        if not self.has_disk():
+            return
+        try:
+            qmp.command(
+                self.paths.qmp, "block_resize", timeout=10, device="disk0", size=disk_gb * 1024**3
+            )
+        except (qmp.QMPFailure, OSError, ValueError) as exc:
+            raise MachineError(f"cannot grow the disk to {disk_gb} GB: {exc}") from exc
+        self.grow_root()
+
     def grow_root(self, timeout: float = 120.0) -> None:
         """Grow the guest's root file system to its (grown) disk, through the image's
         restore-settings script (`--grow-root`: resize2fs online). Images without a disk: no-op."""

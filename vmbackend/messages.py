@@ -707,6 +707,7 @@ class Event:
     daemon_version: str = ""
     # host.heartbeat's resources (HEARTBEAT_RESOURCES; 0 when absent)
     resources: dict[str, int] = field(default_factory=dict)
+    pool: str = ""  # host.heartbeat: the warm pool in words (`pool_summary`), "" without one
     metrics: Metrics | None = None  # instance.metrics only
     # instance.ready's optional runtime (what the VM runs; "" when not reported)
     rabbitmq_version: str = ""
@@ -751,6 +752,29 @@ def _event_int(data: dict[str, Any], name: str, high: int, *, required: bool = F
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
         raise MalformedEvent(f"{name} must be an integer between 0 and {high}")
     return value
+
+
+MAX_POOL_ENTRIES = 16
+
+
+def pool_summary(value: Any) -> str:
+    """A heartbeat's optional `pool` (a list of {image, memory_mb, target, ready, starting},
+    vmbackend/pool.py) checked and put in words for staff: "tiny 256 MiB: 1/1 ready, 0 starting"."""
+    if value is None:
+        return ""
+    if not isinstance(value, list) or len(value) > MAX_POOL_ENTRIES:
+        raise MalformedEvent(f"pool must be a list of at most {MAX_POOL_ENTRIES} entries")
+    parts = []
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise MalformedEvent("pool entries must be objects")
+        image = _event_str(entry, "image", MAX_SHORT, required=True, pattern=IMAGE_RE, what="image")
+        memory, target, ready, starting = (
+            _event_int(entry, name, MAX_COUNT, required=True)
+            for name in ("memory_mb", "target", "ready", "starting")
+        )
+        parts.append(f"{image} {memory} MiB: {ready}/{target} ready, {starting} starting")
+    return "; ".join(parts)
 
 
 def _ready_extras(data: dict[str, Any]) -> None:
@@ -889,6 +913,7 @@ def parse_event(body: bytes) -> Event:
         fields["resources"] = {
             name: _event_int(data, name, MAX_RESOURCE) for name in HEARTBEAT_RESOURCES
         }
+        fields["pool"] = pool_summary(data.get("pool"))
     elif event_type == INSTANCE_DECLINED:
         fields["reason"] = _event_str(data, "reason", MAX_REASON)
     elif event_type == INSTANCE_METRICS:

@@ -27,13 +27,34 @@ QEMU_GONE_AT_START = "QEMU process was gone when the daemon started (host reboot
 
 def recover(commands: Commands) -> None:
     """Load the state dir and bring every record to where it can go on."""
-    for record in commands.registry.load():
+    commands.registry.load()
+    for vm_id in commands.registry.drop_claimed_pool():
+        # A claim cut off between its two writes: the pool VM is the claiming VM's already.
+        log.info("pool claim completed host_id=%s pool_vm_id=%s", commands.cfg.host_id, vm_id)
+    for record in list(commands.registry.records.values()):
         recover_one(commands, record)
+
+
+def recover_pool_vm(commands: Commands, record: VMRecord) -> None:
+    """A pool VM stays only if it was ready and its QEMU still runs; any other is replaced."""
+    if record.status == READY and commands.adopt(record) is not None:
+        log.info("pool vm adopted host_id=%s vm_id=%s", commands.cfg.host_id, record.vm_id)
+        return
+    commands.retire_pool(record, f"found {record.status} at start")
 
 
 def recover_one(commands: Commands, record: VMRecord) -> None:
     cfg, registry = commands.cfg, commands.registry
     vm_id = record.vm_id
+    if record.pool:
+        recover_pool_vm(commands, record)
+        return
+    if record.claimed_from and not record.ever_ready and record.status in (ACCEPTED, BOOTING):
+        # A claim cut off by the restart: finish it on the pool VM's QEMU (the admin swap is
+        # idempotent), or boot the ordinary way when that QEMU is gone.
+        log.info("pool claim resumed host_id=%s vm_id=%s", cfg.host_id, vm_id)
+        commands.start_claim(record, commands.adopt(record))
+        return
     if record.status == DELETED:
         cleanup(cfg, commands.store, record, None)
         return
@@ -56,7 +77,7 @@ def recover_one(commands: Commands, record: VMRecord) -> None:
         return
     # ACCEPTED (maybe launched just before a crash: adopt found it) or BOOTING: resume.
     if machine is None:
-        shutil.rmtree(commands.store.vm_dir(vm_id), ignore_errors=True)  # half-made launch
+        shutil.rmtree(commands.store.vm_dir(record.machine_name), ignore_errors=True)  # half-made
     elif record.status == ACCEPTED:
         registry.report(
             record, None, {}, status=BOOTING, boot_started_at=record.boot_started_at or time.time()

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from vmbackend import capacity, messages, network, ports
+from vmbackend import pool as pool_mod
 from vmbackend.config import Config
 from vmbackend.messages import (
     CONSOLE_COMMANDS,
@@ -254,6 +256,8 @@ class Registry:
                 move(record, updates.pop("status"))
             for key, value in updates.items():
                 setattr(record, key, value)
+            if record.pool:
+                event_type = None  # a pool VM is nobody's until claimed: it tells no one
             if event_type is not None:
                 record.seq += 1
                 record.outbox.append(
@@ -285,7 +289,7 @@ class Registry:
             if record.outbox[0]["message_id"] == message_id:
                 record.outbox.pop(0)
             if record.status == DELETED and not record.outbox:
-                self.store.remove(vm_id)
+                self.store.remove(vm_id, record.machine_name)
                 del self.records[vm_id]
             else:
                 self.store.save(record)
@@ -293,19 +297,29 @@ class Registry:
 
     # -- capacity
     def free_slots(self) -> int:
+        """Slots a customer's create-vm may take: pool VMs give theirs up (vmbackend/pool.py)."""
+        with self.lock:
+            used = sum(1 for r in self.records.values() if r.holds_slot() and not r.pool)
+        return self.cfg.capacity - used
+
+    def idle_slots(self) -> int:
+        """Slots nobody holds, pool VMs included (where a new pool VM may start)."""
         with self.lock:
             used = sum(1 for r in self.records.values() if r.holds_slot())
         return self.cfg.capacity - used
 
-    def resources(self) -> capacity.Resources:
-        """The host's totals (config) and what its VMs holding a slot use (docs/fleet.md)."""
+    def resources(self, *, include_pool: bool = False) -> capacity.Resources:
+        """The host's totals (config) and what its VMs holding a slot use (docs/fleet.md); pool
+        VMs only with `include_pool`: they give way to customers (vmbackend/pool.py)."""
         totals = capacity.Resources(
             memory_total_mb=self.cfg.host_memory_mb,
             vcpus_total=capacity.overcommitted_vcpus(self.cfg.host_cpus, self.cfg.cpu_overcommit),
             disk_total_gb=self.cfg.host_disk_gb,
         )
         with self.lock:
-            held = [r for r in self.records.values() if r.holds_slot()]
+            held = [
+                r for r in self.records.values() if r.holds_slot() and (include_pool or not r.pool)
+            ]
             return capacity.usage(totals, held)
 
     def room_refusal(self, cmd: CreateVM) -> str | None:
@@ -335,11 +349,17 @@ class Registry:
 
     def running(self) -> int:
         with self.lock:
-            return sum(1 for r in self.records.values() if r.status in (BOOTING, READY))
+            return sum(
+                1 for r in self.records.values() if r.status in (BOOTING, READY) and not r.pool
+            )
+
+    def pool_census(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return pool_mod.census(list(self.records.values()), self.cfg.pool)
 
     def list_vms(self) -> list[dict[str, Any]]:
         with self.lock:
-            records = [r for r in self.records.values() if r.status != DELETED]
+            records = [r for r in self.records.values() if r.status != DELETED and not r.pool]
         return [
             {
                 "vm-id": r.vm_id,
@@ -367,10 +387,11 @@ class Registry:
                 return FULL, None
             return NEW, None
 
-    def add_new(self, cmd: CreateVM) -> tuple[VMRecord, str | None]:
+    def add_new(self, cmd: CreateVM, *, pool: bool = False) -> tuple[VMRecord, str | None]:
         """Record a new VM with its ports or tap; the reason it cannot boot, if any."""
         with self.lock:
             record = new_record(self.cfg, cmd)
+            record.pool = pool
             failure = None
             try:
                 self._attach_network(record)
@@ -399,6 +420,74 @@ class Registry:
         )
         record.ports = dict(zip(names, chosen, strict=True))
 
+    # -- the warm pool (vmbackend/pool.py)
+    def _unavailable(self) -> set[str]:
+        return set(self.busy) | set(self.boots)
+
+    def claim_pool(self, cmd: CreateVM) -> VMRecord | None:
+        """Make a ready pool VM that fits `cmd` into its VM, atomically and durably: the new
+        record (on the pool VM's QEMU and folder, the pool admin kept in `claimed_from` for the
+        swap) is written first, then the pool record's file is removed; a SIGKILL in between
+        leaves a pool record that recovery sees claimed. None: a miss."""
+        with self.lock:
+            source = pool_mod.pick(self.records.values(), cmd, self._unavailable())
+            if source is None:
+                return None
+            record = new_record(self.cfg, cmd)
+            record.hostname = source.hostname  # the pool VM's own, already set in the guest
+            record.network = source.network
+            record.ports = dict(source.ports)
+            record.tap, record.mac = source.tap, source.mac
+            record.ip_addresses = list(source.ip_addresses)
+            record.machine_id = source.machine_name
+            record.boot = "pool"
+            record.boot_started_at = time.time()
+            record.claimed_from = {
+                "vm_id": source.vm_id,
+                "admin_username": source.admin_username,
+                "admin_password": source.admin_password,
+                "disk_gb": source.disk_gb,
+            }
+            self.store.save(record)
+            self.store.remove_record(source.vm_id)
+            del self.records[source.vm_id]
+            self.records[record.vm_id] = record
+        log.info(
+            "pool vm claimed host_id=%s vm_id=%s pool_vm_id=%s",
+            self.cfg.host_id,
+            record.vm_id,
+            source.vm_id,
+        )
+        return record
+
+    def drop_claimed_pool(self) -> list[str]:
+        """After a restart: forget pool records a claiming record already runs on (a SIGKILL
+        between `claim_pool`'s two writes); their ids."""
+        with self.lock:
+            claimed = pool_mod.claimed_machines(self.records.values())
+            stale = [r.vm_id for r in self.records.values() if r.pool and r.vm_id in claimed]
+            for vm_id in stale:
+                self.store.remove_record(vm_id)
+                del self.records[vm_id]
+            return stale
+
+    def pool_in_the_way(self, want: capacity.Sized) -> bool:
+        """Whether pool VMs take what a VM of size `want` needs (a slot or resources)."""
+        with self.lock:
+            return self.idle_slots() <= 0 or (
+                capacity.refusal(self.resources(include_pool=True), want) is not None
+            )
+
+    def evict_pool(self) -> VMRecord | None:
+        """Give a pool VM's slot to a paying order: the chosen one is deleted in the books at
+        once (durably); `Commands.retire_pool` stops its QEMU. None: no pool VM to give."""
+        with self.lock:
+            victim = pool_mod.evict_choice(self.records.values(), set(self.busy))
+            if victim is None:
+                return None
+            self.report(victim, None, {}, status=DELETED)
+            return victim
+
     def forget(self, vm_id: str) -> None:
         with self.lock:
             self.records.pop(vm_id, None)
@@ -417,7 +506,7 @@ class Registry:
         the busy vm-id and cancels the boot (`Commands.delete`)."""
         with self.lock:
             record = self.records.get(cmd.vm_id)
-            if record is None or record.status == DELETED:
+            if record is None or record.status == DELETED or record.pool:
                 return UNKNOWN, None
             holders = self.busy.setdefault(cmd.vm_id, [])
             if holders and not (

@@ -107,6 +107,18 @@ class VMRecord:
     # plan's choice), and the VM's current certificate (PEM, public; its key is only in the guest).
     plain_ports: bool = True
     tls_cert: str = ""
+    # The warm pool (vmbackend/pool.py): a pool VM is never shown to anyone (no events, not in
+    # list-vms, no host command reaches it) until a create-vm claims it. The claiming VM runs on
+    # the pool VM's QEMU and folder (`machine_id`, the pool VM's id: QEMU's name and the folder
+    # under machines/); `claimed_from` holds the pool VM's id and admin until the claim is done.
+    pool: bool = False
+    machine_id: str = ""
+    claimed_from: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def machine_name(self) -> str:
+        """The id of this VM's QEMU and folder: the pool VM's it was claimed from, else its own."""
+        return self.machine_id or self.vm_id
 
     def holds_slot(self) -> bool:
         return self.status not in FREE_SLOT_STATUSES
@@ -187,7 +199,11 @@ class StateStore:
             records[record.vm_id] = record
         return records
 
-    def remove(self, vm_id: str) -> None:
-        """Forget the VM: its machine folder and its record."""
-        shutil.rmtree(self.vm_dir(vm_id), ignore_errors=True)
+    def remove(self, vm_id: str, machine_name: str = "") -> None:
+        """Forget the VM: its machine folder (`machine_name`, default its own) and its record."""
+        shutil.rmtree(self.vm_dir(machine_name or vm_id), ignore_errors=True)
+        self.path(vm_id).unlink(missing_ok=True)
+
+    def remove_record(self, vm_id: str) -> None:
+        """Forget only the record (a claimed pool VM: its folder is the claiming VM's now)."""
         self.path(vm_id).unlink(missing_ok=True)
