@@ -3,15 +3,22 @@
 Runs the real processes (web, relay, event worker, host daemon) as `python -m warren run` does,
 against a private RabbitMQ vhost, and for each order measures from the signed
 checkout.session.completed POST until the order page shows a management URL that answers
-/api/overview with the credentials the page reveals. Cold boots and restores from the saved state
-run in the same invocation; prints medians and the cold/restore ratio.
+/api/overview with the credentials the page reveals. Warm-pool hits (WARREN_POOL, the next order
+waits until the replacement pool VM is ready), restores from the saved state and cold boots run in
+the same invocation; prints medians and their ratios, and each idle pool VM's RSS and CPU %
+(QEMU's VmRSS and utime+stime over `--idle-seconds`, measured before its order).
 
-    .venv/bin/python bench/provisioning.py [--image rabbitmq-4.0] [--cold 1] [--restore 3]
+    .venv/bin/python bench/provisioning.py [--image rabbitmq-4.0] [--pool 3] [--restore 3] [--cold 1]
+
+With the real image the pool runs with WARREN_CAPACITY=1: the claimed VM holds the only slot, so
+the replacement pool VM boots only after the order is cancelled (never two real VMs at once).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import shutil
 import statistics
@@ -28,6 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.harness import System, wait_until  # noqa: E402
 from vmbackend.images import manifest  # noqa: E402
+from vmbackend.qemu import VMPaths  # noqa: E402
+
+PLAN_MEMORY_MB = 512  # the bunny plan's memory: the pool entry must match it
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def private_vhost() -> tuple[str, str]:
@@ -70,24 +81,69 @@ def one_order(system: System, n: int) -> float:
     return elapsed
 
 
-def measure(image: str, restore: bool, runs: int, amqp_url: str, images_root: Path) -> list[float]:
-    workdir = Path(tempfile.mkdtemp(prefix="wbench-"))
-    system = System(
-        workdir,
-        amqp_url,
-        images_root,
-        image=image,
-        extra_env={"WARREN_RESTORE": "1" if restore else "0"},
+def ready_pool_vm(state_dir: Path, timeout: float = 1500) -> dict:
+    """The ready pool VM's record (waits for one)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for path in sorted((state_dir / "vms").glob("pool-*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("status") == "ready":
+                return record
+        time.sleep(0.2)
+    raise TimeoutError("no pool VM became ready")
+
+
+def idle_usage(state_dir: Path, vm_id: str, seconds: float) -> tuple[float, float]:
+    """(RSS MiB, CPU % of one core) of an idle VM's QEMU over `seconds`."""
+    pid = int(VMPaths(state_dir / "machines" / vm_id).pidfile.read_text().strip())
+
+    def cpu() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    before, started = cpu(), time.monotonic()
+    time.sleep(seconds)
+    used, wall = cpu() - before, time.monotonic() - started
+    rss_kb = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
     )
+    return rss_kb / 1024, 100.0 * used / CLOCK_TICKS / wall
+
+
+def measure(
+    image: str,
+    mode: str,
+    runs: int,
+    amqp_url: str,
+    images_root: Path,
+    idle_seconds: float = 20.0,
+    usage: list[tuple[float, float]] | None = None,
+) -> list[float]:
+    workdir = Path(tempfile.mkdtemp(prefix="wbench-"))
+    env = {"WARREN_RESTORE": "0" if mode == "cold" else "1"}
+    if mode == "pool":
+        env["WARREN_POOL"] = f"{image}:{PLAN_MEMORY_MB}:1"
+        if image != "tiny":
+            env["WARREN_CAPACITY"] = "1"  # never two real VMs at once
+    system = System(workdir, amqp_url, images_root, image=image, extra_env=env)
     try:
         system.prepare()
         system.start_all()
         times = []
         for n in range(runs):
+            if mode == "pool":
+                pool_vm = ready_pool_vm(workdir / "vmbackend")
+                rss, cpu = idle_usage(workdir / "vmbackend", pool_vm["vm_id"], idle_seconds)
+                print(f"  idle pool VM: RSS {rss:6.0f} MiB, CPU {cpu:5.1f} %", flush=True)
+                if usage is not None:
+                    usage.append((rss, cpu))
             seconds = one_order(system, n)
-            print(
-                f"  {'restore' if restore else 'cold':7} run {n + 1}: {seconds:6.1f} s", flush=True
-            )
+            print(f"  {mode:7} run {n + 1}: {seconds:6.2f} s", flush=True)
             times.append(seconds)
         return times
     finally:
@@ -106,26 +162,40 @@ def main() -> int:
         "--cold", type=int, default=1, help="cold-boot orders (each ~2 min under TCG)"
     )
     parser.add_argument("--restore", type=int, default=3, help="orders served from the saved state")
+    parser.add_argument("--pool", type=int, default=3, help="orders served by a warm pool VM")
+    parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle CPU sample length")
     args = parser.parse_args()
     images_root = manifest.default_images_root()
     manifest.load(images_root, args.image)  # fails clearly when `make images` has not run
     vhost, amqp_url = private_vhost()
+    usage: list[tuple[float, float]] = []
+    results: dict[str, list[float]] = {}
     try:
-        cold = measure(args.image, False, args.cold, amqp_url, images_root) if args.cold else []
-        fast = (
-            measure(args.image, True, args.restore, amqp_url, images_root) if args.restore else []
-        )
+        for mode, runs in (("pool", args.pool), ("restore", args.restore), ("cold", args.cold)):
+            if runs:
+                results[mode] = measure(
+                    args.image, mode, runs, amqp_url, images_root, args.idle_seconds, usage
+                )
     finally:
         subprocess.run(
             ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60
         )
     print(f"\npayment webhook -> working management URL, image={args.image}")
-    if cold:
-        print(f"  cold boot: median {statistics.median(cold):6.1f} s  (n={len(cold)})")
-    if fast:
-        print(f"  restore:   median {statistics.median(fast):6.1f} s  (n={len(fast)})")
-    if cold and fast:
-        print(f"  ratio cold/restore: {statistics.median(cold) / statistics.median(fast):.1f}x")
+    medians = {mode: statistics.median(times) for mode, times in results.items()}
+    for mode, times in results.items():
+        print(
+            f"  {mode:8} median {medians[mode]:7.2f} s  "
+            f"(n={len(times)}, {min(times):.2f}-{max(times):.2f})"
+        )
+    for slow, fast in (("restore", "pool"), ("cold", "pool"), ("cold", "restore")):
+        if slow in medians and fast in medians:
+            print(f"  ratio {slow}/{fast}: {medians[slow] / medians[fast]:.1f}x")
+    if usage:
+        print(
+            f"  idle pool VM: RSS median {statistics.median(u[0] for u in usage):.0f} MiB, "
+            f"CPU median {statistics.median(u[1] for u in usage):.1f} % of one core "
+            f"(n={len(usage)}, {args.idle_seconds:.0f} s each)"
+        )
     return 0
 
 
