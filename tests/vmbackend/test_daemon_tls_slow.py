@@ -90,3 +90,47 @@ def test_a_fresh_server_speaks_amqps_and_https_verified_by_warren_s_ca(
                 raise ConnectionResetError("closed")
     finally:
         client.call("delete-vm", {"vm-id": VM_ID}, timeout=120)
+
+
+def test_a_cold_booted_server_gets_its_certificate_once_its_node_answers(
+    daemons, client, tmp_path: Path
+) -> None:
+    """A size the saved state does not match (768 MiB) boots cold: the certificate goes in once
+    the management API answers, the plain ports stay open (the default plan)."""
+    tls.init_ca(tmp_path / "root")
+    tls.init_host(tmp_path / "root", "tls-cold", tmp_path / "host")
+    ca_file = tmp_path / "root" / tls.ROOT_CERT
+    daemon = daemons.start(extra_env={"WARREN_TLS_DIR": str(tmp_path / "host")})
+    wait_host(client, daemon.host_id)
+    vm_id = "vm-tls-cold"
+    options = {
+        "image": IMAGE, "vm-id": vm_id, "memory-mb": 768, "vcpus": 1, "disk-gb": 4,
+        "admin": ADMIN,
+    }  # fmt: skip
+    reply = client.call("create-vm", options, timeout=60)
+    assert reply["execution-info"]["status"] == "success", reply
+    try:
+        ready = client.wait_event(vm_id, ("instance.ready", "instance.failed"), READY_SECONDS)
+        assert ready["type"] == "instance.ready", ready
+        print(f"ready over TLS: boot={ready['boot']} seconds={ready['seconds']}")
+        assert ready["boot"] == "cold"
+        management = urllib.parse.urlsplit(ready["management_url"])
+        assert management.scheme == "https"
+        answer = requests.get(
+            urllib.parse.urljoin(ready["management_url"], "api/overview"),
+            auth=(ADMIN["username"], ADMIN["password"]),
+            verify=str(ca_file),
+            timeout=30,
+        )
+        assert answer.status_code == 200
+        state = read_state(daemon.state_dir, vm_id)
+        assert state is not None
+        # The default plan keeps the plain AMQP port: a client without TLS still connects.
+        params = pika.ConnectionParameters(
+            host="127.0.0.1", port=state["ports"]["amqp"],
+            credentials=pika.PlainCredentials(ADMIN["username"], ADMIN["password"]),
+            socket_timeout=20, connection_attempts=3, retry_delay=2,
+        )  # fmt: skip
+        pika.BlockingConnection(params).close()
+    finally:
+        client.call("delete-vm", {"vm-id": vm_id}, timeout=120)
