@@ -545,7 +545,7 @@ INSTANCE_EVENTS = frozenset(
     }
 )
 STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
-BOOT_KINDS = ("cold", "restore")
+BOOT_KINDS = ("cold", "restore", "pool")  # pool: a warm pool VM claimed (vmbackend/pool.py)
 
 MAX_SEQ = 2**63 - 1  # the shop stores it in a signed 64-bit column
 MAX_COUNT = 1_000_000  # capacity, running, free_slots, a restart's attempt

@@ -80,3 +80,14 @@ def test_any_pool_value_is_summarised_or_refused(value):
     except MalformedEvent:
         return
     assert len(summary) <= 2000
+
+
+@pytest.mark.django_db
+def test_a_vm_claimed_from_the_pool_is_ready_for_the_shop(instance):
+    from orders.models import Instance
+    from tests.orders.console_support import apply, ready_fields
+
+    assert apply(instance, messages.INSTANCE_ACCEPTED, image="tiny") == "applied"
+    fields = {**ready_fields(instance), "boot": "pool", "seconds": 0.9}
+    assert apply(instance, messages.INSTANCE_READY, **fields) == "applied"
+    assert Instance.objects.get(pk=instance.pk).status == Instance.Status.READY
