@@ -153,6 +153,14 @@ def run_daemon(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if cfg.tls_dir is not None:  # an unusable CA folder fails here, not at every VM's boot
+        from vmbackend import tls
+
+        try:
+            tls.load_issuer(cfg.tls_dir)
+        except tls.TLSError as exc:
+            print(f"config error: tls_dir: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=os.environ.get("WARREN_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -40,3 +40,20 @@ def test_a_tls_host_boots_a_vm_of_an_image_without_tls(daemons, client, tmp_path
     assert state is not None
     assert set(state["ports"]) == {"management", "amqp", "amqps", "https"}
     assert state["tls_cert"] == ""  # nothing to renew: the renewal thread leaves it alone
+    log = daemon.log_path.read_text()  # its rounds (every 0.2 s) ran without an error
+    assert "tls renewal round failed" not in log and "Traceback" not in log
+    assert ADMIN["password"] not in log
+
+
+def test_a_daemon_with_an_unusable_tls_folder_refuses_to_start(tmp_path: Path) -> None:
+    """Fail at start, not at every customer's boot: an empty folder, a host key that is not the
+    certificate's, an intermediate another root signed."""
+    from vmbackend.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["daemon", "--tls-dir", str(tmp_path / "empty")]) == 2
+    tls.init_ca(tmp_path / "root")
+    tls.init_host(tmp_path / "root", "a", tmp_path / "a")
+    tls.init_host(tmp_path / "root", "b", tmp_path / "b")
+    (tmp_path / "a" / tls.HOST_KEY).write_bytes((tmp_path / "b" / tls.HOST_KEY).read_bytes())
+    assert main(["daemon", "--tls-dir", str(tmp_path / "a")]) == 2
