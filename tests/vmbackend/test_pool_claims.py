@@ -256,3 +256,66 @@ def _restarted(cfg: config.Config) -> Registry:
     registry.load()
     registry.drop_claimed_pool()
     return registry
+
+
+# -- the pool thread's decisions (no QEMU: a stand-in for Commands records what it is asked)
+class FakeCommands:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.retired: list[tuple[str, str]] = []
+        self.started: list[str] = []
+
+    def retire_pool(self, record: VMRecord, reason: str) -> None:
+        self.retired.append((record.vm_id, reason))
+        self.registry.report(record, None, {}, status=DELETED)
+
+    def start_boot(self, record: VMRecord, machine: object) -> None:
+        self.started.append(record.vm_id)
+
+
+def _pool_thread(registry: Registry) -> tuple[pool.Pool, FakeCommands]:
+    commands = FakeCommands(registry)
+    return pool.Pool(registry.cfg, registry, commands), commands
+
+
+def test_the_pool_thread_fills_one_at_a_time_recycles_old_ones_and_pauses_after_a_failure(
+    registry,
+):
+    thread, commands = _pool_thread(registry)  # WARREN_POOL=tiny:256:2, capacity 4
+    thread.tick(now=1000.0)
+    assert len(commands.started) == 1
+    (first,) = [r for r in registry.records.values() if r.pool]
+    registry.boots[first.vm_id] = object()  # still booting: no second boot meanwhile
+    thread.tick(now=1001.0)
+    assert len(commands.started) == 1
+    del registry.boots[first.vm_id]
+    thread.tick(now=1002.0)
+    assert len(commands.started) == 2
+
+    # A ready pool VM older than WARREN_POOL_RECYCLE is replaced.
+    registry.report(first, None, {}, status=BOOTING)
+    registry.report(first, None, {}, status=READY, created_at=1000.0)
+    thread.tick(now=1000.0 + registry.cfg.pool_recycle + 1)
+    assert commands.retired == [(first.vm_id, "recycled: unused for too long")]
+
+    # A pool VM whose boot failed is retired and its entry waits FAILURE_PAUSE seconds.
+    second = next(r for r in registry.records.values() if r.pool and r.status != DELETED)
+    registry.report(second, None, {}, status="failed", reason="boom")
+    before = len(commands.started)
+    thread.tick(now=5000.0)
+    assert commands.retired[-1] == (second.vm_id, "its boot failed")
+    assert len(commands.started) == before  # paused
+    thread.tick(now=5000.0 + pool.FAILURE_PAUSE + 1)
+    assert len(commands.started) == before + 1
+
+
+def test_the_pool_thread_never_takes_room_a_customer_could_use(tmp_path):
+    cfg = _cfg(tmp_path, capacity=1, pool_text="tiny:256:1")
+    registry = Registry(cfg, StateStore(cfg.state_dir))
+    registry.add_new(_cmd("customer"))
+    thread, commands = _pool_thread(registry)
+    thread.tick(now=1.0)
+    assert commands.started == []
+    assert registry.pool_census() == [
+        {"image": "tiny", "memory_mb": 256, "target": 1, "ready": 0, "starting": 0}
+    ]
