@@ -595,13 +595,21 @@ _FIELDS = [
     "running",
     "free_slots",
     "daemon_version",
+    "memory_total_mb",
+    "memory_used_mb",
+    "vcpus_total",
+    "disk_used_gb",
 ]
 
 
 @st.composite
 def _event_bodies(draw: Any, vm_id: str) -> bytes:
     """A valid event for our instance, then some fields replaced by hostile values (or none)."""
-    kind = draw(st.sampled_from([*sorted(messages.INSTANCE_EVENTS), messages.HEARTBEAT]))
+    kind = draw(
+        st.sampled_from(
+            [*sorted(messages.INSTANCE_EVENTS), messages.HEARTBEAT, messages.INSTANCE_DECLINED]
+        )
+    )
     body = messages.event(
         kind,
         instance_id=vm_id,
@@ -637,6 +645,7 @@ def test_the_worker_never_raises_on_any_body(instance, data):
         "unhandled_type",
         "unknown_instance",
         "unknown_command",  # a console outcome for a command this shop never sent
+        "replaced",  # instance.declined by the host it was placed on (orders/placement.py)
         "rejected",
     }
     assert bool(reason) == (result == "rejected")
