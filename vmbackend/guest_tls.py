@@ -29,13 +29,6 @@ AMQPS_PORT = 5671
 HTTPS_PORT = 15671
 EXEC_SECONDS = 120.0  # a RabbitMQ restart under TCG on a loaded host takes tens of seconds
 
-# Each file is written to <name>.new by its own guest-exec (the content on stdin), then all are
-# moved into place at once by the final script.
-WRITE_FILE = (
-    f"set -eu; umask 077; mkdir -p {TLS_DIR}; chown rabbitmq:rabbitmq {TLS_DIR}; "
-    f'cat > "{TLS_DIR}/$0.new"; '
-    f'chown rabbitmq:rabbitmq "{TLS_DIR}/$0.new"; chmod "$1" "{TLS_DIR}/$0.new"'
-)
 NODE = "rabbit@localhost"  # NODENAME in the image's rabbitmq-env.conf
 _OPTS = (
     f'[{{certfile, "{TLS_DIR}/cert.pem"}}, {{keyfile, "{TLS_DIR}/key.pem"}}, '
@@ -61,16 +54,29 @@ case {{S, C, A, M, P}} of {{ok, ok, ok, ok, ok}} -> halt(0);
     Other -> io:format("~p~n", [Other]), halt(1) end."""
 RELOAD_EXPR = f"""case rpc:call('{NODE}', ssl, clear_pem_cache, [], 30000) of
     ok -> halt(0); Other -> io:format("~p~n", [Other]), halt(1) end."""
-# $0: "start" or "reload" (the host decides: start when the listeners may not run yet);
-# $1: 1/0 plain ports; $2: the Erlang expression. stdin: the drop-in's text.
+# One guest-exec (each costs about a second under TCG). $0: "start" or "reload" (the host
+# decides: start when the listeners may not run yet); $1: 1/0 plain ports; $2: the Erlang
+# expression; $3: the drop-in's text. stdin: the key, the certificate, then the chain above it
+# (PEM blocks in that order); each goes to <name>.new, then all are moved into place at once.
 INSTALL = f"""set -eu
-umask 022
+umask 077
 d={TLS_DIR}
 conf={CONF}
-cat > "$conf.new"
+mkdir -p "$d"
+chown rabbitmq:rabbitmq "$d"
+rm -f "$d"/*.new
+awk -v d="$d" '/^-----BEGIN /{{n++}} {{f = n == 1 ? "key.pem" : n == 2 ? "cert.pem" : "cacert.pem"; print > (d "/" f ".new")}}'
+for f in key.pem cert.pem cacert.pem; do
+    [ -s "$d/$f.new" ] || {{ echo "no $f in the input" >&2; exit 2; }}
+    chown rabbitmq:rabbitmq "$d/$f.new"
+done
+chmod 0400 "$d/key.pem.new"
+chmod 0444 "$d/cert.pem.new" "$d/cacert.pem.new"
+printf '%s' "$3" > "$conf.new"
+chmod 0644 "$conf.new"
+chown rabbitmq:rabbitmq "$conf.new"
 for f in key.pem cert.pem cacert.pem; do mv -f "$d/$f.new" "$d/$f"; done
 mv -f "$conf.new" "$conf"
-chown rabbitmq:rabbitmq "$conf"
 cd /var/lib/rabbitmq
 # Three tries, 5 s apart: a cookie rotation finishing (a daemon restarted between
 # personalization and this step) makes the node refuse us for a moment.
@@ -131,17 +137,9 @@ def install(guest: Guest, leaf: Leaf, *, plain_ports: bool, start: bool = True) 
     certificate of a VM, or a boot that may predate the drop-in), else only reload the files
     (renewal). Returns "start", "reload" or "not running"."""
     started = time.monotonic()
-    cacert = leaf.chain_pem[len(leaf.cert_pem) :] + leaf.ca_pem  # intermediate, then root
-    for name, data, mode in (
-        ("key.pem", leaf.key_pem, "0400"),
-        ("cert.pem", leaf.cert_pem, "0444"),
-        ("cacert.pem", cacert, "0444"),
-    ):
-        code, _out = guest.guest_exec(
-            "/bin/sh", ["-c", WRITE_FILE, name, mode], input_data=data, timeout=30
-        )
-        if code != 0:
-            raise GuestTLSError(f"writing {TLS_DIR}/{name} exited {code}")
+    if not leaf.key_pem.startswith(b"-----BEGIN ") or leaf.cert_pem.count(b"-----BEGIN ") != 1:
+        raise GuestTLSError("the key and the certificate must be one PEM block each")
+    cacert = leaf.chain_pem[len(leaf.cert_pem) :] + leaf.ca_pem  # intermediate(s), then root
     code, out = guest.guest_exec(
         "/bin/sh",
         [
@@ -150,8 +148,9 @@ def install(guest: Guest, leaf: Leaf, *, plain_ports: bool, start: bool = True) 
             "start" if start else "reload",
             "1" if plain_ports else "0",
             START_EXPR if start else RELOAD_EXPR,
+            rabbitmq_conf(plain_ports=plain_ports),
         ],
-        input_data=rabbitmq_conf(plain_ports=plain_ports).encode(),
+        input_data=leaf.key_pem + leaf.cert_pem + cacert,
         timeout=EXEC_SECONDS,
     )
     lines = out.decode("utf-8", "replace").strip().splitlines()

@@ -66,10 +66,14 @@ class Recorder:
         timeout: float = 30.0,
     ) -> tuple[int, bytes]:
         self.calls.append((path, list(args or []), input_data))
-        return (self.code, self.out) if args and args[1] == guest_tls.INSTALL else (0, b"")
+        assert args and args[1] == guest_tls.INSTALL  # one guest-exec per install
+        return self.code, self.out
 
     def key_written(self) -> bytes:
-        return next(data for _p, args, data in self.calls if args[2:3] == ["key.pem"]) or b""
+        """The private key block of what went to the guest (the first PEM block on stdin)."""
+        (_path, _args, data) = self.calls[-1]
+        assert data is not None
+        return data[: data.index(b"-----END PRIVATE KEY-----")]
 
 
 def test_names_are_the_advertised_host_and_the_bind_address() -> None:
