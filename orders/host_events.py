@@ -102,7 +102,7 @@ def apply_metrics_event(event: Event) -> str:
     result = metrics.apply_metrics(
         instance_id=event.instance_id,
         host_id=event.host_id,
-        at=_occurred_at(event),
+        at=activity.event_time(event),
         metrics=event.metrics,
     )
     # DEBUG: every VM reports every 30 s; the INFO log stays about changes.
@@ -247,19 +247,9 @@ def _deletion_sent(instance: Instance, host_id: str) -> bool:
     return any((body.get("options") or {}).get("vm-id") == instance.vm_id for body in bodies)
 
 
-def _occurred_at(event: Event) -> datetime:
-    """When the host says the event happened (never in the future; now if unreadable)."""
-    now = timezone.now()
-    try:
-        when = datetime.fromisoformat(event.occurred_at)
-    except ValueError:
-        return now
-    return min(when, now) if when.tzinfo is not None else now
-
-
 def _restart_fields(instance: Instance, event: Event) -> dict[str, Any]:
     """instance.ready of a server its host was restarting: the restart is done."""
-    return {"last_restart_at": _occurred_at(event)} if instance.is_restarting else {}
+    return {"last_restart_at": activity.event_time(event)} if instance.is_restarting else {}
 
 
 def _instance_fields(event: Event, to: str, instance: Instance) -> dict[str, Any]:
@@ -331,7 +321,10 @@ def _apply_table_step(order: Order, instance: Instance, event: Event) -> str:
             instance,
             failure_reason=event.reason,
             **(
-                {"last_crash_at": _occurred_at(event), "restart_count": instance.restart_count + 1}
+                {
+                    "last_crash_at": activity.event_time(event),
+                    "restart_count": instance.restart_count + 1,
+                }
                 if crash
                 else {}
             ),

@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from orders import alarms
 from orders.models import AlarmEvent, Instance, MetricRollup, MetricSample
-from vmbackend.messages import MAX_METRIC_INT, Metrics
+from vmbackend.messages import MAX_METRIC_INT, METRIC_BOOLS, METRIC_FLOATS, METRIC_INTS, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +38,9 @@ BUCKET = timedelta(minutes=5)
 # a little late are still counted. (Later than that, a point is kept raw but not rolled up.)
 ROLLUP_GRACE = timedelta(seconds=60)
 
-# The contract's fields (docs/protocol.md, instance.metrics), in MetricSample's columns.
-MANAGEMENT_FIELDS = (
-    "messages_ready",
-    "messages_unacked",
-    "publish_rate",
-    "deliver_rate",
-    "ack_rate",
-    "connections",
-    "channels",
-    "consumers",
-    "queues",
-    "mem_used",
-    "mem_limit",
-    "disk_free",
-    "disk_free_limit",
-    "mem_alarm",
-    "disk_alarm",
-    "uptime_s",
-)
-HOST_FIELDS = ("cpu_percent", "rss_bytes")
+# The contract's RabbitMQ fields (docs/protocol.md, instance.metrics), each a MetricSample column
+# of the same name; the host's (HOST_METRICS) are stored apart, present even when unreachable.
+MANAGEMENT_FIELDS = (*METRIC_INTS, *METRIC_FLOATS, *METRIC_BOOLS)
 
 
 # -- storing ------------------------------------------------------------------------------------

@@ -100,6 +100,18 @@ def test_a_sample_is_stored_once_and_a_redelivery_is_a_duplicate(ready):
     assert MetricSample.objects.get().connections == 3
 
 
+def test_every_field_of_the_contract_is_stored_in_its_column(ready):
+    """MANAGEMENT_FIELDS is the contract's own list (vmbackend/messages.py): a field added there
+    is stored, or this fails on the missing column."""
+    values = {name: 1 for name in messages.METRIC_INTS} | {
+        name: 2.5 for name in messages.METRIC_FLOATS
+    }
+    values |= dict.fromkeys(messages.METRIC_BOOLS, True)
+    metrics.record_sample(instance=ready, at=T0, metrics=sample(**values))
+    row = MetricSample.objects.get()
+    assert {name: getattr(row, name) for name in metrics.MANAGEMENT_FIELDS} == values
+
+
 def test_an_unreachable_sample_keeps_no_rabbitmq_numbers(ready):
     stored = metrics.record_sample(
         instance=ready, at=T0, metrics=sample(reachable=False, messages_ready=5)
