@@ -1,8 +1,10 @@
 """One real RabbitMQ VM through the host daemon, for what a customer's server lives through (slow
-tier): create-vm → ready → confirmed messages → `kill -9` of its QEMU → the host's own restart
-from the VM's disk (self-healing) → every message back → the customer's console: password
-rotation (old AMQP connections closed, old password refused) → resize (memory, vCPUs and disk up
-through a restart, the messages still there) → delete-vm.
+tier): create-vm → ready → the host's instance.metrics samples of the real node (memory, disk,
+uptime, connections, queue depth) → the shop's queue-depth alarm on them, firing while the test
+publishes and clearing while it consumes → confirmed messages → `kill -9` of its QEMU → the
+host's own restart from the VM's disk (self-healing) → every message back → the customer's
+console: password rotation (old AMQP connections closed, old password refused) → resize (memory,
+vCPUs and disk up through a restart, the messages still there) → delete-vm.
 
 A real-image boot costs minutes under TCG on a loaded CI host, so one VM serves every check, in
 the order of the tests below (each test continues from the previous one's VM, as in
@@ -22,9 +24,10 @@ import json
 import os
 import signal
 import time
+import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,14 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
 
+from orders.alarms import add_alarm
+from orders.host_events import handle_message
+from orders.models import Alarm, AlarmEvent, Instance, Order
+from store.models import Plan
+from tests.orders.conftest import provision
 from tests.vmbackend.daemon_helpers import (
     DaemonProcess,
     Daemons,
@@ -47,10 +57,14 @@ from vmbackend import messages, topology
 from vmbackend.client import Client
 from vmbackend.images import manifest, versions
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+# Every test of the module is marked for the shop's database, although only the alarm test uses
+# it: pytest-django runs transactional tests before the others, so one test marked alone would
+# run before the VM exists. A flush of the (empty) test database after each test is the price.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600), pytest.mark.django_db(transaction=True)]
 
 IMAGE = os.environ.get("WARREN_HEAL_TEST_IMAGE", versions.image_for(versions.DEFAULT_VERSION))
-VM_ID = "vm-heal-real"
+VM_ID = str(uuid.uuid4())  # a shop instance id: the host samples metrics of those only
+METRICS_INTERVAL = 2  # s, this daemon's WARREN_METRICS_INTERVAL (30 s in production)
 BOOT_SECONDS = 1500  # a cold boot of the real image under TCG on a loaded host (656 s seen)
 QUEUES = {"heal-classic": "classic", "heal-quorum": "quorum", "heal-stream": "stream"}
 MESSAGES = 300  # per queue, each confirmed by the broker before the kill
@@ -103,6 +117,25 @@ class RealVM:
     def last_seq(self) -> int:
         return max((e.get("seq", 0) for e in events_for(self.client, VM_ID)), default=0)
 
+    def samples(self) -> list[dict[str, Any]]:
+        """The host's instance.metrics samples of the VM so far, in arrival order."""
+        return events_for(self.client, VM_ID, messages.INSTANCE_METRICS)
+
+    def sample_where(
+        self, check: Callable[[dict[str, Any]], bool], seconds: float, what: str
+    ) -> dict[str, Any]:
+        """The first sample from now on for which `check` holds (pumping the client)."""
+        seen = len(self.samples())
+        end = time.monotonic() + seconds
+        while True:
+            new = self.samples()[seen:]
+            seen += len(new)
+            for sample in new:
+                if check(sample):
+                    return sample
+            assert time.monotonic() < end, f"no sample with {what} within {seconds} s"
+            self.client.pump(0.5)
+
 
 def _ok(reply: dict[str, Any]) -> dict[str, Any]:
     assert reply["execution-info"]["status"] == "success", reply
@@ -120,7 +153,12 @@ def vm(tmp_path_factory: pytest.TempPathFactory, amqp_url: str) -> Iterator[Real
     clean_broker(amqp_url)
     pool = Daemons(tmp_path_factory.mktemp("heal"), amqp_url, root)
     try:
-        daemon = pool.start(extra_env={"WARREN_BOOT_DEADLINE": str(BOOT_SECONDS)})
+        daemon = pool.start(
+            extra_env={
+                "WARREN_BOOT_DEADLINE": str(BOOT_SECONDS),
+                "WARREN_METRICS_INTERVAL": str(METRICS_INTERVAL),
+            }
+        )
         with Client(amqp_url) as client:
             client.watch_events("#")
             wait_host(client, daemon.host_id)
@@ -147,6 +185,221 @@ def test_create_vm_ends_ready_with_working_urls_and_only_the_own_credentials(vm:
         conn.close()
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         vm.amqp("guest", attempts=1)
+
+
+# -- issue 12: the host's metrics samples of the real node, and the shop's alarms on them --------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NODE_FIELDS = ("mem_used", "mem_limit", "disk_free", "disk_free_limit", "uptime_s")
+HELD_OPEN = 3  # AMQP connections the test holds open while it reads the samples
+
+
+def _shape(data: Any) -> Any:
+    """The JSON types of an answer's key paths (a list: the shape of its first item)."""
+    if isinstance(data, dict):
+        return {key: _shape(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_shape(data[0])] if data else []
+    return (
+        "number"
+        if isinstance(data, int | float) and not isinstance(data, bool)
+        else type(data).__name__
+    )
+
+
+def _within(trimmed: Any, real: Any, path: str = "") -> list[str]:
+    """The key paths of `trimmed`'s shape that `real`'s shape lacks or types otherwise."""
+    if isinstance(trimmed, dict):
+        if not isinstance(real, dict):
+            return [path or "/"]
+        return [
+            miss
+            for key, value in trimmed.items()
+            for miss in (
+                _within(value, real[key], f"{path}/{key}") if key in real else [f"{path}/{key}"]
+            )
+        ]
+    if isinstance(trimmed, list):
+        return [] if not trimmed or not real else _within(trimmed[0], real[0], path + "/0")
+    return [] if trimmed == real else [f"{path}: {real} not {trimmed}"]
+
+
+def _compare(saved: Path, name: str, answer: Any) -> None:
+    """Save a real answer in `saved` and check it has every key and type of its trimmed copy in
+    tests/vmbackend/fixtures (what the parser's unit tests read)."""
+    (saved / f"rabbitmq-{name}.json").write_text(json.dumps(answer, indent=1, sort_keys=True))
+    trimmed = json.loads((FIXTURES / f"rabbitmq-{name}.json").read_text())
+    missing = _within(_shape(trimmed), _shape(answer))
+    assert missing == [], f"the real {name} answer (in {saved}) differs from its fixture: {missing}"
+
+
+def test_the_hosts_samples_carry_the_real_nodes_memory_disk_uptime_and_connections(
+    vm: RealVM, tmp_path_factory: pytest.TempPathFactory
+):
+    """Every METRICS_INTERVAL seconds the host reads the VM's management API (api/overview, then
+    api/nodes/<node>): its real numbers arrive as instance.metrics, connections counted while the
+    test holds some open. The real answers are saved for refreshing the parser's fixtures (in the
+    test's temp folder) and must still have every key and type the fixtures rely on."""
+    assert vm.ready, "needs the ready VM of the test before"
+    first = vm.sample_where(
+        lambda s: s["reachable"] and all(name in s for name in NODE_FIELDS),
+        120,  # a node that just started emits its stats a few seconds later
+        "the node's numbers",
+    )
+    assert first["host_id"] == vm.daemon.host_id
+    assert 0 < first["mem_used"] < first["mem_limit"], first
+    assert 0 < first["disk_free_limit"] < first["disk_free"], first
+    assert first["uptime_s"] > 0 and first["mem_alarm"] is False and first["disk_alarm"] is False
+    assert first["rss_bytes"] > 100 * 2**20 and first["cpu_percent"] >= 0  # QEMU, from /proc
+    assert messages.parse_event(messages.encode(first)).metrics is not None  # the shop takes it
+
+    held = [vm.amqp() for _ in range(HELD_OPEN)]
+    try:
+        for conn in held:
+            conn.channel()
+        counted = vm.sample_where(
+            lambda s: s.get("connections") == HELD_OPEN and s.get("channels") == HELD_OPEN,
+            120,  # RabbitMQ's stats lag a few seconds
+            f"{HELD_OPEN} connections and channels",
+        )
+        assert counted["reachable"] and counted["uptime_s"] >= first["uptime_s"]
+        overview = _api(vm, "api/overview")
+        node = _api(vm, "api/nodes/" + urllib.parse.quote(overview["node"], safe=""))
+    finally:
+        for conn in held:
+            conn.close()
+    vm.sample_where(lambda s: s.get("connections") == 0, 120, "the connections closed")
+
+    saved = tmp_path_factory.mktemp("real-api")
+    _compare(saved, "overview-idle", overview)  # no queue: RabbitMQ answers queue_totals {}
+    _compare(saved, "node", node)
+
+
+QUEUE = "metrics-depth"
+THRESHOLD = 100  # the customer's queue-depth alarm: above 100 messages queued
+PUBLISHED = 150  # above the threshold; the clear needs 90 % of it or less
+ALARM_SECONDS = 3 * METRICS_INTERVAL  # how long the condition must hold: three samples
+
+
+def _ready_instance(vm: RealVM) -> Instance:
+    """The shop's side of the VM: a paid order whose instance is ready on the test's host, as
+    the shop has it once instance.ready is applied (instance id = the VM's id)."""
+    plan = Plan.objects.create(
+        slug="slow-metrics", name="Slow metrics", memory_mb=512, vcpus=1, disk_gb=4,
+        max_connections=100, max_queues=200, monthly_price_cents=900, currency="usd",
+    )  # fmt: skip
+    user = get_user_model().objects.create_user("mira", "mira@example.com", "pw-mira-123456")
+    order = Order.objects.create(user=user, plan=plan)
+    made = provision(order)
+    assert made is not None
+    Instance.objects.filter(pk=made.pk).update(
+        public_id=uuid.UUID(VM_ID),
+        status=Instance.Status.READY,
+        host_id=vm.daemon.host_id,
+        ready_at=timezone.now(),
+    )
+    return Instance.objects.get(pk=made.pk)
+
+
+def test_a_queue_depth_alarm_fires_while_publishing_to_the_real_node_and_clears_while_consuming(
+    vm: RealVM, mailoutbox: list[Any], tmp_path_factory: pytest.TempPathFactory
+):
+    """The host's real samples through the event worker's own step (orders.host_events
+    .handle_message: the contract's parser, orders.metrics.apply_metrics, the alarms): the test
+    publishes until the customer's queue-depth alarm fires, checks the samples count exactly
+    what it published, then consumes until the alarm clears. One email each way.
+
+    The alarm's duration is three samples instead of the customer's whole minutes (the minimum
+    the order page allows is 1 min: two more minutes of a real VM per run); the durations are
+    the fast tier's (tests/orders/test_alarms.py, tests/e2e/test_metrics_flow.py)."""
+    assert vm.ready, "needs the ready VM of the tests before"
+    instance = _ready_instance(vm)
+    alarm = add_alarm(
+        instance=instance, kind=Alarm.Kind.QUEUE_DEPTH, threshold=THRESHOLD, minutes=1
+    )
+    Alarm.objects.filter(pk=alarm.pk).update(duration_s=ALARM_SECONDS)
+    fed = len(vm.samples())  # the samples before this test belong to no shop instance yet
+    results: list[str] = []
+
+    def feed() -> None:
+        nonlocal fed
+        for sample in vm.samples()[fed:]:
+            results.append(handle_message(messages.encode(sample)))
+            fed += 1
+        alarm.refresh_from_db()
+
+    conn = vm.amqp()
+    try:
+        ch = conn.channel()
+        ch.queue_declare(QUEUE, durable=True)
+        ch.confirm_delivery()
+        published = 0
+        end = time.monotonic() + 300
+        while alarm.status == Alarm.State.OK:  # publish until the alarm fires
+            assert time.monotonic() < end, f"no alarm with {published} messages published"
+            for _ in range(min(25, PUBLISHED - published)):
+                ch.basic_publish("", QUEUE, f"m-{published}".encode(), mandatory=True)
+                published += 1
+            vm.client.pump(0.5)
+            conn.process_data_events()
+            feed()
+        fired = instance.metric_samples.get(at=alarm.fired_at)  # the sample that fired it
+        assert fired.messages_queued is not None and fired.messages_queued > THRESHOLD
+        exact = vm.sample_where(
+            lambda s: s.get("messages_ready") == PUBLISHED, 120, f"{PUBLISHED} messages ready"
+        )
+        assert exact["messages_unacked"] == 0 and exact["queues"] == 1, exact
+        _compare(tmp_path_factory.mktemp("real-api"), "overview", _api(vm, "api/overview"))
+        feed()
+
+        consumed = 0
+        end = time.monotonic() + 300
+        while alarm.status == Alarm.State.FIRING:  # consume until it clears
+            assert time.monotonic() < end, f"no clear with {PUBLISHED - consumed} messages left"
+            for _ in range(min(25, PUBLISHED - consumed)):
+                method, _, _ = ch.basic_get(QUEUE)
+                assert method is not None
+                ch.basic_ack(method.delivery_tag)
+                consumed += 1
+            vm.client.pump(0.5)
+            conn.process_data_events()
+            feed()
+        cleared = instance.metric_samples.get(at=alarm.cleared_at)
+        assert cleared.messages_queued is not None and cleared.messages_queued <= THRESHOLD * 0.9
+        assert ch.queue_declare(QUEUE, passive=True).method.message_count == PUBLISHED - consumed
+        while ch.basic_get(QUEUE, auto_ack=True)[0] is not None:  # the rest, if any
+            consumed += 1
+        assert consumed == PUBLISHED
+        vm.sample_where(
+            lambda s: (s.get("messages_ready"), s.get("messages_unacked")) == (0, 0),
+            120,
+            "the queue drained",
+        )
+        _compare(tmp_path_factory.mktemp("real-api"), "overview-drained", _api(vm, "api/overview"))
+        feed()  # the samples of the empty queue: the alarm stays cleared
+        assert alarm.status == Alarm.State.OK
+        ch.queue_delete(QUEUE)
+    finally:
+        conn.close()
+
+    assert set(results) == {"recorded"}, results  # every real sample stored, each once
+    stored = instance.metric_samples.order_by("at")
+    assert stored.count() == len(results)
+    assert all(s.reachable and s.mem_used and s.disk_free for s in stored)
+    assert max(s.publish_rate or 0 for s in stored) > 0  # the rates moved too
+    assert max(s.ack_rate or 0 for s in stored) > 0
+    changes = list(alarm.events.order_by("at").values_list("change", flat=True))
+    assert changes == [AlarmEvent.Change.FIRED, AlarmEvent.Change.CLEARED]
+    # The defaults saw a healthy server the whole time.
+    assert set(instance.alarms.filter(is_default=True).values_list("status", flat=True)) == {
+        Alarm.State.OK
+    }
+    assert [m.subject.split(":")[0] for m in mailoutbox] == ["Alarm", "Cleared"]
+    assert mailoutbox[0].to == ["mira@example.com"]
+    print(
+        f"\n{IMAGE}: queue-depth alarm fired at {fired.messages_queued} queued, cleared at "
+        f"{cleared.messages_queued}; {len(results)} samples every {METRICS_INTERVAL} s applied"
+    )
 
 
 def _publish_confirmed(vm: RealVM) -> None:

@@ -16,6 +16,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -89,6 +91,72 @@ def test_a_real_shaped_overview_and_node_give_every_field():
         "uptime_s": 3600,
     }
     assert node_name(OVERVIEW) == NODE
+
+
+REAL = Path(__file__).parent / "fixtures"  # trimmed answers of the real RabbitMQ 4.0 image
+
+
+def _real(name: str) -> Any:
+    return json.loads((REAL / f"rabbitmq-{name}.json").read_text())
+
+
+def test_the_real_nodes_answers_give_their_numbers():
+    """Answers of the real image's node (saved by tests/vmbackend/test_healing_slow.py, which
+    checks on every slow run that the real node still answers with these keys and types)."""
+    busy = _real("overview")  # 150 messages published with confirms, none consumed yet
+    assert overview_fields(busy) == {
+        "messages_ready": 150,
+        "messages_unacked": 0,
+        "publish_rate": 0.0,  # the burst was over: RabbitMQ's rate is of the last few seconds
+        "deliver_rate": 0.0,  # nothing delivered yet: no deliver_get_details at all
+        "ack_rate": 0.0,
+        "connections": 1,
+        "channels": 1,
+        "consumers": 0,
+        "queues": 1,
+    }
+    assert node_name(busy) == "rabbit@localhost"
+    assert node_fields(_real("node")) == {
+        "mem_used": 119_582_720,
+        "mem_limit": 292_451_942,  # 512 MiB VM, RabbitMQ's default watermark
+        "disk_free": 1_613_332_480,
+        "disk_free_limit": 50_000_000,
+        "mem_alarm": False,
+        "disk_alarm": False,
+        "uptime_s": 23,  # the answer's milliseconds
+    }
+    body = messages.metrics_event(
+        instance_id=str(uuid.uuid4()),
+        host_id="host-a",
+        metrics=Metrics(reachable=True, **overview_fields(busy), **node_fields(_real("node"))),
+    )
+    assert messages.parse_event(messages.encode(body)).metrics is not None
+
+
+def test_the_real_nodes_answer_after_consuming_has_the_deliver_and_ack_stats():
+    """The same queue consumed with basic.get and acked: deliver_get and ack appear (their rates
+    were 0 again when it was saved; a rate set on the real key paths is the one read)."""
+    drained = _real("overview-drained")
+    assert drained["message_stats"]["deliver_get"] == drained["message_stats"]["ack"] == 150
+    fields = overview_fields(drained)
+    assert (fields["messages_ready"], fields["deliver_rate"], fields["ack_rate"]) == (0, 0.0, 0.0)
+    stats = drained["message_stats"]
+    stats["publish_details"]["rate"] = 30.2
+    stats["deliver_get_details"]["rate"] = 29.8
+    stats["ack_details"]["rate"] = 29.5
+    rates = overview_fields(drained)
+    assert (rates["publish_rate"], rates["deliver_rate"], rates["ack_rate"]) == (30.2, 29.8, 29.5)
+
+
+def test_the_real_idle_node_answers_empty_queue_totals_read_as_zero():
+    """No queue at all: the real node answers `queue_totals: {}` and message_stats without any
+    publish/deliver/ack (only disk_reads/disk_writes)."""
+    idle = _real("overview-idle")
+    assert idle["queue_totals"] == {} and "publish_details" not in idle["message_stats"]
+    fields = overview_fields(idle)
+    assert fields["messages_ready"] == fields["messages_unacked"] == fields["queues"] == 0
+    assert fields["publish_rate"] == fields["deliver_rate"] == fields["ack_rate"] == 0.0
+    assert (fields["connections"], fields["channels"]) == (3, 3)
 
 
 def test_a_quiet_broker_without_message_stats_reads_as_zero_rates():
