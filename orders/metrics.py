@@ -127,22 +127,6 @@ def _mean(values: Sequence[float | int | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
-ROLLUP_RAW = (
-    "instance_id",
-    "at",
-    "reachable",
-    "messages_ready",
-    "messages_unacked",
-    "publish_rate",
-    "deliver_rate",
-    "ack_rate",
-    "connections",
-    "mem_used",
-    "mem_limit",
-    "disk_free",
-    "disk_free_limit",
-    "cpu_percent",
-)
 ROLLUP_AVERAGED = (
     "publish_rate",
     "deliver_rate",
@@ -153,6 +137,15 @@ ROLLUP_AVERAGED = (
     "disk_free",
     "disk_free_limit",
     "cpu_percent",
+)
+# What a roll-up reads of each raw point: the averaged values and what the queue total needs.
+ROLLUP_RAW = (
+    "instance_id",
+    "at",
+    "reachable",
+    "messages_ready",
+    "messages_unacked",
+    *ROLLUP_AVERAGED,
 )
 
 
