@@ -123,6 +123,7 @@ def measure(
     images_root: Path,
     idle_seconds: float = 20.0,
     usage: list[tuple[float, float]] | None = None,
+    keep_logs: Path | None = None,
 ) -> list[float]:
     workdir = Path(tempfile.mkdtemp(prefix="wbench-"))
     env = {"WARREN_RESTORE": "0" if mode == "cold" else "1"}
@@ -150,6 +151,10 @@ def measure(
         system.stop_all()
         for pid in system.qemu_pids():
             system.kill_pid(pid)
+        if keep_logs is not None:  # each process's log, for a breakdown of the path
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in workdir.glob("*.log"):
+                shutil.copy(log, keep_logs / f"{mode}-{log.name}")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -164,6 +169,9 @@ def main() -> int:
     parser.add_argument("--restore", type=int, default=3, help="orders served from the saved state")
     parser.add_argument("--pool", type=int, default=3, help="orders served by a warm pool VM")
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle CPU sample length")
+    parser.add_argument(
+        "--keep-logs", type=Path, default=None, help="copy the processes' logs here"
+    )
     args = parser.parse_args()
     images_root = manifest.default_images_root()
     manifest.load(images_root, args.image)  # fails clearly when `make images` has not run
@@ -174,7 +182,14 @@ def main() -> int:
         for mode, runs in (("pool", args.pool), ("restore", args.restore), ("cold", args.cold)):
             if runs:
                 results[mode] = measure(
-                    args.image, mode, runs, amqp_url, images_root, args.idle_seconds, usage
+                    args.image,
+                    mode,
+                    runs,
+                    amqp_url,
+                    images_root,
+                    args.idle_seconds,
+                    usage,
+                    args.keep_logs,
                 )
     finally:
         subprocess.run(

@@ -2,7 +2,7 @@
 
 `ClaimBoot` is a `Boot` whose machine is already running: instead of launching and waiting for
 a guest, it swaps the pool's random admin for the order's through the management API
-(`personalize.swap_admin`: idempotent, so a claim resumed after a daemon SIGKILL finishes it),
+(`ClaimBoot.swap_admin`: idempotent, so a claim resumed after a daemon SIGKILL finishes it),
 grows the disk when the order's is larger, and then goes the common way (`wait_rabbitmq`: the
 management API answers with the order's credentials, limits, runtime, `instance.ready`).
 
@@ -19,17 +19,23 @@ Should any of it fail (the pool VM died, its API refuses), the VM is booted the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from vmbackend import personalize
 from vmbackend.boot import Boot, Cancelled, cleanup, urls_for
 from vmbackend.machine import MachineError, MachineGone
+from vmbackend.management_api import ManagementAPI, ManagementAPIError
+from vmbackend.qemu import VMSpec
 from vmbackend.state import BOOTING
 
 log = logging.getLogger(__name__)
 
 
 class ClaimBoot(Boot):
-    """Make the claimed pool VM the order's; on failure boot it the ordinary way."""
+    """Make the claimed pool VM the order's; on failure boot it the ordinary way. `resumed`: a
+    claim a daemon restart cut off (its admin swap may be done already)."""
+
+    resumed = False
 
     def wait_guest(self) -> list[str]:
         self._check_cancel()
@@ -49,19 +55,37 @@ class ClaimBoot(Boot):
                 raise MachineGone(f"the pool VM's QEMU exited while {doing}")
 
         try:
-            personalize.swap_admin(
-                probe,
-                machine.spec,
-                source.get("admin_username"),
-                source.get("admin_password"),
-                self._deadline(),
-                check,
-            )
-        except personalize.PersonalizeError as exc:
-            raise MachineError(str(exc)) from exc
+            self.swap_admin(probe, machine.spec, source, check)
+        except ManagementAPIError as exc:
+            raise MachineError(f"admin swap: {exc}") from exc
         if record.disk_gb > int(source.get("disk_gb", record.disk_gb)):
             machine.grow_running_disk(record.disk_gb)
         return list(record.ip_addresses)
+
+    def swap_admin(
+        self, probe: str, spec: VMSpec, source: dict[str, Any], check: Callable[[str], None]
+    ) -> None:
+        """The order's admin in place of the pool's. A fresh claim goes straight to it (the pool
+        VM's API answered with the pool admin when it was made ready: `personalize.swap_admin`'s
+        two look-ups would cost two requests); a resumed one first asks whether it was done."""
+        me = ManagementAPI(probe, spec.admin_user, spec.admin_password)
+        old_user = str(source.get("admin_username", ""))
+        swapped = False
+        if self.resumed:
+            try:
+                me.whoami()
+                swapped = True
+            except ManagementAPIError:
+                pass
+        if not swapped:
+            old = ManagementAPI(probe, old_user, str(source.get("admin_password", "")))
+            old.set_user(me.user, spec.admin_password)
+            old.set_permissions(me.user)
+            me.wait_until_ok(
+                "api/whoami", self._deadline(), check=lambda: check("waiting for the order's admin")
+            )
+        if old_user and old_user != me.user:
+            me.delete_user(old_user)
 
     def run(self) -> None:
         if self.machine is None:  # the pool VM's QEMU is gone (e.g. found so after a restart)

@@ -133,13 +133,16 @@ class Commands:
         return thread
 
     # -- the warm pool (vmbackend/pool.py)
-    def start_claim(self, record: VMRecord, machine: Machine | None = None) -> threading.Thread:
+    def start_claim(
+        self, record: VMRecord, machine: Machine | None = None, *, resumed: bool = False
+    ) -> threading.Thread:
         """Finish a pool claim in a worker thread (vmbackend/claim.py): on the pool VM's QEMU
         (found by `record.machine_id`), else the ordinary boot."""
         with self.registry.lock:
             source = record.claimed_from.get("vm_id", "")
             machine = machine or self.machines.pop(source, None) or self.adopt(record)
         boot = ClaimBoot(self.cfg, self.store, record, self.registry.report, machine=machine)
+        boot.resumed = resumed
         return self.start_boot(record, machine, boot)
 
     def retire_pool(self, record: VMRecord, reason: str) -> None:

@@ -53,7 +53,7 @@ def recover_one(commands: Commands, record: VMRecord) -> None:
         # A claim cut off by the restart: finish it on the pool VM's QEMU (the admin swap is
         # idempotent), or boot the ordinary way when that QEMU is gone.
         log.info("pool claim resumed host_id=%s vm_id=%s", cfg.host_id, vm_id)
-        commands.start_claim(record, commands.adopt(record))
+        commands.start_claim(record, commands.adopt(record), resumed=True)
         return
     if record.status == DELETED:
         cleanup(cfg, commands.store, record, None)

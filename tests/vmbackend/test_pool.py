@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,8 @@ def test_a_create_vm_claims_the_ready_pool_vm_and_a_replacement_starts(daemons, 
     assert ready["type"] == "instance.ready", ready
     assert ready["boot"] == "pool"
     # The shop's side of the contract takes it (its parser once knew only cold and restore).
-    assert messages.parse_event(json.dumps(ready).encode()).type == "instance.ready"
+    as_shop = {**ready, "instance_id": str(uuid.uuid4())}  # the shop's vm-ids are UUIDs
+    assert messages.parse_event(json.dumps(as_shop).encode()).type == "instance.ready"
     assert ready["management_url"] == pool_url  # the same VM, the same QEMU
     admin = _admin(1)
     assert basic_auth_status(pool_url, admin["username"], admin["password"]) == 200
