@@ -38,8 +38,8 @@ from vmbackend.capacity import Resources, Size, refusal
 
 log = logging.getLogger(__name__)
 
-PACK, SPREAD = "pack", "spread"
-STRATEGIES = (PACK, SPREAD)
+PACK, SPREAD, SHARED = "pack", "spread", "shared"
+STRATEGIES = (PACK, SPREAD, SHARED)
 # Instances that hold room on their host (a lost VM keeps its disk and may start again).
 ON_A_HOST = frozenset(
     {
@@ -221,7 +221,11 @@ def route(row: OutboxMessage, now: datetime | None = None) -> str:
     """The routing key to publish a create-vm row with: `host.<id>` of the host it is placed on
     (claimed in this transaction), or `create-vm` (the shared queue). Rows that are not a fresh
     create-vm (already placed, or no instance) keep theirs."""
-    if row.routing_key != messages.CREATE_VM or row.instance_id is None:
+    if (
+        row.routing_key != messages.CREATE_VM
+        or row.instance_id is None
+        or settings.PLACEMENT == SHARED
+    ):
         return row.routing_key
     now = now or timezone.now()
     with transaction.atomic():

@@ -200,10 +200,12 @@ CA_CERT = env.str("WARREN_CA_CERT", default="")
 # A host that has not sent a heartbeat for this long is shown to staff as unreachable.
 HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
 # Placement (orders/placement.py, docs/fleet.md): `pack` fills the fullest host that fits first,
-# `spread` the emptiest; a create-vm declined by this many hosts waits on the shared queue.
+# `spread` the emptiest; `shared` places nothing (every create-vm to the shared queue, the hosts
+# take what fits them: the way before placement). A create-vm declined by PLACEMENT_TRIES hosts
+# waits on the shared queue.
 PLACEMENT = env.str("WARREN_PLACEMENT", default="pack")
-if PLACEMENT not in ("pack", "spread"):
-    raise ImproperlyConfigured("WARREN_PLACEMENT must be pack or spread")
+if PLACEMENT not in ("pack", "spread", "shared"):
+    raise ImproperlyConfigured("WARREN_PLACEMENT must be pack, spread or shared")
 PLACEMENT_TRIES = env.int("WARREN_PLACEMENT_TRIES", default=3)
 # The pricing page sells a plan only while a live host fits it grown by this fraction.
 SELL_MARGIN = env.float("WARREN_SELL_MARGIN", default=0.1)

@@ -60,6 +60,8 @@ def test_a_plan_the_host_refuses_fails_the_order_with_its_reason_and_staff_fix_a
         "c.execute('PRAGMA ignore_check_constraints=ON'); "
         "c.execute(\"UPDATE store_plan SET memory_mb = 32768 WHERE slug = 'bunny'\")",
     )
+    # A host that says it has room for it: the shop sells it (docs/fleet.md), the host refuses.
+    system.env["WARREN_HOST_MEMORY_MB"] = "65536"
     system.start_all()
     bob, order_id = _paid_order(system)
 
@@ -128,6 +130,9 @@ def _both_hosts_qemu(system: System) -> list[int]:
 def test_a_create_vm_sent_twice_to_two_hosts_ends_as_exactly_one_vm(tiny_system: System):
     system = tiny_system
     system.env["WARREN_CAPACITY"] = "1"  # a full host takes no second copy: the other host does
+    # Both hosts take from the shared queue (no placement): a copy published twice can reach
+    # both. (Placed create-vms go to one host's queue; docs/fleet.md.)
+    system.env["WARREN_PLACEMENT"] = "shared"
     system.start_all()
     other = _second_daemon(system, f"{system.host_id}-b")
     try:

@@ -282,3 +282,14 @@ def test_no_sequence_of_orders_ever_places_more_than_a_host_has(amqp, hosts, pla
     assert sorted(shared) == sorted(i.vm_id for i in made if not fresh(i).placed_on)
     for host_id in ids:
         amqp.queue_delete(topology.host_queue(host_id))
+
+
+def test_with_placement_shared_every_create_vm_goes_to_the_shared_queue(
+    amqp, hosts, plans, settings
+):
+    settings.PLACEMENT = "shared"
+    host = hosts(8192)
+    instance = paid(plans["small"])
+    relay(amqp)
+    assert in_queue(amqp, None) == [instance.vm_id] and in_queue(amqp, host) == []
+    assert fresh(instance).placed_on == ""
