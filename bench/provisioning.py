@@ -6,7 +6,8 @@ checkout.session.completed POST until the order page shows a management URL that
 /api/overview with the credentials the page reveals. Warm-pool hits (WARREN_POOL, the next order
 waits until the replacement pool VM is ready), restores from the saved state and cold boots run in
 the same invocation; prints medians and their ratios, and each idle pool VM's RSS and CPU %
-(QEMU's VmRSS and utime+stime over `--idle-seconds`, measured before its order).
+(QEMU's VmRSS and utime+stime over `--idle-seconds`, `--settle` seconds after it became ready,
+measured before its order).
 
     .venv/bin/python bench/provisioning.py [--image rabbitmq-4.0] [--pool 3] [--restore 3] [--cold 1]
 
@@ -124,6 +125,7 @@ def measure(
     idle_seconds: float = 20.0,
     usage: list[tuple[float, float]] | None = None,
     keep_logs: Path | None = None,
+    settle: float = 0.0,
 ) -> list[float]:
     workdir = Path(tempfile.mkdtemp(prefix="wbench-"))
     env = {"WARREN_RESTORE": "0" if mode == "cold" else "1"}
@@ -139,6 +141,7 @@ def measure(
         for n in range(runs):
             if mode == "pool":
                 pool_vm = ready_pool_vm(workdir / "vmbackend")
+                time.sleep(settle)  # a just-made VM is still settling (its cookie rotation)
                 rss, cpu = idle_usage(workdir / "vmbackend", pool_vm["vm_id"], idle_seconds)
                 print(f"  idle pool VM: RSS {rss:6.0f} MiB, CPU {cpu:5.1f} %", flush=True)
                 if usage is not None:
@@ -172,6 +175,9 @@ def main() -> int:
     parser.add_argument(
         "--keep-logs", type=Path, default=None, help="copy the processes' logs here"
     )
+    parser.add_argument(
+        "--settle", type=float, default=0.0, help="seconds a ready pool VM idles before sampling"
+    )
     args = parser.parse_args()
     images_root = manifest.default_images_root()
     manifest.load(images_root, args.image)  # fails clearly when `make images` has not run
@@ -190,6 +196,7 @@ def main() -> int:
                     args.idle_seconds,
                     usage,
                     args.keep_logs,
+                    args.settle,
                 )
     finally:
         subprocess.run(
