@@ -102,7 +102,12 @@ def test_bad_host_commands_are_rejected_and_unknown_vms_answered(daemon, amqp_ur
             (b'{"command": "stop-vm", "options": {}}', key, "vm-id is required"),
             (b'{"command": "stop-vm", "options": {"vm-id": "../x"}}', key, "vm-id must match"),
             (b'{"command": "stop-vm", "options": {"vm-id": "a", "kill": 1}}', key, "kill must be"),
-            (b'{"command": "create-vm", "options": {"image": "tiny"}}', key, "shared queue"),
+            # A create-vm comes on the shared queue or placed on one host, never broadcast.
+            (
+                b'{"command": "create-vm", "options": {"image": "tiny"}}',
+                "stop-vm",
+                "host.<host_id>",
+            ),
             (b'{"command": "delete-vm", "options": {"vm-id": "a"}}', "stop-vm", "does not match"),
             (
                 json.dumps({"command": "start-vm", "options": {"vm-id": "nope"}}).encode(),
