@@ -235,6 +235,11 @@ def _port_range(raw: str) -> tuple[int, int]:
     return low, high
 
 
+def default_host_id() -> str:
+    """This machine's short host name (the host id when WARREN_HOST_ID is not set)."""
+    return socket.gethostname().split(".")[0] or "host"
+
+
 def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None = None) -> Config:
     """Build the Config: flag, else environment variable, else default."""
     env = os.environ if env is None else env
@@ -246,7 +251,7 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         elif env.get(var):
             given[name] = env[var]
 
-    host_id = given.get("host_id") or socket.gethostname().split(".")[0] or "host"
+    host_id = given.get("host_id") or default_host_id()
     if not HOST_ID_RE.fullmatch(host_id):
         raise ConfigError("host_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 

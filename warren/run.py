@@ -22,11 +22,13 @@ from pathlib import Path
 
 import environ
 
+from vmbackend import config, tls
 from vmbackend.images import versions
 
 log = logging.getLogger("warren.run")
 
 ROOT = Path(__file__).resolve().parent.parent
+DEV_TLS_DIR = Path("~/.local/state/warren/tls")
 STOP_TIMEOUT = 20.0
 MAX_BACKOFF = 30.0
 
@@ -109,6 +111,28 @@ def child_environment(opts: Options, base: dict[str, str] | None = None) -> dict
         env["WARREN_INSTANCE_IMAGE"] = opts.image
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def dev_tls_environment(env: dict[str, str], base: Path = DEV_TLS_DIR) -> dict[str, str]:
+    """TLS on the one-box system as in production: unless WARREN_TLS_DIR is in the environment
+    (empty: plain ports only), a local root CA and this host's intermediate are made once under
+    `base` (keys 0600; docs/tls.md), the daemon signs each VM's certificate with the
+    intermediate and the shop offers the root for download."""
+    if "WARREN_TLS_DIR" in env:
+        return env
+    base = base.expanduser()
+    host_id = env.get("WARREN_HOST_ID") or config.default_host_id()
+    root, host = base / "root", base / "hosts" / host_id
+    passphrase = tls.passphrase_from_env(env)
+    if not (root / tls.ROOT_KEY).exists():
+        tls.init_ca(root, passphrase=passphrase)
+    if not (host / tls.HOST_KEY).exists():
+        tls.init_host(root, host_id, host, passphrase=passphrase)
+    return {
+        **env,
+        "WARREN_TLS_DIR": str(host),
+        "WARREN_CA_CERT": env.get("WARREN_CA_CERT") or str(root / tls.ROOT_CERT),
+    }
 
 
 def backoff(failures: int) -> float:
@@ -232,9 +256,14 @@ def main(argv: Sequence[str]) -> int:
     _, opts = parse_args(argv)
     env = child_environment(opts)
     try:
+        if opts.daemon:
+            env = dev_tls_environment(env)
         run_setup(opts, env)
     except subprocess.CalledProcessError as exc:
         log.error("event=setup_failed step=%r code=%s", " ".join(exc.cmd[1:]), exc.returncode)
+        return 1
+    except tls.TLSError as exc:
+        log.error("event=setup_failed step=tls error=%s", exc)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -14,12 +14,14 @@ import requests
 
 from tests.e2e.harness import wait_until
 from tests.net import free_port
+from vmbackend import tls
 from warren.run import (
     ROOT,
     Options,
     Supervisor,
     backoff,
     child_environment,
+    dev_tls_environment,
     service_commands,
     setup_commands,
 )
@@ -176,3 +178,24 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def test_the_one_box_system_gets_its_own_ca_once_and_reuses_it(tmp_path: Path):
+    env = dev_tls_environment({"WARREN_HOST_ID": "box-1"}, base=tmp_path)
+    host = Path(env["WARREN_TLS_DIR"])
+    issuer = tls.load_issuer(host)  # the daemon's check: key, certificate and root belong together
+    assert env["WARREN_CA_CERT"] == str(tmp_path / "root" / tls.ROOT_CERT)
+    assert issuer.root.subject == tls.load_issuer(host).root.subject
+    assert (host / tls.HOST_KEY).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "root" / tls.ROOT_KEY).stat().st_mode & 0o777 == 0o600
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    again = dev_tls_environment({"WARREN_HOST_ID": "box-1"}, base=tmp_path)
+    assert again == env
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_an_operator_tls_folder_or_an_empty_one_is_left_alone(tmp_path: Path):
+    assert dev_tls_environment({"WARREN_TLS_DIR": ""}, base=tmp_path) == {"WARREN_TLS_DIR": ""}
+    given = {"WARREN_TLS_DIR": "/etc/warren/tls", "WARREN_CA_CERT": "/etc/warren/ca.pem"}
+    assert dev_tls_environment(given, base=tmp_path) == given
+    assert list(tmp_path.iterdir()) == []
