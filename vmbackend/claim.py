@@ -114,7 +114,16 @@ class ClaimBoot(Boot):
         """Throw the pool VM away and boot the order's VM the ordinary way (restore, else cold)."""
         cleanup(self.cfg, self.store, self.record, self.machine)
         self.machine = None
+        # The pool VM's certificate went with its disk: the fresh VM gets its own (Boot._tls).
         self.report(
-            self.record, None, {}, machine_id="", claimed_from={}, boot="", stage="", seconds=0.0
+            self.record,
+            None,
+            {},
+            machine_id="",
+            claimed_from={},
+            tls_cert="",
+            boot="",
+            stage="",
+            seconds=0.0,
         )
         super().run()

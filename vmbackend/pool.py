@@ -102,6 +102,10 @@ def fits(record: VMRecord, cmd: CreateVM) -> bool:
         and record.memory_mb == cmd.memory_mb
         and record.vcpus == cmd.vcpus
         and record.disk_gb <= cmd.disk_gb
+        # Its plain ports are forwarded (or not) since its QEMU started: on a host with TLS a
+        # pool VM serves only orders that want them as it has them (a host without TLS keeps
+        # them open for every VM, docs/tls.md).
+        and ("amqps" not in record.ports or record.plain_ports == cmd.plain_ports)
     )
 
 

@@ -439,6 +439,9 @@ class Registry:
             record.ports = dict(source.ports)
             record.tap, record.mac = source.tap, source.mac
             record.ip_addresses = list(source.ip_addresses)
+            # Its certificate, issued for this VM (its own key) when it was filled: the claim
+            # need not issue and install another (the guest already serves it).
+            record.tls_cert = source.tls_cert
             record.machine_id = source.machine_name
             record.boot = "pool"
             record.boot_started_at = time.time()

@@ -148,7 +148,9 @@ def test_a_resumed_claim_that_was_swapped_already_finishes_without_a_second_swap
 
 def test_a_pool_vm_that_refuses_falls_back_to_the_ordinary_boot(setup, monkeypatch):
     cfg, registry, broker = setup
+    next(r for r in registry.records.values() if r.pool).tls_cert = "pool VM's certificate"
     record, machine = _claim(registry)
+    assert record.tls_cert == "pool VM's certificate"  # claimed with the VM it was issued to
     broker.users = {}  # the pool admin is refused (a broken pool VM)
     booted: list[str] = []
     monkeypatch.setattr(Boot, "run", lambda self: booted.append(self.record.machine_name))
@@ -156,3 +158,5 @@ def test_a_pool_vm_that_refuses_falls_back_to_the_ordinary_boot(setup, monkeypat
     assert machine.destroyed
     assert booted == ["vm-claim"]  # its own folder and QEMU name now
     assert record.machine_id == "" and record.claimed_from == {} and record.boot == ""
+    # The certificate went with the pool VM's disk: the fresh VM is issued its own.
+    assert record.tls_cert == "" and registry.store.load("vm-claim").tls_cert == ""

@@ -30,8 +30,11 @@ def _cfg(tmp: Path, capacity: int = 4, pool_text: str = "tiny:256:2") -> config.
     )
 
 
-def _cmd(vm_id: str, memory_mb: int = 256, disk_gb: int = 4, image: str = "tiny") -> CreateVM:
+def _cmd(
+    vm_id: str, memory_mb: int = 256, disk_gb: int = 4, image: str = "tiny", plain: bool = True
+) -> CreateVM:
     return CreateVM(
+        plain_ports=plain,
         vm_id=vm_id,
         image=image,
         memory_mb=memory_mb,
@@ -131,6 +134,20 @@ def test_pick_takes_an_exact_disk_first_then_the_oldest_and_only_what_fits():
     assert pool.pick(records, _cmd("x", image="other"), set()) is None
 
 
+def test_on_a_tls_host_a_pool_vm_serves_only_orders_that_want_its_plain_ports():
+    tls_ports = {"management": 1, "amqp": 2, "amqps": 3, "https": 4}
+    with_plain = [_record("pool-plain", ports=tls_ports)]
+    # A TLS-only order must not get a VM whose QEMU forwards plain AMQP and management.
+    assert pool.pick(with_plain, _cmd("x", plain=False), set()) is None
+    assert pool.pick(with_plain, _cmd("x"), set()).vm_id == "pool-plain"
+    tls_only = [_record("pool-tls-only", ports=tls_ports, plain_ports=False)]
+    assert pool.pick(tls_only, _cmd("x"), set()) is None
+    assert pool.pick(tls_only, _cmd("x", plain=False), set()).vm_id == "pool-tls-only"
+    # A host without TLS keeps plain ports for every VM: plain-ports false changes nothing.
+    plain_host = [_record("pool-no-tls", ports={"management": 1, "amqp": 2})]
+    assert pool.pick(plain_host, _cmd("x", plain=False), set()).vm_id == "pool-no-tls"
+
+
 def test_a_starting_pool_vm_gives_way_before_a_ready_one():
     records = [_record("pool-ready", created_at=1.0), _record("pool-boot", status=BOOTING)]
     assert pool.evict_choice(records, set()).vm_id == "pool-boot"
@@ -167,9 +184,11 @@ def test_a_claim_is_durable_first_and_hides_nothing_of_the_pool_vm(registry):
     assert registry.claim(_vmcommand(source.vm_id))[0] == UNKNOWN  # no command reaches it
     assert source.outbox == [] and source.seq == 0  # it told no one
 
+    source.tls_cert = "-----BEGIN CERTIFICATE-----\nissued at fill\n-----END CERTIFICATE-----\n"
     record = registry.claim_pool(_cmd("vm-1"))
 
     assert record is not None and record.machine_id == source.vm_id
+    assert record.tls_cert == source.tls_cert  # the guest serves it already: not issued again
     assert record.ports == source.ports and record.boot == "pool"
     assert record.claimed_from["admin_password"] == source.admin_password
     assert registry.store.load("vm-1").machine_id == source.vm_id  # written
