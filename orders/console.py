@@ -454,19 +454,6 @@ def after_ready(order: Order, instance: Instance, event: Event) -> None:
         _done(order, instance, pending)
 
 
-def password_to_send(*, instance: Instance, request_id: str) -> str:
-    """The password a set-admin-password carries when the relay publishes it: its command's new
-    one while the host has not answered; after that the instance's (the same, once confirmed; a
-    refused or given-up command makes the host set the current password again: no change)."""
-    try:
-        command = instance.commands.filter(request_id=uuid.UUID(request_id)).first()
-    except ValueError:
-        command = None
-    if command is not None and command.new_password_encrypted:
-        return command.new_password
-    return instance.admin_password
-
-
 # -- what the order page shows ---------------------------------------------------------------------
 
 PENDING_LABEL = {

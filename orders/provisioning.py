@@ -76,14 +76,25 @@ def body_to_publish(row: OutboxMessage) -> dict[str, Any]:
         return stored
     body = copy.deepcopy(stored)
     if stored.get("command") == messages.SET_ADMIN_PASSWORD:
-        from orders.console import password_to_send
-
         body["options"]["admin"]["password"] = password_to_send(
             instance=instance, request_id=str(stored["options"].get("request-id", ""))
         )
     else:
         body["options"]["admin"]["password"] = instance.admin_password
     return body
+
+
+def password_to_send(*, instance: Instance, request_id: str) -> str:
+    """The password a set-admin-password carries when the relay publishes it: its command's new
+    one while the host has not answered; after that the instance's (the same, once confirmed; a
+    refused or given-up command makes the host set the current password again: no change)."""
+    try:
+        command = instance.commands.filter(request_id=uuid.UUID(request_id)).first()
+    except ValueError:
+        command = None
+    if command is not None and command.new_password_encrypted:
+        return command.new_password
+    return instance.admin_password
 
 
 def ca_certificate_pem() -> bytes | None:
