@@ -187,12 +187,12 @@ def bench_worker(instances: list, rounds: int, run: int, url: str) -> tuple[int,
 
     from orders import broker
     from orders.host_events import EventConsumer
-    from vmbackend import messages
+    from vmbackend import messages, topology
 
     conn = broker.connect(url)
     channel = conn.channel()
     broker.declare_topology(channel)
-    channel.queue_purge("warren.events.store")
+    channel.queue_purge(topology.EVENTS_STORE_QUEUE)
     # Each run its own past 30-second slots: never a duplicate of an earlier run's sample.
     base = timezone.now() - timedelta(hours=2) + timedelta(seconds=run * rounds * INTERVAL_S)
     props = pika.BasicProperties(content_type="application/json", delivery_mode=2)

@@ -21,6 +21,7 @@ from orders.models import Instance, Order
 from orders.provisioning import request_provisioning
 from store.models import Plan
 from tests.stripe_signing import stripe_signature as sign_payload
+from vmbackend import topology
 
 
 def stripe_signature(
@@ -158,7 +159,7 @@ def post_webhook(client: Any, signed: Callable[..., tuple[bytes, str]]) -> Calla
 
 # -- the control broker -------------------------------------------------------------------------
 
-QUEUES_TO_PURGE = ("computing.create-vm", "warren.events.store", "computing.dead")
+QUEUES_TO_PURGE = (topology.CREATE_QUEUE, topology.EVENTS_STORE_QUEUE, topology.DEAD_QUEUE)
 
 
 @pytest.fixture(scope="session")
@@ -187,6 +188,9 @@ def amqp(orders_amqp_url: str) -> Any:
 
     connection = broker.connect(orders_amqp_url)
     channel = connection.channel()
+    # Publisher confirms: a quorum queue takes a message through its log, so only a confirmed
+    # publish is sure to be there for the basic_get that follows it.
+    channel.confirm_delivery()
     broker.declare_topology(channel)
     for queue in QUEUES_TO_PURGE:
         channel.queue_purge(queue)

@@ -73,7 +73,7 @@ def test_a_refused_create_vm_fails_the_order_with_the_hosts_reason(instance, amq
     # The customer's password does not sit in the dead-letter table.
     assert instance.admin_password not in dead.body
     assert json.loads(dead.body)["options"]["admin"]["password"] == "********"
-    assert get_all(amqp, "computing.dead") == []  # read and acked
+    assert get_all(amqp, topology.DEAD_QUEUE) == []  # read and acked
 
     # Staff fix the cause and retry: a new create-vm under a fresh vm-id.
     retried = retry_provisioning(instance=fresh)

@@ -33,7 +33,7 @@ from orders.models import (
 )
 from orders.provisioning import cancel_order, request_provisioning, retry_provisioning
 from tests.orders.conftest import get_all
-from vmbackend import messages
+from vmbackend import messages, topology
 
 pytestmark = pytest.mark.django_db
 
@@ -107,7 +107,7 @@ def test_a_vm_goes_from_accepted_to_ready(instance, amqp, orders_amqp_url):
     assert fresh.amqp_url == "amqp://warren-x@127.0.0.1:20002/"
     assert (fresh.host_id, fresh.last_event_seq) == ("host-a", 3)
     assert fresh.ready_at is not None
-    assert get_all(amqp, "warren.events.store") == []  # acked
+    assert get_all(amqp, topology.EVENTS_STORE_QUEUE) == []  # acked
 
 
 def test_a_failed_vm_fails_the_order_with_the_reason(instance, amqp, orders_amqp_url):
@@ -225,8 +225,8 @@ def test_a_malformed_event_is_dead_lettered_and_the_next_one_applied(
     )
     assert dead.reason
     assert "\x00" not in dead.body and len(dead.body) <= 8000
-    assert get_all(amqp, "computing.dead") == []
-    assert get_all(amqp, "warren.events.store") == []
+    assert get_all(amqp, topology.DEAD_QUEUE) == []
+    assert get_all(amqp, topology.EVENTS_STORE_QUEUE) == []
     assert _fresh(instance).status == Instance.Status.BOOTING
 
 
@@ -261,7 +261,7 @@ def test_an_event_for_an_unknown_instance_is_acknowledged(instance, amqp, orders
     counts = _consume(orders_amqp_url)
 
     assert counts == {"unknown_instance": 1}
-    assert get_all(amqp, "warren.events.store") == []
+    assert get_all(amqp, topology.EVENTS_STORE_QUEUE) == []
     assert _fresh(instance).status == Instance.Status.REQUESTED
 
 

@@ -14,7 +14,7 @@ from orders.models import Alarm, DeadLetter, Instance, MetricSample
 from tests.orders.conftest import get_all
 from tests.orders.test_host_events import _consume, _publish
 from tests.orders.test_metrics import sample
-from vmbackend import messages
+from vmbackend import messages, topology
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,7 +47,7 @@ def test_samples_published_to_the_broker_are_stored_outside_the_seq_path(
     assert rows == [1234, 1300]
     ready.refresh_from_db()
     assert ready.last_event_seq == 7  # untouched: metrics are not seq-ordered
-    assert get_all(amqp, "warren.events.store") == []  # all acked
+    assert get_all(amqp, topology.EVENTS_STORE_QUEUE) == []  # all acked
 
 
 def test_a_copy_on_another_host_and_an_unknown_vm_store_nothing(ready, amqp, orders_amqp_url):

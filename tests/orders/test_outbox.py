@@ -17,6 +17,7 @@ from orders.provisioning import enqueue
 from tests.net import free_port
 from tests.orders.conftest import get_all, provision
 from tests.tcp_proxy import TcpProxy
+from vmbackend import topology
 
 
 def _paid(order: Order) -> OutboxMessage:
@@ -47,7 +48,7 @@ def test_it_publishes_with_confirms_and_marks_the_row_sent(order, amqp, orders_a
     row.refresh_from_db()
     assert row.sent_at is not None
     assert (row.attempts, row.last_error) == (1, "")
-    ((method, properties, body),) = get_all(amqp, "computing.create-vm")
+    ((method, properties, body),) = get_all(amqp, topology.CREATE_QUEUE)
     published = json.loads(body)
     # The row holds no password; the relay filled in the instance's (decrypted) one.
     assert row.body["options"]["admin"]["password"] == ""
@@ -72,7 +73,7 @@ def test_it_publishes_oldest_first_and_never_twice(order, amqp, orders_amqp_url)
     Relay(url=orders_amqp_url).run(once=True)
     Relay(url=orders_amqp_url).run(once=True)
 
-    bodies = [json.loads(body)["n"] for _, _, body in get_all(amqp, "computing.create-vm")]
+    bodies = [json.loads(body)["n"] for _, _, body in get_all(amqp, topology.CREATE_QUEUE)]
     assert bodies == [0, 1, 2]
     assert not OutboxMessage.objects.filter(sent_at__isnull=True).exists()
 
@@ -87,13 +88,13 @@ def test_rows_stay_unsent_while_the_broker_is_unreachable(order, amqp, orders_am
 
     row.refresh_from_db()
     assert row.sent_at is None
-    assert get_all(amqp, "computing.create-vm") == []
+    assert get_all(amqp, topology.CREATE_QUEUE) == []
 
     Relay(url=orders_amqp_url).run(once=True)  # the broker is back
 
     row.refresh_from_db()
     assert row.sent_at is not None
-    assert len(get_all(amqp, "computing.create-vm")) == 1
+    assert len(get_all(amqp, topology.CREATE_QUEUE)) == 1
 
 
 @pytest.mark.django_db
@@ -116,7 +117,7 @@ def test_the_command_publishes_pending_rows(order, amqp, orders_amqp_url):
 
     row.refresh_from_db()
     assert row.sent_at is not None
-    assert len(get_all(amqp, "computing.create-vm")) == 1
+    assert len(get_all(amqp, topology.CREATE_QUEUE)) == 1
 
 
 @pytest.mark.django_db(transaction=True)
@@ -130,7 +131,7 @@ def test_the_relay_loop_retries_until_the_broker_is_back(order, amqp, orders_amq
     thread = threading.Thread(target=relay.run, daemon=True)
     thread.start()
     try:
-        assert not _wait_until(lambda: get_all(amqp, "computing.create-vm"), timeout=1.0)
+        assert not _wait_until(lambda: get_all(amqp, topology.CREATE_QUEUE), timeout=1.0)
         row.refresh_from_db()
         assert row.sent_at is None
 
@@ -139,7 +140,7 @@ def test_the_relay_loop_retries_until_the_broker_is_back(order, amqp, orders_amq
         assert _wait_until(lambda: OutboxMessage.objects.get(pk=row.pk).sent_at is not None)
         # At least once (docs/orders.md): a publish whose confirm was lost when the proxy dropped
         # the connection is sent again, so a copy may arrive twice, always as the same message.
-        published = get_all(amqp, "computing.create-vm")
+        published = get_all(amqp, topology.CREATE_QUEUE)
         assert published
         assert {props.message_id for _, props, _ in published} == {str(row.message_id)}
     finally:
@@ -174,7 +175,7 @@ def test_the_relay_survives_the_broker_vanishing_between_batches(order, amqp, or
         relay.stop()
         thread.join(timeout=10)
         proxy.down()
-    assert len(get_all(amqp, "computing.create-vm")) == 2
+    assert len(get_all(amqp, topology.CREATE_QUEUE)) == 2
 
 
 @pytest.mark.django_db
@@ -190,7 +191,7 @@ def test_a_crash_after_publishing_sends_the_row_again(order, amqp, orders_amqp_u
 
     row.refresh_from_db()
     assert (row.sent_at is not None, row.attempts) == (True, 2)
-    ids = {props.message_id for _, props, _ in get_all(amqp, "computing.create-vm")}
+    ids = {props.message_id for _, props, _ in get_all(amqp, topology.CREATE_QUEUE)}
     assert ids == {str(row.message_id)}  # delivered twice, same id: consumers de-duplicate
 
 

@@ -18,6 +18,7 @@ from django.db import connection
 
 from orders.relay_lock import AdvisoryLock, FileLock, relay_lock
 from tests.orders.conftest import get_all
+from vmbackend import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 TAKEOVER_TIMEOUT = 60
@@ -126,10 +127,10 @@ def _published(channel, expected: int) -> list[bytes]:
     bodies: list[bytes] = []
     deadline = time.monotonic() + TAKEOVER_TIMEOUT
     while len(bodies) < expected and time.monotonic() < deadline:
-        bodies += [body for _, _, body in get_all(channel, "computing.create-vm")]
+        bodies += [body for _, _, body in get_all(channel, topology.CREATE_QUEUE)]
         time.sleep(0.2)
     time.sleep(1.0)  # anything published twice would arrive now
-    return bodies + [body for _, _, body in get_all(channel, "computing.create-vm")]
+    return bodies + [body for _, _, body in get_all(channel, topology.CREATE_QUEUE)]
 
 
 def test_one_relay_at_a_time_and_the_second_takes_over_when_the_first_dies(

@@ -15,6 +15,7 @@ from orders.models import OutboxMessage
 from orders.outbox import Relay
 from orders.provisioning import enqueue
 from tests.orders.conftest import get_all
+from vmbackend import topology
 
 LONG_POLL = 120.0  # the relay's poll in these tests: only a wake-up can be quicker
 
@@ -54,7 +55,7 @@ def test_a_committed_row_is_published_on_the_wake_up_not_the_poll(amqp, relay):
 
     assert _wait_until(lambda: OutboxMessage.objects.get(pk=second.pk).sent_at is not None)
     assert relay.wakeups >= 1
-    bodies = [b for _, _, b in get_all(amqp, "computing.create-vm")]
+    bodies = [b for _, _, b in get_all(amqp, topology.CREATE_QUEUE)]
     assert len(bodies) == 2
 
 

@@ -20,6 +20,7 @@ from orders.host_events import EventConsumer
 from orders.outbox import Relay
 from orders.provisioning import enqueue
 from tests.orders.conftest import get_all
+from vmbackend import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,7 +103,7 @@ def test_a_database_error_leaves_the_event_on_the_queue(amqp, orders_amqp_url):
         with pytest.raises(OperationalError):
             consumer.run(once=True)
 
-    assert len(get_all(amqp, "warren.events.store")) == 1  # nacked and requeued, not lost
+    assert len(get_all(amqp, topology.EVENTS_STORE_QUEUE)) == 1  # nacked and requeued, not lost
 
 
 @pytest.mark.django_db

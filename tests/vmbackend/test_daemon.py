@@ -200,7 +200,11 @@ def test_the_create_queue_is_declared_with_the_shared_arguments(amqp_url):
         channel.queue_declare(
             topology.CREATE_QUEUE,
             durable=True,
-            arguments={"x-dead-letter-exchange": "computing.dlx"},
+            arguments={
+                "x-dead-letter-exchange": "computing.dlx",
+                "x-queue-type": "quorum",  # the local broker is 3.8+
+                "x-delivery-limit": topology.DELIVERY_LIMIT,
+            },
         )
         channel.queue_delete(topology.host_queue("args-check"))
     finally:

@@ -13,9 +13,7 @@ READY_TIMEOUT = 300
 def _queued(amqp_url):
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
-        ok = conn.channel().queue_declare(
-            topology.CREATE_QUEUE, durable=True, arguments=topology.WORK_QUEUE_ARGS
-        )
+        ok = conn.channel().queue_declare(topology.CREATE_QUEUE, passive=True)
         return ok.method.message_count
     finally:
         conn.close()
