@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from orders import order_wait
+from tests.e2e.harness import wait_until
+
+
+@pytest.fixture(autouse=True)
+def no_other_waiters():
+    """The waiting count is per process: a browser test's live server may still hold a page's
+    long poll (up to its 20 s timeout) after that test ended. Start from none waiting."""
+    wait_until(lambda: order_wait.waiting() == 0, 60, "no long poll waiting in this process")
 
 
 class FakeHub:
