@@ -33,7 +33,13 @@ def _admin(n: int) -> dict[str, str]:
 
 
 def pool_records(state_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((state_dir / "vms").glob("pool-*.json"))]
+    records = []
+    for path in sorted((state_dir / "vms").glob("pool-*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except FileNotFoundError:  # the daemon dropped it (crashed, claimed) after the glob
+            continue
+    return records
 
 
 def wait_pool_ready(
