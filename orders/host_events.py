@@ -577,7 +577,11 @@ class EventConsumer:
     def check_silent_hosts(self, channel: BlockingChannel) -> None:
         now = timezone.now()
         if now.timestamp() - self.last_silent_check > self.silent_check_interval:
-            self.with_database(channel, lambda: mark_silent_hosts(now))
+            silent = self.with_database(channel, lambda: mark_silent_hosts(now))
+            self.with_database(
+                channel,
+                lambda: placement.replace_from_silent_hosts(h.host_id for h in silent),
+            )
             self.with_database(channel, lambda: evacuation.evacuate_silent_hosts(now))
             self.last_silent_check = now.timestamp()
 

@@ -340,8 +340,6 @@ def unplace_unroutable(row: OutboxMessage) -> bool:
 def apply_declined(*, instance_id: uuid.UUID | None, host_id: str, reason: str) -> str:
     """instance.declined: the host would not take the create-vm placed on it. Place it again
     (a new outbox row; the relay routes it), never on a host that declined it."""
-    from orders.provisioning import CREATE_VM, create_vm_body, enqueue
-
     with transaction.atomic():
         if instance_id is None:  # the parser requires one
             return "unknown_instance"
@@ -365,19 +363,55 @@ def apply_declined(*, instance_id: uuid.UUID | None, host_id: str, reason: str) 
             or instance.placed_on != host_id
         ):
             return "stale"  # a repeat, or the instance moved on
-        declined = [*instance.declined_by, host_id]
-        Instance.objects.filter(pk=instance.pk).update(placed_on="", declined_by=declined)
-        instance.placed_on, instance.declined_by = "", declined
-        enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance)
-        log.warning(
-            "event=vm_declined order_id=%s instance_id=%s host_id=%s tries=%s reason=%r",
-            instance.order.public_id,
-            instance.public_id,
-            host_id,
-            instance.placement_tries,
-            reason,
-        )
+        _place_again(instance, host_id, reason=reason)
         return "replaced"
+
+
+def replace_from_silent_hosts(silent_host_ids: Iterable[str]) -> int:
+    """Create-vms placed on hosts that went silent before taking them (still requested: no
+    instance.accepted): nobody consumes that host's queue, so each is placed again elsewhere as
+    if the host had declined. Should the host come back and take its old copy after all, that is
+    a duplicate copy, which the event worker already deletes (host_events). Returns how many."""
+    silent = list(silent_host_ids)
+    if not silent:
+        return 0
+    moved = 0
+    stuck = Instance.objects.filter(
+        status=Instance.Status.REQUESTED, placed_on__in=silent
+    ).values_list("order_id", "placed_on")
+    for order_pk, host_id in list(stuck):
+        with transaction.atomic():
+            Order.objects.select_for_update().get(pk=order_pk)  # the usual lock order
+            instance = (
+                Instance.objects.select_for_update()
+                .select_related("order", "order__plan")
+                .get(order_id=order_pk)
+            )
+            # Compare again under the lock: it may have been accepted or moved meanwhile.
+            if instance.status == Instance.Status.REQUESTED and instance.placed_on == host_id:
+                _place_again(instance, host_id, reason="the host went silent before taking it")
+                moved += 1
+    return moved
+
+
+def _place_again(instance: Instance, host_id: str, *, reason: str) -> None:
+    """Drop the claim on `host_id`, never try that host again for this instance, and queue a
+    new create-vm for the relay to route. Runs inside the caller's transaction with both rows
+    locked."""
+    from orders.provisioning import CREATE_VM, create_vm_body, enqueue
+
+    declined = [*instance.declined_by, host_id]
+    Instance.objects.filter(pk=instance.pk).update(placed_on="", declined_by=declined)
+    instance.placed_on, instance.declined_by = "", declined
+    enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance)
+    log.warning(
+        "event=vm_placed_again order_id=%s instance_id=%s host_id=%s tries=%s reason=%r",
+        instance.order.public_id,
+        instance.public_id,
+        host_id,
+        instance.placement_tries,
+        reason,
+    )
 
 
 def waiting_for_room() -> Q:

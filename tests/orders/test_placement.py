@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orders import placement
-from orders.host_events import handle_message
+from orders.host_events import EventConsumer, handle_message, mark_silent_hosts
 from orders.models import Activity, Host, Instance, Order, OutboxMessage
 from orders.outbox import publish_pending
 from orders.provisioning import request_provisioning
@@ -236,6 +236,58 @@ def test_silent_draining_and_old_hosts_get_nothing(amqp, hosts, plans):
     relay(amqp)
     assert in_queue(amqp, None) == [instance.vm_id]
     assert not placement.plan_available(plans["small"])
+
+
+def silence(host_id: str) -> list[str]:
+    """The host's last heartbeat ten minutes ago; the silent hosts the event worker sees."""
+    Host.objects.filter(host_id=host_id).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=600)
+    )
+    return [host.host_id for host in mark_silent_hosts(timezone.now())]
+
+
+def test_a_create_vm_left_on_a_host_that_went_silent_is_placed_again_elsewhere(amqp, hosts, plans):
+    dead = hosts(8192, memory=1000)  # pack picks the fuller one
+    alive = hosts(8192)
+    instance = paid(plans["small"])
+    relay(amqp)
+    assert fresh(instance).placed_on == dead
+    silent = silence(dead)
+    assert placement.replace_from_silent_hosts(silent) == 1
+    assert placement.replace_from_silent_hosts(silent) == 0  # once: it is no longer placed there
+    relay(amqp)
+    again = fresh(instance)
+    assert (again.placed_on, again.declined_by, again.status) == (alive, [dead], "requested")
+    assert in_queue(amqp, alive) == [instance.vm_id]
+
+
+def test_the_event_worker_places_again_what_a_silent_host_never_took(
+    amqp, orders_amqp_url, hosts, plans
+):
+    dead = hosts(8192, memory=1000)
+    alive = hosts(8192)
+    instance = paid(plans["small"])
+    relay(amqp)
+    Host.objects.filter(host_id=dead).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=600)
+    )
+    EventConsumer(url=orders_amqp_url).check_silent_hosts(amqp)  # the worker loop's step
+    relay(amqp)
+    assert fresh(instance).placed_on == alive
+    assert in_queue(amqp, alive) == [instance.vm_id]
+
+
+def test_a_vm_its_silent_host_already_accepted_is_left_to_staff(amqp, hosts, plans):
+    host = hosts(8192, memory=1000)  # pack picks the fuller one
+    hosts(8192)
+    instance = paid(plans["small"])
+    relay(amqp)
+    body = {**declined(instance, host), "type": "instance.accepted", "seq": 1, "image": "x"}
+    assert handle_message(json.dumps(body).encode()) == "applied"
+    rows = OutboxMessage.objects.count()
+    assert placement.replace_from_silent_hosts(silence(host)) == 0
+    assert OutboxMessage.objects.count() == rows  # a VM may exist there: evacuation decides
+    assert fresh(instance).placed_on == host
 
 
 def test_a_host_whose_queue_is_gone_is_skipped_and_the_order_placed_elsewhere(amqp, hosts, plans):
