@@ -13,6 +13,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.urls import reverse
 from django.utils import timezone
 
@@ -39,9 +40,10 @@ def join(*, plan: Plan, email: str) -> WaitlistEntry:
 def notify_waitlist(now: datetime | None = None) -> int:
     """Email the waiting addresses of every plan that is on sale again; how many were sent."""
     now = now or timezone.now()
-    waiting_plans = Plan.objects.filter(
-        is_active=True, waitlist__notified_at__isnull=True
-    ).distinct()
+    # Exists, not `waitlist__notified_at__isnull=True`: through the outer join that also matched
+    # every plan with no entry at all, and each was looked at (and logged) every interval.
+    waiting = WaitlistEntry.objects.filter(plan=OuterRef("pk"), notified_at__isnull=True)
+    waiting_plans = list(Plan.objects.filter(Exists(waiting), is_active=True))
     if not waiting_plans:
         return 0
     available = placement.available_plans(waiting_plans, now)
@@ -50,6 +52,7 @@ def notify_waitlist(now: datetime | None = None) -> int:
     for plan in waiting_plans:
         if not available.get(plan.pk):
             continue
+        notified = 0
         for entry in list(plan.waitlist.filter(notified_at__isnull=True)):
             # Compare-and-set: two workers never email one entry twice.
             if not WaitlistEntry.objects.filter(pk=entry.pk, notified_at__isnull=True).update(
@@ -57,7 +60,8 @@ def notify_waitlist(now: datetime | None = None) -> int:
             ):
                 continue
             context = {"plan": plan, "pricing_url": f"{pricing_url}#plan-{plan.slug}"}
+            notified += 1
             if send_email(to=entry.email, kind="plan_available", context=context):
                 sent += 1
-        log.info("event=waitlist_notified plan=%s", plan.slug)
+        log.info("event=waitlist_notified plan=%s entries=%s", plan.slug, notified)
     return sent

@@ -137,6 +137,19 @@ def test_the_waitlist_is_emailed_once_when_room_appears(plans, full_for_warren) 
     assert WaitlistEntry.objects.filter(email="dave@example.com").count() == 2
 
 
+def test_plans_nobody_waits_for_are_not_looked_at(plans, full_for_warren, caplog) -> None:
+    join(plan=plans["warren"], email="gus@example.com")  # sold out: waits
+    with caplog.at_level("INFO", logger="store.waitlist"):
+        assert notify_waitlist() == 0
+    # Bunny is on sale but nobody waits for it; Warren has a waiter but no room: no line.
+    assert "waitlist_notified" not in caplog.text
+    join(plan=plans["bunny"], email="hal@example.com")
+    with caplog.at_level("INFO", logger="store.waitlist"):
+        assert notify_waitlist() == 1
+    assert "event=waitlist_notified plan=bunny entries=1" in caplog.text
+    assert "waitlist_notified plan=warren" not in caplog.text
+
+
 def test_the_event_worker_checks_the_waitlist_at_its_interval(plans, full_for_warren) -> None:
     join(plan=plans["bunny"], email="fay@example.com")
     consumer = EventConsumer(waitlist_interval=3600)
