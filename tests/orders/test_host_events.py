@@ -599,7 +599,30 @@ _FIELDS = [
     "memory_used_mb",
     "vcpus_total",
     "disk_used_gb",
+    # fields added with the console, metrics, the pool and TLS
+    "runtime",
+    "command",
+    "request_id",
+    "memory_mb",
+    "vcpus",
+    "disk_gb",
+    "pool",
+    "reachable",
+    "messages_ready",
+    "publish_rate",
+    "mem_alarm",
+    "uptime_s",
+    "cpu_percent",
+    "rss_bytes",
 ]
+# Bodies no parser may choke on: deep nesting, near the size bound and past it.
+_MONSTERS = st.one_of(
+    st.integers(1, 20_000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+    st.integers(1, 20_000).map(lambda n: b"[" * n + b"]" * n),
+    st.integers(60_000, 70_000).map(
+        lambda n: json.dumps({"type": "instance.metrics", "host_id": "a", "pad": "x" * n}).encode()
+    ),
+)
 
 
 @st.composite
@@ -607,9 +630,23 @@ def _event_bodies(draw: Any, vm_id: str) -> bytes:
     """A valid event for our instance, then some fields replaced by hostile values (or none)."""
     kind = draw(
         st.sampled_from(
-            [*sorted(messages.INSTANCE_EVENTS), messages.HEARTBEAT, messages.INSTANCE_DECLINED]
+            [
+                *sorted(messages.INSTANCE_EVENTS),
+                messages.HEARTBEAT,
+                messages.INSTANCE_DECLINED,
+                messages.INSTANCE_METRICS,
+            ]
         )
     )
+    if kind == messages.INSTANCE_METRICS:
+        body = messages.metrics_event(
+            instance_id=vm_id,
+            host_id=draw(st.sampled_from(["a", "b"])),
+            metrics=messages.Metrics(reachable=True, messages_ready=5, cpu_percent=1.0),
+        )
+        for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=3)):
+            body[name] = draw(_HOSTILE_VALUES)
+        return json.dumps(body).encode(errors="surrogatepass")
     body = messages.event(
         kind,
         instance_id=vm_id,
@@ -631,7 +668,7 @@ def _event_bodies(draw: Any, vm_id: str) -> bytes:
 def test_the_worker_never_raises_on_any_body(instance, data):
     """Property: whatever arrives, dispatch (what the consumer runs per delivery) answers a
     result, and a reason exactly when it must be dead-lettered; the order stays consistent."""
-    body = data.draw(st.one_of(st.binary(max_size=200), _event_bodies(instance.vm_id)))
+    body = data.draw(st.one_of(st.binary(max_size=200), _MONSTERS, _event_bodies(instance.vm_id)))
 
     result, reason = dispatch(body)
 
@@ -646,6 +683,10 @@ def test_the_worker_never_raises_on_any_body(instance, data):
         "unknown_instance",
         "unknown_command",  # a console outcome for a command this shop never sent
         "replaced",  # instance.declined by the host it was placed on (orders/placement.py)
+        # instance.metrics (orders/metrics.apply_metrics)
+        "recorded",
+        "duplicate",
+        "stored_late",
         "rejected",
     }
     assert bool(reason) == (result == "rejected")
