@@ -15,7 +15,7 @@ import pytest
 
 BROKER = "127.0.0.1:5672"
 # The fixtures that create a vhost on the real broker; every broker fixture depends on one of them.
-BROKER_FIXTURES = frozenset({"amqp_vhost", "orders_amqp_url"})
+BROKER_FIXTURES = frozenset({"amqp_vhost", "amqp_url", "orders_amqp_url"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,19 +37,33 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def amqp_vhost() -> Iterator[str]:
-    vhost = f"warren-test-{uuid.uuid4().hex[:12]}"
+def make_vhost(prefix: str) -> str:
+    """A new virtual host on the real broker that guest may use fully."""
+    vhost = f"{prefix}-{uuid.uuid4().hex[:12]}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield vhost
+    return vhost
+
+
+def drop_vhost(vhost: str) -> None:
     try:
         _rabbitmqctl("delete_vhost", vhost)
     except (subprocess.SubprocessError, OSError):
         pass  # the broker may be down after a failure drill; a leftover vhost is harmless
 
 
+def vhost_url(vhost: str) -> str:
+    return f"amqp://guest:guest@{BROKER}/{quote(vhost, safe='')}"
+
+
+@pytest.fixture(scope="session")
+def amqp_vhost() -> Iterator[str]:
+    vhost = make_vhost("warren-test")
+    yield vhost
+    drop_vhost(vhost)
+
+
 @pytest.fixture(scope="session")
 def amqp_url(amqp_vhost: str) -> str:
     """URL of the session's private vhost on the real local RabbitMQ."""
-    return f"amqp://guest:guest@{BROKER}/{quote(amqp_vhost, safe='')}"
+    return vhost_url(amqp_vhost)

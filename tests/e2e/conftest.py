@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import drop_vhost, make_vhost, vhost_url
 from tests.e2e.harness import System
 from vmbackend.images import manifest, tiny, versions
 
@@ -20,6 +21,15 @@ def images_root() -> Path:
     root = manifest.default_images_root()
     tiny.build(root, progress=lambda message: None)
     return root
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    """Each system its own vhost: a stopped daemon's last heartbeats, left in a shared vhost's
+    event queue, made the next test's shop place its order on that gone host."""
+    vhost = make_vhost("warren-e2e")
+    yield vhost_url(vhost)
+    drop_vhost(vhost)
 
 
 @pytest.fixture

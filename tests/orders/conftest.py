@@ -166,19 +166,11 @@ QUEUES_TO_PURGE = (topology.CREATE_QUEUE, topology.EVENTS_STORE_QUEUE, topology.
 def orders_amqp_url() -> Any:
     """A vhost of our own on the real broker: the create-vm rows these tests publish must never
     reach a daemon started by another test in the same session."""
-    import uuid
-    from urllib.parse import quote
+    from tests.conftest import drop_vhost, make_vhost, vhost_url
 
-    from tests.conftest import BROKER, _rabbitmqctl
-
-    vhost = f"warren-orders-test-{uuid.uuid4().hex[:12]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@{BROKER}/{quote(vhost, safe='')}"
-    try:
-        _rabbitmqctl("delete_vhost", vhost)
-    except Exception:  # noqa: BLE001, S110 - a leftover vhost is harmless
-        pass
+    vhost = make_vhost("warren-orders-test")
+    yield vhost_url(vhost)
+    drop_vhost(vhost)
 
 
 @pytest.fixture
