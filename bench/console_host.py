@@ -18,11 +18,8 @@ and prints the medians.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,12 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 import pika  # noqa: E402
 
+from tests.vmbackend.daemon_helpers import bench_host, wait_host  # noqa: E402
 from vmbackend import messages, topology  # noqa: E402
 from vmbackend.client import Client  # noqa: E402
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 def send(client: Client, host_id: str, body: dict[str, Any]) -> float:
@@ -75,37 +69,14 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1500)
     args = parser.parse_args()
 
-    vhost = f"warren-bench-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    work = Path(tempfile.mkdtemp(prefix="warren-bench-console-"))
-    host_id = f"bench-{uuid.uuid4().hex[:6]}"
-    env = dict(
-        os.environ,
-        WARREN_HOST_ID=host_id,
-        WARREN_AMQP_URL=url,
-        WARREN_STATE_DIR=str(work / "state"),
-        WARREN_CAPACITY="1",
-        WARREN_HEARTBEAT_INTERVAL="5",
-    )
-    log = open(work / "daemon.log", "wb")  # noqa: SIM115
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "vmbackend", "daemon"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     times: dict[str, list[float]] = {"rotation": [], "resize": [], "restart": [], "repeat": []}
     vm_id = f"bench-{uuid.uuid4().hex[:6]}"
-    try:
-        with Client(url) as client:
+    env = {"WARREN_BOOT_DEADLINE": str(args.timeout)}
+    with bench_host(prefix="wbc-", env=env) as host:
+        host_id = host.host_id
+        with Client(host.url) as client:
             client.watch_events("instance.*")
-            for _ in range(50):
-                if client.collect("list-vms", routing_key=f"host.{host_id}", wait=1, expect=1):
-                    break
+            wait_host(client, host_id)
             reply = client.call("create-vm", {"image": args.image, "vm-id": vm_id})
             user = reply["response"]["admin-username"]
             ready = client.wait_event(vm_id, ("instance.ready", "instance.failed"), args.timeout)
@@ -147,14 +118,6 @@ def main() -> int:
                     + " ".join(f"{name}={values[-1]:.3f}s" for name, values in times.items())
                 )
             client.call("delete-vm", {"vm-id": vm_id}, timeout=120)
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-        log.close()
-        try:
-            rabbitmqctl("delete_vhost", vhost)
-        except subprocess.SubprocessError:
-            pass
     print(f"image={args.image} runs={args.runs}")
     for name, values in times.items():
         print(f"median {name:<9} (publish -> outcome event)  {statistics.median(values):.3f} s")

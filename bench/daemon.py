@@ -18,11 +18,8 @@ and prints medians, plus the RSS of each QEMU process and of the daemon.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -31,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.qemu_procs import qemu_pids  # noqa: E402
+from tests.vmbackend.daemon_helpers import bench_host, wait_host  # noqa: E402
 from vmbackend.client import Client  # noqa: E402
 
 
@@ -41,10 +39,6 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--image", default="tiny")
@@ -53,36 +47,12 @@ def main() -> int:
     parser.add_argument("--ready-timeout", type=float, default=900)
     args = parser.parse_args()
 
-    vhost = f"warren-bench-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    work = Path(tempfile.mkdtemp(prefix="warren-bench-daemon-"))
-    host_id = f"bench-{uuid.uuid4().hex[:6]}"
-    env = dict(
-        os.environ,
-        WARREN_HOST_ID=host_id,
-        WARREN_AMQP_URL=url,
-        WARREN_STATE_DIR=str(work / "state"),
-        WARREN_CAPACITY=str(args.runs),
-        WARREN_HEARTBEAT_INTERVAL="5",
-    )
-    log = open(work / "daemon.log", "wb")  # noqa: SIM115
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "vmbackend", "daemon"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     totals, guests, overheads, qemu_rss = [], [], [], []
-    try:
-        with Client(url) as client:
+    env = {"WARREN_BOOT_DEADLINE": str(args.ready_timeout)}
+    with bench_host(prefix="wbd-", env=env, capacity=args.runs) as host:
+        with Client(host.url) as client:
             client.watch_events("instance.*")
-            for _ in range(50):
-                if client.collect("list-vms", routing_key=f"host.{host_id}", wait=1, expect=1):
-                    break
+            wait_host(client, host.host_id)
             for i in range(args.runs):
                 vm_id = f"bench-{i}-{uuid.uuid4().hex[:6]}"
                 start = time.monotonic()
@@ -100,21 +70,13 @@ def main() -> int:
                 totals.append(total)
                 guests.append(guest)
                 overheads.append(total - guest)
-                pids = qemu_pids(work / "state")
+                pids = qemu_pids(host.work / "state")
                 qemu_rss.extend(rss_kib(p) for p in pids)
                 print(
                     f"run {i}: total={total:.2f}s guest={guest:.2f}s overhead={total - guest:.3f}s"
                 )
                 client.call("delete-vm", {"vm-id": vm_id}, timeout=120)
-            daemon_rss = rss_kib(daemon.pid)
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-        log.close()
-        try:
-            rabbitmqctl("delete_vhost", vhost)
-        except subprocess.SubprocessError:
-            pass
+            daemon_rss = rss_kib(host.daemon.proc.pid)
     if not totals:
         print("no successful runs")
         return 1

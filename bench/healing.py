@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,12 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.qemu_procs import qemu_pids  # noqa: E402
-from tests.vmbackend.daemon_helpers import basic_auth_status  # noqa: E402
+from tests.vmbackend.daemon_helpers import basic_auth_status, bench_host, wait_host  # noqa: E402
 from vmbackend.client import Client  # noqa: E402
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 def wait_event(client: Client, vm_id: str, types: tuple[str, ...], after: int, timeout: float):
@@ -60,39 +53,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1500)
     args = parser.parse_args()
 
-    vhost = f"warren-bench-{uuid.uuid4().hex[:8]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    work = Path(tempfile.mkdtemp(prefix="wbh-"))  # short: VM sockets live below
-    host_id = f"bench-{uuid.uuid4().hex[:6]}"
-    env = dict(
-        os.environ,
-        WARREN_HOST_ID=host_id,
-        WARREN_AMQP_URL=url,
-        WARREN_STATE_DIR=str(work / "state"),
-        WARREN_ACCEL=os.environ.get("WARREN_ACCEL", "tcg"),
-        WARREN_BOOT_DEADLINE=str(args.timeout),
-        WARREN_RESTART_INTERVAL="1",
-        WARREN_HEARTBEAT_INTERVAL="5",
-    )
-    log = open(work / "daemon.log", "wb")  # noqa: SIM115
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "vmbackend", "daemon"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     noticed, answered = [], []
     vm_id = f"bench-heal-{uuid.uuid4().hex[:6]}"
-    try:
-        with Client(url) as client:
+    env = {"WARREN_BOOT_DEADLINE": str(args.timeout), "WARREN_RESTART_INTERVAL": "1"}
+    with bench_host(prefix="wbh-", env=env) as host:
+        with Client(host.url) as client:
             client.watch_events("instance.*")
-            for _ in range(50):
-                if client.collect("list-vms", routing_key=f"host.{host_id}", wait=1, expect=1):
-                    break
+            wait_host(client, host.host_id)
             reply = client.call(
                 "create-vm", {"image": args.image, "vm-id": vm_id, "memory-mb": args.memory_mb}
             )
@@ -108,7 +75,7 @@ def main() -> int:
             for i in range(args.rounds):
                 time.sleep(2)  # the interval's 1 s window: this kill is a first attempt
                 seq = max(e.get("seq", 0) for e in client.events if e.get("instance_id") == vm_id)
-                [pid] = qemu_pids(work / "state")
+                [pid] = qemu_pids(host.work / "state")
                 load = os.getloadavg()[0]
                 killed = time.monotonic()
                 os.kill(pid, signal.SIGKILL)
@@ -133,17 +100,6 @@ def main() -> int:
                     f"{answered[-1]:.1f} s"
                 )
             client.call("delete-vm", {"vm-id": vm_id}, timeout=120)
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-        log.close()
-        for pid in qemu_pids(work):  # a round that failed half-way leaves no VM behind
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(work, ignore_errors=True)
-        try:
-            rabbitmqctl("delete_vhost", vhost)
-        except subprocess.SubprocessError:
-            pass
     print(f"image={args.image} rounds={len(answered)} memory_mb={args.memory_mb}")
     print(f"median kill -9 -> instance.restarting          {statistics.median(noticed):.1f} s")
     print(f"median kill -9 -> management URL answering     {statistics.median(answered):.1f} s")

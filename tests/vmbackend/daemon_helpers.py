@@ -4,6 +4,7 @@ RabbitMQ), and broker clean-up between tests that share the session's vhost."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,15 +15,19 @@ import tempfile
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pika
 import pika.exceptions
 
+from tests.conftest import drop_vhost, make_vhost, vhost_url
 from tests.qemu_procs import qemu_pids
 from vmbackend import topology
 from vmbackend.client import Client
+from vmbackend.images import manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +64,7 @@ class DaemonProcess:
         log_path: Path,
         extra_env: dict[str, str] | None = None,
         netns: str | None = None,
+        test_speed: bool = True,
     ):
         self.host_id = host_id
         self.state_dir = state_dir
@@ -71,14 +77,19 @@ class DaemonProcess:
                 "WARREN_STATE_DIR": str(state_dir),
                 "WARREN_IMAGE_DIR": str(image_dir),
                 "WARREN_CAPACITY": str(capacity),
-                "WARREN_ACCEL": "tcg",
-                "WARREN_BOOT_DEADLINE": "300",
-                "WARREN_HEARTBEAT_INTERVAL": "1",
-                "WARREN_STOP_TIMEOUT": "10",
                 "WARREN_PORT_RANGE": "21000-28999",
                 "WARREN_LOG_LEVEL": "INFO",
             }
         )
+        if test_speed:  # tests want answers fast; a bench measures the product's defaults
+            env.update(
+                {
+                    "WARREN_ACCEL": "tcg",
+                    "WARREN_BOOT_DEADLINE": "300",
+                    "WARREN_HEARTBEAT_INTERVAL": "1",
+                    "WARREN_STOP_TIMEOUT": "10",
+                }
+            )
         env.update(extra_env or {})
         cmd = [sys.executable, "-m", "vmbackend", "daemon"]
         if netns:
@@ -115,6 +126,45 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.log.close()
+
+
+@dataclass(frozen=True)
+class BenchHost:
+    url: str  # the private vhost's AMQP URL
+    host_id: str
+    work: Path  # the daemon's state folder is work/"state"
+    daemon: DaemonProcess
+
+
+@contextlib.contextmanager
+def bench_host(*, prefix: str, env: dict[str, str], capacity: int = 1) -> Iterator[BenchHost]:
+    """One daemon subprocess on a vhost of its own, for the bench scripts: the images of
+    WARREN_IMAGE_DIR (or the default cache), the daemon's own defaults (KVM where it works)
+    but for `env`. Afterwards the daemon is
+    stopped, any QEMU left in its folder killed, and the vhost dropped."""
+    vhost = make_vhost("warren-bench")
+    work = Path(tempfile.mkdtemp(prefix=prefix))  # short: VM sockets live below
+    host_id = unique_host_id("bench")
+    image_dir = Path(os.environ.get("WARREN_IMAGE_DIR") or manifest.default_images_root())
+    daemon = DaemonProcess(
+        host_id=host_id,
+        amqp_url=vhost_url(vhost),
+        state_dir=work / "state",
+        image_dir=image_dir,
+        capacity=capacity,
+        log_path=work / "daemon.log",
+        extra_env=env,
+        test_speed=False,
+    )
+    try:
+        yield BenchHost(url=vhost_url(vhost), host_id=host_id, work=work, daemon=daemon)
+    finally:
+        daemon.stop()
+        for pid in qemu_pids(work):  # a run that failed half-way leaves no VM behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+        drop_vhost(vhost)
 
 
 def wait_host(client: Client, host_id: str, timeout: float = 60) -> list[dict[str, Any]]:
