@@ -16,7 +16,6 @@ used everywhere), so evacuating twice, or staff and the worker at once, moves it
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -26,7 +25,8 @@ from django.db.models import Q
 from orders import activity
 from orders.emails import send_order_email_on_commit
 from orders.models import Activity, Host, Instance, Order
-from orders.provisioning import CREATE_VM, create_vm_body, delete_vm, enqueue
+from orders.placement import place_again
+from orders.provisioning import delete_vm, provision_again
 from vmbackend import topology
 
 log = logging.getLogger(__name__)
@@ -87,18 +87,7 @@ def evacuate_instance(*, instance_pk: int, host_id: str, by: str) -> bool:
         declined = [*instance.declined_by, host_id]
         if instance.status == Instance.Status.REQUESTED:
             # Placed there, never taken: place it again (nothing ran, nothing to tell).
-            Instance.objects.filter(pk=instance.pk).update(placed_on="", declined_by=declined)
-            instance.placed_on, instance.declined_by = "", declined
-            enqueue(
-                routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance
-            )
-            log.warning(
-                "event=vm_replaced order_id=%s instance_id=%s host_id=%s by=%s",
-                order.public_id,
-                instance.public_id,
-                host_id,
-                by,
-            )
+            place_again(instance, host_id, reason=f"evacuated by {by}")
             return True
         old_vm_id = instance.vm_id
         reason = f"host {host_id} stopped answering; re-created on another host"
@@ -108,25 +97,14 @@ def evacuate_instance(*, instance_pk: int, host_id: str, by: str) -> bool:
             order.move_to(Order.Status.FAILED)
         # A host that comes back deletes its stale copy (its own queue keeps the command).
         delete_vm(instance=instance, vm_id=old_vm_id, routing_key=topology.host_key(host_id))
-        instance.move_to(
-            Instance.Status.REQUESTED,
-            public_id=uuid.uuid4(),
-            host_id="",
-            stage="",
-            management_url="",
-            amqp_url="",
-            failure_reason="",
-            last_event_seq=0,
-            ready_at=None,
-            attempts=instance.attempts + 1,
+        provision_again(
+            order=order,
+            instance=instance,
             placed_on="",
             placement_tries=0,
             declined_by=declined,
             unplaced_since=None,
         )
-        order.move_to(Order.Status.PAID)
-        instance.order = order
-        enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance)
         activity.record(order=order, kind=Activity.Kind.LOST, message=MOVED_MESSAGE)
         send_order_email_on_commit(order=order, kind="server_moved", context={})
         log.warning(

@@ -363,7 +363,7 @@ def apply_declined(*, instance_id: uuid.UUID | None, host_id: str, reason: str) 
             or instance.placed_on != host_id
         ):
             return "stale"  # a repeat, or the instance moved on
-        _place_again(instance, host_id, reason=reason)
+        place_again(instance, host_id, reason=reason)
         return "replaced"
 
 
@@ -389,12 +389,12 @@ def replace_from_silent_hosts(silent_host_ids: Iterable[str]) -> int:
             )
             # Compare again under the lock: it may have been accepted or moved meanwhile.
             if instance.status == Instance.Status.REQUESTED and instance.placed_on == host_id:
-                _place_again(instance, host_id, reason="the host went silent before taking it")
+                place_again(instance, host_id, reason="the host went silent before taking it")
                 moved += 1
     return moved
 
 
-def _place_again(instance: Instance, host_id: str, *, reason: str) -> None:
+def place_again(instance: Instance, host_id: str, *, reason: str) -> None:
     """Drop the claim on `host_id`, never try that host again for this instance, and queue a
     new create-vm for the relay to route. Runs inside the caller's transaction with both rows
     locked."""

@@ -84,6 +84,28 @@ def body_to_publish(row: OutboxMessage) -> dict[str, Any]:
     return body
 
 
+def provision_again(*, order: Order, instance: Instance, **fields: Any) -> None:
+    """A new attempt for a paid order: the instance back to requested under a fresh vm-id, with
+    everything the last attempt's host reported cleared (`fields` clears more), the order paid,
+    and a create-vm queued. Both rows are locked by the caller, in its transaction."""
+    instance.move_to(
+        Instance.Status.REQUESTED,
+        public_id=uuid.uuid4(),
+        host_id="",
+        stage="",
+        management_url="",
+        amqp_url="",
+        failure_reason="",
+        last_event_seq=0,
+        ready_at=None,
+        attempts=instance.attempts + 1,
+        **fields,
+    )
+    order.move_to(Order.Status.PAID)
+    instance.order = order
+    enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance)
+
+
 def password_to_send(*, instance: Instance, request_id: str) -> str:
     """The password a set-admin-password carries when the relay publishes it: its command's new
     one while the host has not answered; after that the instance's (the same, once confirmed; a
@@ -288,21 +310,7 @@ def retry_provisioning(*, instance: Instance) -> Instance:
         old_vm_id = locked.vm_id
         if locked.status == Instance.Status.LOST:
             delete_vm(instance=locked, vm_id=old_vm_id)
-        locked.move_to(
-            Instance.Status.REQUESTED,
-            public_id=uuid.uuid4(),
-            host_id="",
-            stage="",
-            management_url="",
-            amqp_url="",
-            failure_reason="",
-            last_event_seq=0,
-            ready_at=None,
-            attempts=locked.attempts + 1,
-        )
-        order.move_to(Order.Status.PAID)
-        locked.order = order
-        enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=locked), instance=locked)
+        provision_again(order=order, instance=locked)
         log.info(
             "event=provisioning_retried order_id=%s instance_id=%s old_instance_id=%s attempt=%s",
             order.public_id,
