@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import drop_vhost, make_vhost, vhost_url
 from tests.e2e.harness import System
 from vmbackend.images import manifest, tiny, versions
+from warren.run import dev_tls_environment
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +41,14 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _system(workdir: Path, amqp_url: str, images_root: Path, image: str) -> Iterator[System]:
-    system = System(workdir, amqp_url, images_root, image=image)
+def _system(
+    workdir: Path,
+    amqp_url: str,
+    images_root: Path,
+    image: str,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[System]:
+    system = System(workdir, amqp_url, images_root, image=image, extra_env=extra_env)
     system.prepare()
     try:
         yield system
@@ -61,11 +68,13 @@ def tiny_system(workdir: Path, amqp_url: str, images_root: Path) -> Iterator[Sys
 @pytest.fixture
 def rabbitmq_system(workdir: Path, amqp_url: str, images_root: Path) -> Iterator[System]:
     """The same selling the real RabbitMQ image of the plans' version (no image override: the
-    create-vm request names the plan's image); skipped when `make images` has not built it."""
+    create-vm request names the plan's image), with TLS set up as `make run` does (a local root
+    and this host's intermediate, warren/run.py); skipped when `make images` has not built it."""
     try:
         manifest.load(images_root, versions.image_for(versions.DEFAULT_VERSION))
     except Exception as exc:  # noqa: BLE001 - any reason the image is unusable
         if os.environ.get("CI"):
             raise  # CI builds the image first (`make test` -> `make images`): missing is a failure
         pytest.skip(f"the rabbitmq image is not built ({exc}); run `make images`")
-    yield from _system(workdir, amqp_url, images_root, "")
+    tls = dev_tls_environment({"WARREN_HOST_ID": "e2e-tls"}, base=workdir / "tls")
+    yield from _system(workdir, amqp_url, images_root, "", extra_env=tls)

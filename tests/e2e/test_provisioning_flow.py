@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import requests
@@ -18,6 +19,9 @@ def management_url(page: str) -> str | None:
 
 
 def journey(system: System, boot_timeout: float) -> None:
+    """`make run`'s customer path. With TLS (WARREN_CA_CERT set), the URLs are https/amqps and
+    verified against the root the order page offers for download."""
+    ca = system.env.get("WARREN_CA_CERT") or None
     system.start_all()
     system.create_customer("alice", "a-long-passphrase-1")
     alice = system.login("alice", "a-long-passphrase-1")
@@ -37,17 +41,23 @@ def journey(system: System, boot_timeout: float) -> None:
         system=system,
     )
     assert system.order_status(alice, order_id)["status"] == "ready"
-    assert url.startswith("http://127.0.0.1:")
+    assert url.startswith("https://127.0.0.1:" if ca else "http://127.0.0.1:")
     creds = system.reveal_credentials(alice, order_id)
     assert creds["username"] and creds["username"] != "guest"
+    verify: str | bool = True
+    if ca:
+        page = system.order_page(alice, order_id)
+        assert "amqps://" in page
+        root = alice.get(system.base_url + "/orders/warren-ca.pem", timeout=10)
+        assert root.status_code == 200 and root.content == Path(ca).read_bytes()
+        verify = ca
 
     overview = requests.get(
-        url + "api/overview", auth=(creds["username"], creds["password"]), timeout=10
+        url + "api/overview", auth=(creds["username"], creds["password"]), timeout=10, verify=verify
     )
     assert overview.status_code == 200, overview.text[:200]
-    assert (
-        requests.get(url + "api/overview", auth=("guest", "guest"), timeout=10).status_code == 401
-    )
+    guest = requests.get(url + "api/overview", auth=("guest", "guest"), timeout=10, verify=verify)
+    assert guest.status_code == 401
 
     vm_pids = system.qemu_pids()
     assert len(vm_pids) == 1, "exactly one VM for one paid order (webhook delivered twice)"
