@@ -79,6 +79,78 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# Which package may import which: one row per area, the areas each may use besides itself (a
+# module belongs to the area of the longest key that prefixes its name). Function-level imports
+# count. Lower areas never import higher ones: the shop sees only vmbackend's protocol, the
+# protocol nothing of Warren, and inside `orders` each area only those listed below it.
+# (The rows are filled in by the layout; docs/architecture.md draws the same table.)
+VM_LAYERS: dict[str, set[str]] = {
+    "vmbackend": set(),  # the package's own __init__
+}
+
+SHOP_LAYERS: dict[str, set[str]] = {
+    "store": set(),
+    "accounts": set(),
+    "orders": set(),
+    "warren": {"vmbackend"},
+}
+
+LAYERS: dict[str, set[str]] = {**VM_LAYERS, **SHOP_LAYERS}
+
+
+def _area(name: str, layers: dict[str, set[str]]) -> str | None:
+    best = None
+    for key in layers:
+        if (name == key or name.startswith(key + ".")) and (best is None or len(key) > len(best)):
+            best = key
+    return best
+
+
+def _allowed(src_area: str, dst: str, layers: dict[str, set[str]]) -> bool:
+    dst_area = _area(dst, layers)
+    if dst_area is None:
+        return False
+    if dst_area == src_area:
+        return True
+    return any(dst_area == ok or dst_area.startswith(ok + ".") for ok in layers[src_area])
+
+
+def _violations(graph: dict[str, set[str]], layers: dict[str, set[str]]) -> list[str]:
+    out = []
+    for name, deps in sorted(graph.items()):
+        area = _area(name, layers)
+        if area is None:
+            out.append(f"{name}: in no area of the table")
+            continue
+        out += [f"{name} -> {dep}" for dep in sorted(deps) if not _allowed(area, dep, layers)]
+    return out
+
+
+def test_every_import_follows_the_layer_table():
+    assert _violations(_graph(_modules()), LAYERS) == []
+
+
+def test_a_planted_upward_import_is_refused(tmp_path):
+    """The table bites: a lower area's module that imports a higher one, even inside a function."""
+    modules = _modules()
+    graph = _graph(modules)
+    low, high = _lowest_and_highest(graph)
+    planted = tmp_path / "planted.py"
+    source = modules[low].read_text()
+    planted.write_text(source + f"\n\ndef _planted() -> None:\n    import {high}  # noqa\n")
+    graph[low] = _imports(planted, modules) - {low}
+    assert _violations(graph, LAYERS) == [f"{low} -> {high}"]
+
+
+def _lowest_and_highest(graph: dict[str, set[str]]) -> tuple[str, str]:
+    """A module of an area that may import nothing else, and one of an area that nobody may use."""
+    used = {ok for oks in LAYERS.values() for ok in oks}
+    low = next(n for n in sorted(graph) if (a := _area(n, LAYERS)) and not LAYERS[a] and a != n)
+    high = next(n for n in sorted(graph) if (a := _area(n, LAYERS)) and a not in used and a != n
+                and not _allowed(_area(low, LAYERS) or "", n, LAYERS))
+    return low, high
+
+
 def test_the_module_list_is_complete():
     modules = _modules()
     for name in (
