@@ -89,9 +89,9 @@ VM_LAYERS: dict[str, set[str]] = {
 }
 
 SHOP_LAYERS: dict[str, set[str]] = {
-    "store": set(),
+    "store": {"orders", "vmbackend"},
     "accounts": set(),
-    "orders": set(),
+    "orders": {"store", "vmbackend"},
     "warren": {"vmbackend"},
 }
 
@@ -146,8 +146,14 @@ def _lowest_and_highest(graph: dict[str, set[str]]) -> tuple[str, str]:
     """A module of an area that may import nothing else, and one of an area that nobody may use."""
     used = {ok for oks in LAYERS.values() for ok in oks}
     low = next(n for n in sorted(graph) if (a := _area(n, LAYERS)) and not LAYERS[a] and a != n)
-    high = next(n for n in sorted(graph) if (a := _area(n, LAYERS)) and a not in used and a != n
-                and not _allowed(_area(low, LAYERS) or "", n, LAYERS))
+    high = next(
+        n
+        for n in sorted(graph)
+        if (a := _area(n, LAYERS))
+        and a not in used
+        and a != n
+        and not _allowed(_area(low, LAYERS) or "", n, LAYERS)
+    )
     return low, high
 
 
