@@ -178,8 +178,8 @@ def make_orders(n: int) -> list[str]:
     from django.contrib.auth import get_user_model
     from django.db import transaction
 
+    from orders.core.provisioning import request_provisioning
     from orders.models import Order
-    from orders.provisioning import request_provisioning
     from store.models import Plan
 
     plans = [

@@ -141,8 +141,8 @@ def bench_storage() -> dict[str, float]:
     from django.db import connection
     from django.utils import timezone
 
-    from orders import metrics
-    from orders.metrics import bucket_start
+    from orders.monitoring import metrics
+    from orders.monitoring.metrics import bucket_start
 
     connection.ensure_connection()
     if connection.vendor == "postgresql":
@@ -185,8 +185,8 @@ def bench_worker(instances: list, rounds: int, run: int, url: str) -> tuple[int,
     import pika
     from django.utils import timezone
 
-    from orders import broker
-    from orders.host_events import EventConsumer
+    from orders.messaging import broker
+    from orders.messaging.host_events import EventConsumer
     from vmbackend import messages, topology
 
     conn = broker.connect(url)
@@ -223,8 +223,8 @@ def bench_job(instances: list) -> float:  # noqa: ANN001
     """rollup_and_prune for one new 5-minute bucket of every instance (10 points each)."""
     from django.utils import timezone
 
-    from orders import metrics
     from orders.models import MetricRollup, MetricSample
+    from orders.monitoring import metrics
 
     bucket = metrics.bucket_start(timezone.now() - timedelta(minutes=20))
     rows = [

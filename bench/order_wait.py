@@ -1,6 +1,6 @@
 """How soon a waiting order page hears of "ready" (issue 13: within about 100 ms).
 
-A status request long-polls (`orders:status?since=<version>`, orders/order_wait.py) in a thread
+A status request long-polls (`orders:status?since=<version>`, orders/web/order_wait.py) in a thread
 through Django's test client; the main thread then applies a real `instance.ready` through the
 event worker's entry point (`host_events.handle_message`, one transaction). Measured: from that
 call's start to the long poll's answer (the event's own transaction included), median of
@@ -44,10 +44,10 @@ def one_round(n: int) -> float:
     from django.db import connection, transaction
     from django.test import Client
 
-    from orders import order_wait
+    from orders.core.provisioning import request_provisioning
     from orders.models import Instance, Order
-    from orders.provisioning import request_provisioning
-    from orders.views import _state_context
+    from orders.web import order_wait
+    from orders.web.orders import _state_context
     from store.models import Plan
     from tests.orders.console_support import apply, ready_fields
     from vmbackend import messages
@@ -91,7 +91,7 @@ def one_round(n: int) -> float:
 
 
 def bare_wakeup() -> float:
-    from orders import wakeup
+    from orders.lib import wakeup
 
     with wakeup.Listener(wakeup.ORDERS) as listener:
         started = time.monotonic()

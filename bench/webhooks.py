@@ -71,7 +71,7 @@ def _urlconf():  # noqa: ANN202
     module = types.ModuleType("bench_webhooks_urls")
     module.urlpatterns = [
         path("bench/empty/", empty),
-        path("orders/", include("orders.urls")),
+        path("orders/", include("orders.web.urls")),
     ]
     return module
 

@@ -50,8 +50,8 @@ def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 
 @register()
 def check_secrets_keys(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """The keys that encrypt the VM admin passwords in the database (orders/encryption.py)."""
-    from orders.encryption import invalid_keys
+    """The keys that encrypt the VM admin passwords in the database (orders/lib/encryption.py)."""
+    from orders.lib.encryption import invalid_keys
 
     errors = []
     bad = invalid_keys(settings.SECRETS_KEYS)

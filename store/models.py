@@ -71,7 +71,7 @@ class Plan(models.Model):
 
 
 class WaitlistEntry(models.Model):
-    """Someone who asked to hear when a sold-out plan is on sale again (store/waitlist.py).
+    """Someone who asked to hear when a sold-out plan is on sale again (orders/fleet/waitlist.py).
 
     Emailed once (`notified_at`); joining again after that adds a new entry."""
 

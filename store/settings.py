@@ -55,7 +55,7 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret_key(
     BASE_DIR / "var" / "secret_key"
 )
-# Keys for secrets stored in the database (VM admin passwords; orders/encryption.py): comma-separated
+# Keys for secrets stored in the database (VM admin passwords; orders/lib/encryption.py): comma-separated
 # Fernet keys, the first encrypts, all decrypt (rotation: docs/deploy.md). Unset: one key generated
 # for this checkout in var/secrets_key, which every process of a one-machine shop shares; a shop
 # on a database server must set it (store/checks.py, warren.E003): its processes may run on
@@ -182,7 +182,7 @@ EMAIL_TIMEOUT = 10
 # Public base URL of the shop, used for Stripe success/cancel URLs and the offline checkout.
 SITE_URL = env.str("WARREN_SITE_URL", default="http://127.0.0.1:8000")
 
-# Stripe. With no secret key the shop runs its offline checkout (see orders/offline_checkout.py).
+# Stripe. With no secret key the shop runs its offline checkout (see orders/billing/offline_checkout.py).
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
 # The development default only ever signs offline payments; production sets Stripe's whsec_.
@@ -199,7 +199,7 @@ INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="")
 CA_CERT = env.str("WARREN_CA_CERT", default="")
 # A host that has not sent a heartbeat for this long is shown to staff as unreachable.
 HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
-# Placement (orders/placement.py, docs/fleet.md): `pack` fills the fullest host that fits first,
+# Placement (orders/fleet/placement.py, docs/fleet.md): `pack` fills the fullest host that fits first,
 # `spread` the emptiest; `shared` places nothing (every create-vm to the shared queue, the hosts
 # take what fits them: the way before placement). A create-vm declined by PLACEMENT_TRIES hosts
 # waits on the shared queue.
@@ -210,12 +210,12 @@ PLACEMENT_TRIES = env.int("WARREN_PLACEMENT_TRIES", default=3)
 # The pricing page sells a plan only while a live host fits it grown by this fraction.
 SELL_MARGIN = env.float("WARREN_SELL_MARGIN", default=0.1)
 # A host silent this many seconds has its VMs re-created elsewhere by the event worker
-# (orders/evacuation.py); 0: only when staff evacuate it from the admin.
+# (orders/fleet/evacuation.py); 0: only when staff evacuate it from the admin.
 HOST_EVACUATE_AFTER = env.int("WARREN_HOST_EVACUATE_AFTER", default=0)
 # The order page refetches its metrics and alarms this often (seconds).
 METRICS_REFRESH_SECONDS = env.int("WARREN_METRICS_REFRESH_SECONDS", default=15)
 # The order page's status request waits up to this long for its order to change (a long poll
-# woken on commit, orders/order_wait.py); 0 answers at once (the page then polls every 2 s).
+# woken on commit, orders/web/order_wait.py); 0 answers at once (the page then polls every 2 s).
 ORDER_LONG_POLL_SECONDS = env.float("WARREN_ORDER_LONG_POLL_SECONDS", default=20.0)
 # Waiting status requests per web process at most; past it a request answers at once. Keep it
 # under the web process's threads (`warren run`: WARREN_WEB_THREADS, default 16).
@@ -223,7 +223,7 @@ ORDER_LONG_POLL_MAX_WAITERS = env.int("WARREN_ORDER_LONG_POLL_MAX_WAITERS", defa
 # The event worker rolls up and prunes the metrics this often (seconds; docs/metrics.md).
 METRICS_MAINTENANCE_INTERVAL = env.int("WARREN_METRICS_MAINTENANCE_INTERVAL", default=60)
 # Seconds a console command (restart, password, plan) may wait for its host's answer before the
-# owner may try again (orders/console.py); a resize restarts the VM, so minutes, not seconds.
+# owner may try again (orders/console/commands.py); a resize restarts the VM, so minutes, not seconds.
 CONSOLE_COMMAND_TIMEOUT = env.int("WARREN_CONSOLE_COMMAND_TIMEOUT", default=900)
 
 LOGGING = {

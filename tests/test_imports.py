@@ -167,7 +167,7 @@ def test_the_module_list_is_complete():
         "vmbackend.management_api",
         "vmbackend.files",
         "orders.models",
-        "orders.webhooks",
+        "orders.billing.webhooks",
         "orders.management.commands.relay_outbox",
         "store.settings",
         "store.templatetags.money",

@@ -84,7 +84,7 @@ def service_commands(opts: Options, python: str = sys.executable) -> dict[str, l
             "--bind",
             f"{opts.bind}:{opts.port}",
             # Threads (gthread): an order page's status request waits for its order to change
-            # (a long poll, orders/order_wait.py) holding a thread, not a worker process.
+            # (a long poll, orders/web/order_wait.py) holding a thread, not a worker process.
             "--workers",
             str(opts.web_workers),
             "--worker-class",

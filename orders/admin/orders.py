@@ -24,10 +24,12 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from orders import evacuation, placement
-from orders.checkout import CheckoutError, settle_refund
-from orders.fleet import fleet
-from orders.host_events import instances_on_silent_hosts, mark_silent_hosts
+from orders.billing.checkout import CheckoutError, settle_refund
+from orders.core.provisioning import ProvisioningError, cancel_order, retry_provisioning
+from orders.fleet import evacuation, placement
+from orders.fleet.overview import fleet
+from orders.messaging.host_events import instances_on_silent_hosts, mark_silent_hosts
+from orders.messaging.outbox import requeue
 from orders.models import (
     Activity,
     Alarm,
@@ -40,8 +42,6 @@ from orders.models import (
     OutboxMessage,
     WebhookEvent,
 )
-from orders.outbox import requeue
-from orders.provisioning import ProvisioningError, cancel_order, retry_provisioning
 from store.models import Plan
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class SilentHostFilter(admin.SimpleListFilter):
 
 
 class WaitingForRoomFilter(admin.SimpleListFilter):
-    """Paid orders whose VM no live host had room for (orders/placement.py): staff act now."""
+    """Paid orders whose VM no live host had room for (orders/fleet/placement.py): staff act now."""
 
     title = "placement"
     parameter_name = "waiting_for_room"
@@ -435,7 +435,7 @@ class HostAdmin(ReadOnlyAdmin):
 
     def fleet_view(self, request: HttpRequest) -> HttpResponse:
         """Per host its VMs, CPU, memory, free capacity, last heartbeat; per VM its latest
-        sample (orders/fleet.py)."""
+        sample (orders/fleet/overview.py)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         now = timezone.now()
@@ -491,7 +491,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
 @admin.register(ConsoleCommand)
 class ConsoleCommandAdmin(ReadOnlyAdmin):
-    """The owners' console actions (orders/console.py). Filter billing=revert_failed: a plan
+    """The owners' console actions (orders/console/commands.py). Filter billing=revert_failed: a plan
     change whose resize failed and whose price Stripe would not put back (fix it at Stripe)."""
 
     list_display = ("created_at", "kind", "status", "billing", "instance", "reason")

@@ -1,6 +1,6 @@
 """Starting a purchase, and every call the shop makes to Stripe's API (all with a timeout).
 
-The webhook's transaction (orders/webhooks.py) makes no Stripe API call: it trusts the signed
+The webhook's transaction (orders/billing/webhooks.py) makes no Stripe API call: it trusts the signed
 event. The one call on the webhook path is `settle_refund`, after that transaction committed,
 for a payment that arrived for an order that had already ended.
 """
@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 from django.utils import timezone
 
-from orders import activity
+from orders.core import activity
 from orders.models import Activity, Order
 from store.models import Plan
 

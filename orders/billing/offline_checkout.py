@@ -21,8 +21,8 @@ from typing import Any
 import stripe
 from django.conf import settings
 
+from orders.billing.webhooks import WebhookError, WebhookResult, process_webhook
 from orders.models import Order
-from orders.webhooks import WebhookError, WebhookResult, process_webhook
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,10 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from orders import activity
-from orders.checkout import request_refund, settle_refund
+from orders.billing.checkout import request_refund, settle_refund
+from orders.core import activity
+from orders.core.provisioning import cancel_order_locked, order_status_for, request_provisioning
 from orders.models import Instance, Order, WebhookEvent
-from orders.provisioning import cancel_order_locked, order_status_for, request_provisioning
 from vmbackend import messages  # its body bounds (depth, NUL/surrogates), written once for all
 
 log = logging.getLogger(__name__)

@@ -30,10 +30,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from orders import activity, encryption
-from orders.checkout import CheckoutError, change_subscription_price
+from orders.billing.checkout import CheckoutError, change_subscription_price
+from orders.core import activity
+from orders.core.provisioning import enqueue
+from orders.lib import encryption
 from orders.models import Activity, ConsoleCommand, Instance, Order
-from orders.provisioning import enqueue
 from store.models import Plan
 from vmbackend import messages, topology
 from vmbackend.messages import Event

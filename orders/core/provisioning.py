@@ -1,7 +1,7 @@
 """Asking hosts for VMs and taking them away: the services between an Order and the outbox.
 
 Nothing here talks to RabbitMQ: each function writes OutboxMessage rows in the caller's
-transaction, and the relay (orders/outbox.py) publishes them. So a paid order and its create-vm
+transaction, and the relay (orders/messaging/outbox.py) publishes them. So a paid order and its create-vm
 request are committed together or not at all, and a broker outage only delays the VM.
 """
 
@@ -19,7 +19,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from orders import activity, wakeup
+from orders.core import activity
+from orders.lib import wakeup
 from orders.models import ORDER_STATUS_FOR_INSTANCE, Activity, Instance, Order, OutboxMessage
 from vmbackend import messages, topology
 
@@ -185,7 +186,7 @@ def request_provisioning(
         disk_gb=plan.disk_gb,
         created_rabbitmq_version=plan.rabbitmq_version,
     )
-    instance.admin_password = password  # encrypted on the way in (orders/encryption.py)
+    instance.admin_password = password  # encrypted on the way in (orders/lib/encryption.py)
     instance.save(force_insert=True)
     enqueue(routing_key=CREATE_VM, body=create_vm_body(instance=instance), instance=instance)
     activity.record(order=order, kind=Activity.Kind.PAID, message="Payment received.")
@@ -273,7 +274,7 @@ def cancel_order(*, order: Order, reason: str, cancel_subscription: bool = True)
     from that moment a payment that still gets through finds the order cancelled and is refunded
     (webhooks), so a failed or slow expire call can cost a refund, never a charge we keep.
     """
-    from orders.checkout import cancel_stripe_subscription, expire_checkout_session
+    from orders.billing.checkout import cancel_stripe_subscription, expire_checkout_session
 
     stripe_on = cancel_subscription and bool(settings.STRIPE_SECRET_KEY)
     if stripe_on and order.stripe_subscription_id:

@@ -1,6 +1,6 @@
 """Losing a host (docs/fleet.md): its customers are told, and its VMs are re-created elsewhere.
 
-A host silent past HOST_HEARTBEAT_TIMEOUT is marked silent (orders/host_events.py); from then on
+A host silent past HOST_HEARTBEAT_TIMEOUT is marked silent (orders/messaging/host_events.py); from then on
 the order pages of its servers say the host is unreachable (`host_down_since`). Staff evacuate it
 from the admin, or the event worker does once it has been silent HOST_EVACUATE_AFTER seconds
 (0: never by itself). Evacuating re-creates each of its VMs on another host under a fresh vm-id
@@ -22,11 +22,11 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
-from orders import activity
-from orders.emails import send_order_email_on_commit
+from orders.core import activity
+from orders.core.emails import send_order_email_on_commit
+from orders.core.provisioning import delete_vm, provision_again
+from orders.fleet.placement import place_again
 from orders.models import Activity, Host, Instance, Order
-from orders.placement import place_again
-from orders.provisioning import delete_vm, provision_again
 from vmbackend import topology
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from django.db.models import F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from orders import activity
+from orders.core import activity
 from orders.models import Activity, Host, Instance, Order, OutboxMessage
 from vmbackend import messages, topology
 from vmbackend.capacity import Resources, Size, refusal
@@ -398,7 +398,7 @@ def place_again(instance: Instance, host_id: str, *, reason: str) -> None:
     """Drop the claim on `host_id`, never try that host again for this instance, and queue a
     new create-vm for the relay to route. Runs inside the caller's transaction with both rows
     locked."""
-    from orders.provisioning import CREATE_VM, create_vm_body, enqueue
+    from orders.core.provisioning import CREATE_VM, create_vm_body, enqueue
 
     declined = [*instance.declined_by, host_id]
     Instance.objects.filter(pk=instance.pk).update(placed_on="", declined_by=declined)

@@ -3,7 +3,7 @@
 `join` records an address for a plan (a repeat changes nothing); `notify_waitlist` emails every
 waiting address of each plan that a live host can fit again, once (a conditional UPDATE marks an
 entry notified before its email goes out, after the commit). The event worker calls it every
-WAITLIST_INTERVAL seconds (orders/host_events.py).
+WAITLIST_INTERVAL seconds (orders/messaging/host_events.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from django.db.models import Exists, OuterRef
 from django.urls import reverse
 from django.utils import timezone
 
-from orders import placement
-from orders.emails import send_email
+from orders.core.emails import send_email
+from orders.fleet import placement
 from store.models import Plan, WaitlistEntry
 
 log = logging.getLogger(__name__)

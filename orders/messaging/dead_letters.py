@@ -24,8 +24,8 @@ from typing import Any
 
 from django.db import transaction
 
+from orders.core.provisioning import forget_credentials
 from orders.models import DeadLetter, Instance, Order
-from orders.provisioning import forget_credentials
 from vmbackend import messages, topology
 
 log = logging.getLogger(__name__)

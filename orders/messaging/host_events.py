@@ -1,6 +1,6 @@
 """Applying the host daemons' events (docs/protocol.md) to Instances, Orders and Hosts.
 
-Not to be confused with orders/webhooks.py, which applies Stripe's events.
+Not to be confused with orders/billing/webhooks.py, which applies Stripe's events.
 
 `handle_message(body)` is one step: parse (vmbackend.messages.parse_event, the contract's one
 parser), apply in one transaction. What each event does to an instance and its order is the table
@@ -40,8 +40,12 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel
 
-from orders import activity, broker, console, evacuation, metrics, placement
-from orders.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
+from orders.console import commands as console
+from orders.core import activity
+from orders.core.provisioning import delete_vm, forget_credentials, resend_deletion
+from orders.fleet import evacuation, placement
+from orders.messaging import broker
+from orders.messaging.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
 from orders.models import (
     EFFECT_FORGET_CREDENTIALS,
     EFFECT_RECORD_CRASH,
@@ -55,7 +59,7 @@ from orders.models import (
     Order,
     wake_order_page,
 )
-from orders.provisioning import delete_vm, forget_credentials, resend_deletion
+from orders.monitoring import metrics
 from vmbackend import messages, topology
 from vmbackend.backoff import Backoff, run_with_reconnect
 from vmbackend.messages import Event, MalformedEvent
@@ -75,7 +79,7 @@ def handle_message(body: bytes, *, now: datetime | None = None) -> str:
         return apply_metrics_event(event)
     if event.type == messages.HEARTBEAT:
         result = apply_heartbeat(event, now=now or timezone.now())
-    elif event.type == messages.INSTANCE_DECLINED:  # orders/placement.py: placed again
+    elif event.type == messages.INSTANCE_DECLINED:  # orders/fleet/placement.py: placed again
         result = placement.apply_declined(
             instance_id=event.instance_id, host_id=event.host_id, reason=event.reason
         )
@@ -95,7 +99,7 @@ def handle_message(body: bytes, *, now: datetime | None = None) -> str:
 
 
 def apply_metrics_event(event: Event) -> str:
-    """instance.metrics: a sample for the graphs and alarms (orders/metrics.py). Outside the
+    """instance.metrics: a sample for the graphs and alarms (orders/monitoring/metrics.py). Outside the
     (host_id, seq) path: it neither reads nor moves last_event_seq, and keeps no receipt."""
     if event.metrics is None or event.instance_id is None:  # the parser sets both
         return "ignored"
@@ -287,7 +291,7 @@ def _update(instance: Instance, **fields: Any) -> None:
 
 def apply_step(order: Order, instance: Instance, event: Event) -> str:
     """Apply one new event to the locked order and instance: a console command's outcome
-    (orders/console.py), or the table's step; then the order's timeline (orders/activity.py)."""
+    (orders/console/commands.py), or the table's step; then the order's timeline (orders/core/activity.py)."""
     if event.type in console.OUTCOME_EVENTS:
         return console.apply_outcome(order, instance, event)
     before = activity.Before.of(instance)
@@ -439,7 +443,7 @@ class EventConsumer:
     stop_event: threading.Event = field(default_factory=threading.Event)
     counts: dict[str, int] = field(default_factory=dict)
     last_silent_check: float = 0.0
-    # Sold-out plans on sale again: their waitlists are emailed (store/waitlist.py).
+    # Sold-out plans on sale again: their waitlists are emailed (orders/fleet/waitlist.py).
     waitlist_interval: float = 15.0
     last_waitlist_check: float | None = None  # monotonic; None: never ran
     last_dead_letter_check: float = 0.0
@@ -588,7 +592,7 @@ class EventConsumer:
     def check_waitlist(self, channel: BlockingChannel) -> int | None:
         """Email the waitlists of plans on sale again, every waitlist_interval seconds (one
         step; tests call it directly). None when it was not time yet."""
-        from store.waitlist import notify_waitlist
+        from orders.fleet.waitlist import notify_waitlist
 
         now = time.monotonic()
         if (

@@ -5,7 +5,7 @@ confirm and the mark publishes it again, which the daemons tolerate (vm-id is th
 key). A broker outage leaves rows unsent; the relay backs off (capped) and tries again.
 
 `publish_pending()` is one step; `Relay.run()` is the loop `manage.py relay_outbox` runs. Only one
-relay runs at a time (orders/relay_lock.py): a second one waits for the lock and takes over when
+relay runs at a time (orders/messaging/relay_lock.py): a second one waits for the lock and takes over when
 the first one dies.
 """
 
@@ -24,10 +24,12 @@ from django.db.models import F
 from django.utils import timezone
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from orders import broker, placement, wakeup
+from orders.core.provisioning import DELETE_VM, body_to_publish
+from orders.fleet import placement
+from orders.lib import wakeup
+from orders.messaging import broker
+from orders.messaging.relay_lock import RelayLock, relay_lock
 from orders.models import OutboxMessage
-from orders.provisioning import DELETE_VM, body_to_publish
-from orders.relay_lock import RelayLock, relay_lock
 from vmbackend import messages
 from vmbackend.backoff import Backoff, run_with_reconnect
 
@@ -161,7 +163,7 @@ class Relay:
     lock_check_interval: float = 5.0
     stop_event: threading.Event = field(default_factory=threading.Event)
     total: int = 0
-    wakeups: int = 0  # waits ended by a commit's wake-up (orders/wakeup.py), not the poll
+    wakeups: int = 0  # waits ended by a commit's wake-up (orders/lib/wakeup.py), not the poll
     lock: RelayLock | None = None
 
     def stop(self) -> None:
@@ -258,7 +260,7 @@ WAIT_SLICE = 0.5  # the longest wait on the wake-up between heartbeats and stop 
 
 
 def _listen() -> wakeup.Listener | None:
-    """The relay's wake-up on commit (orders/wakeup.py); None (poll only) when it cannot be had."""
+    """The relay's wake-up on commit (orders/lib/wakeup.py); None (poll only) when it cannot be had."""
     try:
         return wakeup.Listener(wakeup.OUTBOX)
     except Exception as exc:  # noqa: BLE001 - the poll alone still publishes every row

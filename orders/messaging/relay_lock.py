@@ -1,4 +1,4 @@
-"""One outbox relay at a time (orders/outbox.py), on PostgreSQL and on SQLite.
+"""One outbox relay at a time (orders/messaging/outbox.py), on PostgreSQL and on SQLite.
 
 Two relays would publish the same rows twice (each reads the unsent rows, publishes, marks them),
 and every duplicate create-vm may become a second VM (docs/orders.md, Duplicates). A lock that

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from orders import encryption, wakeup
+from orders.lib import encryption, wakeup
 
 
 class InvalidTransition(Exception):
@@ -62,7 +62,7 @@ class _StateMachine(models.Model):
 
 
 def wake_order_page(obj: models.Model) -> None:
-    """Wake the order's waiting pages when this change commits (orders/wakeup.py)."""
+    """Wake the order's waiting pages when this change commits (orders/lib/wakeup.py)."""
     order_pk = obj.pk if isinstance(obj, Order) else getattr(obj, "order_id", None)
     if order_pk is not None:
         wakeup.notify(wakeup.ORDERS, str(order_pk))
@@ -240,7 +240,7 @@ class Instance(_StateMachine):
         S.REQUESTED: frozenset({S.BOOTING, S.READY, S.FAILED, S.DELETING, S.LOST}),
         S.BOOTING: frozenset({S.READY, S.FAILED, S.DELETING, S.LOST}),
         S.READY: frozenset({S.FAILED, S.DELETING, S.LOST}),
-        # Staff retry: a fresh vm-id is requested (see orders/provisioning.py).
+        # Staff retry: a fresh vm-id is requested (see orders/core/provisioning.py).
         S.FAILED: frozenset({S.REQUESTED, S.DELETING}),
         # Lost = its QEMU died; the host keeps the disk and may boot it again (start-vm).
         S.LOST: frozenset({S.REQUESTED, S.BOOTING, S.READY, S.DELETING}),
@@ -263,7 +263,7 @@ class Instance(_StateMachine):
     amqp_url = models.CharField(max_length=500, blank=True)
     admin_username = models.CharField(max_length=100)
     # Generated with `secrets` at payment time. The column holds only a Fernet token (key from
-    # WARREN_SECRETS_KEYS, orders/encryption.py); read and write it through `admin_password`.
+    # WARREN_SECRETS_KEYS, orders/lib/encryption.py); read and write it through `admin_password`.
     # Decrypted only where the password is used (the customer's reveal, the relay publishing
     # create-vm), so a key problem never stops the event worker. Never logged, never in the admin.
     admin_password_encrypted = models.TextField(blank=True)
@@ -290,7 +290,7 @@ class Instance(_StateMachine):
     erlang_version = models.CharField(max_length=100, blank=True)
     node_name = models.CharField(max_length=100, blank=True)
     runtime_at = models.DateTimeField(null=True, blank=True)
-    # Placement (orders/placement.py, docs/fleet.md): the host the relay sent the outstanding
+    # Placement (orders/fleet/placement.py, docs/fleet.md): the host the relay sent the outstanding
     # create-vm to ("" = the shared queue, or not sent yet). While the instance is requested it
     # is this host's claim; hosts that declined it are not tried again for this vm-id.
     placed_on = models.CharField(max_length=100, blank=True)
@@ -305,7 +305,7 @@ class Instance(_StateMachine):
         indexes = [
             # mark_silent_hosts: the instances living on a host that went quiet.
             models.Index(fields=["host_id", "status"], name="instance_host_status"),
-            # orders/placement.py: the claims (requested instances) placed on each host.
+            # orders/fleet/placement.py: the claims (requested instances) placed on each host.
             models.Index(fields=["placed_on", "status"], name="instance_placed_status"),
         ]
         constraints = [
@@ -362,7 +362,7 @@ class Instance(_StateMachine):
 # -- host events -> transitions --------------------------------------------------------------
 #
 # What a host's event does to an instance and its order, for each (event type, instance status).
-# A pair that is not listed changes nothing ("ignored"). The applier (orders/host_events.py) reads
+# A pair that is not listed changes nothing ("ignored"). The applier (orders/messaging/host_events.py) reads
 # this table; it only adds the fields an event carries (stage, URLs, reason) and the side effects
 # named in `effect`. docs/orders.md explains the choices.
 
@@ -555,7 +555,7 @@ class DeadLetter(models.Model):
     """A message nobody could serve, read back from the dead-letter queue `computing.dead`.
 
     Commands a host refused (a create-vm here fails its order with the host's reason) and events
-    the shop refused. Kept so staff see them in the admin; bounded (orders/dead_letters.py keeps
+    the shop refused. Kept so staff see them in the admin; bounded (orders/messaging/dead_letters.py keeps
     the newest DEAD_LETTERS_KEPT rows). The body is stored with every password masked.
     """
 
@@ -568,7 +568,7 @@ class DeadLetter(models.Model):
     instance = models.ForeignKey(
         Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_letters"
     )
-    # What the shop did with it (orders/dead_letters.py): order_failed, deletion_finished, ...
+    # What the shop did with it (orders/messaging/dead_letters.py): order_failed, deletion_finished, ...
     result = models.CharField(max_length=30)
 
     class Meta:
@@ -578,7 +578,7 @@ class DeadLetter(models.Model):
         return f"{self.routing_key or '-'} refused by {self.rejected_by}"
 
 
-# -- metrics and alarms (issue 12; orders/metrics.py, orders/alarms.py, docs/metrics.md) --------
+# -- metrics and alarms (issue 12; orders/monitoring/metrics.py, orders/monitoring/alarms.py, docs/metrics.md) --------
 
 
 class MetricSample(models.Model):
@@ -682,7 +682,7 @@ class AlarmState(models.TextChoices):
 
 
 class Alarm(_StateMachine):
-    """A condition on an instance's samples (orders/alarms.py evaluates it as samples arrive).
+    """A condition on an instance's samples (orders/monitoring/alarms.py evaluates it as samples arrive).
 
     Fires once when its condition has held for `duration_s`, clears once when the clear
     condition has held for `duration_s` (docs/metrics.md, Alarms). Three defaults per instance
@@ -757,7 +757,7 @@ class AlarmEvent(models.Model):
         return f"{self.alarm} {self.change} {self.at:%Y-%m-%d %H:%M}"
 
 
-# -- the customer's console and the order's timeline (issue 11; orders/console.py, activity.py) --
+# -- the customer's console and the order's timeline (issue 11; orders/console/commands.py, activity.py) --
 
 
 class ConsoleCommandKind(models.TextChoices):
@@ -877,7 +877,7 @@ class ActivityKind(models.TextChoices):
 
 
 class Activity(models.Model):
-    """One line of an order's timeline (orders/activity.py writes them, in the transaction of the
+    """One line of an order's timeline (orders/core/activity.py writes them, in the transaction of the
     change they record). Append-only: nothing updates or deletes a row."""
 
     Kind = ActivityKind

@@ -16,7 +16,7 @@ One state machine, `Alarm.TRANSITIONS` (ok -> firing -> ok), driven by the pure 
   run in progress and changes nothing else: the "server not answering" alarm speaks for it.
 
 Each change is one transaction: the compare-and-set on the alarm's status, its history row
-(`AlarmEvent`), and the email after the commit (orders/emails.py). docs/metrics.md has the why.
+(`AlarmEvent`), and the email after the commit (orders/core/emails.py). docs/metrics.md has the why.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def _change(alarm: Alarm, after: Step, sample: MetricSample) -> AlarmEvent | Non
 def notify(*, alarm: Alarm, event: AlarmEvent) -> None:
     """The owner's email about one change. After the commit: a mail server down never undoes
     (or repeats) the change; the change stays on the order page either way."""
-    from orders.emails import send_order_email
+    from orders.core.emails import send_order_email
 
     order = alarm.instance.order
     try:

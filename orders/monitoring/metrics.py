@@ -2,7 +2,7 @@
 
 A host publishes an `instance.metrics` event for each ready VM every 30 s (docs/protocol.md). The
 event worker hands it to `apply_metrics`, which stores one `MetricSample` row and lets
-orders/alarms.py look at it. Metrics events are not seq-ordered: they never touch the instance's
+orders/monitoring/alarms.py look at it. Metrics events are not seq-ordered: they never touch the instance's
 `last_event_seq` (the seq/idempotency record of lifecycle events), so nothing about them is kept
 beyond the time series itself. A redelivered event (same instance, same occurred_at) is stored
 once (a unique constraint).
@@ -25,8 +25,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from orders import alarms
 from orders.models import AlarmEvent, Instance, MetricRollup, MetricSample
+from orders.monitoring import alarms
 from vmbackend.messages import MAX_METRIC_INT, METRIC_BOOLS, METRIC_FLOATS, METRIC_INTS, Metrics
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def build_sample(instance: Instance, at: datetime, metrics: Metrics) -> MetricSa
 
 def apply_metrics(*, instance_id: uuid.UUID, host_id: str, at: datetime, metrics: Metrics) -> str:
     """Store a sample of the instance `instance_id` reported by `host_id`, then evaluate its
-    alarms (orders/alarms.py), in one transaction. Returns what happened (for logs and tests).
+    alarms (orders/monitoring/alarms.py), in one transaction. Returns what happened (for logs and tests).
 
     A sample from a host that is not the instance's (a duplicate copy, docs/orders.md) or of an
     instance without a VM is dropped: the graphs show the copy the customer uses."""

@@ -1,7 +1,7 @@
 """What the order page shows of an instance's metrics: the graphs and the latest values.
 
-Used by orders/views.py for the page (orders/_metrics.html) and for the fragment its script
-fetches every 15 s (orders:metrics). Reads orders/metrics.py, draws with orders/charts.py.
+Used by orders/web/orders.py for the page (orders/_metrics.html) and for the fragment its script
+fetches every 15 s (orders:metrics). Reads orders/monitoring/metrics.py, draws with orders/monitoring/charts.py.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 from django.utils import timezone
 
-from orders import charts, metrics
-from orders.alarms import human_bytes
 from orders.models import Instance, MetricSample, Order
+from orders.monitoring import charts, metrics
+from orders.monitoring.alarms import human_bytes
 
 TIME_FORMAT = {"1h": "%H:%M", "24h": "%H:%M", "7d": "%d %b"}
 # No sample for this long (hosts sample every 30 s): the page says the values are not current.

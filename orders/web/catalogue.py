@@ -5,8 +5,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from orders import placement
-from store import waitlist
+from orders.fleet import placement, waitlist
 from store.models import Plan
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from store import views
+from orders.web import catalogue as views
 
 app_name = "store"
 

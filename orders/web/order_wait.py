@@ -2,7 +2,7 @@
 
 `wait_for_change` returns as soon as what the page shows (`read()`, the state's version)
 differs from the version the page has, or after `timeout`. It is woken by the per-process hub
-(orders/wakeup.py: PostgreSQL NOTIFY or SQLite's datagram on commit) for the order's key, and
+(orders/lib/wakeup.py: PostgreSQL NOTIFY or SQLite's datagram on commit) for the order's key, and
 re-reads every `RECHECK_SECONDS` anyway, so a missed wake-up costs at most that.
 
 Why a long poll on threads and not server-sent events: the shop is a WSGI app under gunicorn;
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 
-from orders import wakeup
+from orders.lib import wakeup
 
 RECHECK_SECONDS = 2.0
 

@@ -22,17 +22,20 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from orders import console, evacuation, metrics_page, order_wait, placement
-from orders.alarms import AlarmError, add_alarm, alarms_context, remove_alarm
-from orders.checkout import CheckoutError, billing_portal_url, start_checkout
-from orders.models import Instance, Order
-from orders.offline_checkout import (
+from orders.billing.checkout import CheckoutError, billing_portal_url, start_checkout
+from orders.billing.offline_checkout import (
     OfflinePaymentError,
     complete_offline_payment,
     offline_payments_enabled,
 )
-from orders.provisioning import ca_certificate_pem, cancel_order
-from orders.webhooks import WebhookError, process_webhook
+from orders.billing.webhooks import WebhookError, process_webhook
+from orders.console import commands as console
+from orders.core.provisioning import ca_certificate_pem, cancel_order
+from orders.fleet import evacuation, placement
+from orders.models import Instance, Order
+from orders.monitoring import metrics_page
+from orders.monitoring.alarms import AlarmError, add_alarm, alarms_context, remove_alarm
+from orders.web import order_wait
 from store.models import Plan
 
 
@@ -319,7 +322,7 @@ def alarm_remove(request: HttpRequest, public_id: UUID, alarm_id: int) -> HttpRe
 @require_GET
 def status(request: HttpRequest, public_id: UUID) -> JsonResponse:
     """The order's state; with `since=<version>` a long poll: answers when the version differs
-    or after ORDER_LONG_POLL_SECONDS (orders/order_wait.py)."""
+    or after ORDER_LONG_POLL_SECONDS (orders/web/order_wait.py)."""
     order = _get_order(request, public_id)
     since = request.GET.get("since", "")[:500]
     if since:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from orders import views
+from orders.web import orders as views
 
 app_name = "orders"
 

@@ -171,7 +171,7 @@ def test_a_create_vm_sent_twice_to_two_hosts_ends_as_exactly_one_vm(tiny_system:
             "shell",
             "-c",
             "from orders.models import OutboxMessage as M; "
-            "from orders.outbox import requeue; "
+            "from orders.messaging.outbox import requeue; "
             "requeue(message=M.objects.get(routing_key='create-vm'))",
         )
 

@@ -17,8 +17,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from orders.core.provisioning import request_provisioning
 from orders.models import Instance, Order
-from orders.provisioning import request_provisioning
 from store.models import Plan
 from tests.stripe_signing import stripe_signature as sign_payload
 from vmbackend import topology
@@ -176,7 +176,7 @@ def orders_amqp_url() -> Any:
 @pytest.fixture
 def amqp(orders_amqp_url: str) -> Any:
     """A channel on our vhost with the shop's topology declared and its queues empty."""
-    from orders import broker
+    from orders.messaging import broker
 
     connection = broker.connect(orders_amqp_url)
     channel = connection.channel()

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from orders.host_events import handle_message
+from orders.messaging.host_events import handle_message
 from orders.models import Instance
 from vmbackend import messages
 

@@ -4,8 +4,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from orders.core.provisioning import request_provisioning
 from orders.models import Order, OutboxMessage
-from orders.provisioning import request_provisioning
 from store.models import Plan
 
 pytestmark = pytest.mark.django_db

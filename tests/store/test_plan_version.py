@@ -6,8 +6,8 @@ from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 
+from orders.core.provisioning import request_provisioning
 from orders.models import Order, OutboxMessage
-from orders.provisioning import request_provisioning
 from store.models import Plan
 from vmbackend.images import versions
 

@@ -1,5 +1,5 @@
 """manage.py consume_events: apply the host daemons' events and read the dead letters (see
-orders/host_events.py and orders/dead_letters.py)."""
+orders/messaging/host_events.py and orders/messaging/dead_letters.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from orders.host_events import CONSUMER_ERRORS, EventConsumer
 from orders.management.worker_signals import stop_on_signals
+from orders.messaging.host_events import CONSUMER_ERRORS, EventConsumer
 
 log = logging.getLogger(__name__)
 

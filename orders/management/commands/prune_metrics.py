@@ -1,5 +1,5 @@
 """manage.py prune_metrics: roll up the instances' metrics and drop what is past its retention
-(raw points 24 h, 5-minute roll-ups and alarm history 30 days; orders/metrics.py). The event
+(raw points 24 h, 5-minute roll-ups and alarm history 30 days; orders/monitoring/metrics.py). The event
 worker does the same every minute; this is for cron, or a shop whose worker was down."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from orders.metrics import rollup_and_prune
+from orders.monitoring.metrics import rollup_and_prune
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""manage.py relay_outbox: publish outbox rows to the control broker (see orders/outbox.py)."""
+"""manage.py relay_outbox: publish outbox rows to the control broker (see orders/messaging/outbox.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from orders.management.worker_signals import stop_on_signals
-from orders.outbox import BROKER_ERRORS, Relay
+from orders.messaging.outbox import BROKER_ERRORS, Relay
 
 log = logging.getLogger(__name__)
 

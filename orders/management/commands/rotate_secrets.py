@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from orders.encryption import UnreadableSecret, rotate
+from orders.lib.encryption import UnreadableSecret, rotate
 from orders.models import Instance
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from django.urls import reverse
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orders.host_events import handle_message
+from orders.messaging.host_events import handle_message
 from orders.models import Host
 from vmbackend import messages
 from vmbackend.messages import MalformedEvent

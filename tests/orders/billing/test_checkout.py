@@ -11,10 +11,10 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from orders import checkout
-from orders.checkout import CheckoutError, request_refund, settle_refund, start_checkout
+from orders.billing import checkout
+from orders.billing.checkout import CheckoutError, request_refund, settle_refund, start_checkout
+from orders.core.provisioning import cancel_order, request_provisioning
 from orders.models import Order, OutboxMessage
-from orders.provisioning import cancel_order, request_provisioning
 
 pytestmark = pytest.mark.django_db
 

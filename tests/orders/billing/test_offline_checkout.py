@@ -9,13 +9,13 @@ from unittest import mock
 import pytest
 from django.urls import reverse
 
-from orders.models import Order, OutboxMessage, WebhookEvent
-from orders.offline_checkout import (
+from orders.billing.offline_checkout import (
     OfflinePaymentError,
     OfflinePaymentsDisabled,
     complete_offline_payment,
     offline_payments_enabled,
 )
+from orders.models import Order, OutboxMessage, WebhookEvent
 
 
 def test_offline_payments_are_on_without_a_stripe_key(settings):
@@ -76,7 +76,9 @@ def test_the_event_goes_through_the_real_signature_check(order, settings):
 def test_a_refused_event_is_an_error(order, settings, monkeypatch):
     settings.STRIPE_SECRET_KEY = ""
     # A signature the workflow refuses: the stand-in signs with one secret, the check uses another.
-    monkeypatch.setattr("orders.offline_checkout.sign_payload", lambda payload, **kw: "t=1,v1=00")
+    monkeypatch.setattr(
+        "orders.billing.offline_checkout.sign_payload", lambda payload, **kw: "t=1,v1=00"
+    )
 
     with pytest.raises(OfflinePaymentError, match="signature"):
         complete_offline_payment(order=order)

@@ -1,7 +1,7 @@
 """Signed webhook bodies of the wrong shape: refused with a 400, nothing written, never a 500.
 
 Every body here carries a valid Stripe signature (checked by the real stripe library), so only the
-shape checks in orders/webhooks.py stand between it and the database.
+shape checks in orders/billing/webhooks.py stand between it and the database.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from django.urls import reverse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orders.billing.webhooks import HANDLERS
 from orders.models import Order, OutboxMessage, WebhookEvent
-from orders.webhooks import HANDLERS
 from tests.orders.conftest import checkout_session, invoice, stripe_event, stripe_signature
 from vmbackend.messages import too_deep
 

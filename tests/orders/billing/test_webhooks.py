@@ -12,9 +12,9 @@ import stripe
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from orders.checkout import settle_refund
+from orders.billing.checkout import settle_refund
+from orders.billing.webhooks import WebhookError, process_webhook
 from orders.models import Instance, Order, OutboxMessage, WebhookEvent
-from orders.webhooks import WebhookError, process_webhook
 from tests.orders.conftest import (
     checkout_session,
     invoice,

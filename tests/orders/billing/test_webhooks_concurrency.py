@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from orders.billing.webhooks import WebhookResult, process_webhook
 from orders.models import Instance, Order, OutboxMessage, WebhookEvent
-from orders.webhooks import WebhookResult, process_webhook
 from tests.orders.conftest import checkout_session, invoice, stripe_event, stripe_signature
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -117,7 +117,7 @@ from django.core.management import call_command
 from django.contrib.auth import get_user_model
 from django.db import connection
 from orders.models import Instance, Order, OutboxMessage
-from orders.webhooks import process_webhook
+from orders.billing.webhooks import process_webhook
 from store.models import Plan
 from tests.orders.conftest import checkout_session, invoice, stripe_event, stripe_signature
 

@@ -1,4 +1,4 @@
-"""The console's services (orders/console.py): commands into the outbox, the host's outcomes
+"""The console's services (orders/console/commands.py): commands into the outbox, the host's outcomes
 applied through the event worker's entry point, the money side with Stripe's HTTP faked."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from orders import console
-from orders.console import ConsoleError
+from orders.console import commands as console
+from orders.console.commands import ConsoleError
+from orders.core.provisioning import body_to_publish
 from orders.models import Activity, ConsoleCommand, Instance, Order, OutboxMessage
-from orders.provisioning import body_to_publish
 from store.models import Plan
 from tests.orders.console_support import (
     HOST,
@@ -539,7 +539,7 @@ def test_any_outcomes_in_any_order_leave_a_consistent_server(order_factory, kind
 
 @pytest.fixture
 def order_factory(plan, customer):
-    from orders.provisioning import request_provisioning
+    from orders.core.provisioning import request_provisioning
 
     def make() -> Instance:
         with transaction.atomic():
@@ -592,7 +592,7 @@ def test_a_refused_rotation_arrives_through_the_broker_and_keeps_the_password(
 ) -> None:
     import pika
 
-    from orders.host_events import EventConsumer
+    from orders.messaging.host_events import EventConsumer
     from tests.orders.console_support import event_body
 
     old_password = ready.admin_password

@@ -12,8 +12,8 @@ import pytest
 from django.db import transaction
 from playwright.sync_api import Page, expect
 
+from orders.core.provisioning import request_provisioning
 from orders.models import ConsoleCommand, Instance, Order, OutboxMessage
-from orders.provisioning import request_provisioning
 from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
 from tests.orders.console_support import make_ready, outcome

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.db import connection  # noqa: F401 - needs_row_locks evaluates its condition here
 
-from orders import console
+from orders.console import commands as console
 from orders.models import ConsoleCommand, Instance, OutboxMessage
 from tests.orders.console_support import make_ready
 from tests.orders.test_webhooks_concurrency import THREADS, _run_at_once, needs_row_locks

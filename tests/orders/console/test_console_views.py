@@ -1,4 +1,4 @@
-"""The console's pages (orders/views.py console_action, billing_portal, and the order page's
+"""The console's pages (orders/web/orders.py console_action, billing_portal, and the order page's
 console, runtime and activity parts). Personas: owner, another customer, anonymous, staff."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The order's timeline and the owner's emails (orders/activity.py), from the events the shop
+"""The order's timeline and the owner's emails (orders/core/activity.py), from the events the shop
 already receives: host events through the real broker and the event worker, Stripe webhooks
 signed like Stripe's. Emails land in Django's locmem outbox, after the commit only."""
 
@@ -10,9 +10,9 @@ import pika
 import pytest
 from django.core import mail
 
-from orders.host_events import EventConsumer
+from orders.core.provisioning import cancel_order
+from orders.messaging.host_events import EventConsumer
 from orders.models import Activity, Instance, Order
-from orders.provisioning import cancel_order
 from tests.orders.conftest import invoice, stripe_event
 from tests.orders.console_support import apply, event_body, make_ready, ready_fields
 from vmbackend import messages
@@ -110,7 +110,7 @@ def test_a_restart_the_owner_asked_for_is_not_an_unexpected_stop(
 ) -> None:
     import uuid
 
-    from orders import console
+    from orders.console import commands as console
 
     ready = make_ready(instance)
     mail.outbox.clear()
@@ -188,7 +188,7 @@ def test_an_expired_checkout_sends_no_email(
 def test_a_refund_is_on_the_timeline(order: Order) -> None:
     from django.utils import timezone
 
-    from orders.checkout import settle_refund
+    from orders.billing.checkout import settle_refund
 
     Order.objects.filter(pk=order.pk).update(
         status=Order.Status.CANCELLED,

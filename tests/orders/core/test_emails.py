@@ -1,4 +1,4 @@
-"""orders/emails.py: the owner's emails, through Django's locmem outbox (the real backend API)."""
+"""orders/core/emails.py: the owner's emails, through Django's locmem outbox (the real backend API)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from django.core import mail
 from django.db import transaction
 from django.template import TemplateDoesNotExist
 
-from orders.emails import order_url, send_order_email, send_order_email_on_commit
+from orders.core.emails import order_url, send_order_email, send_order_email_on_commit
 from orders.models import Order
 
 
@@ -67,7 +67,7 @@ def test_a_mail_server_error_is_logged_not_raised(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise smtplib.SMTPServerDisconnected("gone")
 
-    monkeypatch.setattr("orders.emails.send_mail", refuse)
+    monkeypatch.setattr("orders.core.emails.send_mail", refuse)
 
     assert send_order_email(order=order, kind="server_ready", context={}) is False
     assert "event=order_email_failed" in caplog.text

@@ -6,13 +6,13 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from orders.models import Instance, InvalidTransition, Order, OutboxMessage
-from orders.provisioning import (
+from orders.core.provisioning import (
     ProvisioningError,
     cancel_order,
     order_status_for,
     retry_provisioning,
 )
+from orders.models import Instance, InvalidTransition, Order, OutboxMessage
 from tests.orders.conftest import provision
 
 pytestmark = pytest.mark.django_db

@@ -10,8 +10,8 @@ from django.core import mail
 from django.urls import reverse
 from django.utils import timezone
 
-from orders import evacuation
-from orders.host_events import mark_silent_hosts
+from orders.fleet import evacuation
+from orders.messaging.host_events import mark_silent_hosts
 from orders.models import Activity, Host, Instance, Order, OutboxMessage
 from tests.orders.console_support import HOST, make_ready
 from tests.orders.test_admin import _action
@@ -78,7 +78,7 @@ def test_evacuating_re_creates_the_server_elsewhere_with_the_same_credentials(
         management_url="http://127.0.0.1:1/",
         amqp_url="amqp://u@127.0.0.1:2/",
     )
-    from orders.host_events import handle_message
+    from orders.messaging.host_events import handle_message
 
     assert handle_message(messages.encode_event(late)) == "unknown_instance"
 

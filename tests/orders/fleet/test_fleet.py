@@ -1,4 +1,4 @@
-"""The staff's fleet view (orders/fleet.py, admin:orders_host_fleet) and the latest sample in
+"""The staff's fleet view (orders/fleet/overview.py, admin:orders_host_fleet) and the latest sample in
 the instance list."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from orders import metrics
-from orders.fleet import fleet
+from orders.fleet.overview import fleet
 from orders.models import Host, Instance
+from orders.monitoring import metrics
 from tests.orders.test_metrics import sample
 
 pytestmark = pytest.mark.django_db

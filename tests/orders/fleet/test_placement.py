@@ -1,4 +1,4 @@
-"""Placement (orders/placement.py) with the real broker and database: the relay sends each paid
+"""Placement (orders/fleet/placement.py) with the real broker and database: the relay sends each paid
 order's create-vm to a live host where it fits (pack or spread), claims count before any
 heartbeat, a decline places it again elsewhere, and nothing that fits nowhere is dropped."""
 
@@ -16,11 +16,11 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orders import placement
-from orders.host_events import EventConsumer, handle_message, mark_silent_hosts
+from orders.core.provisioning import request_provisioning
+from orders.fleet import placement
+from orders.messaging.host_events import EventConsumer, handle_message, mark_silent_hosts
+from orders.messaging.outbox import publish_pending
 from orders.models import Activity, Host, Instance, Order, OutboxMessage
-from orders.outbox import publish_pending
-from orders.provisioning import request_provisioning
 from store.models import Plan
 from tests.orders.conftest import get_all
 from vmbackend import topology

@@ -9,8 +9,8 @@ import uuid
 import pytest
 from django.db import connection  # noqa: F401 - needs_row_locks evaluates its condition here
 
-from orders import placement
-from orders.host_events import handle_message
+from orders.fleet import placement
+from orders.messaging.host_events import handle_message
 from orders.models import Instance, OutboxMessage
 from store.models import Plan
 from tests.orders.test_placement import heartbeat, paid

@@ -16,10 +16,10 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orders.host_events import EventConsumer, handle_message
+from orders.fleet.waitlist import join, notify_waitlist
+from orders.messaging.host_events import EventConsumer, handle_message
 from orders.models import Host, Order
 from store.models import Plan, WaitlistEntry
-from store.waitlist import join, notify_waitlist
 
 pytestmark = pytest.mark.django_db
 
@@ -139,12 +139,12 @@ def test_the_waitlist_is_emailed_once_when_room_appears(plans, full_for_warren) 
 
 def test_plans_nobody_waits_for_are_not_looked_at(plans, full_for_warren, caplog) -> None:
     join(plan=plans["warren"], email="gus@example.com")  # sold out: waits
-    with caplog.at_level("INFO", logger="store.waitlist"):
+    with caplog.at_level("INFO", logger="orders.fleet.waitlist"):
         assert notify_waitlist() == 0
     # Bunny is on sale but nobody waits for it; Warren has a waiter but no room: no line.
     assert "waitlist_notified" not in caplog.text
     join(plan=plans["bunny"], email="hal@example.com")
-    with caplog.at_level("INFO", logger="store.waitlist"):
+    with caplog.at_level("INFO", logger="orders.fleet.waitlist"):
         assert notify_waitlist() == 1
     assert "event=waitlist_notified plan=bunny entries=1" in caplog.text
     assert "waitlist_notified plan=warren" not in caplog.text

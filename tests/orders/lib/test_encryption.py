@@ -1,4 +1,4 @@
-"""VM admin passwords are encrypted at rest (orders/encryption.py) and keys rotate without loss."""
+"""VM admin passwords are encrypted at rest (orders/lib/encryption.py) and keys rotate without loss."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
-from orders import encryption
-from orders.encryption import UnreadableSecret
+from orders.core.provisioning import forget_credentials, request_provisioning
+from orders.lib import encryption
+from orders.lib.encryption import UnreadableSecret
 from orders.models import Instance, Order
-from orders.provisioning import forget_credentials, request_provisioning
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,4 @@
-"""Wake-ups on commit (orders/wakeup.py): the relay publishes a new row at once, an order page's
+"""Wake-ups on commit (orders/lib/wakeup.py): the relay publishes a new row at once, an order page's
 waiting request learns of its order's change. Run on SQLite (the default) and on PostgreSQL
 (DATABASE_URL=postgres://...): each path is the real one of its database."""
 
@@ -10,10 +10,10 @@ import threading
 import pytest
 from django.db import transaction
 
-from orders import wakeup
+from orders.core.provisioning import enqueue
+from orders.lib import wakeup
+from orders.messaging.outbox import Relay
 from orders.models import OutboxMessage
-from orders.outbox import Relay
-from orders.provisioning import enqueue
 from tests.orders.conftest import get_all
 from vmbackend import topology
 

@@ -15,10 +15,10 @@ import pika
 import pytest
 from django.db import OperationalError
 
-from orders import host_events, outbox
-from orders.host_events import EventConsumer
-from orders.outbox import Relay
-from orders.provisioning import enqueue
+from orders.core.provisioning import enqueue
+from orders.messaging import host_events, outbox
+from orders.messaging.host_events import EventConsumer
+from orders.messaging.outbox import Relay
 from tests.orders.conftest import get_all
 from vmbackend import topology
 
@@ -179,7 +179,7 @@ def test_a_database_outage_is_waited_out_with_a_growing_delay_on_one_connection(
         consumer.stop()
         return real(body)
 
-    caplog.set_level("WARNING", logger="orders.host_events")
+    caplog.set_level("WARNING", logger="orders.messaging.host_events")
     with mock.patch.object(host_events, "handle_message", side_effect=down_for_four_tries):
         counts = consumer.run()
 

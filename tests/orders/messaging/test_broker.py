@@ -6,7 +6,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from orders import broker
+from orders.messaging import broker
 from tests.orders.conftest import get_all
 from vmbackend import topology
 

@@ -16,9 +16,9 @@ from django.test import override_settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orders.host_events import handle_message
+from orders.core.provisioning import body_to_publish, cancel_order, request_provisioning
+from orders.messaging.host_events import handle_message
 from orders.models import Instance, Order, OutboxMessage
-from orders.provisioning import body_to_publish, cancel_order, request_provisioning
 from vmbackend import messages
 from vmbackend.messages import CreateVM, VMCommand
 
@@ -33,7 +33,7 @@ def instance(order: Order) -> Instance:
 
 
 def _published(row: OutboxMessage) -> bytes:
-    """The bytes the relay puts on the wire for a row (orders/outbox.py publish_row)."""
+    """The bytes the relay puts on the wire for a row (orders/messaging/outbox.py publish_row)."""
     return messages.encode(body_to_publish(row))
 
 

@@ -1,4 +1,4 @@
-"""Reading computing.dead back (orders/dead_letters.py) against the real RabbitMQ: a create-vm a
+"""Reading computing.dead back (orders/messaging/dead_letters.py) against the real RabbitMQ: a create-vm a
 host refused fails its order with the host's reason; everything else is kept for staff."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import pika
 import pytest
 from django.db import transaction
 
-from orders import dead_letters
-from orders.dead_letters import handle_dead_letter
-from orders.host_events import EventConsumer
+from orders.core.provisioning import cancel_order, request_provisioning, retry_provisioning
+from orders.messaging import dead_letters
+from orders.messaging.dead_letters import handle_dead_letter
+from orders.messaging.host_events import EventConsumer
 from orders.models import DeadLetter, Instance, Order, OutboxMessage
-from orders.provisioning import cancel_order, request_provisioning, retry_provisioning
 from tests.orders.conftest import get_all
 from vmbackend import messages, topology
 

@@ -15,7 +15,8 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orders.host_events import (
+from orders.core.provisioning import cancel_order, request_provisioning, retry_provisioning
+from orders.messaging.host_events import (
     EventConsumer,
     dispatch,
     handle_message,
@@ -31,7 +32,6 @@ from orders.models import (
     Order,
     OutboxMessage,
 )
-from orders.provisioning import cancel_order, request_provisioning, retry_provisioning
 from tests.orders.conftest import get_all
 from vmbackend import messages, topology
 
@@ -682,7 +682,7 @@ def test_the_worker_never_raises_on_any_body(instance, data):
         "unhandled_type",
         "unknown_instance",
         "unknown_command",  # a console outcome for a command this shop never sent
-        "replaced",  # instance.declined by the host it was placed on (orders/placement.py)
+        "replaced",  # instance.declined by the host it was placed on (orders/fleet/placement.py)
         # instance.metrics (orders/metrics.apply_metrics)
         "recorded",
         "duplicate",

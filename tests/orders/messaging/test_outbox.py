@@ -10,10 +10,10 @@ import pika.exceptions
 import pytest
 from django.core.management import CommandError, call_command
 
-from orders import outbox
+from orders.core.provisioning import enqueue
+from orders.messaging import outbox
+from orders.messaging.outbox import Relay, publish_pending
 from orders.models import Order, OutboxMessage
-from orders.outbox import Relay, publish_pending
-from orders.provisioning import enqueue
 from tests.net import free_port
 from tests.orders.conftest import get_all, provision
 from tests.tcp_proxy import TcpProxy

@@ -1,4 +1,4 @@
-"""One outbox relay at a time (orders/relay_lock.py): real relay processes, killed with SIGKILL,
+"""One outbox relay at a time (orders/messaging/relay_lock.py): real relay processes, killed with SIGKILL,
 on the database the tests run on (SQLite file or PostgreSQL)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from cryptography.fernet import Fernet
 from django.db import connection
 
-from orders.relay_lock import AdvisoryLock, FileLock, relay_lock
+from orders.messaging.relay_lock import AdvisoryLock, FileLock, relay_lock
 from tests.orders.conftest import get_all
 from vmbackend import topology
 
@@ -112,7 +112,7 @@ def _enqueue(env: dict[str, str], n: int) -> None:
             "manage.py",
             "shell",
             "-c",
-            "from orders.provisioning import enqueue; "
+            "from orders.core.provisioning import enqueue; "
             f"enqueue(routing_key='create-vm', body={{'version': 1, 'command': 'create-vm', 'n': {n}}})",
         ],
         cwd=ROOT,

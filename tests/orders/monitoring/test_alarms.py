@@ -1,4 +1,4 @@
-"""Alarms (orders/alarms.py): the state machine alone, as a property over random samples, and
+"""Alarms (orders/monitoring/alarms.py): the state machine alone, as a property over random samples, and
 through apply_metrics with the database and the owner's emails."""
 
 from __future__ import annotations
@@ -10,9 +10,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orders import alarms, metrics
-from orders.alarms import CLEARED, FIRED, FIRING, OK, AlarmError, add_alarm, remove_alarm, step
 from orders.models import Alarm, AlarmEvent, Instance
+from orders.monitoring import alarms, metrics
+from orders.monitoring.alarms import (
+    CLEARED,
+    FIRED,
+    FIRING,
+    OK,
+    AlarmError,
+    add_alarm,
+    remove_alarm,
+    step,
+)
 from tests.orders.test_metrics import sample
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

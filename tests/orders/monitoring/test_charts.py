@@ -1,4 +1,4 @@
-"""orders/charts.py: points in, SVG out (a pure function)."""
+"""orders/monitoring/charts.py: points in, SVG out (a pure function)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orders.charts import Line, line_chart, nice_ceiling, segments, short_bytes
+from orders.monitoring.charts import Line, line_chart, nice_ceiling, segments, short_bytes
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""Storing, rolling up and pruning the instances' metrics (orders/metrics.py), on the database the
+"""Storing, rolling up and pruning the instances' metrics (orders/monitoring/metrics.py), on the database the
 run uses (SQLite by default; PostgreSQL with DATABASE_URL=postgres://...)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from django.core.management import call_command
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from orders import metrics
-from orders.host_events import EventConsumer, handle_message
+from orders.messaging.host_events import EventConsumer, handle_message
 from orders.models import AlarmEvent, Instance, MetricRollup, MetricSample
+from orders.monitoring import metrics
 from vmbackend import messages
 from vmbackend.messages import Metrics
 
@@ -365,7 +365,7 @@ any_metrics = st.builds(
 def test_any_sample_within_the_contract_is_stored_rolled_up_and_drawn(ready, samples):
     """Bounds at their extremes (2^63-1 messages ready and unacked: a sum the roll-up's column
     cannot hold) never make the worker fail, the roll-up or the page."""
-    from orders import alarms, metrics_page
+    from orders.monitoring import alarms, metrics_page
 
     MetricSample.objects.all().delete()
     MetricRollup.objects.all().delete()

@@ -71,7 +71,7 @@ def test_a_malformed_sample_is_dead_lettered_and_the_next_one_applied(ready, amq
 def test_a_queue_depth_alarm_fires_and_clears_through_the_worker(
     ready, amqp, orders_amqp_url, mailoutbox
 ):
-    from orders.alarms import add_alarm
+    from orders.monitoring.alarms import add_alarm
 
     add_alarm(instance=ready, kind=Alarm.Kind.QUEUE_DEPTH, threshold=100, minutes=1)
     _publish(amqp, *(body(ready, 600 - 30 * i, messages_ready=500) for i in range(3)))

@@ -1,4 +1,4 @@
-"""The CA certificate download (orders.views.ca_certificate) and its link on the order page."""
+"""The CA certificate download (orders.web.orders.ca_certificate) and its link on the order page."""
 
 from __future__ import annotations
 

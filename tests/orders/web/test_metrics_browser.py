@@ -18,9 +18,9 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
-from orders import metrics
-from orders.host_events import EventConsumer
+from orders.messaging.host_events import EventConsumer
 from orders.models import Alarm, Instance, Order
+from orders.monitoring import metrics
 from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
 from tests.orders.test_metrics import sample

@@ -1,4 +1,4 @@
-"""The order page's metrics and alarms (orders/views.py: detail, metrics, alarm_add,
+"""The order page's metrics and alarms (orders/web/orders.py: detail, metrics, alarm_add,
 alarm_remove). Personas: the owner, another customer, a stranger."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from orders import metrics
 from orders.models import Alarm, Instance, Order
+from orders.monitoring import metrics
 from tests.orders.test_metrics import sample
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""The order page's long poll (orders/order_wait.py) without a browser: it answers on a change,
+"""The order page's long poll (orders/web/order_wait.py) without a browser: it answers on a change,
 at its timeout, and at once when the process's waiting slots are taken."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from orders import order_wait
+from orders.web import order_wait
 from tests.e2e.harness import wait_until
 
 

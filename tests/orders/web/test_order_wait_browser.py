@@ -1,5 +1,5 @@
-"""The order page learns of "ready" from its long poll, woken on commit (orders/order_wait.py,
-orders/wakeup.py), in a real browser at phone and desktop width, without a reload. The ready
+"""The order page learns of "ready" from its long poll, woken on commit (orders/web/order_wait.py,
+orders/lib/wakeup.py), in a real browser at phone and desktop width, without a reload. The ready
 event goes through the event worker's own entry point (handle_message), as in production."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 from django.db import transaction
 from playwright.sync_api import Page, expect
 
-from orders import order_wait, wakeup
+from orders.core.provisioning import request_provisioning
+from orders.lib import wakeup
 from orders.models import Instance, Order
-from orders.provisioning import request_provisioning
+from orders.web import order_wait
 from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
 from tests.orders.console_support import apply, ready_fields

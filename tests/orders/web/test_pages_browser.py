@@ -15,7 +15,7 @@ from django.db import connections
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
-from orders import encryption
+from orders.lib import encryption
 from orders.models import Instance, Order
 from store.management.commands.seed_plans import seed_plans
 from store.models import Plan

@@ -1,4 +1,4 @@
-"""The customer's order pages and the Stripe webhook endpoint (orders/views.py).
+"""The customer's order pages and the Stripe webhook endpoint (orders/web/orders.py).
 
 Personas: the owner, another customer, a stranger (anonymous) and staff. An order belongs to its
 owner only: everyone else gets the 404 an unknown order gets (staff use the admin).
@@ -16,10 +16,10 @@ from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from orders import views
-from orders.checkout import CheckoutError
+from orders.billing.checkout import CheckoutError
+from orders.billing.offline_checkout import OfflinePaymentError
 from orders.models import Instance, Order, WebhookEvent
-from orders.offline_checkout import OfflinePaymentError
+from orders.web import orders as views
 from store.models import Plan
 from tests.stripe_signing import stripe_signature
 

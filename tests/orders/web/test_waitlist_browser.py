@@ -15,12 +15,12 @@ from django.core import mail
 from django.db import transaction
 from playwright.sync_api import Page, expect
 
-from orders import placement
-from orders.host_events import handle_message
+from orders.core.provisioning import request_provisioning
+from orders.fleet import placement
+from orders.fleet.waitlist import notify_waitlist
+from orders.messaging.host_events import handle_message
 from orders.models import Order, OutboxMessage
-from orders.provisioning import request_provisioning
 from store.models import Plan, WaitlistEntry
-from store.waitlist import notify_waitlist
 from tests.orders.test_pages_browser import _chromium, _shot
 
 pytestmark = pytest.mark.browser
