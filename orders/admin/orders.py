@@ -24,8 +24,9 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from orders.billing.cancellation import cancel_order
 from orders.billing.checkout import CheckoutError, settle_refund
-from orders.core.provisioning import ProvisioningError, cancel_order, retry_provisioning
+from orders.core.provisioning import ProvisioningError, retry_provisioning
 from orders.fleet import evacuation, placement
 from orders.fleet.overview import fleet
 from orders.messaging.host_events import instances_on_silent_hosts, mark_silent_hosts

@@ -1,53 +1,53 @@
 """The orders app's models, one module per area, all re-exported here (`from orders.models import X`).
 May import orders.lib, store and vmbackend's protocol; nothing else of orders."""
 
-from orders.models.orders import (
-    InvalidTransition,
-    wake_order_page,
-    OrderStatus,
-    RefundStatus,
-    InstanceStatus,
-    InstanceStage,
-    Order,
-)
-from orders.models.instances import (
-    Instance,
-    EventStep,
-    EFFECT_RESEND_DELETION,
-    EFFECT_FORGET_CREDENTIALS,
-    EFFECT_UPDATE_URLS,
-    EFFECT_UPDATE_STAGE,
-    EFFECT_RECORD_CRASH,
-    HOST_EVENT_TRANSITIONS,
-    RECORDED_ONLY,
-    ORDER_STATUS_FOR_INSTANCE,
+from orders.models.activity import (
+    Activity,
+    ActivityKind,
 )
 from orders.models.billing import (
     WebhookEvent,
 )
-from orders.models.messaging import (
-    OutboxMessage,
-    DeadLetter,
+from orders.models.console import (
+    ConsoleCommand,
+    ConsoleCommandKind,
+    ConsoleCommandStatus,
 )
 from orders.models.fleet import (
     Host,
 )
+from orders.models.instances import (
+    EFFECT_FORGET_CREDENTIALS,
+    EFFECT_RECORD_CRASH,
+    EFFECT_RESEND_DELETION,
+    EFFECT_UPDATE_STAGE,
+    EFFECT_UPDATE_URLS,
+    HOST_EVENT_TRANSITIONS,
+    ORDER_STATUS_FOR_INSTANCE,
+    RECORDED_ONLY,
+    EventStep,
+    Instance,
+)
+from orders.models.messaging import (
+    DeadLetter,
+    OutboxMessage,
+)
 from orders.models.monitoring import (
-    MetricSample,
-    MetricRollup,
-    AlarmKind,
-    AlarmState,
     Alarm,
     AlarmEvent,
+    AlarmKind,
+    AlarmState,
+    MetricRollup,
+    MetricSample,
 )
-from orders.models.console import (
-    ConsoleCommandKind,
-    ConsoleCommandStatus,
-    ConsoleCommand,
-)
-from orders.models.activity import (
-    ActivityKind,
-    Activity,
+from orders.models.orders import (
+    InstanceStage,
+    InstanceStatus,
+    InvalidTransition,
+    Order,
+    OrderStatus,
+    RefundStatus,
+    wake_order_page,
 )
 
 __all__ = [

@@ -22,6 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from orders.billing.cancellation import cancel_order
 from orders.billing.checkout import CheckoutError, billing_portal_url, start_checkout
 from orders.billing.offline_checkout import (
     OfflinePaymentError,
@@ -30,7 +31,7 @@ from orders.billing.offline_checkout import (
 )
 from orders.billing.webhooks import WebhookError, process_webhook
 from orders.console import commands as console
-from orders.core.provisioning import ca_certificate_pem, cancel_order
+from orders.core.provisioning import ca_certificate_pem
 from orders.fleet import evacuation, placement
 from orders.models import Instance, Order
 from orders.monitoring import metrics_page

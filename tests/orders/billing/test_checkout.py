@@ -12,8 +12,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orders.billing import checkout
+from orders.billing.cancellation import cancel_order
 from orders.billing.checkout import CheckoutError, request_refund, settle_refund, start_checkout
-from orders.core.provisioning import cancel_order, request_provisioning
+from orders.core.provisioning import request_provisioning
 from orders.models import Order, OutboxMessage
 
 pytestmark = pytest.mark.django_db

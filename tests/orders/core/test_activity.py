@@ -10,7 +10,7 @@ import pika
 import pytest
 from django.core import mail
 
-from orders.core.provisioning import cancel_order
+from orders.billing.cancellation import cancel_order
 from orders.messaging.host_events import EventConsumer
 from orders.models import Activity, Instance, Order
 from tests.orders.conftest import invoice, stripe_event

@@ -6,12 +6,8 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from orders.core.provisioning import (
-    ProvisioningError,
-    cancel_order,
-    order_status_for,
-    retry_provisioning,
-)
+from orders.billing.cancellation import cancel_order
+from orders.core.provisioning import ProvisioningError, order_status_for, retry_provisioning
 from orders.models import Instance, InvalidTransition, Order, OutboxMessage
 from tests.orders.conftest import provision
 

@@ -16,7 +16,8 @@ from django.test import override_settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orders.core.provisioning import body_to_publish, cancel_order, request_provisioning
+from orders.billing.cancellation import cancel_order
+from orders.core.provisioning import body_to_publish, request_provisioning
 from orders.messaging.host_events import handle_message
 from orders.models import Instance, Order, OutboxMessage
 from vmbackend import messages

@@ -9,7 +9,8 @@ import pika
 import pytest
 from django.db import transaction
 
-from orders.core.provisioning import cancel_order, request_provisioning, retry_provisioning
+from orders.billing.cancellation import cancel_order
+from orders.core.provisioning import request_provisioning, retry_provisioning
 from orders.messaging import dead_letters
 from orders.messaging.dead_letters import handle_dead_letter
 from orders.messaging.host_events import EventConsumer

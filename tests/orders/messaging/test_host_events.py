@@ -15,7 +15,8 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orders.core.provisioning import cancel_order, request_provisioning, retry_provisioning
+from orders.billing.cancellation import cancel_order
+from orders.core.provisioning import request_provisioning, retry_provisioning
 from orders.messaging.host_events import (
     EventConsumer,
     dispatch,
