@@ -186,7 +186,7 @@ def bench_worker(instances: list, rounds: int, run: int, url: str) -> tuple[int,
     from django.utils import timezone
 
     from orders.messaging import broker
-    from orders.messaging.host_events import EventConsumer
+    from orders.messaging.consumer import EventConsumer
     from vmbackend import messages, topology
 
     conn = broker.connect(url)

@@ -28,8 +28,8 @@ from orders.billing.cancellation import cancel_order
 from orders.billing.checkout import CheckoutError, settle_refund
 from orders.core.provisioning import ProvisioningError, retry_provisioning
 from orders.fleet import evacuation, placement
+from orders.fleet.hosts import instances_on_silent_hosts, mark_silent_hosts
 from orders.fleet.overview import fleet
-from orders.messaging.host_events import instances_on_silent_hosts, mark_silent_hosts
 from orders.messaging.outbox import requeue
 from orders.models import (
     Activity,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.db.models import OuterRef, QuerySet, Subquery
 
-from orders.messaging.host_events import mark_silent_hosts
+from orders.fleet.hosts import mark_silent_hosts
 from orders.models import Host, Instance, MetricSample
 
 # Instances that have (or may have) a VM on their host.

@@ -9,7 +9,7 @@ from django.db import migrations, models
 
 
 def encrypt_passwords(apps, schema_editor):
-    from orders import encryption
+    from orders.lib import encryption
 
     Instance = apps.get_model("orders", "Instance")
     for pk, plain in Instance.objects.exclude(admin_password_encrypted="").values_list(
@@ -25,7 +25,7 @@ def encrypt_passwords(apps, schema_editor):
 
 
 def decrypt_passwords(apps, schema_editor):
-    from orders import encryption
+    from orders.lib import encryption
 
     Instance = apps.get_model("orders", "Instance")
     for pk, token in Instance.objects.exclude(admin_password_encrypted="").values_list(

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from orders.management.worker_signals import stop_on_signals
-from orders.messaging.host_events import CONSUMER_ERRORS, EventConsumer
+from orders.messaging.consumer import CONSUMER_ERRORS, EventConsumer
 
 log = logging.getLogger(__name__)
 

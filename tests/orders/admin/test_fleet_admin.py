@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orders.models import Host, Instance
-from tests.orders.test_admin import _action
+from tests.orders.admin.test_admin import _action
 
 pytestmark = pytest.mark.django_db
 

@@ -157,7 +157,7 @@ def test_concurrent_deliveries_on_a_sqlite_file_provision_once(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'shop.sqlite3'}",

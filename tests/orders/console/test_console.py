@@ -592,7 +592,7 @@ def test_a_refused_rotation_arrives_through_the_broker_and_keeps_the_password(
 ) -> None:
     import pika
 
-    from orders.messaging.host_events import EventConsumer
+    from orders.messaging.consumer import EventConsumer
     from tests.orders.console_support import event_body
 
     old_password = ready.admin_password

@@ -17,7 +17,7 @@ from orders.models import ConsoleCommand, Instance, Order, OutboxMessage
 from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
 from tests.orders.console_support import make_ready, outcome
-from tests.orders.test_pages_browser import _chromium, _shot
+from tests.orders.web.test_pages_browser import _chromium, _shot
 from vmbackend import messages
 
 pytestmark = pytest.mark.browser

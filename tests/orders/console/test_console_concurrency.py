@@ -12,8 +12,8 @@ from django.db import connection  # noqa: F401 - needs_row_locks evaluates its c
 
 from orders.console import commands as console
 from orders.models import ConsoleCommand, Instance, OutboxMessage
+from tests.orders.billing.test_webhooks_concurrency import THREADS, _run_at_once, needs_row_locks
 from tests.orders.console_support import make_ready
-from tests.orders.test_webhooks_concurrency import THREADS, _run_at_once, needs_row_locks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

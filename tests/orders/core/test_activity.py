@@ -11,7 +11,7 @@ import pytest
 from django.core import mail
 
 from orders.billing.cancellation import cancel_order
-from orders.messaging.host_events import EventConsumer
+from orders.messaging.consumer import EventConsumer
 from orders.models import Activity, Instance, Order
 from tests.orders.conftest import invoice, stripe_event
 from tests.orders.console_support import apply, event_body, make_ready, ready_fields

@@ -11,10 +11,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orders.fleet import evacuation
-from orders.messaging.host_events import mark_silent_hosts
+from orders.fleet.hosts import mark_silent_hosts
 from orders.models import Activity, Host, Instance, Order, OutboxMessage
+from tests.orders.admin.test_admin import _action
 from tests.orders.console_support import HOST, make_ready
-from tests.orders.test_admin import _action
 from vmbackend import messages, topology
 
 pytestmark = pytest.mark.django_db

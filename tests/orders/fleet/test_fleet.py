@@ -12,7 +12,7 @@ from django.utils import timezone
 from orders.fleet.overview import fleet
 from orders.models import Host, Instance
 from orders.monitoring import metrics
-from tests.orders.test_metrics import sample
+from tests.orders.monitoring.test_metrics import sample
 
 pytestmark = pytest.mark.django_db
 

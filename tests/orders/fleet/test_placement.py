@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from orders.core.provisioning import request_provisioning
 from orders.fleet import placement
-from orders.messaging.host_events import EventConsumer, handle_message, mark_silent_hosts
+from orders.fleet.hosts import mark_silent_hosts
+from orders.messaging.consumer import EventConsumer
+from orders.messaging.host_events import handle_message
 from orders.messaging.outbox import publish_pending
 from orders.models import Activity, Host, Instance, Order, OutboxMessage
 from store.models import Plan

@@ -13,8 +13,8 @@ from orders.fleet import placement
 from orders.messaging.host_events import handle_message
 from orders.models import Instance, OutboxMessage
 from store.models import Plan
-from tests.orders.test_placement import heartbeat, paid
-from tests.orders.test_webhooks_concurrency import THREADS, _run_at_once, needs_row_locks
+from tests.orders.billing.test_webhooks_concurrency import THREADS, _run_at_once, needs_row_locks
+from tests.orders.fleet.test_placement import heartbeat, paid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orders.fleet.waitlist import join, notify_waitlist
-from orders.messaging.host_events import EventConsumer, handle_message
+from orders.messaging.consumer import EventConsumer
+from orders.messaging.host_events import handle_message
 from orders.models import Host, Order
 from store.models import Plan, WaitlistEntry
 

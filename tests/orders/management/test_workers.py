@@ -17,12 +17,12 @@ from django.db import OperationalError
 
 from orders.core.provisioning import enqueue
 from orders.messaging import host_events, outbox
-from orders.messaging.host_events import EventConsumer
+from orders.messaging.consumer import EventConsumer
 from orders.messaging.outbox import Relay
 from tests.orders.conftest import get_all
 from vmbackend import topology
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from django.db import transaction
 from orders.billing.cancellation import cancel_order
 from orders.core.provisioning import request_provisioning, retry_provisioning
 from orders.messaging import dead_letters
+from orders.messaging.consumer import EventConsumer
 from orders.messaging.dead_letters import handle_dead_letter
-from orders.messaging.host_events import EventConsumer
 from orders.models import DeadLetter, Instance, Order, OutboxMessage
 from tests.orders.conftest import get_all
 from vmbackend import messages, topology

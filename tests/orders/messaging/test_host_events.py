@@ -17,13 +17,9 @@ from hypothesis import strategies as st
 
 from orders.billing.cancellation import cancel_order
 from orders.core.provisioning import request_provisioning, retry_provisioning
-from orders.messaging.host_events import (
-    EventConsumer,
-    dispatch,
-    handle_message,
-    instances_on_silent_hosts,
-    mark_silent_hosts,
-)
+from orders.fleet.hosts import instances_on_silent_hosts, mark_silent_hosts
+from orders.messaging.consumer import EventConsumer, dispatch
+from orders.messaging.host_events import handle_message
 from orders.models import (
     HOST_EVENT_TRANSITIONS,
     ORDER_STATUS_FOR_INSTANCE,

@@ -20,7 +20,7 @@ from orders.messaging.relay_lock import AdvisoryLock, FileLock, relay_lock
 from tests.orders.conftest import get_all
 from vmbackend import topology
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TAKEOVER_TIMEOUT = 60
 
 

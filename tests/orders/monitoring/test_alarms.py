@@ -22,7 +22,7 @@ from orders.monitoring.alarms import (
     remove_alarm,
     step,
 )
-from tests.orders.test_metrics import sample
+from tests.orders.monitoring.test_metrics import sample
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)

@@ -14,7 +14,8 @@ from django.core.management import call_command
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from orders.messaging.host_events import EventConsumer, handle_message
+from orders.messaging.consumer import EventConsumer
+from orders.messaging.host_events import handle_message
 from orders.models import AlarmEvent, Instance, MetricRollup, MetricSample
 from orders.monitoring import metrics
 from vmbackend import messages

@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from orders.models import Alarm, DeadLetter, Instance, MetricSample
 from tests.orders.conftest import get_all
-from tests.orders.test_host_events import _consume, _publish
-from tests.orders.test_metrics import sample
+from tests.orders.messaging.test_host_events import _consume, _publish
+from tests.orders.monitoring.test_metrics import sample
 from vmbackend import messages, topology
 
 pytestmark = pytest.mark.django_db(transaction=True)

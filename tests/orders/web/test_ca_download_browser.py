@@ -11,9 +11,9 @@ from cryptography import x509
 from playwright.sync_api import Page, expect
 
 from orders.models import Instance
-from tests.orders.test_console_browser import _fits, _log_in, _reachable, _ready_order
-from tests.orders.test_console_browser import page as page  # noqa: F401 - the fixture
-from tests.orders.test_pages_browser import _shot
+from tests.orders.console.test_console_browser import _fits, _log_in, _reachable, _ready_order
+from tests.orders.console.test_console_browser import page as page  # noqa: F401 - the fixture
+from tests.orders.web.test_pages_browser import _shot
 from vmbackend import tls
 
 pytestmark = pytest.mark.browser

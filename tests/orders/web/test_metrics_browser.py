@@ -18,13 +18,13 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
-from orders.messaging.host_events import EventConsumer
+from orders.messaging.consumer import EventConsumer
 from orders.models import Alarm, Instance, Order
 from orders.monitoring import metrics
 from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
-from tests.orders.test_metrics import sample
-from tests.orders.test_pages_browser import PASSWORD, _chromium, _shot
+from tests.orders.monitoring.test_metrics import sample
+from tests.orders.web.test_pages_browser import PASSWORD, _chromium, _shot
 from vmbackend import messages
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

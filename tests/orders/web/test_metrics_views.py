@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from orders.models import Alarm, Instance, Order
 from orders.monitoring import metrics
-from tests.orders.test_metrics import sample
+from tests.orders.monitoring.test_metrics import sample
 
 pytestmark = pytest.mark.django_db
 

@@ -18,7 +18,7 @@ from orders.web import order_wait
 from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
 from tests.orders.console_support import apply, ready_fields
-from tests.orders.test_pages_browser import _chromium
+from tests.orders.web.test_pages_browser import _chromium
 from vmbackend import messages
 
 pytestmark = pytest.mark.browser

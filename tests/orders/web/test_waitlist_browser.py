@@ -21,7 +21,7 @@ from orders.fleet.waitlist import notify_waitlist
 from orders.messaging.host_events import handle_message
 from orders.models import Order, OutboxMessage
 from store.models import Plan, WaitlistEntry
-from tests.orders.test_pages_browser import _chromium, _shot
+from tests.orders.web.test_pages_browser import _chromium, _shot
 
 pytestmark = pytest.mark.browser
 
