@@ -1,5 +1,8 @@
 """The owner's console on the order page (issue 11): restart, rotate the password, change plan.
 
+Here the requests (what the owner starts); the host's answer is orders/console/outcomes.py, what
+the page shows orders/console/page.py.
+
 Each action is one ConsoleCommand row plus its command in the outbox (routing key host.<host_id>,
 the VM's host), written in one transaction with the order and instance rows locked; the host
 answers with instance.command_done / instance.command_failed, which `apply_outcome` applies in the
@@ -31,31 +34,18 @@ from django.db import transaction
 from django.utils import timezone
 
 from orders.billing.checkout import CheckoutError, change_subscription_price
+from orders.console.outcomes import TIMED_OUT, WHAT, fail, pending_command, revert_price
 from orders.core import activity
 from orders.core.provisioning import enqueue
 from orders.lib import encryption
 from orders.models import Activity, ConsoleCommand, Instance, Order
 from store.models import Plan
 from vmbackend import messages, topology
-from vmbackend.messages import Event
 
 log = logging.getLogger(__name__)
 
 Kind = ConsoleCommand.Kind
 Status = ConsoleCommand.Status
-# instance.command_done / instance.command_failed (the contract's names)
-OUTCOME_EVENTS = frozenset({messages.INSTANCE_COMMAND_DONE, messages.INSTANCE_COMMAND_FAILED})
-# The customer's words for each command in the timeline and on the page.
-WHAT = {
-    Kind.RESTART: "Restart",
-    Kind.ROTATE_PASSWORD: "Password change",
-    Kind.CHANGE_PLAN: "Plan change",
-}
-
-
-# The reason of a command its host did not answer in time. Its new password is kept: if the
-# host does answer later (command_done), that password is what the VM has.
-TIMED_OUT = "no answer from the server's host"
 
 
 class ConsoleError(Exception):
@@ -100,10 +90,6 @@ def plan_choices(order: Order, instance: Instance) -> list[PlanChoice]:
             reason = "Not available for a change right now."
         choices.append(PlanChoice(plan=plan, current=plan.pk == order.plan_id, reason=reason))
     return choices
-
-
-def pending_command(instance: Instance) -> ConsoleCommand | None:
-    return instance.commands.filter(status=Status.SENT).first()
 
 
 def unseen_password(instance: Instance) -> ConsoleCommand | None:
@@ -151,7 +137,7 @@ def _used(instance: Instance, request_id: uuid.UUID) -> ConsoleCommand | None:
     return command
 
 
-def _check_ready(order: Order, instance: Instance, *, statuses: frozenset[str]) -> None:
+def check_ready(order: Order, instance: Instance, *, statuses: frozenset[str]) -> None:
     if order.status not in statuses or instance.status != Instance.Status.READY:
         raise ConsoleError("Your server must be running for this.")
     if instance.is_restarting:
@@ -168,7 +154,7 @@ def _check_nothing_pending(instance: Instance) -> None:
     timeout = timedelta(seconds=settings.CONSOLE_COMMAND_TIMEOUT)
     if pending.created_at > timezone.now() - timeout:
         raise ConsoleError(f"{WHAT[Kind(pending.kind)]} in progress; please wait for it to finish.")
-    _fail(instance.order, instance, pending, TIMED_OUT)
+    fail(instance.order, instance, pending, TIMED_OUT)
 
 
 def _send(order: Order, instance: Instance, command: ConsoleCommand, body: dict) -> None:
@@ -188,7 +174,7 @@ def request_restart(*, order: Order, request_id: uuid.UUID) -> Started:
         order, instance = _lock(order)
         if used := _used(instance, request_id):
             return Started(used, new=False)
-        _check_ready(order, instance, statuses=Order.SERVING)
+        check_ready(order, instance, statuses=Order.SERVING)
         _check_nothing_pending(instance)
         command = ConsoleCommand.objects.create(
             instance=instance, request_id=request_id, kind=Kind.RESTART
@@ -206,7 +192,7 @@ def request_password_rotation(*, order: Order, request_id: uuid.UUID) -> Started
         order, instance = _lock(order)
         if used := _used(instance, request_id):
             return Started(used, new=False)
-        _check_ready(order, instance, statuses=Order.SERVING)
+        check_ready(order, instance, statuses=Order.SERVING)
         _check_nothing_pending(instance)
         _username, password = messages.generate_admin()
         command = ConsoleCommand.objects.create(
@@ -276,7 +262,7 @@ def request_plan_change(*, order: Order, request_id: uuid.UUID, plan: Plan) -> S
             )
     except ConsoleError:
         if billed:  # something changed between the two transactions: undo the price
-            _revert_price(locked, from_plan, request_id)
+            revert_price(locked, from_plan, request_id)
         raise
     return Started(command, new=True)
 
@@ -293,7 +279,7 @@ def chosen_plan(slug: str) -> Plan:
 
 
 def _check_plan_change(order: Order, instance: Instance, plan: Plan) -> None:
-    _check_ready(order, instance, statuses=frozenset({Order.Status.READY}))
+    check_ready(order, instance, statuses=frozenset({Order.Status.READY}))
     _check_nothing_pending(instance)
     choice = next((c for c in plan_choices(order, instance) if c.plan.pk == plan.pk), None)
     if choice is None:
@@ -302,250 +288,3 @@ def _check_plan_change(order: Order, instance: Instance, plan: Plan) -> None:
         raise ConsoleError("Your server is on that plan already.")
     if choice.reason:
         raise ConsoleError(choice.reason)
-
-
-def _revert_price(order: Order, plan: Plan, request_id: uuid.UUID) -> bool:
-    try:
-        change_subscription_price(
-            order=order, price_id=plan.stripe_price_id, idempotency_key=f"plan-revert-{request_id}"
-        )
-    except CheckoutError:
-        log.error(
-            "event=plan_price_revert_failed order_id=%s request_id=%s", order.public_id, request_id
-        )
-        return False
-    return True
-
-
-def revert_billing(command_pk: int) -> None:
-    """After a failed resize committed: the subscription goes back to the old price. A revert
-    Stripe refuses stays `revert_failed` (staff see it in the admin); nothing here raises."""
-    command = ConsoleCommand.objects.select_related("instance__order", "from_plan").get(
-        pk=command_pk
-    )
-    if command.billing != ConsoleCommand.Billing.CHANGED or command.from_plan is None:
-        return
-    ok = _revert_price(command.instance.order, command.from_plan, command.request_id)
-    outcome = ConsoleCommand.Billing.REVERTED if ok else ConsoleCommand.Billing.REVERT_FAILED
-    ConsoleCommand.objects.filter(pk=command.pk, billing=ConsoleCommand.Billing.CHANGED).update(
-        billing=outcome
-    )
-
-
-# -- the host's answer ---------------------------------------------------------------------------
-
-
-def apply_outcome(order: Order, instance: Instance, event: Event) -> str:
-    """instance.command_done / command_failed, in the event worker's transaction (both rows
-    locked, the event new by seq). A repeated outcome (the host re-emits it for a repeated
-    request) finds the command finished and changes nothing."""
-    command = (
-        ConsoleCommand.objects.select_for_update()
-        .filter(instance=instance, request_id=event.request_id)
-        .first()
-        if event.request_id is not None
-        else None
-    )
-    if command is None:
-        log.warning(
-            "event=console_outcome_unknown order_id=%s instance_id=%s request_id=%s",
-            order.public_id,
-            instance.public_id,
-            event.request_id,
-        )
-        return "unknown_command"
-    done = event.type == messages.INSTANCE_COMMAND_DONE
-    if done and command.kind == Kind.CHANGE_PLAN and event.memory_mb:
-        # What the VM has now, even for a command we had given up on (it is the VM's truth).
-        _set(instance, memory_mb=event.memory_mb, vcpus=event.vcpus, disk_gb=event.disk_gb)
-    late = done and command.status == Status.FAILED and command.reason == TIMED_OUT
-    if command.status != Status.SENT and not late:
-        return f"already_{command.status}"
-    if late and command.billing == ConsoleCommand.Billing.REVERTED:
-        # The price went back when we gave up, and now the VM has the new size after all.
-        log.error(
-            "event=plan_billing_mismatch order_id=%s request_id=%s: staff must set the price",
-            order.public_id,
-            command.request_id,
-        )
-    if done:
-        _done(order, instance, command)
-    else:
-        _fail(order, instance, command, event.reason or "the host refused it")
-    return "applied"
-
-
-def _set(instance: Instance, **fields: object) -> None:
-    Instance.objects.filter(pk=instance.pk).update(**fields, updated_at=timezone.now())
-    for name, value in fields.items():
-        setattr(instance, name, value)
-
-
-def _done(order: Order, instance: Instance, command: ConsoleCommand) -> None:
-    now = timezone.now()
-    if command.kind == Kind.ROTATE_PASSWORD:
-        _set(instance, admin_password_encrypted=command.new_password_encrypted)
-        command.move_to(Status.DONE, new_password_encrypted="", finished_at=now)
-        activity.record(
-            order=order,
-            kind=Activity.Kind.PASSWORD_ROTATED,
-            message="Admin password changed; the old one no longer works.",
-        )
-    elif command.kind == Kind.CHANGE_PLAN and command.to_plan is not None:
-        old, new = command.from_plan, command.to_plan
-        Order.objects.filter(pk=order.pk).update(plan=new, updated_at=now)
-        order.plan = new
-        command.move_to(Status.DONE, finished_at=now)
-        activity.record(
-            order=order,
-            kind=Activity.Kind.PLAN_CHANGED,
-            message=f"Plan changed from {activity.plan_label(old)} to {activity.plan_label(new)}.",
-        )
-    else:
-        command.move_to(Status.DONE, finished_at=now)
-        activity.record(
-            order=order, kind=Activity.Kind.RESTARTED, message="Your server was restarted."
-        )
-    log.info(
-        "event=console_command_done order_id=%s instance_id=%s command=%s request_id=%s",
-        order.public_id,
-        instance.public_id,
-        command.kind,
-        command.request_id,
-    )
-
-
-def _fail(order: Order, instance: Instance, command: ConsoleCommand, reason: str) -> None:
-    secret = {} if reason == TIMED_OUT else {"new_password_encrypted": ""}
-    command.move_to(Status.FAILED, reason=reason[:300], finished_at=timezone.now(), **secret)
-    what = WHAT[Kind(command.kind)]
-    kept = {
-        Kind.ROTATE_PASSWORD: " Your password is unchanged.",
-        Kind.CHANGE_PLAN: " Your plan is unchanged.",
-    }.get(Kind(command.kind), "")
-    activity.record(
-        order=order, kind=Activity.Kind.ACTION_FAILED, message=f"{what} failed: {reason}.{kept}"
-    )
-    if command.billing == ConsoleCommand.Billing.CHANGED:
-        transaction.on_commit(lambda: revert_billing(command.pk))
-    log.warning(
-        "event=console_command_failed order_id=%s instance_id=%s command=%s request_id=%s reason=%r",
-        order.public_id,
-        instance.public_id,
-        command.kind,
-        command.request_id,
-        reason,
-    )
-
-
-def after_ready(order: Order, instance: Instance, event: Event) -> None:
-    """instance.ready was applied: record what runs (the contract's `runtime`) and since when;
-    a restart the owner asked for is done once its server is ready again."""
-    fields: dict[str, object] = {"runtime_at": activity.event_time(event)}
-    for name, value in (
-        ("rabbitmq_version", event.rabbitmq_version),
-        ("erlang_version", event.erlang_version),
-        ("node_name", event.node),
-    ):
-        if value:
-            fields[name] = value
-    _set(instance, **fields)
-    pending = pending_command(instance)
-    if pending is not None and pending.kind == Kind.RESTART:
-        _done(order, instance, pending)
-
-
-# -- what the order page shows ---------------------------------------------------------------------
-
-PENDING_LABEL = {
-    Kind.RESTART: "Restarting your server…",
-    Kind.ROTATE_PASSWORD: "Setting your new password…",
-    Kind.CHANGE_PLAN: "Changing your plan…",
-}
-CONFIRM = {
-    "restart": (
-        "Restart your server?",
-        "RabbitMQ stops cleanly and starts again (forced if it does not stop in time). Clients"
-        " are disconnected for a moment; durable queues and persistent messages stay.",
-        "Restart now",
-    ),
-    "password": (
-        "Change the admin password?",
-        "A new random password replaces the current one at once: the old one stops working and"
-        " connections that used it are closed. The new one is shown on the order page.",
-        "Change the password",
-    ),
-    "plan": (
-        "Change plan",
-        "Memory and CPUs change with a restart of your server; the disk only grows. Your data"
-        " stays.",
-        "Change plan",
-    ),
-}
-
-
-def blocked_reason(order: Order, instance: Instance, action: str) -> str:
-    """Why `action` cannot be started now ("" when it can): the same checks as the services."""
-    statuses = frozenset({Order.Status.READY}) if action == "plan" else Order.SERVING
-    try:
-        _check_ready(order, instance, statuses=statuses)
-        pending = pending_command(instance)
-        timeout = timedelta(seconds=settings.CONSOLE_COMMAND_TIMEOUT)
-        if pending is not None and pending.created_at > timezone.now() - timeout:
-            raise ConsoleError(
-                f"{WHAT[Kind(pending.kind)]} in progress; please wait for it to finish."
-            )
-    except ConsoleError as exc:
-        return str(exc)
-    return ""
-
-
-def confirm_context(order: Order, instance: Instance, action: str) -> dict[str, object]:
-    """The confirmation page of `action`, with a fresh request id (the form's one-time token)."""
-    title, text, button = CONFIRM[action]
-    return {
-        "order": order,
-        "instance": instance,
-        "action": action,
-        "title": title,
-        "text": text,
-        "button": button,
-        "request_id": uuid.uuid4(),
-        "blocked": blocked_reason(order, instance, action),
-        "choices": plan_choices(order, instance) if action == "plan" else [],
-    }
-
-
-def page_context(order: Order, instance: Instance | None, *, serving: bool) -> dict[str, object]:
-    """The console, runtime and activity parts of the order page, and a version string that
-    changes whenever they do (the page's poll compares it)."""
-    lines = activity.timeline(order)
-    newest = lines[0].pk if lines else 0
-    if instance is None:
-        return {
-            "activities": lines,
-            "console": None,
-            "console_busy": False,
-            "console_version": f":{newest}",
-        }
-    pending = pending_command(instance)
-    new_password = serving and unseen_password(instance) is not None
-    last_restart = instance.last_restart_at
-    restarted = instance.commands.filter(kind=Kind.RESTART, status=Status.DONE).first()
-    if restarted is not None and restarted.finished_at is not None:
-        last_restart = max(filter(None, (last_restart, restarted.finished_at)))
-    return {
-        "activities": lines,
-        "console": {
-            "open": serving,
-            "pending": pending,
-            "pending_label": PENDING_LABEL[Kind(pending.kind)] if pending else "",
-            "failure": last_failure(instance),
-            "new_password": new_password,
-            "can_change_plan": order.status == Order.Status.READY,
-            "billing": stripe_on() and bool(order.stripe_customer_id),
-            "last_restart": last_restart,
-        },
-        "console_busy": pending is not None,
-        "console_version": f":{pending.kind if pending else ''}:{newest}:{new_password}",
-    }

@@ -25,7 +25,7 @@ from django.db import (
 )
 from django.utils import timezone
 
-from orders.console import commands as console
+from orders.console import outcomes
 from orders.core import activity
 from orders.core.provisioning import delete_vm, forget_credentials, resend_deletion
 from orders.fleet import placement
@@ -271,13 +271,13 @@ def _update(instance: Instance, **fields: Any) -> None:
 def apply_step(order: Order, instance: Instance, event: Event) -> str:
     """Apply one new event to the locked order and instance: a console command's outcome
     (orders/console/commands.py), or the table's step; then the order's timeline (orders/core/activity.py)."""
-    if event.type in console.OUTCOME_EVENTS:
-        return console.apply_outcome(order, instance, event)
+    if event.type in outcomes.OUTCOME_EVENTS:
+        return outcomes.apply_outcome(order, instance, event)
     before = activity.Before.of(instance)
     result = _apply_table_step(order, instance, event)
     if result == "applied":
         if event.type == messages.INSTANCE_READY and instance.status == Instance.Status.READY:
-            console.after_ready(order, instance, event)
+            outcomes.after_ready(order, instance, event)
         activity.after_host_event(order, instance, event, before)
     return result
 

@@ -31,6 +31,7 @@ from orders.billing.offline_checkout import (
 )
 from orders.billing.webhooks import WebhookError, process_webhook
 from orders.console import commands as console
+from orders.console import page
 from orders.core.provisioning import ca_certificate_pem
 from orders.fleet import evacuation, placement
 from orders.models import Instance, Order
@@ -154,7 +155,7 @@ def _state_context(order: Order) -> dict[str, Any]:
     restarted = (
         f":{instance.restart_count}:{restarting}" if instance and instance.last_crash_at else ""
     )
-    console_ctx = console.page_context(order, instance, serving=serving is not None)
+    console_ctx = page.page_context(order, instance, serving=serving is not None)
     # ... and so does one whose console command waits for its host's answer.
     final = (
         order.status not in Order.MAY_CHANGE and not restarting and not console_ctx["console_busy"]
@@ -413,7 +414,7 @@ def console_action(request: HttpRequest, public_id: UUID, action: str) -> HttpRe
     if action not in CONSOLE_DONE or instance is None:
         raise Http404("No such action")
     if request.method != "POST":
-        ctx = console.confirm_context(order, instance, action)
+        ctx = page.confirm_context(order, instance, action)
         return render(request, "orders/console_confirm.html", ctx)
     try:
         request_id = UUID(request.POST.get("request_id", ""))

@@ -15,6 +15,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from orders.console import commands as console
+from orders.console import outcomes
 from orders.console.commands import ConsoleError
 from orders.core.provisioning import body_to_publish
 from orders.models import Activity, ConsoleCommand, Instance, Order, OutboxMessage
@@ -84,7 +85,7 @@ def test_a_restart_goes_to_the_vms_host_with_its_request_id(ready: Instance) -> 
     [row] = _commands_sent(ready)
     assert row.body == messages.restart_vm_body(vm_id=ready.vm_id, request_id=rid)
     assert messages.parse(messages.encode(body_to_publish(row))).request_id == str(rid)
-    assert console.pending_command(ready) == started.command
+    assert outcomes.pending_command(ready) == started.command
 
 
 def test_the_same_form_posted_twice_restarts_once(ready: Instance) -> None:
@@ -171,7 +172,7 @@ def test_an_unanswered_command_gives_way_after_the_timeout(ready: Instance, sett
     console.request_restart(order=ready.order, request_id=uuid.uuid4())
 
     old.refresh_from_db()
-    assert (old.status, old.reason) == (Status.FAILED, console.TIMED_OUT)
+    assert (old.status, old.reason) == (Status.FAILED, outcomes.TIMED_OUT)
 
 
 def test_an_outcome_nobody_asked_for_changes_nothing(ready: Instance) -> None:
@@ -184,7 +185,7 @@ def test_an_outcome_without_a_request_id_changes_nothing(ready: Instance) -> Non
     result = apply(ready, messages.INSTANCE_COMMAND_DONE, command="restart-vm")
 
     assert result == "unknown_command"
-    assert console.pending_command(ready) is not None
+    assert outcomes.pending_command(ready) is not None
 
 
 # -- password rotation ---------------------------------------------------------------------------
