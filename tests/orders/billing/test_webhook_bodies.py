@@ -14,7 +14,7 @@ from django.urls import reverse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orders.billing.webhooks import HANDLERS
+from orders.billing.stripe_events import HANDLERS
 from orders.models import Order, OutboxMessage, WebhookEvent
 from tests.orders.conftest import checkout_session, invoice, stripe_event, stripe_signature
 from vmbackend.messages import too_deep
