@@ -27,7 +27,7 @@ from django.utils.html import format_html
 from orders.billing.cancellation import cancel_order
 from orders.billing.checkout import CheckoutError, settle_refund
 from orders.core.provisioning import ProvisioningError, retry_provisioning
-from orders.fleet import evacuation, placement
+from orders.fleet import evacuation, placement, rooms
 from orders.fleet.hosts import instances_on_silent_hosts, mark_silent_hosts
 from orders.fleet.overview import fleet
 from orders.messaging.outbox import requeue
@@ -443,7 +443,7 @@ class HostAdmin(ReadOnlyAdmin):
         context = {
             **self.admin_site.each_context(request),
             "hosts": fleet(now),
-            "plans": placement.plan_capacity(Plan.objects.filter(is_active=True), now),
+            "plans": rooms.plan_capacity(Plan.objects.filter(is_active=True), now),
             "waiting": Instance.objects.filter(placement.waiting_for_room()).count(),
         }
         return TemplateResponse(request, "admin/orders/fleet.html", context)

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orders.core.emails import send_email
-from orders.fleet import placement
+from orders.fleet import rooms
 from store.models import Plan, WaitlistEntry
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def notify_waitlist(now: datetime | None = None) -> int:
     waiting_plans = list(Plan.objects.filter(Exists(waiting), is_active=True))
     if not waiting_plans:
         return 0
-    available = placement.available_plans(waiting_plans, now)
+    available = rooms.available_plans(waiting_plans, now)
     sent = 0
     pricing_url = str(settings.SITE_URL).rstrip("/") + reverse("store:pricing")
     for plan in waiting_plans:

@@ -5,7 +5,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from orders.fleet import placement, waitlist
+from orders.fleet import rooms, waitlist
 from store.models import Plan
 
 
@@ -15,7 +15,7 @@ class WaitlistForm(forms.Form):
 
 def pricing(request: HttpRequest) -> HttpResponse:
     plans = list(Plan.objects.filter(is_active=True))
-    available = placement.available_plans(plans)
+    available = rooms.available_plans(plans)
     for plan in plans:
         plan.sold_out = not available[plan.pk]  # type: ignore[attr-defined]
     email = request.user.email if request.user.is_authenticated else ""

@@ -33,7 +33,7 @@ from orders.billing.webhooks import WebhookError, process_webhook
 from orders.console import commands as console
 from orders.console import page
 from orders.core.provisioning import ca_certificate_pem
-from orders.fleet import evacuation, placement
+from orders.fleet import evacuation, rooms
 from orders.models import Instance, Order
 from orders.monitoring import metrics_page
 from orders.monitoring.alarms import AlarmError, add_alarm, alarms_context, remove_alarm
@@ -195,7 +195,7 @@ def checkout(request: SignedInRequest, plan_slug: str) -> HttpResponse:
     if request.method != "POST":
         # Back from the login page after a POST as an anonymous visitor: buying needs a click.
         return redirect(reverse("store:pricing") + f"#plan-{plan.slug}")
-    if not placement.plan_available(plan):  # sold out since the page was shown
+    if not rooms.plan_available(plan):  # sold out since the page was shown
         messages.error(request, f"{plan.name} is sold out right now: join its waitlist below.")
         return redirect(reverse("store:pricing") + f"#plan-{plan.slug}")
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orders.core.provisioning import request_provisioning
-from orders.fleet import placement
+from orders.fleet import placement, rooms
 from orders.fleet.hosts import mark_silent_hosts
 from orders.messaging.consumer import EventConsumer
 from orders.messaging.host_events import handle_message
@@ -172,7 +172,7 @@ def test_claims_count_before_any_heartbeat_so_a_host_is_never_overfilled(amqp, h
     for n, instance in enumerate((first, second), start=1):
         body = {**declined(instance, host), "type": "instance.accepted", "seq": n, "image": "x"}
         assert handle_message(json.dumps(body).encode()) == "applied"
-    (room,) = placement.rooms([Host.objects.get(host_id=host)])
+    (room,) = rooms.rooms([Host.objects.get(host_id=host)])
     assert room.resources.memory_used_mb == 1024
 
 
@@ -237,7 +237,7 @@ def test_silent_draining_and_old_hosts_get_nothing(amqp, hosts, plans):
     instance = paid(plans["small"])
     relay(amqp)
     assert in_queue(amqp, None) == [instance.vm_id]
-    assert not placement.plan_available(plans["small"])
+    assert not rooms.plan_available(plans["small"])
 
 
 def silence(host_id: str) -> list[str]:
@@ -304,11 +304,11 @@ def test_a_host_whose_queue_is_gone_is_skipped_and_the_order_placed_elsewhere(am
 
 
 def test_a_plan_is_on_sale_only_while_a_live_host_fits_it_with_the_margin(hosts, plans):
-    assert placement.plan_available(plans["large"])  # no host ever reported: sells as before
+    assert rooms.plan_available(plans["large"])  # no host ever reported: sells as before
     hosts(2200)  # 2048 MiB fits, 2048 * 1.1 does not
-    assert not placement.plan_available(plans["large"])
-    assert placement.plan_available(plans["small"])
-    assert placement.available_plans([plans["small"], plans["large"]]) == {
+    assert not rooms.plan_available(plans["large"])
+    assert rooms.plan_available(plans["small"])
+    assert rooms.available_plans([plans["small"], plans["large"]]) == {
         plans["small"].pk: True,
         plans["large"].pk: False,
     }
@@ -330,7 +330,7 @@ def test_no_sequence_of_orders_ever_places_more_than_a_host_has(amqp, hosts, pla
     relay(amqp)
     for host_id, memory in zip(ids, totals, strict=True):
         placed = [fresh(i) for i in made if fresh(i).placed_on == host_id]
-        assert sum(placement.size_of(i).memory_mb for i in placed) <= memory
+        assert sum(rooms.size_of(i).memory_mb for i in placed) <= memory
         assert sorted(in_queue(amqp, host_id)) == sorted(i.vm_id for i in placed)
     shared = in_queue(amqp, None)
     assert sorted(shared) == sorted(i.vm_id for i in made if not fresh(i).placed_on)
