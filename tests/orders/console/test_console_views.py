@@ -1,5 +1,5 @@
-"""The console's pages (orders/web/orders.py console_action, billing_portal, and the order page's
-console, runtime and activity parts). Personas: owner, another customer, anonymous, staff."""
+"""The console's pages (orders/web/console.py console_action, orders/web/billing.py
+billing_portal, and the order page's console, runtime and activity parts). Personas: owner, another customer, anonymous, staff."""
 
 from __future__ import annotations
 

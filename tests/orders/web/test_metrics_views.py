@@ -1,4 +1,4 @@
-"""The order page's metrics and alarms (orders/web/orders.py: detail, metrics, alarm_add,
+"""The order page's metrics and alarms (orders/web/monitoring.py: detail, metrics, alarm_add,
 alarm_remove). Personas: the owner, another customer, a stranger."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The customer's order pages and the Stripe webhook endpoint (orders/web/orders.py).
+"""The customer's order pages and the Stripe webhook endpoint (orders/web/orders.py, billing.py).
 
 Personas: the owner, another customer, a stranger (anonymous) and staff. An order belongs to its
 owner only: everyone else gets the 404 an unknown order gets (staff use the admin).
@@ -19,6 +19,7 @@ from django.utils import timezone
 from orders.billing.checkout import CheckoutError
 from orders.billing.offline_checkout import OfflinePaymentError
 from orders.models import Instance, Order, WebhookEvent
+from orders.web import billing as billing_views
 from orders.web import orders as views
 from store.models import Plan
 from tests.stripe_signing import stripe_signature
@@ -441,7 +442,7 @@ def test_checkout_says_so_when_stripe_is_unavailable(
     def unavailable(**kwargs: Any) -> None:
         raise CheckoutError("Payment provider unavailable, please try again")
 
-    monkeypatch.setattr(views, "start_checkout", unavailable)
+    monkeypatch.setattr(billing_views, "start_checkout", unavailable)
     response = _login(client, owner).post(reverse("orders:checkout", args=[plan.slug]), follow=True)
     assert response.redirect_chain == [(reverse("store:pricing"), 302)]
     assert "Payment provider unavailable" in response.content.decode()
@@ -505,7 +506,7 @@ def test_offline_checkout_says_so_when_the_payment_fails(
     def refused(**kwargs: Any) -> None:
         raise OfflinePaymentError("webhook endpoint answered 400")
 
-    monkeypatch.setattr(views, "complete_offline_payment", refused)
+    monkeypatch.setattr(billing_views, "complete_offline_payment", refused)
     response = _login(client, order.user).post(_url("offline_checkout", order), follow=True)
     assert response.redirect_chain == [(_url("offline_checkout", order), 302)]
     assert "The payment did not go through" in response.content.decode()
