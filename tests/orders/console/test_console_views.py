@@ -1,5 +1,6 @@
 """The console's pages (orders/web/console.py console_action, orders/web/billing.py
-billing_portal, and the order page's console, runtime and activity parts). Personas: owner, another customer, anonymous, staff."""
+billing_portal, and the order page's console, runtime and activity parts). Personas: owner, another
+customer, anonymous, staff."""
 
 from __future__ import annotations
 
