@@ -6,4 +6,4 @@ class StoreConfig(AppConfig):
     verbose_name = "Catalogue"
 
     def ready(self) -> None:
-        pass
+        from store import checks  # noqa: F401 - registers the system checks

@@ -2,7 +2,8 @@
 
 These are errors, not deploy warnings: every `manage.py` command that runs system checks (runserver,
 migrate, check, the relay and the event worker) stops, and so does `python -m warren run` (it
-migrates before it serves). docs/deploy.md lists what to set instead.
+migrates before it serves). docs/deploy.md lists what to set instead. The check of the keys that
+encrypt the VM passwords (warren.E003, E004) is orders/checks.py: it needs orders' encryption.
 """
 
 from __future__ import annotations
@@ -46,39 +47,3 @@ def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         ]
     return []
-
-
-@register()
-def check_secrets_keys(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """The keys that encrypt the VM admin passwords in the database (orders/lib/encryption.py)."""
-    from orders.lib.encryption import invalid_keys
-
-    errors = []
-    bad = invalid_keys(settings.SECRETS_KEYS)
-    if bad:
-        errors.append(
-            Error(
-                f"WARREN_SECRETS_KEYS entry {', '.join(str(n + 1) for n in bad)} is not a Fernet "
-                "key (32 bytes, URL-safe base64).",
-                hint="Generate one with: python -c 'from cryptography.fernet import Fernet; "
-                "print(Fernet.generate_key().decode())'",
-                id="warren.E004",
-            )
-        )
-    engine = settings.DATABASES["default"]["ENGINE"]
-    if (
-        not settings.DEBUG
-        and not settings.SECRETS_KEYS_FROM_ENVIRONMENT
-        and engine != "django.db.backends.sqlite3"
-    ):
-        errors.append(
-            Error(
-                "WARREN_SECRETS_KEYS is not set while DJANGO_DEBUG is off and the database is a "
-                "server: each machine would generate its own key in var/, and passwords one "
-                "encrypts the others cannot read (a lost key loses every stored password).",
-                hint="Set WARREN_SECRETS_KEYS to a Fernet key, the same on every machine "
-                "(docs/deploy.md).",
-                id="warren.E003",
-            )
-        )
-    return errors

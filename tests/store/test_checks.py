@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from store.checks import check_secret_key, check_secrets_keys, check_stripe_webhook_secret
+from store.checks import check_secret_key, check_stripe_webhook_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_WEBHOOK_SECRET = "whsec_warren_offline_development"
@@ -64,41 +64,6 @@ def test_a_generated_key_is_used_when_none_is_set(settings):
     # The test process itself runs without DJANGO_SECRET_KEY (unless a developer set one).
     assert settings.SECRET_KEY != DEV_SECRET_KEY
     assert len(settings.SECRET_KEY) >= 50
-
-
-POSTGRES = {"ENGINE": "django.db.backends.postgresql", "NAME": "warren"}
-SQLITE = {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}
-
-
-def test_a_database_server_without_debug_needs_secrets_keys(settings):
-    settings.DEBUG, settings.DATABASES = False, {"default": POSTGRES}
-    settings.SECRETS_KEYS_FROM_ENVIRONMENT = False  # only the key generated in var/
-
-    assert _ids(check_secrets_keys()) == ["warren.E003"]
-
-
-@pytest.mark.parametrize(
-    ("debug", "database", "from_environment"),
-    [(False, POSTGRES, True), (True, POSTGRES, False), (False, SQLITE, False)],
-    ids=["key-set", "debug", "one-machine-sqlite"],
-)
-def test_secrets_keys_pass_where_a_generated_key_is_safe_or_one_is_set(
-    settings, debug, database, from_environment
-):
-    settings.DEBUG, settings.DATABASES = debug, {"default": database}
-    settings.SECRETS_KEYS_FROM_ENVIRONMENT = from_environment
-
-    assert check_secrets_keys() == []
-
-
-def test_a_malformed_secrets_key_is_an_error(settings):
-    settings.SECRETS_KEYS = [Fernet.generate_key().decode(), "not-a-fernet-key"]
-    settings.SECRETS_KEYS_FROM_ENVIRONMENT = True
-
-    errors = check_secrets_keys()
-
-    assert _ids(errors) == ["warren.E004"]
-    assert "entry 2" in errors[0].msg
 
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
