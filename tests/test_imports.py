@@ -88,10 +88,28 @@ VM_LAYERS: dict[str, set[str]] = {
     "vmbackend": set(),  # the package's own __init__
 }
 
+# The shop. `orders` is one Django app in areas, from the bottom up (docs/orders.md, "Layout"):
+# lib < models < core < billing, fleet, monitoring (side by side) < console < messaging < web,
+# admin, management (side by side). `orders` itself (apps, checks) uses lib only.
+_ORDERS_BASE = {"orders.lib", "orders.models", "orders.core", "store", "vmbackend"}
+_ORDERS_SERVICES = _ORDERS_BASE | {"orders.billing", "orders.fleet", "orders.monitoring"}
+_ORDERS_WORKERS = _ORDERS_SERVICES | {"orders.console", "orders.messaging"}
+
 SHOP_LAYERS: dict[str, set[str]] = {
-    "store": {"orders", "vmbackend"},
+    "store": {"vmbackend"},
     "accounts": set(),
-    "orders": {"store", "vmbackend"},
+    "orders": {"orders.lib"},
+    "orders.lib": set(),
+    "orders.models": {"orders.lib"},
+    "orders.core": {"orders.lib", "orders.models", "store", "vmbackend"},
+    "orders.billing": _ORDERS_BASE,
+    "orders.fleet": _ORDERS_BASE,
+    "orders.monitoring": _ORDERS_BASE,
+    "orders.console": _ORDERS_BASE | {"orders.billing"},
+    "orders.messaging": _ORDERS_SERVICES | {"orders.console"},
+    "orders.web": _ORDERS_WORKERS,
+    "orders.admin": _ORDERS_WORKERS,
+    "orders.management": _ORDERS_WORKERS,
     "warren": {"vmbackend"},
 }
 
@@ -142,6 +160,19 @@ def test_a_planted_upward_import_is_refused(tmp_path):
     assert _violations(graph, LAYERS) == [f"{low} -> {high}"]
 
 
+def test_inside_orders_a_planted_upward_import_is_refused(tmp_path):
+    """The same inside the app: provisioning (core) calling up into billing is refused."""
+    modules = _modules()
+    graph = _graph(modules)
+    low, high = "orders.core.provisioning", "orders.billing.cancellation"
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        modules[low].read_text() + f"\n\ndef _planted() -> None:\n    import {high}\n"
+    )
+    graph[low] = _imports(planted, modules) - {low}
+    assert _violations(graph, LAYERS) == [f"{low} -> {high}"]
+
+
 def _lowest_and_highest(graph: dict[str, set[str]]) -> tuple[str, str]:
     """A module of an area that may import nothing else, and one of an area that nobody may use."""
     used = {ok for oks in LAYERS.values() for ok in oks}
@@ -167,7 +198,18 @@ def test_the_module_list_is_complete():
         "vmbackend.management_api",
         "vmbackend.files",
         "orders.models",
+        "orders.models.instances",
+        "orders.lib.encryption",
+        "orders.core.provisioning",
         "orders.billing.webhooks",
+        "orders.fleet.placement",
+        "orders.fleet.waitlist",
+        "orders.monitoring.metrics",
+        "orders.console.commands",
+        "orders.messaging.consumer",
+        "orders.web.catalogue",
+        "orders.admin.base",
+        "orders.checks",
         "orders.management.commands.relay_outbox",
         "store.settings",
         "store.templatetags.money",
