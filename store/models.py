@@ -81,6 +81,7 @@ class WaitlistEntry(models.Model):
     notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name_plural = "waitlist entries"  # Django's default: "Waitlist entrys"
         ordering = ["created_at", "id"]
         constraints = [
             # One waiting entry per address and plan: a repeated click changes nothing.

@@ -40,6 +40,7 @@ class Activity(models.Model):
     at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name_plural = "activities"  # Django's default adds an s: "Activitys"
         ordering = ["-at", "-id"]
         indexes = [
             # The order page's timeline: one order's newest rows.

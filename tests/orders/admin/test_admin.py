@@ -309,3 +309,13 @@ def test_a_failed_retry_says_why_and_stays_pending(admin_client, order, settings
     assert response.status_code == 200
     assert "still pending" in response.content.decode()
     assert Order.objects.get(pk=order.pk).refund_status == "pending"
+
+
+def test_the_admin_index_names_the_models_in_plain_english(admin_client):
+    """Django's default plural adds an s ("Activitys", "Waitlist entrys"); the Meta says it."""
+    page = admin_client.get(reverse("admin:index")).content.decode()
+
+    assert "Activities" in page
+    assert "Waitlist entries" in page
+    assert "Activitys" not in page
+    assert "entrys" not in page
