@@ -85,7 +85,7 @@ class OutboxMessageAdmin(ReadOnlyAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyAdmin):
-    """Messages nobody could serve (computing.dead), newest first; the bodies are masked."""
+    """Messages nobody could serve (computing.dead.q), newest first; the bodies are masked."""
 
     list_display = ("received_at", "rejected_by", "routing_key", "result", "instance", "reason")
     list_filter = ("result", "rejected_by", "routing_key")

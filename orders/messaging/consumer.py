@@ -169,7 +169,7 @@ class EventConsumer:
         return str(result)
 
     def drain_dead_letters(self, channel: BlockingChannel, limit: int = 100) -> int:
-        """Read what is in computing.dead now (at most `limit`); each is recorded, then acked."""
+        """Read what is in computing.dead.q now (at most `limit`); each is recorded, then acked."""
         done = 0
         while done < limit:
             method, properties, body = channel.basic_get(topology.DEAD_QUEUE)

@@ -1,9 +1,11 @@
-"""Reading the dead-letter queue `computing.dead` (docs/protocol.md, Rejected commands).
+"""Reading the dead-letter queue `computing.dead.q` (topology.DEAD_QUEUE, fed by the fanout
+exchange `computing.dlx`; docs/protocol.md, Rejected commands).
 
 Hosts dead-letter the commands they refuse (header `x-warren-reject-reason`, and the host in
 `x-warren-host-id`); the shop's event worker dead-letters the events it cannot apply. The event
-worker reads this queue too (`EventConsumer.drain_dead_letters`, see docs/orders.md for why there
-and not in a process of its own) and hands each message to `handle_dead_letter`:
+worker reads this queue too (`EventConsumer.drain_dead_letters`, orders/messaging/consumer.py;
+docs/orders.md says why there and not in a process of its own) and hands each message to
+`handle_dead_letter`:
 
 - a refused create-vm for an instance no host took: the instance and its order fail with the
   host's reason (staff fix the cause, then retry); for a cancelled one, the deletion is finished;

@@ -46,7 +46,7 @@ class OutboxMessage(models.Model):
 
 
 class DeadLetter(models.Model):
-    """A message nobody could serve, read back from the dead-letter queue `computing.dead`.
+    """A message nobody could serve, read back from the dead-letter queue `computing.dead.q`.
 
     Commands a host refused (a create-vm here fails its order with the host's reason) and events
     the shop refused. Kept so staff see them in the admin; bounded (orders/messaging/dead_letters.py keeps
