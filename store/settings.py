@@ -1,7 +1,7 @@
 """Warren settings: everything configurable comes from the environment (see .env.example).
 
-store/checks.py refuses to start (a system check error) with the public development secrets in a
-configuration that takes real money or runs without DEBUG.
+store/checks.py and orders/checks.py refuse to start (a system check error) with the public
+development secrets in a configuration that takes real money or runs without DEBUG.
 """
 
 import os
@@ -58,7 +58,7 @@ SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret_key(
 # Keys for secrets stored in the database (VM admin passwords; orders/lib/encryption.py): comma-separated
 # Fernet keys, the first encrypts, all decrypt (rotation: docs/deploy.md). Unset: one key generated
 # for this checkout in var/secrets_key, which every process of a one-machine shop shares; a shop
-# on a database server must set it (store/checks.py, warren.E003): its processes may run on
+# on a database server must set it (orders/checks.py, warren.E003): its processes may run on
 # machines that do not share var/, and a key lost is every stored password lost.
 SECRETS_KEYS = [key.strip() for key in env.list("WARREN_SECRETS_KEYS", default=[]) if key.strip()]
 SECRETS_KEYS_FROM_ENVIRONMENT = bool(SECRETS_KEYS)

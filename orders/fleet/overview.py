@@ -1,5 +1,5 @@
 """The staff's fleet view: per host its VMs, their CPU and memory, its free capacity and last
-heartbeat; per instance its latest metrics sample (orders/admin.py shows it)."""
+heartbeat; per instance its latest metrics sample (orders/admin/fleet.py shows it)."""
 
 from __future__ import annotations
 

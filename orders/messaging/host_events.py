@@ -4,13 +4,12 @@ Not to be confused with orders/billing/webhooks.py, which applies Stripe's event
 
 `handle_message(body)` is one step: parse (vmbackend.messages.parse_event, the contract's one
 parser), apply in one transaction. What each event does to an instance and its order is the table
-`HOST_EVENT_TRANSITIONS` in orders/models.py; this module reads it and runs the side effects. The
-consumer (`EventConsumer`, run by `manage.py consume_events`) acks a message only after that
-transaction committed. Idempotent: an event whose (host_id, seq) is not newer than the last one
+`HOST_EVENT_TRANSITIONS` in orders/models/instances.py; this module reads it and runs the side
+effects. The consumer (`EventConsumer` in orders/messaging/consumer.py, run by `manage.py
+consume_events`) acks a message only after that transaction committed. Idempotent: an event whose (host_id, seq) is not newer than the last one
 applied to its instance changes nothing, and status changes follow the allowed transitions only.
 
-The consumer loop that feeds it (acks, dead-lettering, the database-outage wait, reading the
-dead letters) is orders/messaging/consumer.py; silent hosts are orders/fleet/hosts.py.
+Marking silent hosts is orders/fleet/hosts.py.
 """
 
 from __future__ import annotations
