@@ -55,11 +55,11 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret_key(
     BASE_DIR / "var" / "secret_key"
 )
-# Keys for secrets stored in the database (VM admin passwords; orders/lib/encryption.py): comma-separated
-# Fernet keys, the first encrypts, all decrypt (rotation: docs/deploy.md). Unset: one key generated
-# for this checkout in var/secrets_key, which every process of a one-machine shop shares; a shop
-# on a database server must set it (orders/checks.py, warren.E003): its processes may run on
-# machines that do not share var/, and a key lost is every stored password lost.
+# Keys for secrets stored in the database (VM admin passwords; orders/lib/encryption.py):
+# comma-separated Fernet keys, the first encrypts, all decrypt (rotation: docs/deploy.md). Unset:
+# one key generated for this checkout in var/secrets_key, which every process of a one-machine shop
+# shares; a shop on a database server must set it (orders/checks.py, warren.E003): its processes may
+# run on machines that do not share var/, and a key lost is every stored password lost.
 SECRETS_KEYS = [key.strip() for key in env.list("WARREN_SECRETS_KEYS", default=[]) if key.strip()]
 SECRETS_KEYS_FROM_ENVIRONMENT = bool(SECRETS_KEYS)
 if not SECRETS_KEYS:
@@ -182,7 +182,8 @@ EMAIL_TIMEOUT = 10
 # Public base URL of the shop, used for Stripe success/cancel URLs and the offline checkout.
 SITE_URL = env.str("WARREN_SITE_URL", default="http://127.0.0.1:8000")
 
-# Stripe. With no secret key the shop runs its offline checkout (see orders/billing/offline_checkout.py).
+# Stripe. With no secret key the shop runs its offline checkout (see
+# orders/billing/offline_checkout.py).
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
 # The development default only ever signs offline payments; production sets Stripe's whsec_.
@@ -199,10 +200,10 @@ INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="")
 CA_CERT = env.str("WARREN_CA_CERT", default="")
 # A host that has not sent a heartbeat for this long is shown to staff as unreachable.
 HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
-# Placement (orders/fleet/placement.py, docs/fleet.md): `pack` fills the fullest host that fits first,
-# `spread` the emptiest; `shared` places nothing (every create-vm to the shared queue, the hosts
-# take what fits them: the way before placement). A create-vm declined by PLACEMENT_TRIES hosts
-# waits on the shared queue.
+# Placement (orders/fleet/placement.py, docs/fleet.md): `pack` fills the fullest host that fits
+# first, `spread` the emptiest; `shared` places nothing (every create-vm to the shared queue, the
+# hosts take what fits them: the way before placement). A create-vm declined by PLACEMENT_TRIES
+# hosts waits on the shared queue.
 PLACEMENT = env.str("WARREN_PLACEMENT", default="pack")
 if PLACEMENT not in ("pack", "spread", "shared"):
     raise ImproperlyConfigured("WARREN_PLACEMENT must be pack, spread or shared")
@@ -223,7 +224,8 @@ ORDER_LONG_POLL_MAX_WAITERS = env.int("WARREN_ORDER_LONG_POLL_MAX_WAITERS", defa
 # The event worker rolls up and prunes the metrics this often (seconds; docs/metrics.md).
 METRICS_MAINTENANCE_INTERVAL = env.int("WARREN_METRICS_MAINTENANCE_INTERVAL", default=60)
 # Seconds a console command (restart, password, plan) may wait for its host's answer before the
-# owner may try again (orders/console/commands.py); a resize restarts the VM, so minutes, not seconds.
+# owner may try again (orders/console/commands.py); a resize restarts the VM, so minutes, not
+# seconds.
 CONSOLE_COMMAND_TIMEOUT = env.int("WARREN_CONSOLE_COMMAND_TIMEOUT", default=900)
 
 LOGGING = {

@@ -12,8 +12,8 @@ from orders.models import (
 
 @admin.register(ConsoleCommand)
 class ConsoleCommandAdmin(ReadOnlyAdmin):
-    """The owners' console actions (orders/console/commands.py). Filter billing=revert_failed: a plan
-    change whose resize failed and whose price Stripe would not put back (fix it at Stripe)."""
+    """The owners' console actions (orders/console/commands.py). Filter billing=revert_failed: a
+    plan change whose resize failed and whose price Stripe would not put back (fix it at Stripe)."""
 
     list_display = ("created_at", "kind", "status", "billing", "instance", "reason")
     list_filter = ("status", "kind", "billing")

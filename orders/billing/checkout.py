@@ -1,7 +1,7 @@
 """Starting a purchase, and every call the shop makes to Stripe's API (all with a timeout).
 
-The webhook's transaction (orders/billing/webhooks.py) makes no Stripe API call: it trusts the signed
-event. The one call on the webhook path is `settle_refund`, after that transaction committed,
+The webhook's transaction (orders/billing/webhooks.py) makes no Stripe API call: it trusts the
+signed event. The one call on the webhook path is `settle_refund`, after that transaction committed,
 for a payment that arrived for an order that had already ended.
 """
 

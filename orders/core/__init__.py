@@ -1,2 +1,2 @@
-"""What every area of orders builds on: the timeline (activity), emails, provisioning via the outbox.
-May import orders.lib, orders.models, store and vmbackend's protocol; never billing, fleet or above."""
+"""What every area of orders builds on: the timeline (activity), emails, provisioning (outbox).
+May import orders.lib, orders.models, store and vmbackend's protocol; nothing above it."""

@@ -1,9 +1,10 @@
 """An order's timeline (the Activity rows) and the emails that go with some of its lines.
 
 `record()` runs inside the transaction of the change it records, so a line exists exactly when
-its change committed. Events from hosts are applied once per (host, seq) (orders/messaging/host_events.py
-drops repeated and older ones before anything here runs), so a redelivered event adds no line and
-sends no second email. Emails go out after the commit (orders/core/emails.py).
+its change committed. Events from hosts are applied once per (host, seq)
+(orders/messaging/host_events.py drops repeated and older ones before anything here runs), so a
+redelivered event adds no line and sends no second email. Emails go out after the commit
+(orders/core/emails.py).
 
 `after_host_event` reads what an applied host event did (the instance before and after) and says
 it in the customer's words: the one place that maps host events to timeline lines and emails.

@@ -1,8 +1,8 @@
 """Asking hosts for VMs and taking them away: the services between an Order and the outbox.
 
 Nothing here talks to RabbitMQ: each function writes OutboxMessage rows in the caller's
-transaction, and the relay (orders/messaging/outbox.py) publishes them. So a paid order and its create-vm
-request are committed together or not at all, and a broker outage only delays the VM.
+transaction, and the relay (orders/messaging/outbox.py) publishes them. So a paid order and its
+create-vm request are committed together or not at all, and a broker outage only delays the VM.
 """
 
 from __future__ import annotations

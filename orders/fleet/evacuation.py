@@ -1,10 +1,10 @@
 """Losing a host (docs/fleet.md): its customers are told, and its VMs are re-created elsewhere.
 
-A host silent past HOST_HEARTBEAT_TIMEOUT is marked silent (orders/messaging/host_events.py); from then on
-the order pages of its servers say the host is unreachable (`host_down_since`). Staff evacuate it
-from the admin, or the event worker does once it has been silent HOST_EVACUATE_AFTER seconds
-(0: never by itself). Evacuating re-creates each of its VMs on another host under a fresh vm-id
-with the same admin user and password: a new address, and an empty server (the data was on the
+A host silent past HOST_HEARTBEAT_TIMEOUT is marked silent (orders/messaging/host_events.py); from
+then on the order pages of its servers say the host is unreachable (`host_down_since`). Staff
+evacuate it from the admin, or the event worker does once it has been silent HOST_EVACUATE_AFTER
+seconds (0: never by itself). Evacuating re-creates each of its VMs on another host under a fresh
+vm-id with the same admin user and password: a new address, and an empty server (the data was on the
 lost host's disk; the customer is told so plainly). The old vm-id gets a delete-vm on the lost
 host's own queue, so a host that comes back removes its stale copy instead of running two.
 

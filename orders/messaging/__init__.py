@@ -1,2 +1,2 @@
 """The shop on RabbitMQ: broker connection, outbox relay and its lock, host events, dead letters.
-May import every area below it (console, fleet, monitoring, billing, core, models, lib), store, vmbackend."""
+May import every area of orders below it (console, fleet, monitoring, billing, core, ...)."""

@@ -6,8 +6,9 @@ Not to be confused with orders/billing/webhooks.py, which applies Stripe's event
 parser), apply in one transaction. What each event does to an instance and its order is the table
 `HOST_EVENT_TRANSITIONS` in orders/models/instances.py; this module reads it and runs the side
 effects. The consumer (`EventConsumer` in orders/messaging/consumer.py, run by `manage.py
-consume_events`) acks a message only after that transaction committed. Idempotent: an event whose (host_id, seq) is not newer than the last one
-applied to its instance changes nothing, and status changes follow the allowed transitions only.
+consume_events`) acks a message only after that transaction committed. Idempotent: an event whose
+(host_id, seq) is not newer than the last one applied to its instance changes nothing, and status
+changes follow the allowed transitions only.
 
 Marking silent hosts is orders/fleet/hosts.py.
 """
@@ -77,8 +78,8 @@ def handle_message(body: bytes, *, now: datetime | None = None) -> str:
 
 
 def apply_metrics_event(event: Event) -> str:
-    """instance.metrics: a sample for the graphs and alarms (orders/monitoring/metrics.py). Outside the
-    (host_id, seq) path: it neither reads nor moves last_event_seq, and keeps no receipt."""
+    """instance.metrics: a sample for the graphs and alarms (orders/monitoring/metrics.py). Outside
+    the (host_id, seq) path: it neither reads nor moves last_event_seq, and keeps no receipt."""
     if event.metrics is None or event.instance_id is None:  # the parser sets both
         return "ignored"
     result = metrics.apply_metrics(
@@ -269,7 +270,8 @@ def _update(instance: Instance, **fields: Any) -> None:
 
 def apply_step(order: Order, instance: Instance, event: Event) -> str:
     """Apply one new event to the locked order and instance: a console command's outcome
-    (orders/console/commands.py), or the table's step; then the order's timeline (orders/core/activity.py)."""
+    (orders/console/commands.py), or the table's step; then the order's timeline
+    (orders/core/activity.py)."""
     if event.type in outcomes.OUTCOME_EVENTS:
         return outcomes.apply_outcome(order, instance, event)
     before = activity.Before.of(instance)

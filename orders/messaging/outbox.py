@@ -5,8 +5,8 @@ confirm and the mark publishes it again, which the daemons tolerate (vm-id is th
 key). A broker outage leaves rows unsent; the relay backs off (capped) and tries again.
 
 `publish_pending()` is one step; `Relay.run()` is the loop `manage.py relay_outbox` runs. Only one
-relay runs at a time (orders/messaging/relay_lock.py): a second one waits for the lock and takes over when
-the first one dies.
+relay runs at a time (orders/messaging/relay_lock.py): a second one waits for the lock and takes
+over when the first one dies.
 """
 
 from __future__ import annotations
@@ -260,7 +260,8 @@ WAIT_SLICE = 0.5  # the longest wait on the wake-up between heartbeats and stop 
 
 
 def _listen() -> wakeup.Listener | None:
-    """The relay's wake-up on commit (orders/lib/wakeup.py); None (poll only) when it cannot be had."""
+    """The relay's wake-up on commit (orders/lib/wakeup.py); None (poll only) when it cannot be
+    had."""
     try:
         return wakeup.Listener(wakeup.OUTBOX)
     except Exception as exc:  # noqa: BLE001 - the poll alone still publishes every row

@@ -1,4 +1,4 @@
-"""The orders app's models, one module per area, all re-exported here (`from orders.models import X`).
+"""The orders app's models, one module per area, re-exported here (`from orders.models import X`).
 May import orders.lib only (store's Plan is named by its label, "store.Plan"); nothing else."""
 
 from orders.models.activity import (

@@ -29,8 +29,8 @@ class ActivityKind(models.TextChoices):
 
 
 class Activity(models.Model):
-    """One line of an order's timeline (orders/core/activity.py writes them, in the transaction of the
-    change they record). Append-only: nothing updates or deletes a row."""
+    """One line of an order's timeline (orders/core/activity.py writes them, in the transaction of
+    the change they record). Append-only: nothing updates or deletes a row."""
 
     Kind = ActivityKind
 

@@ -146,9 +146,9 @@ class Instance(_StateMachine):
 # -- host events -> transitions --------------------------------------------------------------
 #
 # What a host's event does to an instance and its order, for each (event type, instance status).
-# A pair that is not listed changes nothing ("ignored"). The applier (orders/messaging/host_events.py) reads
-# this table; it only adds the fields an event carries (stage, URLs, reason) and the side effects
-# named in `effect`. docs/orders.md explains the choices.
+# A pair that is not listed changes nothing ("ignored"). The applier
+# (orders/messaging/host_events.py) reads this table; it only adds the fields an event carries
+# (stage, URLs, reason) and the side effects named in `effect`. docs/orders.md explains the choices.
 
 
 @dataclass(frozen=True)

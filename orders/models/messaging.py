@@ -49,8 +49,8 @@ class DeadLetter(models.Model):
     """A message nobody could serve, read back from the dead-letter queue `computing.dead.q`.
 
     Commands a host refused (a create-vm here fails its order with the host's reason) and events
-    the shop refused. Kept so staff see them in the admin; bounded (orders/messaging/dead_letters.py keeps
-    the newest DEAD_LETTERS_KEPT rows). The body is stored with every password masked.
+    the shop refused. Kept so staff see them in the admin; bounded (orders/messaging/dead_letters.py
+    keeps the newest DEAD_LETTERS_KEPT rows). The body is stored with every password masked.
     """
 
     received_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -62,7 +62,8 @@ class DeadLetter(models.Model):
     instance = models.ForeignKey(
         Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_letters"
     )
-    # What the shop did with it (orders/messaging/dead_letters.py): order_failed, deletion_finished, ...
+    # What the shop did with it (orders/messaging/dead_letters.py): order_failed, deletion_finished,
+    # ...
     result = models.CharField(max_length=30)
 
     class Meta:

@@ -110,7 +110,8 @@ class AlarmState(models.TextChoices):
 
 
 class Alarm(_StateMachine):
-    """A condition on an instance's samples (orders/monitoring/alarms.py evaluates it as samples arrive).
+    """A condition on an instance's samples (orders/monitoring/alarms.py evaluates it as samples
+    arrive).
 
     Fires once when its condition has held for `duration_s`, clears once when the clear
     condition has held for `duration_s` (docs/metrics.md, Alarms). Three defaults per instance

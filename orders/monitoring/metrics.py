@@ -2,10 +2,10 @@
 
 A host publishes an `instance.metrics` event for each ready VM every 30 s (docs/protocol.md). The
 event worker hands it to `apply_metrics`, which stores one `MetricSample` row and lets
-orders/monitoring/alarms.py look at it. Metrics events are not seq-ordered: they never touch the instance's
-`last_event_seq` (the seq/idempotency record of lifecycle events), so nothing about them is kept
-beyond the time series itself. A redelivered event (same instance, same occurred_at) is stored
-once (a unique constraint).
+orders/monitoring/alarms.py look at it. Metrics events are not seq-ordered: they never touch the
+instance's `last_event_seq` (the seq/idempotency record of lifecycle events), so nothing about them
+is kept beyond the time series itself. A redelivered event (same instance, same occurred_at) is
+stored once (a unique constraint).
 
 Bounded (docs/metrics.md): raw points for RAW_RETENTION (24 h), 5-minute roll-ups for
 ROLLUP_RETENTION (30 days). `rollup_and_prune(now)` does both; the event worker runs it every
@@ -74,7 +74,8 @@ def build_sample(instance: Instance, at: datetime, metrics: Metrics) -> MetricSa
 
 def apply_metrics(*, instance_id: uuid.UUID, host_id: str, at: datetime, metrics: Metrics) -> str:
     """Store a sample of the instance `instance_id` reported by `host_id`, then evaluate its
-    alarms (orders/monitoring/alarms.py), in one transaction. Returns what happened (for logs and tests).
+    alarms (orders/monitoring/alarms.py), in one transaction. Returns what happened (for logs and
+    tests).
 
     A sample from a host that is not the instance's (a duplicate copy, docs/orders.md) or of an
     instance without a VM is dropped: the graphs show the copy the customer uses."""

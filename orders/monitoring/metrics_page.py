@@ -1,7 +1,8 @@
 """What the order page shows of an instance's metrics: the graphs and the latest values.
 
 Used by orders/web/monitoring.py for the page (orders/_metrics.html) and for the fragment its script
-fetches every 15 s (orders:metrics). Reads orders/monitoring/metrics.py, draws with orders/monitoring/charts.py.
+fetches every 15 s (orders:metrics). Reads orders/monitoring/metrics.py, draws with
+orders/monitoring/charts.py.
 """
 
 from __future__ import annotations

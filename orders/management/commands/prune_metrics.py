@@ -1,6 +1,6 @@
 """manage.py prune_metrics: roll up the instances' metrics and drop what is past its retention
-(raw points 24 h, 5-minute roll-ups and alarm history 30 days; orders/monitoring/metrics.py). The event
-worker does the same every minute; this is for cron, or a shop whose worker was down."""
+(raw points 24 h, 5-minute roll-ups and alarm history 30 days; orders/monitoring/metrics.py). The
+event worker does the same every minute; this is for cron, or a shop whose worker was down."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""manage.py relay_outbox: publish outbox rows to the control broker (see orders/messaging/outbox.py)."""
+"""manage.py relay_outbox: publish outbox rows to the control broker (see
+orders/messaging/outbox.py)."""
 
 from __future__ import annotations
 

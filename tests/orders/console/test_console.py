@@ -1,5 +1,5 @@
-"""The console's services (orders/console/commands.py): commands into the outbox, the host's outcomes
-applied through the event worker's entry point, the money side with Stripe's HTTP faked."""
+"""The console's services (orders/console/commands.py): commands into the outbox, the host's
+outcomes applied through the event worker's entry point, the money side with Stripe's HTTP faked."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""orders/core/emails.py: the owner's emails, through Django's locmem outbox (the real backend API)."""
+"""orders/core/emails.py: the owner's emails, through Django's locmem outbox (the real backend
+API)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The staff's fleet view (orders/fleet/overview.py, admin:orders_host_fleet) and the latest sample in
-the instance list."""
+"""The staff's fleet view (orders/fleet/overview.py, admin:orders_host_fleet) and the latest sample
+in the instance list."""
 
 from __future__ import annotations
 

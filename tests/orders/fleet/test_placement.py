@@ -1,5 +1,5 @@
-"""Placement (orders/fleet/placement.py) with the real broker and database: the relay sends each paid
-order's create-vm to a live host where it fits (pack or spread), claims count before any
+"""Placement (orders/fleet/placement.py) with the real broker and database: the relay sends each
+paid order's create-vm to a live host where it fits (pack or spread), claims count before any
 heartbeat, a decline places it again elsewhere, and nothing that fits nowhere is dropped."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""VM admin passwords are encrypted at rest (orders/lib/encryption.py) and keys rotate without loss."""
+"""VM admin passwords are encrypted at rest (orders/lib/encryption.py) and keys rotate without
+loss."""
 
 from __future__ import annotations
 

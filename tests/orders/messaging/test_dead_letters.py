@@ -1,5 +1,6 @@
-"""Reading computing.dead back (orders/messaging/dead_letters.py) against the real RabbitMQ: a create-vm a
-host refused fails its order with the host's reason; everything else is kept for staff."""
+"""Reading computing.dead back (orders/messaging/dead_letters.py) against the real RabbitMQ: a
+create-vm a host refused fails its order with the host's reason; everything else is kept for
+staff."""
 
 from __future__ import annotations
 

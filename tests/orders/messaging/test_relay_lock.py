@@ -1,5 +1,5 @@
-"""One outbox relay at a time (orders/messaging/relay_lock.py): real relay processes, killed with SIGKILL,
-on the database the tests run on (SQLite file or PostgreSQL)."""
+"""One outbox relay at a time (orders/messaging/relay_lock.py): real relay processes, killed with
+SIGKILL, on the database the tests run on (SQLite file or PostgreSQL)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Alarms (orders/monitoring/alarms.py): the state machine alone, as a property over random samples, and
-through apply_metrics with the database and the owner's emails."""
+"""Alarms (orders/monitoring/alarms.py): the state machine alone, as a property over random samples,
+and through apply_metrics with the database and the owner's emails."""
 
 from __future__ import annotations
 

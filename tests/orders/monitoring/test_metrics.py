@@ -1,5 +1,5 @@
-"""Storing, rolling up and pruning the instances' metrics (orders/monitoring/metrics.py), on the database the
-run uses (SQLite by default; PostgreSQL with DATABASE_URL=postgres://...)."""
+"""Storing, rolling up and pruning the instances' metrics (orders/monitoring/metrics.py), on the
+database the run uses (SQLite by default; PostgreSQL with DATABASE_URL=postgres://...)."""
 
 from __future__ import annotations
 
