@@ -9,9 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
-from vmbackend.images import build, manifest, snapshot, tiny
+from vmbackend.images import build, manifest, tiny
 from vmbackend.images.arch import ArchRecipe
 from vmbackend.images.debian import DebianRecipe
+from vmbackend.machine import snapshot
 
 DISTROS = ("debian", "arch")
 

@@ -22,9 +22,9 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from vmbackend import messages, topology
-from vmbackend.config import Config
-from vmbackend.registry import Registry
+from vmbackend.host.config import Config
+from vmbackend.host.registry import Registry
+from vmbackend.protocol import messages, topology
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ existing disk). Each step is a method the tests can call on its own; `run()` cha
 turns any failure into the right end state: a new VM that never was ready ends `instance.failed`
 plus cleanup; a VM that was ready once ends `instance.lost` with its disk kept, startable again
 (only delete-vm ever removes a customer's disk) — or, for one restart attempt of a self-healing
-(`healing=True`, vmbackend/healing.py), just records the reason and leaves the next step to the
+(`healing=True`, vmbackend/host/healing.py), just records the reason and leaves the next step to the
 restart policy. A boot whose RabbitMQ never answers fails at the deadline with the tail of the
 node's own log (fetched through the guest agent) in the reason, so staff see why. Every state change goes through `report`
 (`Registry.report`: update the record, write the state file durably, queue the event) — so a
@@ -20,12 +20,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from vmbackend import certificates, guest_tls, network, tls
-from vmbackend.config import Config
-from vmbackend.machine import Machine, MachineError, TapNet, UserNet, VMSpec
-from vmbackend.qemu import TLS_AMQP_PORT, TLS_MANAGEMENT_PORT
-from vmbackend.simulated import SimulatedMachine
-from vmbackend.state import BOOTING, FAILED, LOST, READY, StateStore, VMRecord
+from vmbackend.host import certificates, network
+from vmbackend.host.config import Config
+from vmbackend.host.state import BOOTING, FAILED, LOST, READY, StateStore, VMRecord
+from vmbackend.machine.base import Machine, MachineError
+from vmbackend.machine.qemu import TLS_AMQP_PORT, TLS_MANAGEMENT_PORT, TapNet, UserNet, VMSpec
+from vmbackend.tls import authority, guest_install
 
 log = logging.getLogger(__name__)
 
@@ -183,18 +183,13 @@ class Boot:
     # -- steps
     def _new_machine(self) -> Machine:
         """The record's Machine (not started yet), its tap created first in bridge mode."""
-        if self.cfg.driver == "simulated":  # load tests: no QEMU (vmbackend/simulated.py)
-            self.machine = SimulatedMachine(  # type: ignore[assignment]
-                self.cfg.sim_boot_seconds, self.cfg.sim_failure_rate
-            )
-            return self.machine  # type: ignore[return-value]
-        if self.record.network == "bridge":
+        driver = self.cfg.machines()
+        if driver.needs_tap and self.record.network == "bridge":
             network.create_tap(self.record.tap, self.cfg.bridge)
-        self.machine = Machine(
+        self.machine = driver.new(
             spec_for(self.cfg, self.record),
             self.store.vm_dir(self.record.machine_name),
             self.cfg.image_dir,
-            accel=self.cfg.accel,
         )
         return self.machine
 
@@ -275,7 +270,7 @@ class Boot:
             certificates.install(
                 self.cfg, self.record, machine, self.report, start=not self.record.tls_cert
             )
-        except (tls.TLSError, guest_tls.GuestTLSError) as exc:
+        except (authority.TLSError, guest_install.GuestTLSError) as exc:
             raise MachineError(f"TLS certificate: {exc}") from exc
 
     def wait_rabbitmq(self, addresses: list[str]) -> None:

@@ -3,7 +3,7 @@ the renewal loop (docs/tls.md).
 
 The host signs with its own intermediate (WARREN_TLS_DIR: host.key, host.pem, ca.pem, made by
 `python -m vmbackend tls host`). A VM's certificate is issued with a key made at that moment and
-put into the guest by vmbackend/guest_tls.py; the record keeps only the certificate (public), so
+put into the guest by vmbackend/tls/guest_install.py; the record keeps only the certificate (public), so
 the daemon knows when it is due. Read from disk at each use: an operator who replaces the
 intermediate needs no daemon restart.
 """
@@ -17,11 +17,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from vmbackend import guest_tls, network, tls
-from vmbackend.config import Config
-from vmbackend.machine import MachineError
-from vmbackend.messages import VMCommand
-from vmbackend.state import READY, VMRecord
+from vmbackend.host import network
+from vmbackend.host.config import Config
+from vmbackend.host.state import READY, VMRecord
+from vmbackend.machine.base import MachineError
+from vmbackend.protocol.messages import VMCommand
+from vmbackend.tls import authority, guest_install
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +58,20 @@ def renew_before(cfg: Config) -> datetime.timedelta:
 
 def is_due(cfg: Config, record: VMRecord, now: datetime.datetime | None = None) -> bool:
     """Whether the VM needs a (new) certificate now."""
-    return tls.needs_renewal(
+    return authority.needs_renewal(
         record.tls_cert or None, names_for(cfg, record), renew_before=renew_before(cfg), now=now
     )
 
 
 def install(
-    cfg: Config, record: VMRecord, guest: guest_tls.Guest, report: Report, *, start: bool
+    cfg: Config, record: VMRecord, guest: guest_install.Guest, report: Report, *, start: bool
 ) -> str:
     """Issue the VM a certificate (a fresh key) and put it into the guest; the certificate is
-    recorded only once the guest has it. Raises tls.TLSError or guest_tls.GuestTLSError."""
+    recorded only once the guest has it. Raises authority.TLSError or guest_install.GuestTLSError."""
     assert cfg.tls_dir is not None
-    issuer = tls.load_issuer(cfg.tls_dir)
-    leaf = tls.issue(issuer, names_for(cfg, record), days=cfg.tls_cert_days)
-    outcome = guest_tls.install(guest, leaf, plain_ports=record.plain_ports, start=start)
+    issuer = authority.load_issuer(cfg.tls_dir)
+    leaf = authority.issue(issuer, names_for(cfg, record), days=cfg.tls_cert_days)
+    outcome = guest_install.install(guest, leaf, plain_ports=record.plain_ports, start=start)
     report(record, None, {}, tls_cert=leaf.cert_pem.decode())
     log.info(
         "tls certificate installed host_id=%s vm_id=%s not_after=%s how=%s",
@@ -92,7 +93,7 @@ class Renewer:
         self,
         cfg: Config,
         registry: Any,
-        machine_of: Callable[[str], guest_tls.Guest | None],
+        machine_of: Callable[[str], guest_install.Guest | None],
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -105,7 +106,7 @@ class Renewer:
 
     def renew(self, record: VMRecord) -> bool:
         """One VM's renewal; True when it has its new certificate."""
-        from vmbackend.registry import CLAIMED
+        from vmbackend.host.registry import CLAIMED
 
         outcome, current = self.registry.claim(VMCommand(RENEW_COMMAND, record.vm_id))
         if outcome != CLAIMED or current is None:
@@ -116,7 +117,7 @@ class Renewer:
                 return False
             install(self.cfg, current, machine, self.registry.report, start=False)
             return True
-        except (tls.TLSError, guest_tls.GuestTLSError, MachineError, OSError) as exc:
+        except (authority.TLSError, guest_install.GuestTLSError, MachineError, OSError) as exc:
             log.error(
                 "tls renewal failed host_id=%s vm_id=%s error=%s",
                 self.cfg.host_id,

@@ -1,4 +1,4 @@
-"""Finishing a pool claim (vmbackend/pool.py): a ready pool VM becomes the order's VM.
+"""Finishing a pool claim (vmbackend/host/pool.py): a ready pool VM becomes the order's VM.
 
 `ClaimBoot` is a `Boot` whose machine is already running: instead of launching and waiting for
 a guest, it swaps the pool's random admin for the order's through the management API
@@ -22,11 +22,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from vmbackend.boot import Boot, Cancelled, cleanup, urls_for
-from vmbackend.machine import MachineError, MachineGone
-from vmbackend.management_api import ManagementAPI, ManagementAPIError
-from vmbackend.qemu import VMSpec
-from vmbackend.state import BOOTING
+from vmbackend.host.boot import Boot, Cancelled, cleanup, urls_for
+from vmbackend.host.state import BOOTING
+from vmbackend.machine.base import MachineError, MachineGone
+from vmbackend.machine.management_api import ManagementAPI, ManagementAPIError
+from vmbackend.machine.qemu import VMSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """What the daemon does to one VM's QEMU: boots in worker threads, start/stop/restart/delete,
-adoption of running QEMUs, the watcher and self-healing (vmbackend/healing.py).
+adoption of running QEMUs, the watcher and self-healing (vmbackend/host/healing.py).
 
 Every function here may block for minutes; none runs on the connection's thread and none touches
 a channel. State changes go through `Registry.report`.
@@ -15,16 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from vmbackend import qemu
-from vmbackend.boot import Boot, cleanup, spec_for, urls_for
-from vmbackend.claim import ClaimBoot
-from vmbackend.config import Config
-from vmbackend.healing import RestartPolicy
-from vmbackend.machine import Machine, MachineError, MachineGone
-from vmbackend.management_api import ManagementAPI, ManagementAPIError
-from vmbackend.messages import ConsoleCommand, Rejected, ResizeVM, SetAdminPassword, VMCommand
-from vmbackend.qemu import VMPaths
-from vmbackend.registry import (
+from vmbackend.host.boot import Boot, cleanup, spec_for, urls_for
+from vmbackend.host.claim import ClaimBoot
+from vmbackend.host.config import Config
+from vmbackend.host.healing import RestartPolicy
+from vmbackend.host.registry import (
     COMMAND_DONE,
     COMMAND_FAILED,
     DELETE,
@@ -33,7 +28,18 @@ from vmbackend.registry import (
     command_plan,
     resize_refusal,
 )
-from vmbackend.state import BOOTING, DELETED, LOST, READY, STOPPED, StateStore, VMRecord
+from vmbackend.host.state import BOOTING, DELETED, LOST, READY, STOPPED, StateStore, VMRecord
+from vmbackend.machine import qemu
+from vmbackend.machine.base import Machine, MachineError, MachineGone
+from vmbackend.machine.management_api import ManagementAPI, ManagementAPIError
+from vmbackend.machine.qemu import VMPaths
+from vmbackend.protocol.messages import (
+    ConsoleCommand,
+    Rejected,
+    ResizeVM,
+    SetAdminPassword,
+    VMCommand,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +83,8 @@ class Commands:
 
     # -- machines
     def adopt(self, record: VMRecord) -> Machine | None:
-        if self.cfg.driver == "simulated":  # no process outlives a simulated VM's daemon
-            return None
-        try:
-            machine = Machine.adopt(
+        try:  # MachineGone too when the driver's VMs never outlive a daemon (simulated)
+            machine = self.cfg.machines().adopt(
                 spec_for(self.cfg, record),
                 self.store.vm_dir(record.machine_name),
                 self.cfg.image_dir,
@@ -132,11 +136,11 @@ class Commands:
         thread.start()
         return thread
 
-    # -- the warm pool (vmbackend/pool.py)
+    # -- the warm pool (vmbackend/host/pool.py)
     def start_claim(
         self, record: VMRecord, machine: Machine | None = None, *, resumed: bool = False
     ) -> threading.Thread:
-        """Finish a pool claim in a worker thread (vmbackend/claim.py): on the pool VM's QEMU
+        """Finish a pool claim in a worker thread (vmbackend/host/claim.py): on the pool VM's QEMU
         (found by `record.machine_id`), else the ordinary boot."""
         with self.registry.lock:
             source = record.claimed_from.get("vm_id", "")
@@ -203,7 +207,7 @@ class Commands:
             machine = self.machines.get(record.vm_id)
             if machine is None or not machine.is_running():
                 try:
-                    if record.pool:  # nobody's yet: a new one replaces it (vmbackend/pool.py)
+                    if record.pool:  # nobody's yet: a new one replaces it (vmbackend/host/pool.py)
                         self.retire_pool(record, QEMU_EXITED)
                         continue
                     self.heal(record, QEMU_EXITED)

@@ -1,7 +1,10 @@
 """The daemon's one configuration object, read from the environment and command-line flags.
 
 Every setting has a safe default for a single development host; nothing else in `vmbackend`
-reads `os.environ` for daemon settings.
+reads `os.environ` for daemon settings, with one exception: `machine.accel.choose` reads
+WARREN_ACCEL itself when asked for "auto", so the tools that run QEMU without a Config (`python -m
+vmbackend image snapshot`, the benches, the tests) honour it too; the daemon passes its `accel`
+from here, read from the same variable, so both agree.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmbackend.capacity import DEFAULT_CPU_OVERCOMMIT, default_cpus, default_disk_gb
-from vmbackend.pool import PoolEntry, parse_pool
-from vmbackend.simulated import DRIVERS, parse_boot_seconds
+from vmbackend.host.pool import PoolEntry, parse_pool
+from vmbackend.machine.base import Driver
+from vmbackend.machine.drivers import DRIVERS, driver_for
+from vmbackend.machine.simulated import parse_boot_seconds
+from vmbackend.protocol.capacity import DEFAULT_CPU_OVERCOMMIT, default_cpus, default_disk_gb
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -72,7 +77,7 @@ class Config:
     # Start new VMs from the image's saved state when it matches (seconds instead of minutes);
     # off: always cold boot (for comparison, or when a saved state is suspected bad).
     restore: bool = True
-    # Self-healing (vmbackend/healing.py): a ready VM whose QEMU exits on its own is started again
+    # Self-healing (vmbackend/host/healing.py): a ready VM whose QEMU exits on its own is started again
     # from its disk, at most `restart_burst` times within `restart_interval` seconds (systemd's
     # StartLimitBurst/StartLimitIntervalSec); `restart_delay` doubles between failed attempts;
     # `watch_interval` is how often the watcher looks at every ready VM's QEMU.
@@ -80,7 +85,7 @@ class Config:
     restart_interval: float = 900.0
     restart_delay: float = 5.0
     watch_interval: float = 0.5
-    # Metrics (vmbackend/metrics.py): one instance.metrics per ready VM every `metrics_interval`
+    # Metrics (vmbackend/host/sampler.py): one instance.metrics per ready VM every `metrics_interval`
     # seconds (0: off), each VM's management API given `metrics_timeout` seconds, by at most
     # `metrics_workers` fetcher threads at once.
     metrics_interval: float = 30.0
@@ -89,7 +94,7 @@ class Config:
     # Memory (MiB) all of this host's VMs together may have: a resize-vm that would pass it is
     # refused. Default: the host's memory minus HOST_MEMORY_RESERVE_MB.
     host_memory_mb: int = field(default_factory=default_host_memory_mb)
-    # The rest of the host's capacity (vmbackend/capacity.py, docs/fleet.md): its cores (times
+    # The rest of the host's capacity (vmbackend/protocol/capacity.py, docs/fleet.md): its cores (times
     # `cpu_overcommit` gives the vCPUs it may sell) and the disk GB its VMs may have (default:
     # the free space of the state dir's filesystem at start, minus 10 %). A create-vm that does
     # not fit next to the VMs already here is declined (host queue) or left to another host.
@@ -106,15 +111,24 @@ class Config:
     tls_cert_days: float = 90.0
     tls_renew_before_days: float = 30.0
     tls_check_interval: float = 3600.0
-    # The machine driver: `qemu` (the product), or `simulated` (vmbackend/simulated.py: VMs
+    # The machine driver: `qemu` (the product), or `simulated` (vmbackend/machine/simulated.py: VMs
     # without QEMU for load tests; boot seconds `low-high` and a failure rate).
     driver: str = "qemu"
     sim_boot_seconds: tuple[float, float] = (1.0, 3.0)
     sim_failure_rate: float = 0.0
-    # The warm pool (vmbackend/pool.py): ready VMs per (image, memory) kept for create-vm to
+    # The warm pool (vmbackend/host/pool.py): ready VMs per (image, memory) kept for create-vm to
     # claim; empty: no pool. A pool VM older than `pool_recycle` seconds is replaced.
     pool: tuple[PoolEntry, ...] = ()
     pool_recycle: float = 21600.0
+
+    def machines(self) -> Driver:
+        """The driver that makes this host's VMs: the one place `driver` is looked at."""
+        return driver_for(
+            self.driver,
+            accel=self.accel,
+            sim_boot_seconds=self.sim_boot_seconds,
+            sim_failure_rate=self.sim_failure_rate,
+        )
 
     def redacted_amqp_url(self) -> str:
         """The AMQP URL with its password replaced, for logs."""

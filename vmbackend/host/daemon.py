@@ -32,26 +32,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from vmbackend import certificates, messages, topology
-from vmbackend.amqp_io import CONNECTION_ERRORS, AmqpIO, Delivery, connection_lost
-from vmbackend.backoff import run_with_reconnect
-from vmbackend.commands import Commands
-from vmbackend.config import Config
-from vmbackend.images import manifest
-from vmbackend.machine import Machine
-from vmbackend.messages import (
-    ConsoleCommand,
-    CreateVM,
-    ListVMs,
-    Rejected,
-    ResizeVM,
-    SetAdminPassword,
-    VMCommand,
-)
-from vmbackend.metrics import Sampler
-from vmbackend.pool import POOL_PREFIX, Pool, is_pool_id
-from vmbackend.recovery import recover
-from vmbackend.registry import (
+from vmbackend.host import certificates
+from vmbackend.host.amqp_io import CONNECTION_ERRORS, AmqpIO, Delivery, connection_lost
+from vmbackend.host.commands import Commands
+from vmbackend.host.config import Config
+from vmbackend.host.pool import POOL_PREFIX, Pool, is_pool_id
+from vmbackend.host.recovery import recover
+from vmbackend.host.registry import (
     BUSY,
     COMMAND_FAILED,
     DUPLICATE,
@@ -65,7 +52,21 @@ from vmbackend.registry import (
     parse_create,
     parse_host,
 )
-from vmbackend.state import FAILED, StateStore, VMRecord
+from vmbackend.host.sampler import Sampler
+from vmbackend.host.state import FAILED, StateStore, VMRecord
+from vmbackend.images import manifest
+from vmbackend.machine.base import Machine
+from vmbackend.protocol import messages, topology
+from vmbackend.protocol.backoff import run_with_reconnect
+from vmbackend.protocol.messages import (
+    ConsoleCommand,
+    CreateVM,
+    ListVMs,
+    Rejected,
+    ResizeVM,
+    SetAdminPassword,
+    VMCommand,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,8 @@ class Daemon:
         self.create(delivery, cmd, placed=False)
 
     def check_image(self, cmd: CreateVM) -> None:
-        """Rejected when the image is not here (the simulated driver needs none)."""
-        if self.cfg.driver == "simulated":
+        """Rejected when the image is not here (unless the driver needs none: simulated)."""
+        if not self.cfg.machines().needs_image:
             return
         try:
             manifest.load(self.cfg.image_dir, cmd.image)
@@ -231,7 +232,7 @@ class Daemon:
         self.io.ack(delivery)
 
     def claim_or_make_room(self, cmd: CreateVM) -> VMRecord | None:
-        """A ready pool VM claimed for `cmd` (vmbackend/pool.py), else None after giving a pool
+        """A ready pool VM claimed for `cmd` (vmbackend/host/pool.py), else None after giving a pool
         VM's slot up when the host has no idle one (a paying order first)."""
         if not self.cfg.pool:
             return None
@@ -422,11 +423,11 @@ class Daemon:
         threading.Thread(
             target=self.commands.watch, args=(self.stopping,), name="watcher", daemon=True
         ).start()
-        if self.cfg.pool:  # vmbackend/pool.py: the warm pool's own thread
+        if self.cfg.pool:  # vmbackend/host/pool.py: the warm pool's own thread
             threading.Thread(
                 target=self.pool.run, args=(self.stopping,), name="pool", daemon=True
             ).start()
-        if self.cfg.metrics_interval > 0:  # vmbackend/metrics.py: its own threads, best-effort
+        if self.cfg.metrics_interval > 0:  # vmbackend/host/sampler.py: its own threads, best-effort
             threading.Thread(
                 target=self.sampler.run, args=(self.stopping,), name="metrics", daemon=True
             ).start()

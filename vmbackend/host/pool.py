@@ -36,9 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from vmbackend import messages
-from vmbackend.messages import CreateVM
-from vmbackend.state import ACCEPTED, BOOTING, READY, VMRecord
+from vmbackend.host.state import ACCEPTED, BOOTING, READY, VMRecord
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import CreateVM
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Start-up recovery: the state dir after a SIGTERM, a SIGKILL or a host reboot.
 
 Running QEMUs are adopted; a ready VM whose QEMU is gone (a host reboot, a crash while the daemon
-was away) is started again from its disk through the restart policy (vmbackend/healing.py), as
+was away) is started again from its disk through the restart policy (vmbackend/host/healing.py), as
 is a self-healing that the restart cut off; a half-done boot resumes. A boot whose QEMU died while
 the daemon was away fails and is cleaned up — unless the VM was ready once: then it is lost with
 its disk kept (only delete-vm removes a customer's disk), and the start-vm that was booting it
@@ -14,10 +14,10 @@ import logging
 import shutil
 import time
 
-from vmbackend.boot import cleanup
-from vmbackend.commands import Commands
-from vmbackend.machine import MachineGone
-from vmbackend.state import ACCEPTED, BOOTING, DELETED, FAILED, LOST, READY, STOPPED, VMRecord
+from vmbackend.host.boot import cleanup
+from vmbackend.host.commands import Commands
+from vmbackend.host.state import ACCEPTED, BOOTING, DELETED, FAILED, LOST, READY, STOPPED, VMRecord
+from vmbackend.machine.base import MachineGone
 
 log = logging.getLogger(__name__)
 

@@ -15,18 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from vmbackend import capacity, messages, network, ports
-from vmbackend import pool as pool_mod
-from vmbackend.config import Config
-from vmbackend.messages import (
-    CONSOLE_COMMANDS,
-    ConsoleCommand,
-    CreateVM,
-    ListVMs,
-    Rejected,
-    VMCommand,
-)
-from vmbackend.state import (
+from vmbackend.host import network, ports
+from vmbackend.host import pool as pool_mod
+from vmbackend.host.config import Config
+from vmbackend.host.state import (
     ACCEPTED,
     BOOTING,
     DELETED,
@@ -37,6 +29,15 @@ from vmbackend.state import (
     StateStore,
     VMRecord,
     move,
+)
+from vmbackend.protocol import capacity, messages
+from vmbackend.protocol.messages import (
+    CONSOLE_COMMANDS,
+    ConsoleCommand,
+    CreateVM,
+    ListVMs,
+    Rejected,
+    VMCommand,
 )
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ class Registry:
 
     # -- capacity
     def free_slots(self) -> int:
-        """Slots a customer's create-vm may take: pool VMs give theirs up (vmbackend/pool.py)."""
+        """Slots a customer's create-vm may take: pool VMs give theirs up (vmbackend/host/pool.py)."""
         with self.lock:
             used = sum(1 for r in self.records.values() if r.holds_slot() and not r.pool)
         return self.cfg.capacity - used
@@ -310,7 +311,7 @@ class Registry:
 
     def resources(self, *, include_pool: bool = False) -> capacity.Resources:
         """The host's totals (config) and what its VMs holding a slot use (docs/fleet.md); pool
-        VMs only with `include_pool`: they give way to customers (vmbackend/pool.py)."""
+        VMs only with `include_pool`: they give way to customers (vmbackend/host/pool.py)."""
         totals = capacity.Resources(
             memory_total_mb=self.cfg.host_memory_mb,
             vcpus_total=capacity.overcommitted_vcpus(self.cfg.host_cpus, self.cfg.cpu_overcommit),
@@ -420,7 +421,7 @@ class Registry:
         )
         record.ports = dict(zip(names, chosen, strict=True))
 
-    # -- the warm pool (vmbackend/pool.py)
+    # -- the warm pool (vmbackend/host/pool.py)
     def _unavailable(self) -> set[str]:
         return set(self.busy) | set(self.boots)
 

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmbackend import messages
-from vmbackend.boot import urls_for
-from vmbackend.config import Config
-from vmbackend.machine import MachineError
-from vmbackend.management_api import ManagementAPI, ManagementAPIError, quote
-from vmbackend.messages import MAX_METRIC_FLOAT, MAX_METRIC_INT, Metrics
-from vmbackend.registry import Registry
+from vmbackend.host.boot import urls_for
+from vmbackend.host.config import Config
+from vmbackend.host.registry import Registry
+from vmbackend.machine.base import MachineError
+from vmbackend.machine.management_api import ManagementAPI, ManagementAPIError, quote
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import MAX_METRIC_FLOAT, MAX_METRIC_INT, Metrics
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vmbackend.files import write_atomic  # one implementation; importers of state keep it
-from vmbackend.messages import VM_ID_RE
+from vmbackend.protocol.messages import VM_ID_RE
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class VMRecord:
     ever_ready: bool = (
         False  # was READY once: its disk is the customer's, only delete-vm removes it
     )
-    # Self-healing (vmbackend/healing.py): start times of the restart attempts inside the
+    # Self-healing (vmbackend/host/healing.py): start times of the restart attempts inside the
     # policy's window, all restarts ever, and whether a heal is under way (a daemon restarted
     # in the middle of one goes on healing instead of waiting for a start-vm).
     restarts: list[float] = field(default_factory=list)
@@ -107,7 +107,7 @@ class VMRecord:
     # plan's choice), and the VM's current certificate (PEM, public; its key is only in the guest).
     plain_ports: bool = True
     tls_cert: str = ""
-    # The warm pool (vmbackend/pool.py): a pool VM is never shown to anyone (no events, not in
+    # The warm pool (vmbackend/host/pool.py): a pool VM is never shown to anyone (no events, not in
     # list-vms, no host command reaches it) until a create-vm claims it. The claiming VM runs on
     # the pool VM's QEMU and folder (`machine_id`, the pool VM's id: QEMU's name and the folder
     # under machines/); `claimed_from` holds the pool VM's id and admin until the claim is done.

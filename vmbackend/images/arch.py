@@ -3,7 +3,7 @@
 Needs an Arch mirror (WARREN_ARCH_MIRROR, pacman's `Server` syntax with `$repo`/`$arch`) and, on
 the build host, pacstrap (arch-install-scripts), pacman and archlinux-keyring. No Arch mirror is
 reachable from the development machines, so preflight() fails quickly and clearly there, before
-any folder is created; the generated files are linted by tests/vmbackend/test_arch_recipe.py.
+any folder is created; the generated files are linted by tests/vmbackend/images/test_arch_recipe.py.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmbackend import qemu
 from vmbackend.files import write_json_atomic
+from vmbackend.machine import qemu
 
 log = logging.getLogger(__name__)
 

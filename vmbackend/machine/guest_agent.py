@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmbackend.qmp import connect_unix
+from vmbackend.machine.qmp import connect_unix
 
 SYNC_BYTE = b"\xff"
 MAX_LINE = 16 * 1024 * 1024

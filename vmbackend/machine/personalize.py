@@ -14,9 +14,9 @@ import string
 import time
 from collections.abc import Callable
 
-from vmbackend.guest_agent import GuestAgent, GuestAgentError
-from vmbackend.management_api import ManagementAPI, ManagementAPIError
-from vmbackend.qemu import VMSpec
+from vmbackend.machine.guest_agent import GuestAgent, GuestAgentError
+from vmbackend.machine.management_api import ManagementAPI, ManagementAPIError
+from vmbackend.machine.qemu import VMSpec
 
 RESTORE_SETTINGS = "/usr/local/sbin/warren-restore-settings"
 COOKIE_ALPHABET = string.ascii_uppercase

@@ -25,7 +25,7 @@ MACHINE = "microvm,acpi=on,pcie=off,rtc=on"
 TCG_TB_SIZE_MB = 256  # TCG's translation cache defaults to 1 GiB per process
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 FW_CFG_PREFIX = "opt/warren/"
-TLS_AMQP_PORT = 5671  # RabbitMQ's amqps listener in the guest (vmbackend/guest_tls.py)
+TLS_AMQP_PORT = 5671  # RabbitMQ's amqps listener in the guest (vmbackend/tls/guest_install.py)
 TLS_MANAGEMENT_PORT = 15671  # the management UI over https in the guest
 FW_CFG_KEYS = ("hostname", "admin_user", "admin_password", "erlang_cookie")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")

@@ -5,8 +5,10 @@ with an argument list (no shell), stdin from /dev/null, output to qemu.log, the 
 logged at debug, shutdown escalating from ACPI to SIGKILL, and one root error type (MachineError)
 whose message carries the context (exit code, log tails). QEMU runs in its own session so it
 outlives the daemon; `adopt` reattaches through the pidfile.
-Over 400 lines as one class on purpose: it is the life of one VM in order, as QEMUMachine is; what
-is not (the command line, saved state, personalizing, the management API) lives in its own module.
+This module is the life of the QEMU process in order (launch, adopt, stop), as QEMUMachine is; what
+the host asks of the guest inside it (guest agent, management API, personalizing, resizing) is
+`GuestSide` (guest_side.py), and the command line, saved state and personalization steps live in
+their own modules.
 
 Folder layout (vm_dir, also QEMU's working directory, mode 0700):
     disk.qcow2  qmp.sock  qga.sock  qemu.pid  qemu.log  console.log  machine.json
@@ -15,7 +17,6 @@ Folder layout (vm_dir, also QEMU's working directory, mode 0700):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -24,41 +25,22 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vmbackend import accel as accel_mod
-from vmbackend import personalize, qemu, qmp, saved_state
-from vmbackend.files import write_atomic, write_json_atomic
-from vmbackend.guest_agent import GuestAgent, GuestAgentError
+from vmbackend.files import write_json_atomic
 from vmbackend.images import manifest as manifest_mod
-from vmbackend.management_api import ManagementAPI, ManagementAPIError
-from vmbackend.qemu import TapNet, UserNet, VMPaths, VMSpec
-
-__all__ = ["Machine", "MachineError", "MachineGone", "TapNet", "UserNet", "VMSpec"]
+from vmbackend.machine import accel as accel_mod
+from vmbackend.machine import personalize, qemu, qmp, saved_state
+from vmbackend.machine.base import MachineError, MachineGone
+from vmbackend.machine.guest_agent import GuestAgent
+from vmbackend.machine.guest_side import GuestSide, tail
+from vmbackend.machine.qemu import VMPaths, VMSpec
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "machine.json"
 LAUNCH_SECONDS = 60.0  # QEMU up and answering QMP (restore: the incoming state loaded)
-
-
-class MachineError(Exception):
-    """Something about a VM failed; the message says what, with context."""
-
-
-class MachineGone(MachineError):
-    """The VM's QEMU process is not running."""
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(none)"
-    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(kept)[-1500:] or "(empty)"
 
 
 def _pid_is_our_qemu(pid: int, vm_id: str) -> bool:
@@ -73,8 +55,8 @@ def _pid_is_our_qemu(pid: int, vm_id: str) -> bool:
     return f"warren-{vm_id},process=warren-{vm_id}".encode() in cmdline
 
 
-class Machine:
-    """One QEMU process and its files in vm_dir."""
+class QemuMachine(GuestSide):
+    """One QEMU process and its files in vm_dir (a `Machine`, vmbackend/machine/base.py)."""
 
     def __init__(self, spec: VMSpec, vm_dir: Path, image_dir: Path, accel: str = "auto") -> None:
         self.spec = spec
@@ -87,7 +69,7 @@ class Machine:
         self._agent: GuestAgent | None = None
 
     def __repr__(self) -> str:
-        return f"Machine(vm_id={self.spec.vm_id!r}, pid={self.pid}, dir={str(self.vm_dir)!r})"
+        return f"QemuMachine(vm_id={self.spec.vm_id!r}, pid={self.pid}, dir={str(self.vm_dir)!r})"
 
     # -- state kept in the VM's folder ----------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -246,18 +228,16 @@ class Machine:
             if status == "running":
                 return
             if status != "inmigrate":
-                raise MachineError(
-                    f"restore failed: VM is {status!r}; log: {_tail(self.paths.log)}"
-                )
+                raise MachineError(f"restore failed: VM is {status!r}; log: {tail(self.paths.log)}")
             last = "loading the saved state"
             time.sleep(0.05)
         raise MachineError(
-            f"QEMU not ready within {LAUNCH_SECONDS:.0f} s ({last}); log: {_tail(self.paths.log)}"
+            f"QEMU not ready within {LAUNCH_SECONDS:.0f} s ({last}); log: {tail(self.paths.log)}"
         )
 
     # -- adopt / liveness -----------------------------------------------------------------------
     @classmethod
-    def adopt(cls, spec: VMSpec, vm_dir: Path, image_dir: Path, accel: str = "auto") -> Machine:
+    def adopt(cls, spec: VMSpec, vm_dir: Path, image_dir: Path, accel: str = "auto") -> QemuMachine:
         """Reattach to a running VM after a daemon restart; MachineGone when it is not running."""
         machine = cls(spec, vm_dir, image_dir, accel)
         try:
@@ -279,8 +259,8 @@ class Machine:
             return
         code = self._proc.returncode if self._proc is not None else None
         raise MachineGone(
-            f"QEMU exited while {doing} (exit code {code}); qemu.log: {_tail(self.paths.log)}; "
-            f"console: {_tail(self.paths.console)}"
+            f"QEMU exited while {doing} (exit code {code}); qemu.log: {tail(self.paths.log)}; "
+            f"console: {tail(self.paths.console)}"
         )
 
     def run_state(self) -> str:
@@ -289,189 +269,6 @@ class Machine:
             return qmp.run_state(self.paths.qmp)
         except qmp.QMPFailure as exc:
             raise MachineError(str(exc)) from exc
-
-    # -- guest agent ----------------------------------------------------------------------------
-    def agent(self) -> GuestAgent:
-        if self._agent is None:
-            self._agent = GuestAgent(self.paths.qga)
-        return self._agent
-
-    def wait_guest_agent(self, deadline: float) -> None:
-        """Until the guest agent answers; MachineError at `deadline` (a time.monotonic() value)."""
-        started = time.monotonic()
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            self._check_alive("waiting for the guest agent")
-            try:
-                budget = max(0.1, min(3.0, deadline - time.monotonic()))
-                self.agent().sync(budget)
-                self.agent().ping(budget)
-                return
-            except GuestAgentError as exc:
-                last = exc
-                time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-        raise MachineError(
-            f"guest agent did not answer within {time.monotonic() - started:.0f} s ({last}); "
-            f"console: {_tail(self.paths.console)}"
-        )
-
-    def guest_addresses(self, wait: float = 15.0) -> list[str]:
-        """The guest's routable addresses (loopback and link-local filtered), waiting up to
-        `wait` seconds for DHCP to give one."""
-        deadline = time.monotonic() + wait
-        while True:
-            self._check_alive("reading guest addresses")
-            try:
-                found = self.agent().addresses(timeout=5)
-            except GuestAgentError as exc:
-                raise MachineError(f"cannot read guest addresses: {exc}") from exc
-            if found or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.25)
-
-    def guest_exec(
-        self,
-        path: str,
-        args: list[str] | None = None,
-        *,
-        input_data: bytes | None = None,
-        timeout: float = 30.0,
-    ) -> tuple[int, bytes]:
-        """Run a program in the guest; (exit code, stdout)."""
-        try:
-            result = self.agent().exec(path, args or [], input_data=input_data, timeout=timeout)
-        except GuestAgentError as exc:
-            raise MachineError(f"guest-exec {path}: {exc}") from exc
-        return result.exitcode, result.stdout
-
-    # -- management API -------------------------------------------------------------------------
-    def management_url(self) -> str:
-        """The base URL (ending in /) where the host reaches the guest's management API."""
-        net = self.spec.network
-        if isinstance(net, UserNet):
-            host = net.management_bind
-            host = f"[{host}]" if ":" in host else host
-            return f"http://{host}:{net.management_port}/"
-        addresses = self.guest_addresses()
-        if not addresses:
-            raise MachineError("the guest has no address yet")
-        host = addresses[0] if ":" not in addresses[0] else f"[{addresses[0]}]"
-        return f"http://{host}:{self._image_guest().management_port}/"
-
-    def speaks_tls(self) -> bool:
-        """Whether the image runs RabbitMQ (its TLS listeners, vmbackend/guest_tls.py); the tiny
-        test image does not."""
-        return self._image_guest().kind == "rabbitmq"
-
-    def _image_guest(self) -> manifest_mod.Guest:
-        return self._pre_launch_image().guest
-
-    def _api(self, base_url: str) -> ManagementAPI:
-        """The management API at `base_url` as this VM's own admin."""
-        return ManagementAPI(base_url, self.spec.admin_user, self.spec.admin_password)
-
-    def wait_management(self, base_url: str, deadline: float) -> None:
-        """Until GET {base_url}api/overview answers 200 with the VM's own credentials."""
-        try:
-            self._api(base_url).wait_until_ok(
-                "api/overview",
-                deadline,
-                check=lambda: self._check_alive("waiting for the management API"),
-            )
-        except ManagementAPIError as exc:
-            raise MachineError(
-                f"the management API did not answer: {exc}; console: {_tail(self.paths.console)}"
-            ) from exc
-
-    def runtime(self, base_url: str, timeout: float = 5.0) -> dict[str, str]:
-        """RabbitMQ/Erlang versions and node name from the management API; {} when unreadable
-        (instance.ready then goes without them)."""
-        try:
-            api = ManagementAPI(
-                base_url, self.spec.admin_user, self.spec.admin_password, timeout=timeout
-            )
-            return api.runtime()
-        except (ManagementAPIError, ValueError) as exc:
-            log.info("runtime not read vm_id=%s error=%s", self.spec.vm_id, exc)
-            return {}
-
-    def set_admin_password(self, password: str) -> None:
-        """From now on the VM's admin password is `password` (its own management API already
-        has it): the spec every later call uses, and the fw_cfg file the next start reads."""
-        self.spec = dataclasses.replace(self.spec, admin_password=password)
-        secret = self.paths.fw_cfg_dir / "admin_password"
-        if secret.parent.is_dir():
-            write_atomic(secret, password.encode(), mode=0o600)
-
-    def hand_over(self, admin_user: str, admin_password: str, limits: dict[str, int]) -> None:
-        """A claimed pool VM is the order's now (vmbackend/pool.py): its admin and limits in the
-        spec every later call uses, and the admin in the fw_cfg files the next start reads."""
-        self.spec = dataclasses.replace(
-            self.spec, admin_user=admin_user, admin_password=admin_password, limits=dict(limits)
-        )
-        for key, value in (("admin_user", admin_user), ("admin_password", admin_password)):
-            path = self.paths.fw_cfg_dir / key
-            if path.parent.is_dir():
-                write_atomic(path, value.encode(), mode=0o600)
-
-    def has_disk(self) -> bool:
-        return self._pre_launch_image().disk is not None
-
-    def grow_running_disk(self, disk_gb: int) -> None:
-        """Grow the running VM's disk to `disk_gb` (QMP block_resize: the guest is told), then
-        its root file system (`grow_root`). Images without a disk: no-op."""
-        if not self.has_disk():
-            return
-        try:
-            qmp.command(
-                self.paths.qmp, "block_resize", timeout=10, device="disk0", size=disk_gb * 1024**3
-            )
-        except (qmp.QMPFailure, OSError, ValueError) as exc:
-            raise MachineError(f"cannot grow the disk to {disk_gb} GB: {exc}") from exc
-        self.grow_root()
-
-    def grow_root(self, timeout: float = 120.0) -> None:
-        """Grow the guest's root file system to its (grown) disk, through the image's
-        restore-settings script (`--grow-root`: resize2fs online). Images without a disk: no-op."""
-        if self._pre_launch_image().disk is None:
-            return
-        code, _out = self.guest_exec(personalize.RESTORE_SETTINGS, ["--grow-root"], timeout=timeout)
-        if code != 0:
-            raise MachineError(f"{personalize.RESTORE_SETTINGS} --grow-root exited {code}")
-
-    def apply_limits(self, base_url: str) -> None:
-        """The spec's vhost limits ({"max-connections": n, ...}) on "/" via the management API."""
-        api = self._api(base_url)
-        for name, value in sorted(self.spec.limits.items()):
-            try:
-                api.set_vhost_limit(name, value)
-            except ManagementAPIError as exc:
-                raise MachineError(f"vhost limit {name}: {exc}") from exc
-
-    # -- restore personalization ----------------------------------------------------------------
-    def personalize(self, deadline: float, before_cookie: Callable[[], None] | None = None) -> None:
-        """After a restore: the guest's clock, hostname, a fresh Erlang cookie, and the VM's own
-        admin in place of the template's (vmbackend/personalize.py). After a cold boot fw_cfg
-        did it all: a no-op."""
-        state = self._state()
-        if state.get("boot") != "restore" or state.get("personalized"):
-            return
-        self._check_alive("personalizing")
-        try:
-            personalize.run(
-                self.agent(),
-                self.spec,
-                self.management_url,
-                template_admin=state.get("template_admin"),
-                template_password=saved_state.read_secret(state.get("template_secret")),
-                deadline=deadline,
-                check=self._check_alive,
-                before_cookie=before_cookie,
-            )
-        except personalize.PersonalizeError as exc:
-            raise MachineError(f"personalize: {exc}; console: {_tail(self.paths.console)}") from exc
-        self._save_state(personalized=True)
-        log.info("vm personalized vm_id=%s", self.spec.vm_id)
 
     # -- stop -----------------------------------------------------------------------------------
     def powerdown(self, timeout: float = 30) -> None:

@@ -1,7 +1,7 @@
 """Reading an image's saved state: whether a VM can restore from it, and from which files.
 
 The saved state of a booted image lets new VMs restore in seconds instead of booting (issue 4).
-It is written by `vmbackend/images/snapshot.py` (which boots a Machine); this module only reads
+It is written by `vmbackend/machine/snapshot.py` (which boots a Machine); this module only reads
 it, so `machine.py` can use it without importing the module that imports Machine.
 
     <image>/saved/meta.json                       what must match for a restore (see `matching`),
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmbackend import qemu
 from vmbackend.images import manifest as manifest_mod
 from vmbackend.images.manifest import Manifest
-from vmbackend.qemu import UserNet, VMPaths, VMSpec
+from vmbackend.machine import qemu
+from vmbackend.machine.qemu import UserNet, VMPaths, VMSpec
 
 META = "meta.json"
 # The first layout's fixed names: the defaults when meta.json does not name its files.

@@ -1,6 +1,7 @@
 """The simulated machine driver (WARREN_DRIVER=simulated): a VM without QEMU, for load tests.
 
-A `SimulatedMachine` stands where `machine.Machine` stands in a boot (vmbackend/boot.py): the
+A `SimulatedMachine` is a `Machine` (vmbackend/machine/base.py) like the QEMU one: in a boot
+(vmbackend/host/boot.py) the
 daemon, its registry, state files, events, capacity checks and AMQP side are the real ones; only
 the machine is a record. Its launch waits a boot time drawn from WARREN_SIM_BOOT_SECONDS
 (`low-high`, uniform, or one number) split over the real stages (vm_starting, guest_up,
@@ -14,14 +15,16 @@ Shipped in the product so `bench/fleet.py` can run many hosts on one machine; ne
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from vmbackend.machine import MachineError
+from vmbackend.machine.base import MachineError
+from vmbackend.machine.qemu import VMSpec
 
-DRIVERS = ("qemu", "simulated")
 BOOT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:-\s*(\d+(?:\.\d+)?))?\s*$")
 
 
@@ -42,7 +45,14 @@ class SimulatedMachine:
 
     pid: int | None = None
 
-    def __init__(self, boot_seconds: tuple[float, float], failure_rate: float, seed: Any = None):
+    def __init__(
+        self,
+        spec: VMSpec,
+        boot_seconds: tuple[float, float],
+        failure_rate: float,
+        seed: Any = None,
+    ):
+        self.spec = spec
         rng = random.Random(seed)  # noqa: S311 - a simulation, not a secret
         self.total = rng.uniform(*boot_seconds)
         self.fails = rng.random() < failure_rate
@@ -70,14 +80,42 @@ class SimulatedMachine:
     def guest_addresses(self, wait: float = 15.0) -> list[str]:
         return ["10.0.2.15"]
 
-    def personalize(self, deadline: float, before_cookie: Any = None) -> None:
+    def personalize(self, deadline: float, before_cookie: Callable[[], None] | None = None) -> None:
         return None  # a simulated VM has no guest to personalize (nor TLS to install)
 
     def speaks_tls(self) -> bool:
         return False
 
-    def guest_exec(self, path: str, args: list[str], timeout: float = 10) -> tuple[int, bytes]:
+    def guest_exec(
+        self,
+        path: str,
+        args: list[str] | None = None,
+        *,
+        input_data: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, bytes]:
         raise MachineError("a simulated machine has no guest to run commands in")
+
+    def management_url(self) -> str:
+        raise MachineError("a simulated machine has no management API")
+
+    # The console's commands: no guest to change, no disk to grow.
+    def set_admin_password(self, password: str) -> None:
+        self.spec = dataclasses.replace(self.spec, admin_password=password)
+
+    def hand_over(self, admin_user: str, admin_password: str, limits: dict[str, int]) -> None:
+        self.spec = dataclasses.replace(
+            self.spec, admin_user=admin_user, admin_password=admin_password, limits=dict(limits)
+        )
+
+    def has_disk(self) -> bool:
+        return False
+
+    def grow_running_disk(self, disk_gb: int) -> None:
+        raise MachineError("a simulated machine has no disk to grow")
+
+    def grow_root(self, timeout: float = 120.0) -> None:
+        raise MachineError("a simulated machine has no disk to grow")
 
     def wait_management(self, base_url: str, deadline: float) -> None:
         self._wait(0.5)

@@ -1,7 +1,8 @@
 """Creating an image's saved state, so new VMs restore in seconds instead of booting (issue 4).
 
-The layout of <image>/saved/ and the rules for restoring from it are in `vmbackend/saved_state.py`
-(the reading side, which `machine.py` uses); this module boots a Machine, so it sits above it.
+The layout of <image>/saved/ and the rules for restoring from it are in `vmbackend/machine/saved_state.py`
+(the reading side, which `qemu_machine.py` uses); this module boots a QemuMachine, so it sits
+above it (and images/ stays below machine/: `python -m vmbackend image snapshot` comes here).
 
 `create` boots the image cold with template credentials, waits until the management API answers,
 stops the VM, raises the migration bandwidth, migrates to `exec:zstd -1 ...`, copies the overlay
@@ -24,12 +25,13 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from vmbackend import accel as accel_mod
-from vmbackend import qemu, qmp, saved_state
 from vmbackend.files import write_json_atomic
 from vmbackend.images import manifest as manifest_mod
-from vmbackend.machine import Machine, MachineError
-from vmbackend.qemu import UserNet, VMSpec
+from vmbackend.machine import accel as accel_mod
+from vmbackend.machine import qemu, qmp, saved_state
+from vmbackend.machine.base import MachineError
+from vmbackend.machine.qemu import UserNet, VMSpec
+from vmbackend.machine.qemu_machine import QemuMachine
 
 TEMPLATE_ADMIN = "warren-template"
 MIGRATE_BANDWIDTH = 10 * 1024**3  # bytes/s: "as fast as the disk takes it"
@@ -109,7 +111,7 @@ def _create(
     state_file, disk_file = saved / f"state-{sid}.zst", saved / f"disk-{sid}.qcow2"
     secret_file = saved / f"template-admin-{sid}.secret"
     vm_dir = Path(tempfile.mkdtemp(prefix="wsnap-"))
-    machine = Machine(spec, vm_dir / "vm", images_root, accel=verdict.accel)
+    machine = QemuMachine(spec, vm_dir / "vm", images_root, accel=verdict.accel)
     done = False
     try:
         progress(f"{name}: booting cold with the template admin ({verdict.accel})")

@@ -545,7 +545,7 @@ INSTANCE_EVENTS = frozenset(
     }
 )
 STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
-BOOT_KINDS = ("cold", "restore", "pool")  # pool: a warm pool VM claimed (vmbackend/pool.py)
+BOOT_KINDS = ("cold", "restore", "pool")  # pool: a warm pool VM claimed (vmbackend/host/pool.py)
 
 MAX_SEQ = 2**63 - 1  # the shop stores it in a signed 64-bit column
 MAX_COUNT = 1_000_000  # capacity, running, free_slots, a restart's attempt
@@ -759,7 +759,7 @@ MAX_POOL_ENTRIES = 16
 
 def pool_summary(value: Any) -> str:
     """A heartbeat's optional `pool` (a list of {image, memory_mb, target, ready, starting},
-    vmbackend/pool.py) checked and put in words for staff: "tiny 256 MiB: 1/1 ready, 0 starting"."""
+    vmbackend/host/pool.py) checked and put in words for staff: "tiny 256 MiB: 1/1 ready, 0 starting"."""
     if value is None:
         return ""
     if not isinstance(value, list) or len(value) > MAX_POOL_ENTRIES:

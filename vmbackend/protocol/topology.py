@@ -20,7 +20,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from vmbackend.messages import CREATE_VM, HOST_COMMANDS
+from vmbackend.protocol.messages import CREATE_VM, HOST_COMMANDS
 
 log = logging.getLogger(__name__)
 

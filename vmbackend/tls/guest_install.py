@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Protocol
 
-from vmbackend.tls import Leaf
+from vmbackend.tls.authority import Leaf
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,12 @@ import uuid
 
 import pika
 
-from vmbackend import config, messages, topology
-from vmbackend.amqp_io import AmqpIO
-from vmbackend.messages import Metrics
-from vmbackend.registry import Registry
-from vmbackend.state import StateStore
+from vmbackend.host import config
+from vmbackend.host.amqp_io import AmqpIO
+from vmbackend.host.registry import Registry
+from vmbackend.host.state import StateStore
+from vmbackend.protocol import messages, topology
+from vmbackend.protocol.messages import Metrics
 
 
 def _io(tmp_path, amqp_url) -> AmqpIO:

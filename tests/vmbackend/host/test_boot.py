@@ -2,10 +2,12 @@
 
 import pytest
 
-from vmbackend import config, messages
-from vmbackend.boot import MAX_REASON, safe_reason, spec_for, urls_for
-from vmbackend.machine import MachineError, TapNet, UserNet
-from vmbackend.state import VMRecord
+from vmbackend.host import config
+from vmbackend.host.boot import MAX_REASON, safe_reason, spec_for, urls_for
+from vmbackend.host.state import VMRecord
+from vmbackend.machine.base import MachineError
+from vmbackend.machine.qemu import TapNet, UserNet
+from vmbackend.protocol import messages
 
 
 def _cfg(**env):
@@ -92,16 +94,16 @@ def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
     """delete-vm racing the launch: the cancel lands after QEMU was spawned, before the boot
     goes on. The boot must kill its own QEMU rather than leave an orphan."""
     from tests.net import free_port
-    from vmbackend.boot import Boot
-    from vmbackend.machine import Machine
-    from vmbackend.state import StateStore
+    from vmbackend.host.boot import Boot
+    from vmbackend.host.state import StateStore
+    from vmbackend.machine.qemu_machine import QemuMachine
 
     cfg = _cfg(WARREN_IMAGE_DIR=str(tiny_images_root), WARREN_STATE_DIR=str(short_tmp))
     store = StateStore(short_tmp)
     record = _record(vm_id="vm-race-1", ports={"management": free_port(), "amqp": free_port()})
     reports = []
     boot = Boot(cfg, store, record, lambda *a, **k: reports.append(a))
-    real_launch = Machine.launch
+    real_launch = QemuMachine.launch
     launched = []
 
     def launch_then_cancel(machine, **kwargs):
@@ -110,7 +112,7 @@ def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
         boot.cancel.set()  # the delete arrives right now
         return how
 
-    monkeypatch.setattr(Machine, "launch", launch_then_cancel)
+    monkeypatch.setattr(QemuMachine, "launch", launch_then_cancel)
     boot.run()
 
     assert launched and launched[0] is not None, "QEMU really started"
@@ -121,7 +123,7 @@ def test_a_cancel_that_arrives_while_qemu_starts_leaves_no_vm_running(
 def _start_setup(tiny_images_root, short_tmp, **record_kw):
     import socket
 
-    from vmbackend.state import StateStore
+    from vmbackend.host.state import StateStore
 
     def port() -> int:
         with socket.socket() as s:
@@ -134,7 +136,7 @@ def _start_setup(tiny_images_root, short_tmp, **record_kw):
     reports = []
 
     def report(rec, event_type, fields, **updates):
-        from vmbackend.state import move
+        from vmbackend.host.state import move
 
         if "status" in updates:
             move(rec, updates.pop("status"))
@@ -154,8 +156,8 @@ def test_a_start_whose_qemu_dies_leaves_the_vm_lost_with_its_folder(tiny_images_
     import threading
     import time
 
-    from vmbackend.boot import Boot
-    from vmbackend.state import LOST, READY, STOPPED
+    from vmbackend.host.boot import Boot
+    from vmbackend.host.state import LOST, READY, STOPPED
 
     cfg, store, record, reports, report = _start_setup(
         tiny_images_root, short_tmp, vm_id="vm-nostart-1", status=STOPPED, ever_ready=True
@@ -196,8 +198,8 @@ def test_a_start_whose_qemu_dies_leaves_the_vm_lost_with_its_folder(tiny_images_
 def test_a_new_vm_whose_first_launch_fails_is_failed_and_cleaned_up(
     tiny_images_root, short_tmp, monkeypatch
 ):
-    from vmbackend.boot import Boot
-    from vmbackend.state import FAILED
+    from vmbackend.host.boot import Boot
+    from vmbackend.host.state import FAILED
 
     cfg, store, record, reports, report = _start_setup(
         tiny_images_root, short_tmp, vm_id="vm-nolaunch-1"

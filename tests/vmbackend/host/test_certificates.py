@@ -1,4 +1,4 @@
-"""The host's TLS policy (vmbackend/certificates.py) and how boot/registry use it: the names a
+"""The host's TLS policy (vmbackend/host/certificates.py) and how boot/registry use it: the names a
 VM's certificate carries, the TLS ports and URLs, when a VM gets a new certificate, and the
 renewal round (claim, fresh key, record, release).
 
@@ -15,17 +15,19 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from vmbackend import boot, certificates, config, guest_tls, qemu, tls
-from vmbackend.messages import CreateVM, VMCommand, parse
-from vmbackend.registry import CLAIMED, Registry, new_record
-from vmbackend.state import READY, StateStore, VMRecord
+from vmbackend.host import boot, certificates, config
+from vmbackend.host.registry import CLAIMED, Registry, new_record
+from vmbackend.host.state import READY, StateStore, VMRecord
+from vmbackend.machine import qemu
+from vmbackend.protocol.messages import CreateVM, VMCommand, parse
+from vmbackend.tls import authority, guest_install
 
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ca")
-    tls.init_ca(folder / "root")
-    tls.init_host(folder / "root", "host-a", folder / "host")
+    authority.init_ca(folder / "root")
+    authority.init_host(folder / "root", "host-a", folder / "host")
     return folder / "host"
 
 
@@ -66,7 +68,7 @@ class Recorder:
         timeout: float = 30.0,
     ) -> tuple[int, bytes]:
         self.calls.append((path, list(args or []), input_data))
-        assert args and args[1] == guest_tls.INSTALL  # one guest-exec per install
+        assert args and args[1] == guest_install.INSTALL  # one guest-exec per install
         return self.code, self.out
 
     def key_written(self) -> bytes:
@@ -179,7 +181,7 @@ def test_install_gives_a_fresh_key_and_records_only_the_certificate(
         cert = x509.load_pem_x509_certificate(record.tls_cert.encode())
         assert (
             cert.public_key()
-            != x509.load_pem_x509_certificate((ca / tls.HOST_CERT).read_bytes()).public_key()
+            != x509.load_pem_x509_certificate((ca / authority.HOST_CERT).read_bytes()).public_key()
         )
     assert keys[0] != keys[1] and all(b"PRIVATE KEY" in k for k in keys)
     state = (tmp_path / "state" / "vms" / f"{record.vm_id}.json").read_text()
@@ -189,7 +191,7 @@ def test_install_gives_a_fresh_key_and_records_only_the_certificate(
 def test_a_failed_install_records_nothing(ca: Path, tmp_path: Path) -> None:
     cfg = _cfg(ca)
     registry, record = _record(cfg, tmp_path)
-    with pytest.raises(guest_tls.GuestTLSError, match="exited 1"):
+    with pytest.raises(guest_install.GuestTLSError, match="exited 1"):
         certificates.install(
             cfg, record, Recorder(code=1, out=b"{badrpc,nodedown}"), registry.report, start=True
         )
@@ -200,8 +202,8 @@ def _ready_with(
     cfg: config.Config, tmp_path: Path, days: float, now: datetime.datetime
 ) -> tuple[Registry, VMRecord]:
     registry, record = _record(cfg, tmp_path)
-    leaf = tls.issue(
-        tls.load_issuer(cfg.tls_dir), certificates.names_for(cfg, record), days=days, now=now
+    leaf = authority.issue(
+        authority.load_issuer(cfg.tls_dir), certificates.names_for(cfg, record), days=days, now=now
     )  # type: ignore[arg-type]
     registry.report(record, None, {}, status="booting")
     registry.report(record, None, {}, status=READY, tls_cert=leaf.cert_pem.decode())
@@ -219,7 +221,7 @@ def test_the_renewal_round_renews_only_what_is_due(ca: Path, tmp_path: Path) -> 
     old = record.tls_cert
     assert renewer.run_once(later) == 1
     assert record.tls_cert != old
-    install = [c for c in guest.calls if c[1][1] == guest_tls.INSTALL]
+    install = [c for c in guest.calls if c[1][1] == guest_install.INSTALL]
     assert install[0][1][2] == "reload"  # a renewal never restarts nor re-adds listeners
     assert record.vm_id not in registry.busy
 
@@ -276,7 +278,7 @@ def test_bad_tls_settings_are_refused(env: dict[str, str], message: str) -> None
 
 def test_only_rabbitmq_images_speak_tls(tiny_images_root: Path, tmp_path: Path) -> None:
     """The tiny test image has no RabbitMQ: a TLS host leaves it on its plain URLs."""
-    from vmbackend.machine import Machine
+    from vmbackend.machine.qemu_machine import QemuMachine
 
     spec = qemu.VMSpec("vm-1", "tiny", 256, 1, 1, "vm-1", "warren-a", "pw")
-    assert Machine(spec, tmp_path / "vm", tiny_images_root).speaks_tls() is False
+    assert QemuMachine(spec, tmp_path / "vm", tiny_images_root).speaks_tls() is False

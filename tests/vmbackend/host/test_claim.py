@@ -1,4 +1,4 @@
-"""Finishing a claim (vmbackend/claim.py) against a management-API look-alike: the order's admin
+"""Finishing a claim (vmbackend/host/claim.py) against a management-API look-alike: the order's admin
 replaces the pool's, a larger disk grows, the order's limits apply, a resumed claim that was
 already swapped finishes without a second swap, and a pool VM whose API refuses falls back to the
 ordinary boot. The machine is a stand-in (no QEMU); the HTTP is real."""
@@ -10,14 +10,14 @@ import dataclasses
 import pytest
 
 from tests.vmbackend.management_server import serve
-from vmbackend import config, pool
-from vmbackend.boot import Boot
-from vmbackend.claim import ClaimBoot
-from vmbackend.management_api import ManagementAPI
-from vmbackend.messages import CreateVM
-from vmbackend.qemu import UserNet, VMSpec
-from vmbackend.registry import Registry
-from vmbackend.state import BOOTING, READY, StateStore
+from vmbackend.host import config, pool
+from vmbackend.host.boot import Boot
+from vmbackend.host.claim import ClaimBoot
+from vmbackend.host.registry import Registry
+from vmbackend.host.state import BOOTING, READY, StateStore
+from vmbackend.machine.management_api import ManagementAPI
+from vmbackend.machine.qemu import UserNet, VMSpec
+from vmbackend.protocol.messages import CreateVM
 
 POOL_PASSWORD = "pool-password-0123456789"
 

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.vmbackend.management_server import PASSWORD, Broker, serve
-from vmbackend import config
-from vmbackend.commands import Commands
-from vmbackend.messages import Rejected, SetAdminPassword
-from vmbackend.registry import Registry
-from vmbackend.state import READY, STOPPED, StateStore, VMRecord
+from vmbackend.host import config
+from vmbackend.host.commands import Commands
+from vmbackend.host.registry import Registry
+from vmbackend.host.state import READY, STOPPED, StateStore, VMRecord
+from vmbackend.protocol.messages import Rejected, SetAdminPassword
 
 NEW = "brand-new-password-0123456789"
 REQ = "5f1d2c3b-4a59-4e8f-9d0c-1b2a3c4d5e6f"

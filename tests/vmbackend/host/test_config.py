@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from vmbackend import config
-from vmbackend.capacity import default_disk_gb
-from vmbackend.config import ConfigError
+from vmbackend.host import config
+from vmbackend.host.config import ConfigError
+from vmbackend.protocol.capacity import default_disk_gb
 
 
 def test_it_has_safe_defaults():

@@ -30,8 +30,9 @@ from tests.vmbackend.daemon_helpers import (
     vms_of,
     wait_host,
 )
-from vmbackend import messages, qemu, qmp, topology
 from vmbackend.client import Client
+from vmbackend.machine import qemu, qmp
+from vmbackend.protocol import messages, topology
 
 ADMIN = {"username": "warren-console", "password": "console-password-1234"}
 READY_TIMEOUT = 240

@@ -19,8 +19,9 @@ from tests.vmbackend.daemon_helpers import (
     wait_host,
     with_port,
 )
-from vmbackend import ports, topology
 from vmbackend.client import Client
+from vmbackend.host import ports
+from vmbackend.protocol import topology
 
 ADMIN = {"username": "warren-test1", "password": "correct-horse-battery-1"}
 READY_TIMEOUT = 240

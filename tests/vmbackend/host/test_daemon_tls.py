@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from tests.vmbackend.daemon_helpers import basic_auth_status, read_state, wait_host
-from vmbackend import tls
+from vmbackend.tls import authority
 
 ADMIN = {"username": "warren-tls1", "password": "correct-horse-battery-9"}
 
 
 @pytest.mark.vm
 def test_a_tls_host_boots_a_vm_of_an_image_without_tls(daemons, client, tmp_path: Path) -> None:
-    tls.init_ca(tmp_path / "root")
-    tls.init_host(tmp_path / "root", "tls-host", tmp_path / "host")
+    authority.init_ca(tmp_path / "root")
+    authority.init_host(tmp_path / "root", "tls-host", tmp_path / "host")
     daemon = daemons.start(
         extra_env={"WARREN_TLS_DIR": str(tmp_path / "host"), "WARREN_TLS_CHECK_INTERVAL": "0.2"}
     )
@@ -52,8 +52,10 @@ def test_a_daemon_with_an_unusable_tls_folder_refuses_to_start(tmp_path: Path) -
 
     (tmp_path / "empty").mkdir()
     assert main(["daemon", "--tls-dir", str(tmp_path / "empty")]) == 2
-    tls.init_ca(tmp_path / "root")
-    tls.init_host(tmp_path / "root", "a", tmp_path / "a")
-    tls.init_host(tmp_path / "root", "b", tmp_path / "b")
-    (tmp_path / "a" / tls.HOST_KEY).write_bytes((tmp_path / "b" / tls.HOST_KEY).read_bytes())
+    authority.init_ca(tmp_path / "root")
+    authority.init_host(tmp_path / "root", "a", tmp_path / "a")
+    authority.init_host(tmp_path / "root", "b", tmp_path / "b")
+    (tmp_path / "a" / authority.HOST_KEY).write_bytes(
+        (tmp_path / "b" / authority.HOST_KEY).read_bytes()
+    )
     assert main(["daemon", "--tls-dir", str(tmp_path / "a")]) == 2

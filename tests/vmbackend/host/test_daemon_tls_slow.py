@@ -18,8 +18,8 @@ import pytest
 import requests
 
 from tests.vmbackend.daemon_helpers import read_state, wait_host
-from vmbackend import tls
-from vmbackend.images import versions
+from vmbackend.protocol import versions
+from vmbackend.tls import authority
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -32,9 +32,9 @@ READY_SECONDS = 1500
 def test_a_fresh_server_speaks_amqps_and_https_verified_by_warren_s_ca(
     daemons, client, tmp_path: Path
 ) -> None:
-    tls.init_ca(tmp_path / "root")
-    tls.init_host(tmp_path / "root", "tls-real", tmp_path / "host")
-    ca_file = tmp_path / "root" / tls.ROOT_CERT  # what the order page offers
+    authority.init_ca(tmp_path / "root")
+    authority.init_host(tmp_path / "root", "tls-real", tmp_path / "host")
+    ca_file = tmp_path / "root" / authority.ROOT_CERT  # what the order page offers
     daemon = daemons.start(extra_env={"WARREN_TLS_DIR": str(tmp_path / "host")})
     wait_host(client, daemon.host_id)
     options = {
@@ -97,9 +97,9 @@ def test_a_cold_booted_server_gets_its_certificate_once_its_node_answers(
 ) -> None:
     """A size the saved state does not match (768 MiB) boots cold: the certificate goes in once
     the management API answers, the plain ports stay open (the default plan)."""
-    tls.init_ca(tmp_path / "root")
-    tls.init_host(tmp_path / "root", "tls-cold", tmp_path / "host")
-    ca_file = tmp_path / "root" / tls.ROOT_CERT
+    authority.init_ca(tmp_path / "root")
+    authority.init_host(tmp_path / "root", "tls-cold", tmp_path / "host")
+    ca_file = tmp_path / "root" / authority.ROOT_CERT
     daemon = daemons.start(extra_env={"WARREN_TLS_DIR": str(tmp_path / "host")})
     wait_host(client, daemon.host_id)
     vm_id = "vm-tls-cold"

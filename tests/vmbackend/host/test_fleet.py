@@ -4,8 +4,8 @@ import pika
 import pytest
 
 from tests.vmbackend.daemon_helpers import events_for, qemu_pids, wait_host
-from vmbackend import topology
 from vmbackend.client import Client
+from vmbackend.protocol import topology
 
 READY_TIMEOUT = 300
 

@@ -20,12 +20,12 @@ from tests.vmbackend.daemon_helpers import (
     vms_of,
     wait_host,
 )
-from vmbackend import config
-from vmbackend.commands import Commands
-from vmbackend.healing import MAX_DELAY, RestartPolicy
-from vmbackend.messages import VMCommand
-from vmbackend.registry import Registry
-from vmbackend.state import LOST, READY, StateStore, VMRecord
+from vmbackend.host import config
+from vmbackend.host.commands import Commands
+from vmbackend.host.healing import MAX_DELAY, RestartPolicy
+from vmbackend.host.registry import Registry
+from vmbackend.host.state import LOST, READY, StateStore, VMRecord
+from vmbackend.protocol.messages import VMCommand
 
 POLICY = RestartPolicy(burst=3, interval=900.0, delay=5.0)
 
@@ -175,7 +175,7 @@ def test_attempts_that_each_fail_slower_than_the_window_still_end_lost(commands,
     """Every attempt fails after longer than the policy's window (here 1 s; a hanging boot fails
     at the 1500 s deadline against 900 s): the window never holds two attempts, and only the
     count of failures in a row ends it."""
-    from vmbackend import commands as commands_mod
+    from vmbackend.host import commands as commands_mod
 
     class SlowFailingBoot(commands_mod.Boot):
         def run(self) -> None:

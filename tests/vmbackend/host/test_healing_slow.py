@@ -53,9 +53,9 @@ from tests.vmbackend.daemon_helpers import (
     read_state,
     wait_host,
 )
-from vmbackend import messages, topology
 from vmbackend.client import Client
-from vmbackend.images import manifest, versions
+from vmbackend.images import manifest
+from vmbackend.protocol import messages, topology, versions
 
 # Every test of the module is marked for the shop's database, although only the alarm test uses
 # it: pytest-django runs transactional tests before the others, so one test marked alone would

@@ -14,9 +14,9 @@ from tests.vmbackend.daemon_helpers import (
     unique_host_id,
     wait_host,
 )
-from tests.vmbackend.test_registry import BODIES
-from vmbackend import topology
+from tests.vmbackend.host.test_registry import BODIES
 from vmbackend.client import Client
+from vmbackend.protocol import topology
 
 HOSTILE_CREATE = [
     (b"{not json", "not UTF-8 JSON"),
@@ -203,7 +203,7 @@ def test_a_generated_batch_of_garbage_is_settled_and_the_daemon_keeps_serving(
 
 def _one_delivery(conn, body):
     """A real delivery (basic_get from a private queue) to hand to the daemon's handlers."""
-    from vmbackend.amqp_io import Delivery
+    from vmbackend.host.amqp_io import Delivery
 
     channel = conn.channel()
     topology.declare_common(channel)
@@ -224,8 +224,8 @@ def _settled_and_gone(conn, delivery, queue):
 
 
 def _in_process_daemon(amqp_url, tmp_path, image_dir):
-    from vmbackend import config
-    from vmbackend.daemon import Daemon
+    from vmbackend.host import config
+    from vmbackend.host.daemon import Daemon
 
     cfg = config.load(
         env={

@@ -16,9 +16,9 @@ from tests.vmbackend.daemon_helpers import (
     read_state,
     wait_host,
 )
-from vmbackend import network
 from vmbackend.client import Client
-from vmbackend.network import NetworkError
+from vmbackend.host import network
+from vmbackend.host.network import NetworkError
 
 
 def test_tap_names_fit_ifnamsiz_and_are_stable():

@@ -6,8 +6,8 @@ host stays queued. None of these boot QEMU (the refusals happen before any VM ex
 import pika
 
 from tests.vmbackend.daemon_helpers import events_for, wait_host
-from vmbackend import topology
 from vmbackend.client import Client
+from vmbackend.protocol import topology
 
 SMALL_HOST = {
     "WARREN_HOST_MEMORY_MB": "512",

@@ -1,4 +1,4 @@
-"""The warm pool through real daemons, the tiny image and the real broker (vmbackend/pool.py):
+"""The warm pool through real daemons, the tiny image and the real broker (vmbackend/host/pool.py):
 a claim, a miss, two create-vm racing for one pool VM, a SIGKILL mid-claim, a crashed pool VM,
 the pool giving way to a paying order."""
 
@@ -22,7 +22,7 @@ from tests.vmbackend.daemon_helpers import (
     vms_of,
     wait_host,
 )
-from vmbackend import messages
+from vmbackend.protocol import messages
 
 READY_TIMEOUT = 300
 POOL = {"WARREN_POOL": "tiny:256:1", "WARREN_HEARTBEAT_INTERVAL": "1"}

@@ -1,4 +1,4 @@
-"""The warm pool's rules without a broker or QEMU (vmbackend/pool.py, Registry.claim_pool): the
+"""The warm pool's rules without a broker or QEMU (vmbackend/host/pool.py, Registry.claim_pool): the
 WARREN_POOL syntax, which pool VM a create-vm claims, which one gives way, and — Hypothesis over
 any sequence of claims, pool VMs made ready, deletions and daemon restarts (SIGKILL between the
 claim's two writes included) — that no pool VM is ever handed out twice."""
@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmbackend import config, pool
-from vmbackend.messages import CreateVM
-from vmbackend.pool import PoolEntry, parse_pool
-from vmbackend.registry import UNKNOWN, Registry
-from vmbackend.state import BOOTING, DELETED, READY, StateStore, VMRecord
+from vmbackend.host import config, pool
+from vmbackend.host.pool import PoolEntry, parse_pool
+from vmbackend.host.registry import UNKNOWN, Registry
+from vmbackend.host.state import BOOTING, DELETED, READY, StateStore, VMRecord
+from vmbackend.protocol.messages import CreateVM
 
 
 def _cfg(tmp: Path, capacity: int = 4, pool_text: str = "tiny:256:2") -> config.Config:
@@ -205,7 +205,7 @@ def test_a_busy_or_booting_pool_vm_is_not_claimed(registry):
 
 
 def _vmcommand(vm_id: str):
-    from vmbackend.messages import VMCommand
+    from vmbackend.protocol.messages import VMCommand
 
     return VMCommand(command="stop-vm", vm_id=vm_id)
 

@@ -15,7 +15,13 @@ from tests.vmbackend.daemon_helpers import (
     vms_of,
     wait_host,
 )
-from tests.vmbackend.test_pool import POOL, READY_TIMEOUT, _admin, pool_records, wait_pool_ready
+from tests.vmbackend.host.test_pool import (
+    POOL,
+    READY_TIMEOUT,
+    _admin,
+    pool_records,
+    wait_pool_ready,
+)
 
 ORDERS = {"vm-2h-race-1": 1, "vm-2h-race-2": 2}
 

@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from vmbackend import ports
+from vmbackend.host import ports
 
 
 def _listener():

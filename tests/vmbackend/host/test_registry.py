@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmbackend import config, messages
-from vmbackend.messages import CreateVM, ListVMs, Rejected, ResizeVM, SetAdminPassword, VMCommand
-from vmbackend.registry import (
+from vmbackend.host import config
+from vmbackend.host.registry import (
     BUSY,
     CLAIMED,
     DELETE,
@@ -27,7 +26,7 @@ from vmbackend.registry import (
     parse_host,
     state_event,
 )
-from vmbackend.state import (
+from vmbackend.host.state import (
     ACCEPTED,
     BOOTING,
     DELETED,
@@ -38,6 +37,15 @@ from vmbackend.state import (
     IllegalTransition,
     StateStore,
     VMRecord,
+)
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import (
+    CreateVM,
+    ListVMs,
+    Rejected,
+    ResizeVM,
+    SetAdminPassword,
+    VMCommand,
 )
 
 HOST_KEY = "host.h1"

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmbackend import capacity, config, messages
-from vmbackend.messages import ResizeVM, SetAdminPassword, VMCommand
-from vmbackend.registry import (
+from vmbackend.host import config
+from vmbackend.host.registry import (
     CLAIMED,
     MAX_REQUESTS,
     REQUEST_DONE,
@@ -23,7 +22,18 @@ from vmbackend.registry import (
     resize_refusal,
     state_event,
 )
-from vmbackend.state import ACCEPTED, BOOTING, FAILED, LOST, READY, STOPPED, StateStore, VMRecord
+from vmbackend.host.state import (
+    ACCEPTED,
+    BOOTING,
+    FAILED,
+    LOST,
+    READY,
+    STOPPED,
+    StateStore,
+    VMRecord,
+)
+from vmbackend.protocol import capacity, messages
+from vmbackend.protocol.messages import ResizeVM, SetAdminPassword, VMCommand
 
 REQ = "5f1d2c3b-4a59-4e8f-9d0c-1b2a3c4d5e6f"
 

@@ -1,4 +1,4 @@
-"""vmbackend/metrics.py: reading the management API's answers (pure, never raises), QEMU's
+"""vmbackend/host/sampler.py: reading the management API's answers (pure, never raises), QEMU's
 numbers from /proc, and the Sampler against a real HTTP server on 127.0.0.1
 (tests/vmbackend/management_server.py). No mocks: the "QEMU" of these samples is this process."""
 
@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 
 from tests.net import free_port
 from tests.vmbackend.management_server import PASSWORD, Broker, serve
-from vmbackend import config, messages
-from vmbackend.messages import Metrics
-from vmbackend.metrics import (
+from vmbackend.host import config
+from vmbackend.host.registry import Registry
+from vmbackend.host.sampler import (
     CpuMeter,
     Sampler,
     node_fields,
@@ -36,8 +36,9 @@ from vmbackend.metrics import (
     read_cpu,
     read_rss,
 )
-from vmbackend.registry import Registry
-from vmbackend.state import READY, STOPPED, StateStore, VMRecord
+from vmbackend.host.state import READY, STOPPED, StateStore, VMRecord
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import Metrics
 
 NODE = "rabbit@vm-1"
 OVERVIEW = {
@@ -101,7 +102,7 @@ def _real(name: str) -> Any:
 
 
 def test_the_real_nodes_answers_give_their_numbers():
-    """Answers of the real image's node (saved by tests/vmbackend/test_healing_slow.py, which
+    """Answers of the real image's node (saved by tests/vmbackend/host/test_healing_slow.py, which
     checks on every slow run that the real node still answers with these keys and types)."""
     busy = _real("overview")  # 150 messages published with confirms, none consumed yet
     assert overview_fields(busy) == {

@@ -13,9 +13,10 @@ import pytest
 
 from tests.tcp_proxy import TcpProxy
 from tests.vmbackend.daemon_helpers import vms_of, wait_host, with_port
-from vmbackend import messages, qmp
-from vmbackend.management_api import ManagementAPI
-from vmbackend.messages import Metrics
+from vmbackend.machine import qmp
+from vmbackend.machine.management_api import ManagementAPI
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import Metrics
 
 ADMIN = {"username": "warren-metrics", "password": "metrics-horse-battery-1"}
 READY_TIMEOUT = 240

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from vmbackend.state import (
+from vmbackend.host.state import (
     ACCEPTED,
     BOOTING,
     DELETED,

@@ -6,7 +6,7 @@ one), shared by every test in this module. A `kill -9` of QEMU and the cold star
 own disk (every confirmed message back, issue 10) is checked on the customer's path instead, by
 the host daemon's self-healing in test_healing_slow.py: one restart for both. The restore path
 (saved state) is test_snapshot.py's; here
-warren-restore-settings is exercised on a running VM, as Machine.personalize() uses it. The 3.10
+warren-restore-settings is exercised on a running VM, as QemuMachine.personalize() uses it. The 3.10
 recipe (rabbitmq-3.10) shares all of this code; its recipe is checked in test_debian_recipe.py.
 """
 
@@ -25,10 +25,11 @@ import pika
 import pytest
 
 from tests.net import free_port
-from vmbackend import qmp
 from vmbackend.images import build, manifest
 from vmbackend.images.debian import DebianRecipe
-from vmbackend.machine import Machine, UserNet, VMSpec
+from vmbackend.machine import qmp
+from vmbackend.machine.qemu import UserNet, VMSpec
+from vmbackend.machine.qemu_machine import QemuMachine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -37,7 +38,7 @@ BOOT_SECONDS = 1500.0  # cold boot to the management API, generous for a loaded 
 COOKIE_FILE = "/var/lib/rabbitmq/.erlang.cookie"
 
 
-def status_of(machine: Machine, user: str, password: str, path: str = "api/overview") -> int:
+def status_of(machine: QemuMachine, user: str, password: str, path: str = "api/overview") -> int:
     net = machine.spec.network
     assert isinstance(net, UserNet)
     conn = http.client.HTTPConnection(net.bind_address, net.management_port, timeout=10)
@@ -50,7 +51,7 @@ def status_of(machine: Machine, user: str, password: str, path: str = "api/overv
 
 
 def run_in(
-    machine: Machine, script: str, *, stdin: bytes | None = None, timeout: float = 120
+    machine: QemuMachine, script: str, *, stdin: bytes | None = None, timeout: float = 120
 ) -> tuple[int, str]:
     code, out = machine.guest_exec("/bin/sh", ["-c", script], input_data=stdin, timeout=timeout)
     return code, out.decode()
@@ -66,7 +67,7 @@ def images_root() -> Path:
 
 
 @pytest.fixture(scope="module")
-def vms(images_root: Path) -> Iterator[list[Machine]]:
+def vms(images_root: Path) -> Iterator[list[QemuMachine]]:
     """Two VMs of the image, booted cold at the same time."""
     folder = Path(tempfile.mkdtemp(prefix="wdeb-"))
     machines = []
@@ -78,7 +79,7 @@ def vms(images_root: Path) -> Iterator[list[Machine]]:
             admin_password=uuid.uuid4().hex,
             network=UserNet("127.0.0.1", free_port(), free_port()),
         )  # fmt: skip
-        machines.append(Machine(spec, folder / vm_id, images_root))
+        machines.append(QemuMachine(spec, folder / vm_id, images_root))
     try:
         for m in machines:
             assert m.launch(allow_restore=False) == "cold"
@@ -105,7 +106,7 @@ def test_the_image_is_complete_and_compressed(images_root: Path):
     assert image.raw["debian"]["rabbitmq_version"].startswith("4.0.")
 
 
-def test_own_credentials_work_and_guest_is_refused(vms: list[Machine]):
+def test_own_credentials_work_and_guest_is_refused(vms: list[QemuMachine]):
     for m in vms:
         assert status_of(m, m.spec.admin_user, m.spec.admin_password) == 200
         assert status_of(m, m.spec.admin_user, m.spec.admin_password, "api/whoami") == 200
@@ -113,7 +114,7 @@ def test_own_credentials_work_and_guest_is_refused(vms: list[Machine]):
         assert status_of(m, m.spec.admin_user, "wrong-password") == 401
 
 
-def test_the_two_vms_have_their_own_credentials_hostnames_and_cookies(vms: list[Machine]):
+def test_the_two_vms_have_their_own_credentials_hostnames_and_cookies(vms: list[QemuMachine]):
     a, b = vms
     assert status_of(a, b.spec.admin_user, b.spec.admin_password) == 401
     assert status_of(b, a.spec.admin_user, a.spec.admin_password) == 401
@@ -131,7 +132,7 @@ def test_the_two_vms_have_their_own_credentials_hostnames_and_cookies(vms: list[
 
 
 def amqp(
-    m: Machine, user: str | None = None, password: str | None = None, attempts: int = 3
+    m: QemuMachine, user: str | None = None, password: str | None = None, attempts: int = 3
 ) -> pika.BlockingConnection:
     net = m.spec.network
     assert isinstance(net, UserNet)
@@ -143,7 +144,7 @@ def amqp(
     return pika.BlockingConnection(params)
 
 
-def test_amqp_answers_with_the_own_credentials(vms: list[Machine]):
+def test_amqp_answers_with_the_own_credentials(vms: list[QemuMachine]):
     m = vms[0]
     net = m.spec.network
     assert isinstance(net, UserNet)
@@ -164,18 +165,18 @@ def test_amqp_answers_with_the_own_credentials(vms: list[Machine]):
         pika.BlockingConnection(bad)
 
 
-def root_fs_bytes(m: Machine) -> int:
+def root_fs_bytes(m: QemuMachine) -> int:
     code, out = run_in(m, "findmnt -bn -o SIZE /")
     assert code == 0, out
     return int(out.strip())
 
 
-def test_first_boot_grows_the_file_system_to_the_disk(vms: list[Machine]):
+def test_first_boot_grows_the_file_system_to_the_disk(vms: list[QemuMachine]):
     for m in vms:  # the image's file system is 2 GiB; the VMs' overlays are 3 GiB
         assert root_fs_bytes(m) > 2.5 * 2**30  # (findmnt's SIZE is net of ext4's overhead)
 
 
-def test_first_boot_leaves_no_credentials_and_no_login(vms: list[Machine]):
+def test_first_boot_leaves_no_credentials_and_no_login(vms: list[QemuMachine]):
     m = vms[0]
     script = (
         "ls /etc/rabbitmq/conf.d; "
@@ -189,7 +190,7 @@ def test_first_boot_leaves_no_credentials_and_no_login(vms: list[Machine]):
     assert after.split() == ["L", "masked", "active", "active"]
 
 
-def test_rabbitmq_data_is_written_synchronously(vms: list[Machine]):
+def test_rabbitmq_data_is_written_synchronously(vms: list[QemuMachine]):
     # CQv2 classic queues and streams confirm once a message is in the page cache: the flag
     # (inherited by everything RabbitMQ creates) makes it reach the virtual disk first.
     code, out = run_in(
@@ -201,7 +202,7 @@ def test_rabbitmq_data_is_written_synchronously(vms: list[Machine]):
     assert all("S" in flags for flags in out.split()), out
 
 
-def test_restore_settings_rotates_the_cookie_of_the_running_node(vms: list[Machine]):
+def test_restore_settings_rotates_the_cookie_of_the_running_node(vms: list[QemuMachine]):
     m = vms[1]
     cookie = "ROTATED" + uuid.uuid4().hex.upper()
     request = f'{{"hostname": "renamed-{m.spec.vm_id}", "erlang_cookie": "{cookie}"}}'.encode()
@@ -230,7 +231,7 @@ def test_restore_settings_rotates_the_cookie_of_the_running_node(vms: list[Machi
     assert status_of(m, m.spec.admin_user, m.spec.admin_password) == 200
 
 
-def test_restore_settings_refuses_bad_input(vms: list[Machine]):
+def test_restore_settings_refuses_bad_input(vms: list[QemuMachine]):
     m = vms[0]
     before = run_in(m, f"hostname; cat {COOKIE_FILE}")[1]
     for request in (
@@ -246,7 +247,7 @@ def test_restore_settings_refuses_bad_input(vms: list[Machine]):
     assert run_in(m, f"hostname; cat {COOKIE_FILE}")[1] == before
 
 
-def test_restore_settings_grows_the_file_system_after_a_disk_resize(vms: list[Machine]):
+def test_restore_settings_grows_the_file_system_after_a_disk_resize(vms: list[QemuMachine]):
     m = vms[0]
     before = root_fs_bytes(m)
     qmp.command(m.paths.qmp, "block_resize", device="disk0", size=4 * 2**30)

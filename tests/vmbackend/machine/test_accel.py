@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from vmbackend import accel
+from vmbackend.machine import accel
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vmbackend.guest_agent import GuestAgent, GuestAgentError, routable_addresses
+from vmbackend.machine.guest_agent import GuestAgent, GuestAgentError, routable_addresses
 
 
 class FakeAgent:

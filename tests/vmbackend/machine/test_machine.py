@@ -12,8 +12,9 @@ import pytest
 
 from tests.qemu_procs import qemu_pids
 from vmbackend.images import manifest
-from vmbackend.machine import Machine, MachineError, MachineGone
-from vmbackend.management_api import ManagementAPI
+from vmbackend.machine.base import MachineError, MachineGone
+from vmbackend.machine.management_api import ManagementAPI
+from vmbackend.machine.qemu_machine import QemuMachine
 
 pytestmark = pytest.mark.vm
 
@@ -98,9 +99,9 @@ def test_a_vm_survives_its_launcher_and_can_be_adopted(machine_factory):
     launcher = textwrap.dedent(f"""
         import os, pickle, sys
         from pathlib import Path
-        from vmbackend.machine import Machine
+        from vmbackend.machine.qemu_machine import QemuMachine
         spec = pickle.loads(bytes.fromhex(sys.argv[1]))
-        Machine(spec, Path({str(m.vm_dir)!r}), Path({str(m.images_root)!r})).launch()
+        QemuMachine(spec, Path({str(m.vm_dir)!r}), Path({str(m.images_root)!r})).launch()
         os._exit(0)
     """)
     import pickle
@@ -111,7 +112,7 @@ def test_a_vm_survives_its_launcher_and_can_be_adopted(machine_factory):
         timeout=120,
         cwd=Path(__file__).parents[2],
     )
-    adopted = Machine.adopt(m.spec, m.vm_dir, m.images_root)
+    adopted = QemuMachine.adopt(m.spec, m.vm_dir, m.images_root)
     assert adopted.is_running()
     assert qemu_pids(m.vm_dir) == [adopted.pid]
     adopted.wait_guest_agent(time.monotonic() + BOOT)
@@ -119,7 +120,7 @@ def test_a_vm_survives_its_launcher_and_can_be_adopted(machine_factory):
     adopted.kill()
     assert qemu_pids(m.vm_dir) == []
     with pytest.raises(MachineGone):
-        Machine.adopt(m.spec, m.vm_dir, m.images_root)
+        QemuMachine.adopt(m.spec, m.vm_dir, m.images_root)
 
 
 def test_adopt_refuses_a_pidfile_that_names_another_process(machine_factory):
@@ -127,7 +128,7 @@ def test_adopt_refuses_a_pidfile_that_names_another_process(machine_factory):
     m.vm_dir.mkdir(parents=True)
     (m.vm_dir / "qemu.pid").write_text(f"{os.getpid()}\n")  # alive, but not this VM's QEMU
     with pytest.raises(MachineGone):
-        Machine.adopt(m.spec, m.vm_dir, m.images_root)
+        QemuMachine.adopt(m.spec, m.vm_dir, m.images_root)
     m.destroy()  # must not kill the pytest process named in the pidfile
     assert not m.vm_dir.exists()
 

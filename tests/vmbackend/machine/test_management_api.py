@@ -1,4 +1,4 @@
-"""vmbackend/management_api.py against a small management-API look-alike on 127.0.0.1
+"""vmbackend/machine/management_api.py against a small management-API look-alike on 127.0.0.1
 (tests/vmbackend/management_server.py: real HTTP, checks basic auth). No mocks."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.vmbackend.management_server import PASSWORD, Broker, serve
-from vmbackend.management_api import ManagementAPI, ManagementAPIError
+from vmbackend.machine.management_api import ManagementAPI, ManagementAPIError
 
 
 @pytest.fixture

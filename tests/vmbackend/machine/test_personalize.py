@@ -1,4 +1,4 @@
-"""vmbackend/personalize.py's admin swap against the management-API look-alike (real HTTP on
+"""vmbackend/machine/personalize.py's admin swap against the management-API look-alike (real HTTP on
 127.0.0.1, basic auth checked). The whole personalize path runs on a restored tiny VM in
 test_snapshot.py."""
 
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.vmbackend.management_server import Broker, serve
-from vmbackend.personalize import PersonalizeError, erlang_cookie, swap_admin
-from vmbackend.qemu import UserNet, VMSpec
+from vmbackend.machine.personalize import PersonalizeError, erlang_cookie, swap_admin
+from vmbackend.machine.qemu import UserNet, VMSpec
 
 TEMPLATE = "warren-template"
 TEMPLATE_PW = "template-pw-1"  # noqa: S105 - test data

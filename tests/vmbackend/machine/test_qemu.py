@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vmbackend import qemu
 from vmbackend.images.manifest import Guest, Manifest
+from vmbackend.machine import qemu
 
 CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu MHz\t\t: 2445.404\nflags\t: tsc\n"
 

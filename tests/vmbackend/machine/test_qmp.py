@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from vmbackend import qmp
+from vmbackend.machine import qmp
 
 
 def test_a_missing_socket_is_a_qmp_failure(tmp_path):

@@ -7,11 +7,14 @@ import time
 import pytest
 
 from tests.vmbackend.daemon_helpers import events_for, wait_host
-from vmbackend import config
 from vmbackend.client import Client
-from vmbackend.machine import MachineError
-from vmbackend.simulated import SimulatedMachine, parse_boot_seconds
+from vmbackend.host import config
+from vmbackend.machine.base import MachineError, MachineGone
+from vmbackend.machine.drivers import QemuDriver, SimulatedDriver, driver_for
+from vmbackend.machine.qemu import VMSpec
+from vmbackend.machine.simulated import SimulatedMachine, parse_boot_seconds
 
+SPEC = VMSpec("vm-1", "tiny", 256, 1, 1, "vm-1", "admin", "x" * 16)
 SIM = {
     "WARREN_DRIVER": "simulated",
     "WARREN_SIM_BOOT_SECONDS": "0.2-0.6",
@@ -41,13 +44,47 @@ def test_the_driver_is_chosen_by_configuration():
             config.load(env={"WARREN_HOST_ID": "h", var: value})
 
 
+def test_the_configured_driver_makes_the_machines_and_answers_for_them(tmp_path):
+    cfg = config.load(env={"WARREN_HOST_ID": "h", **SIM, "WARREN_SIM_FAILURE_RATE": "0.25"})
+    driver = cfg.machines()
+    assert isinstance(driver, SimulatedDriver)
+    assert (driver.boot_seconds, driver.failure_rate) == ((0.2, 0.6), 0.25)
+    assert not (driver.needs_image or driver.outlives_daemon or driver.needs_tap)
+    machine = driver.new(SPEC, tmp_path, tmp_path)
+    assert isinstance(machine, SimulatedMachine) and machine.spec == SPEC
+    with pytest.raises(MachineGone):  # recovery finds no simulated VM after a restart
+        driver.adopt(SPEC, tmp_path, tmp_path)
+    qemu = config.load(env={"WARREN_HOST_ID": "h", "WARREN_ACCEL": "tcg"}).machines()
+    assert isinstance(qemu, QemuDriver) and qemu.accel == "tcg"
+    assert qemu.needs_image and qemu.outlives_daemon and qemu.needs_tap
+    with pytest.raises(MachineGone):  # no QEMU of this VM runs here
+        qemu.adopt(SPEC, tmp_path, tmp_path)
+    with pytest.raises(ValueError):
+        driver_for("docker")
+
+
+def test_a_simulated_machine_hands_over_its_admin_and_refuses_guest_work():
+    machine = SimulatedMachine(SPEC, (0.0, 0.0), 0.0)
+    machine.hand_over("order-admin", "y" * 16, {"max-queues": 5})
+    machine.set_admin_password("z" * 16)
+    assert (machine.spec.admin_user, machine.spec.admin_password, machine.spec.limits) == (
+        "order-admin",
+        "z" * 16,
+        {"max-queues": 5},
+    )
+    assert not machine.has_disk()
+    for call in (machine.management_url, lambda: machine.grow_running_disk(8)):
+        with pytest.raises(MachineError, match="simulated"):
+            call()
+
+
 def test_a_simulated_machine_fails_at_its_rate_and_a_kill_ends_its_wait():
-    failing = SimulatedMachine((0.0, 0.0), 1.0)
+    failing = SimulatedMachine(SPEC, (0.0, 0.0), 1.0)
     failing.launch()
     assert failing.is_running()
     with pytest.raises(MachineError, match="simulated boot failure"):
         failing.wait_management("http://127.0.0.1:1/", 0)
-    slow = SimulatedMachine((60.0, 60.0), 0.0)
+    slow = SimulatedMachine(SPEC, (60.0, 60.0), 0.0)
     threading.Timer(0.2, slow.kill).start()
     started = time.monotonic()
     with pytest.raises(MachineError, match="killed"):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from vmbackend import qemu, saved_state
-from vmbackend.images import manifest, snapshot
-from vmbackend.management_api import ManagementAPI
+from vmbackend.images import manifest
+from vmbackend.machine import qemu, saved_state, snapshot
+from vmbackend.machine.management_api import ManagementAPI
 
 BOOT = 90
 

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from vmbackend.backoff import Backoff, run_with_reconnect
+from vmbackend.protocol.backoff import Backoff, run_with_reconnect
 
 
 class Down(Exception):

@@ -5,7 +5,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmbackend.capacity import (
+from vmbackend.protocol.capacity import (
     Resources,
     Size,
     default_disk_gb,

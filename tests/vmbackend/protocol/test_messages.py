@@ -5,8 +5,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from vmbackend import messages
-from vmbackend.messages import CreateVM, Event, ListVMs, MalformedEvent, Rejected, VMCommand
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import (
+    CreateVM,
+    Event,
+    ListVMs,
+    MalformedEvent,
+    Rejected,
+    VMCommand,
+)
 
 
 def _body(command="create-vm", **options):

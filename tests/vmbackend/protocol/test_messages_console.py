@@ -12,8 +12,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from vmbackend import messages
-from vmbackend.messages import (
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import (
     CreateVM,
     Event,
     ListVMs,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from vmbackend import messages
-from vmbackend.messages import MAX_METRICS_BYTES, MalformedEvent, Metrics
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import MAX_METRICS_BYTES, MalformedEvent, Metrics
 
 INSTANCE = "0b6c3f9e-3c2e-4d55-8a53-9f2d4c6d7a10"
 FULL = Metrics(

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from orders import broker
 from tests.conftest import BROKER, _rabbitmqctl
-from vmbackend import topology
-from vmbackend.messages import CREATE_VM, HOST_COMMANDS
+from vmbackend.protocol import topology
+from vmbackend.protocol.messages import CREATE_VM, HOST_COMMANDS
 
 pytestmark = pytest.mark.broker
 

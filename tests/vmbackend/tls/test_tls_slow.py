@@ -1,7 +1,7 @@
 """TLS on the real RabbitMQ image (rabbitmq-4.0), on the restore path new orders take.
 
 Slow tier: one VM restored from the image's saved state, personalized, given its own certificate
-by vmbackend/guest_tls.py (the image and the saved state have no key). A customer's clients
+by vmbackend/tls/guest_install.py (the image and the saved state have no key). A customer's clients
 verify it against Warren's root: pika over amqps, `requests` over https; another CA and another
 name are refused; a renewed (short-lived) certificate is served to new connections without a
 restart.
@@ -26,12 +26,14 @@ import requests
 from cryptography import x509
 
 from tests.net import free_port
-from vmbackend import certificates, config, guest_tls, tls
-from vmbackend.boot import rabbitmq_log_tail
+from vmbackend.host import certificates, config
+from vmbackend.host.boot import rabbitmq_log_tail
+from vmbackend.host.registry import Registry
+from vmbackend.host.state import READY, StateStore, VMRecord
 from vmbackend.images import manifest
-from vmbackend.machine import Machine, UserNet, VMSpec
-from vmbackend.registry import Registry
-from vmbackend.state import READY, StateStore, VMRecord
+from vmbackend.machine.qemu import UserNet, VMSpec
+from vmbackend.machine.qemu_machine import QemuMachine
+from vmbackend.tls import authority, guest_install
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -41,9 +43,9 @@ READY_SECONDS = 1500.0
 
 @dataclass
 class TLSVM:
-    machine: Machine
-    issuer: tls.Issuer
-    leaf: tls.Leaf
+    machine: QemuMachine
+    issuer: authority.Issuer
+    leaf: authority.Leaf
     ca_file: Path
     other_ca_file: Path
     install_seconds: float
@@ -55,12 +57,12 @@ class TLSVM:
 def vm() -> Iterator[TLSVM]:
     root = manifest.default_images_root()
     folder = Path(tempfile.mkdtemp(prefix="wtls-"))
-    tls.init_ca(folder / "root")
-    tls.init_host(folder / "root", "host-test", folder / "host")  # as an operator does
-    issuer = tls.load_issuer(folder / "host")
-    shutil.copy(folder / "host" / tls.ROOT_CERT, folder / "ca.pem")
-    _other_key, other = tls.create_root(common_name="Someone else")
-    (folder / "other.pem").write_bytes(tls.cert_pem(other))
+    authority.init_ca(folder / "root")
+    authority.init_host(folder / "root", "host-test", folder / "host")  # as an operator does
+    issuer = authority.load_issuer(folder / "host")
+    shutil.copy(folder / "host" / authority.ROOT_CERT, folder / "ca.pem")
+    _other_key, other = authority.create_root(common_name="Someone else")
+    (folder / "other.pem").write_bytes(authority.cert_pem(other))
     vm_id = f"tls{uuid.uuid4().hex[:8]}"
     spec = VMSpec(
         vm_id=vm_id, image=IMAGE, memory_mb=512, vcpus=1, disk_gb=3,
@@ -69,12 +71,12 @@ def vm() -> Iterator[TLSVM]:
         network=UserNet("127.0.0.1", free_port(), free_port(), amqps_port=free_port(),
                         https_port=free_port()),
     )  # fmt: skip
-    machine = Machine(spec, folder / vm_id, root)
+    machine = QemuMachine(spec, folder / vm_id, root)
     try:
         assert machine.launch() == "restore", "the image's saved state must match"
         deadline = time.monotonic() + READY_SECONDS
         machine.wait_guest_agent(deadline)
-        leaf = tls.issue(issuer, ["127.0.0.1"])
+        leaf = authority.issue(issuer, ["127.0.0.1"])
         outcomes: list[str] = []
         started = time.monotonic()
 
@@ -82,8 +84,8 @@ def vm() -> Iterator[TLSVM]:
             nonlocal started
             started = time.monotonic()
             try:
-                outcomes.append(guest_tls.install(machine, leaf, plain_ports=True))
-            except guest_tls.GuestTLSError:
+                outcomes.append(guest_install.install(machine, leaf, plain_ports=True))
+            except guest_install.GuestTLSError:
                 print("guest log:", rabbitmq_log_tail(machine))
                 raise
 
@@ -185,8 +187,8 @@ def test_a_short_lived_certificate_is_renewed_by_the_daemon_without_a_restart(vm
     conn = _amqps(vm, vm.ca_file)  # an open connection outlives the renewals
     try:
         # A two-minute certificate, put in by hand: the files are reloaded, nothing restarts.
-        short = tls.issue(vm.issuer, ["127.0.0.1"], days=120 / 86400)
-        assert guest_tls.install(vm.machine, short, plain_ports=True, start=False) == "reload"
+        short = authority.issue(vm.issuer, ["127.0.0.1"], days=120 / 86400)
+        assert guest_install.install(vm.machine, short, plain_ports=True, start=False) == "reload"
         assert _served_serial(net.https_port, vm.ca_file) == x509_serial(short)
         assert _served_serial(net.amqps_port, vm.ca_file) == x509_serial(short)
         # The daemon's renewal round: certificates last a day and are renewed in their last
@@ -222,7 +224,7 @@ def test_a_short_lived_certificate_is_renewed_by_the_daemon_without_a_restart(vm
         conn.close()
 
 
-def x509_serial(leaf: tls.Leaf) -> int:
+def x509_serial(leaf: authority.Leaf) -> int:
     return x509.load_pem_x509_certificate(leaf.cert_pem).serial_number
 
 
