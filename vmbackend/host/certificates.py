@@ -106,7 +106,7 @@ class Renewer:
 
     def renew(self, record: VMRecord) -> bool:
         """One VM's renewal; True when it has its new certificate."""
-        from vmbackend.host.registry import CLAIMED
+        from vmbackend.host.rules import CLAIMED
 
         outcome, current = self.registry.claim(VMCommand(RENEW_COMMAND, record.vm_id))
         if outcome != CLAIMED or current is None:

@@ -16,7 +16,8 @@ import pytest
 from cryptography import x509
 
 from vmbackend.host import boot, certificates, config
-from vmbackend.host.registry import CLAIMED, Registry, new_record
+from vmbackend.host.registry import Registry
+from vmbackend.host.rules import CLAIMED, new_record
 from vmbackend.host.state import READY, StateStore, VMRecord
 from vmbackend.machine import qemu
 from vmbackend.protocol.messages import CreateVM, VMCommand, parse

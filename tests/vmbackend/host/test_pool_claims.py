@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from vmbackend.host import config, pool
 from vmbackend.host.pool import PoolEntry, parse_pool
-from vmbackend.host.registry import UNKNOWN, Registry
+from vmbackend.host.registry import Registry
+from vmbackend.host.rules import UNKNOWN
 from vmbackend.host.state import BOOTING, DELETED, READY, StateStore, VMRecord
 from vmbackend.protocol.messages import CreateVM
 

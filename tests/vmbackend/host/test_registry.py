@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmbackend.host import config
-from vmbackend.host.registry import (
+from vmbackend.host.registry import Registry
+from vmbackend.host.rules import (
     BUSY,
     CLAIMED,
     DELETE,
@@ -19,7 +20,6 @@ from vmbackend.host.registry import (
     RUN,
     UNKNOWN,
     WAIT_FOR_BOOT,
-    Registry,
     command_plan,
     hostname_for,
     parse_create,

@@ -9,14 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmbackend.host import config
-from vmbackend.host.registry import (
+from vmbackend.host.registry import Registry
+from vmbackend.host.rules import (
     CLAIMED,
     MAX_REQUESTS,
     REQUEST_DONE,
     REQUEST_NEW,
     REQUEST_RUNNING,
     RUN,
-    Registry,
     command_plan,
     outcome_response,
     resize_refusal,
