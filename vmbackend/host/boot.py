@@ -249,7 +249,7 @@ class Boot:
         self._stage("guest_up")
         addresses = self.machine.guest_addresses()
         self._check_cancel()
-        # A restored VM gets its certificate before the cookie rotation (guest_tls talks to the
+        # A restored VM gets its certificate before the cookie rotation (guest_install talks to the
         # node with the cookie file); a cold-booted one once its node answers (wait_rabbitmq).
         self.machine.personalize(self._deadline(), before_cookie=lambda: self._tls(addresses))
         return addresses

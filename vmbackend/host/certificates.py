@@ -85,7 +85,7 @@ def install(
 
 class Renewer:
     """Every `cfg.tls_check_interval` s: each ready VM nobody works on whose certificate is due
-    gets a new one, without a restart (guest_tls reloads the files). A VM busy with a command is
+    gets a new one, without a restart (guest_install reloads the files). A VM busy with a command is
     left for the next round; a failure is logged and retried next round (the old certificate
     serves until it expires)."""
 

@@ -1,5 +1,6 @@
 """What the daemon does to one VM's QEMU: boots in worker threads, start/stop/restart/delete,
-adoption of running QEMUs, the watcher and self-healing (vmbackend/host/healing.py).
+adoption of running QEMUs; with the watcher and self-healing (self_healing.py, the policy in
+healing.py) and the customer's console (console.py) as parts of the same `Commands`.
 
 Every function here may block for minutes; none runs on the connection's thread and none touches
 a channel. State changes go through `Registry.report`.

@@ -6,6 +6,10 @@ the probe boots a real kernel under KVM, with the same CPU options the VMs get, 
 file system: the kernel must get through its whole early init to the "VFS: Unable to mount root
 fs" panic, which with `panic=-1 -no-reboot` makes QEMU exit by itself within a few seconds. The
 verdict is cached per (host kernel, QEMU version), since those decide it.
+
+`choose("auto")` reads WARREN_ACCEL itself, the one setting vmbackend reads outside the daemon's
+Config (vmbackend/host/config.py says why): the image snapshot, the benches and the tests start
+QEMU without a Config and must honour it too.
 """
 
 from __future__ import annotations
