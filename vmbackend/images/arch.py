@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from vmbackend.images import guest, rootfs
-from vmbackend.images.build import BuildError, Context, Progress, Recipe, Step, run, which
+from vmbackend.images.build import BuildError, Context, Progress, Recipe, Step
 from vmbackend.images.rootfs import chroot
+from vmbackend.images.runner import run, which
 
 PACKAGES: tuple[str, ...] = ("base", "linux", "rabbitmq", "qemu-guest-agent")
 MIRROR_ENV = "WARREN_ARCH_MIRROR"

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from vmbackend.images import guest, rootfs
-from vmbackend.images.build import BuildError, Context, Progress, Recipe, Step, run, which
+from vmbackend.images.build import BuildError, Context, Progress, Recipe, Step
 from vmbackend.images.rootfs import chroot
+from vmbackend.images.runner import run, which
 from vmbackend.protocol import versions
 
 # The Debian releases the recipe knows: the suite decides the RabbitMQ and Erlang versions

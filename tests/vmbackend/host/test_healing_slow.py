@@ -189,7 +189,7 @@ def test_create_vm_ends_ready_with_working_urls_and_only_the_own_credentials(vm:
 
 # -- issue 12: the host's metrics samples of the real node, and the shop's alarms on them --------
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 NODE_FIELDS = ("mem_used", "mem_limit", "disk_free", "disk_free_limit", "uptime_s")
 HELD_OPEN = 3  # AMQP connections the test holds open while it reads the samples
 

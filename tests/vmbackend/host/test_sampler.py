@@ -94,7 +94,7 @@ def test_a_real_shaped_overview_and_node_give_every_field():
     assert node_name(OVERVIEW) == NODE
 
 
-REAL = Path(__file__).parent / "fixtures"  # trimmed answers of the real RabbitMQ 4.0 image
+REAL = Path(__file__).parents[1] / "fixtures"  # trimmed answers of the real RabbitMQ 4.0 image
 
 
 def _real(name: str) -> Any:

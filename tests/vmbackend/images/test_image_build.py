@@ -21,12 +21,12 @@ import pytest
 
 from tests.e2e.harness import wait_until
 from tests.net import free_port
-from vmbackend.images import build, manifest
+from vmbackend.images import build, manifest, runner
 from vmbackend.images.arch import ArchRecipe
 from vmbackend.images.build import BuildError, Context, Recipe, Step
 from vmbackend.images.debian import DebianRecipe, _DebootstrapSummary, debian_mirror
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class FakeRecipe(Recipe):
@@ -194,7 +194,7 @@ def test_ctrl_c_in_a_step_removes_the_temp_folder(root: Path, source: Path):
 def test_a_failing_command_reports_its_output_tail(root: Path, tmp_path: Path):
     ctx = Context(work=tmp_path, final=root / "x", progress=quiet, log_path=tmp_path / "log")
     with pytest.raises(BuildError, match=r"exited with 3(.|\n)*disk on fire"):
-        build.run(["sh", "-c", "echo starting; echo disk on fire; exit 3"], ctx)
+        runner.run(["sh", "-c", "echo starting; echo disk on fire; exit 3"], ctx)
     assert "disk on fire" in (tmp_path / "log").read_text()
 
 
@@ -213,7 +213,7 @@ KILLABLE = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from vmbackend.images import build
+from vmbackend.images import build, runner
 from vmbackend.images.build import Recipe, Step
 
 class Slow(Recipe):
@@ -222,7 +222,7 @@ class Slow(Recipe):
         def step(ctx):
             ctx.rootfs.mkdir()
             (ctx.rootfs / "started").write_text("x")
-            build.run(["sleep", "300"], ctx)
+            runner.run(["sleep", "300"], ctx)
         return [Step("sleep", step)]
     def manifest(self, ctx):
         return {{"kernel": "vmlinuz", "append": "", "guest": {{"kind": "tiny"}}}}

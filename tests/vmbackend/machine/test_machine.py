@@ -110,7 +110,7 @@ def test_a_vm_survives_its_launcher_and_can_be_adopted(machine_factory):
         [sys.executable, "-c", launcher, pickle.dumps(m.spec).hex()],
         check=True,
         timeout=120,
-        cwd=Path(__file__).parents[2],
+        cwd=Path(__file__).parents[3],
     )
     adopted = QemuMachine.adopt(m.spec, m.vm_dir, m.images_root)
     assert adopted.is_running()
