@@ -1,4 +1,4 @@
-"""The host daemon: AMQP I/O, the registry and state of its VMs, the commands, boots, pool and healing.
+"""The host daemon: AMQP I/O, its VMs' registry and state, commands, boots, pool and healing.
 
-May import every other part of vmbackend (protocol, machine, tls, images, files); only the CLI imports it.
+May import protocol, machine, tls, images and files of vmbackend; only the CLI imports it.
 """

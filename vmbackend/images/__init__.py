@@ -1,4 +1,4 @@
-"""VM images: recipes and builds (tiny, Debian, Arch), their manifests and the files put in the guest.
+"""VM images: recipes and builds (tiny, Debian, Arch), their manifests, the files for the guest.
 
-May import vmbackend.protocol and vmbackend.files; never machine or host (snapshots live in machine).
+May import vmbackend.protocol and vmbackend.files; never machine or host (snapshots: machine/).
 """

@@ -1,4 +1,4 @@
-"""The control protocol between the shop and the hosts: messages, topology, capacity, versions, backoff.
+"""The control protocol shared with the shop: messages, topology, capacity, versions, backoff.
 
-Imports nothing of Warren (the standard library only): the one part of vmbackend the shop may use.
+Imports nothing of Warren (the standard library only): the one part of vmbackend the shop uses.
 """
