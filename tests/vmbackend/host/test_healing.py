@@ -175,14 +175,14 @@ def test_attempts_that_each_fail_slower_than_the_window_still_end_lost(commands,
     """Every attempt fails after longer than the policy's window (here 1 s; a hanging boot fails
     at the 1500 s deadline against 900 s): the window never holds two attempts, and only the
     count of failures in a row ends it."""
-    from vmbackend.host import commands as commands_mod
+    from vmbackend.host import self_healing
 
-    class SlowFailingBoot(commands_mod.Boot):
+    class SlowFailingBoot(self_healing.Boot):
         def run(self) -> None:
             time.sleep(1.2)
             super().run()  # no image on this host: fails
 
-    monkeypatch.setattr(commands_mod, "Boot", SlowFailingBoot)
+    monkeypatch.setattr(self_healing, "Boot", SlowFailingBoot)
     commands.policy = RestartPolicy(burst=2, interval=1.0, delay=0.01)
     record = _ready_record(commands)
     commands.check_liveness()
