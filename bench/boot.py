@@ -25,9 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.net import free_port  # noqa: E402
-from vmbackend import saved_state  # noqa: E402
-from vmbackend.images import manifest, snapshot, tiny  # noqa: E402
-from vmbackend.machine import Machine, UserNet, VMSpec  # noqa: E402
+from vmbackend.images import manifest, tiny  # noqa: E402
+from vmbackend.machine import (
+    saved_state,  # noqa: E402
+    snapshot,  # noqa: E402
+)
+from vmbackend.machine.qemu import UserNet, VMSpec  # noqa: E402
+from vmbackend.machine.qemu_machine import QemuMachine  # noqa: E402
 
 DEADLINE = {"tiny": 120.0, "rabbitmq": 400.0}
 MEMORY = {"tiny": 256, "rabbitmq": 512}
@@ -53,7 +57,7 @@ def one_boot(root: Path, image: str, memory_mb: int, vcpus: int, work: Path, mod
         admin_password=uuid.uuid4().hex,
         network=UserNet("127.0.0.1", free_port(), free_port()),
     )
-    machine = Machine(spec, work / vm_id, root)
+    machine = QemuMachine(spec, work / vm_id, root)
     try:
         started = time.monotonic()
         deadline = started + DEADLINE.get(image, 400.0)

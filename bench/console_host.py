@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 import pika  # noqa: E402
 
 from tests.vmbackend.daemon_helpers import bench_host, wait_host  # noqa: E402
-from vmbackend import messages, topology  # noqa: E402
 from vmbackend.client import Client  # noqa: E402
+from vmbackend.protocol import messages, topology  # noqa: E402
 
 
 def send(client: Client, host_id: str, body: dict[str, Any]) -> float:

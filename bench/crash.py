@@ -1,7 +1,7 @@
 """Crash recovery: confirmed persistent messages, `kill -9` of the VM's QEMU, a cold start from the
 VM's own disk, and a count of what came back. Prints "N of M recovered" per image.
 
-One VM per image is booted through the real Machine class and reused for every round (a round
+One VM per image is booted through the real QemuMachine class and reused for every round (a round
 that does not recover costs a fresh VM for the next one). Each round publishes --messages
 persistent messages with publisher confirms to a durable classic queue, a quorum queue and a
 stream (messages stay: the expected counts grow round by round, so a later crash must also keep
@@ -39,9 +39,11 @@ import pika.exceptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vmbackend import qmp  # noqa: E402
 from vmbackend.images import manifest  # noqa: E402
-from vmbackend.machine import Machine, MachineError, UserNet, VMSpec  # noqa: E402
+from vmbackend.machine import qmp  # noqa: E402
+from vmbackend.machine.base import MachineError  # noqa: E402
+from vmbackend.machine.qemu import UserNet, VMSpec  # noqa: E402
+from vmbackend.machine.qemu_machine import QemuMachine  # noqa: E402
 
 QUEUES: dict[str, dict[str, str]] = {
     "crash-classic": {"x-queue-type": "classic"},
@@ -56,18 +58,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def new_machine(image: str, images_root: Path, folder: Path) -> Machine:
+def new_machine(image: str, images_root: Path, folder: Path) -> QemuMachine:
     vm_id = f"crash{uuid.uuid4().hex[:8]}"
     spec = VMSpec(
         vm_id=vm_id, image=image, memory_mb=512, vcpus=1, disk_gb=4, hostname=f"vm-{vm_id}",
         admin_user=f"warren-{uuid.uuid4().hex[:6]}", admin_password=uuid.uuid4().hex,
         network=UserNet("127.0.0.1", free_port(), free_port()),
     )  # fmt: skip
-    return Machine(spec, folder / vm_id, images_root)
+    return QemuMachine(spec, folder / vm_id, images_root)
 
 
 def amqp(
-    m: Machine, user: str | None = None, password: str | None = None
+    m: QemuMachine, user: str | None = None, password: str | None = None
 ) -> pika.BlockingConnection:
     net = m.spec.network
     assert isinstance(net, UserNet)
@@ -84,7 +86,7 @@ def declare(ch: pika.adapters.blocking_connection.BlockingChannel) -> None:
         ch.queue_declare(name, durable=True, arguments=args)
 
 
-def publish(m: Machine, count: int, tag: str) -> int:
+def publish(m: QemuMachine, count: int, tag: str) -> int:
     """`count` confirmed persistent messages to every queue; returns how many each got."""
     conn = amqp(m)
     try:
@@ -104,7 +106,7 @@ def publish(m: Machine, count: int, tag: str) -> int:
 class Burst:
     """Publishes (confirms on) until QEMU dies; counts what each queue had confirmed."""
 
-    m: Machine
+    m: QemuMachine
     confirmed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(QUEUES, 0))
     error: str = ""
 
@@ -151,7 +153,7 @@ def count_stream(ch: pika.adapters.blocking_connection.BlockingChannel, want: in
     return seen
 
 
-def counts(m: Machine, expected: dict[str, int]) -> dict[str, int]:
+def counts(m: QemuMachine, expected: dict[str, int]) -> dict[str, int]:
     conn = amqp(m)
     try:
         ch = conn.channel()
@@ -165,7 +167,7 @@ def counts(m: Machine, expected: dict[str, int]) -> dict[str, int]:
         conn.close()
 
 
-def wait_amqp(m: Machine, deadline: float) -> None:
+def wait_amqp(m: QemuMachine, deadline: float) -> None:
     while True:
         try:
             amqp(m).close()
@@ -176,12 +178,12 @@ def wait_amqp(m: Machine, deadline: float) -> None:
             time.sleep(0.5)
 
 
-def guest(m: Machine, script: str, timeout: float = 120) -> str:
+def guest(m: QemuMachine, script: str, timeout: float = 120) -> str:
     code, out = m.guest_exec("/bin/sh", ["-c", script], timeout=timeout)
     return out.decode(errors="replace").strip() + ("" if code == 0 else f" (exit {code})")
 
 
-def durability_facts(m: Machine) -> dict[str, object]:
+def durability_facts(m: QemuMachine) -> dict[str, object]:
     """Guest mount options and write cache, QEMU's cache mode, and whether a just-confirmed
     message is in the VM's disk file on the host (through the host's page cache)."""
     facts: dict[str, object] = {
@@ -218,7 +220,7 @@ def durability_facts(m: Machine) -> dict[str, object]:
     return facts
 
 
-def guest_rabbit_log(m: Machine) -> str:
+def guest_rabbit_log(m: QemuMachine) -> str:
     try:
         # The vhost's .config: 3.10's classic queue index recovery needs it (docs/images.md).
         return guest(
@@ -247,7 +249,7 @@ class Round:
 
 def run_image(image: str, args: argparse.Namespace, folder: Path) -> list[Round]:
     rounds: list[Round] = []
-    m: Machine | None = None
+    m: QemuMachine | None = None
     expected = dict.fromkeys(QUEUES, 0)
     try:
         for r in range(args.rounds):

@@ -1,7 +1,7 @@
 """Idle cost of a VM under TCG by translation cache size (issue 13: the pool's idle VMs).
 
 For each `--tb-sizes` value (MiB; 0 = QEMU's own default, no tb-size on the command line) boots
-one tiny VM at a time through the real Machine class (accel tcg), waits for its guest agent,
+one tiny VM at a time through the real QemuMachine class (accel tcg), waits for its guest agent,
 lets it sit idle `--idle` seconds, then reads its QEMU's VmRSS and the CPU it used over the last
 `--window` seconds (% of one core). Prints the median of `--runs` VMs per size. Also says whether
 the host kernel offers KSM (/sys/kernel/mm/ksm/run): detected, never required.
@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vmbackend import qemu  # noqa: E402
 from vmbackend.images import manifest  # noqa: E402
-from vmbackend.machine import Machine, UserNet, VMSpec  # noqa: E402
+from vmbackend.machine import qemu  # noqa: E402
+from vmbackend.machine.qemu import UserNet, VMSpec  # noqa: E402
+from vmbackend.machine.qemu_machine import QemuMachine  # noqa: E402
 
 KSM_RUN = Path("/sys/kernel/mm/ksm/run")
 
@@ -65,7 +66,7 @@ def one(tb_size: int, images_root: Path, folder: Path, idle: float, window: floa
         admin_user=f"warren-{uuid.uuid4().hex[:6]}", admin_password=uuid.uuid4().hex,
         network=UserNet("127.0.0.1", free_port(), free_port()),
     )  # fmt: skip
-    machine = Machine(spec, folder / vm_id, images_root, accel="tcg")
+    machine = QemuMachine(spec, folder / vm_id, images_root, accel="tcg")
     try:
         machine.launch()
         machine.wait_guest_agent(time.monotonic() + 120)

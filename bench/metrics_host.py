@@ -1,6 +1,6 @@
 """Metrics sampling cost on the host: CPU seconds per hour per VM spent by the daemon's sampler.
 
-Runs `vmbackend.metrics.Sampler.sample_round` (the fetcher threads' HTTP calls and JSON parsing,
+Runs `vmbackend.host.sampler.Sampler.sample_round` (the fetcher threads' HTTP calls and JSON parsing,
 QEMU's /proc reads, building and encoding each instance.metrics body) and measures this process's
 CPU time (`time.process_time`, every thread; the servers run in other processes) over many
 rounds, against:
@@ -33,11 +33,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.net import free_port  # noqa: E402
-from vmbackend import config, messages  # noqa: E402
-from vmbackend.machine import Machine, UserNet, VMSpec  # noqa: E402
-from vmbackend.metrics import Sampler  # noqa: E402
-from vmbackend.registry import Registry  # noqa: E402
-from vmbackend.state import READY, StateStore, VMRecord  # noqa: E402
+from vmbackend.host import config  # noqa: E402
+from vmbackend.host.registry import Registry  # noqa: E402
+from vmbackend.host.sampler import Sampler  # noqa: E402
+from vmbackend.host.state import READY, StateStore, VMRecord  # noqa: E402
+from vmbackend.machine.qemu import UserNet, VMSpec  # noqa: E402
+from vmbackend.machine.qemu_machine import QemuMachine  # noqa: E402
+from vmbackend.protocol import messages  # noqa: E402
 
 SAMPLES_PER_HOUR = 3600 / 30
 SERVER = """
@@ -187,7 +189,7 @@ def bench_tiny(rounds: int, repeats: int) -> None:
         network=UserNet("127.0.0.1", port, free_port()),
     )
     work = Path(tempfile.mkdtemp(prefix="wmb-"))
-    machine = Machine(spec, work / vm_id, root)
+    machine = QemuMachine(spec, work / vm_id, root)
     try:
         machine.launch(allow_restore=False)
         machine.wait_management(machine.management_url(), time.monotonic() + 180)

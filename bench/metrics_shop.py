@@ -92,7 +92,7 @@ def make_instances(n: int, host: str) -> list:  # noqa: ANN001
 
 
 def sample(i: int):  # noqa: ANN201
-    from vmbackend.messages import Metrics
+    from vmbackend.protocol.messages import Metrics
 
     return Metrics(
         reachable=True,
@@ -187,7 +187,7 @@ def bench_worker(instances: list, rounds: int, run: int, url: str) -> tuple[int,
 
     from orders.messaging import broker
     from orders.messaging.consumer import EventConsumer
-    from vmbackend import messages, topology
+    from vmbackend.protocol import messages, topology
 
     conn = broker.connect(url)
     channel = conn.channel()

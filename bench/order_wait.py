@@ -50,7 +50,7 @@ def one_round(n: int) -> float:
     from orders.web.orders import _state_context
     from store.models import Plan
     from tests.orders.console_support import apply, ready_fields
-    from vmbackend import messages
+    from vmbackend.protocol import messages
 
     user = __import__("django.contrib.auth", fromlist=["get_user_model"]).get_user_model()
     customer = user.objects.create_user(f"wait{n}-{time.time_ns()}", "w@example.com", "x-pass-1234")

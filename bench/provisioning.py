@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.harness import System, wait_until  # noqa: E402
 from vmbackend.images import manifest  # noqa: E402
-from vmbackend.qemu import VMPaths  # noqa: E402
+from vmbackend.machine.qemu import VMPaths  # noqa: E402
 
 PLAN_MEMORY_MB = 512  # the bunny plan's memory: the pool entry must match it
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -25,15 +25,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.net import free_port  # noqa: E402
-from vmbackend import guest_tls, tls  # noqa: E402
 from vmbackend.images import manifest  # noqa: E402
-from vmbackend.machine import Machine, UserNet, VMSpec  # noqa: E402
+from vmbackend.machine.qemu import UserNet, VMSpec  # noqa: E402
+from vmbackend.machine.qemu_machine import QemuMachine  # noqa: E402
+from vmbackend.tls import authority, guest_install  # noqa: E402
 
 IMAGE = "rabbitmq-4.0"
 DEADLINE = 900.0
 
 
-def one_run(root: Path, work: Path, issuer: tls.Issuer | None, ca_file: Path) -> dict[str, float]:
+def one_run(
+    root: Path, work: Path, issuer: authority.Issuer | None, ca_file: Path
+) -> dict[str, float]:
     vm_id = f"bench{uuid.uuid4().hex[:8]}"
     net = UserNet(
         "127.0.0.1", free_port(), free_port(), amqps_port=free_port(), https_port=free_port()
@@ -42,7 +45,7 @@ def one_run(root: Path, work: Path, issuer: tls.Issuer | None, ca_file: Path) ->
         vm_id=vm_id, image=IMAGE, memory_mb=512, vcpus=1, disk_gb=3, hostname=f"vm-{vm_id}",
         admin_user=f"warren-{uuid.uuid4().hex[:6]}", admin_password=uuid.uuid4().hex, network=net,
     )  # fmt: skip
-    machine = Machine(spec, work / vm_id, root)
+    machine = QemuMachine(spec, work / vm_id, root)
     result: dict[str, float] = {}
     try:
         started = time.monotonic()
@@ -54,7 +57,7 @@ def one_run(root: Path, work: Path, issuer: tls.Issuer | None, ca_file: Path) ->
         def install() -> None:
             assert issuer is not None
             t0 = time.monotonic()
-            guest_tls.install(machine, tls.issue(issuer, ["127.0.0.1"]), plain_ports=True)
+            guest_install.install(machine, authority.issue(issuer, ["127.0.0.1"]), plain_ports=True)
             result["install"] = time.monotonic() - t0
 
         machine.personalize(deadline, before_cookie=install if issuer else None)
@@ -79,11 +82,11 @@ def main() -> int:
     args = parser.parse_args()
     root = manifest.default_images_root()
     work = Path(tempfile.mkdtemp(prefix="wbtls-"))
-    root_key, root_cert = tls.create_root()
-    key, cert = tls.create_intermediate(root_key, root_cert, "bench")
-    issuer = tls.Issuer(key=key, cert=cert, root=root_cert)
+    root_key, root_cert = authority.create_root()
+    key, cert = authority.create_intermediate(root_key, root_cert, "bench")
+    issuer = authority.Issuer(key=key, cert=cert, root=root_cert)
     ca_file = work / "ca.pem"
-    ca_file.write_bytes(tls.cert_pem(root_cert))
+    ca_file.write_bytes(authority.cert_pem(root_cert))
     plain: list[float] = []
     secure: list[dict[str, float]] = []
     try:

@@ -1,8 +1,7 @@
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from vmbackend import messages
-from vmbackend.images import versions
+from vmbackend.protocol import messages, versions
 
 
 def _within(bounds: tuple[int, ...]) -> list:

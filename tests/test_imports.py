@@ -86,22 +86,42 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # (The rows are filled in by the layout; docs/architecture.md draws the same table.)
 VM_LAYERS: dict[str, set[str]] = {
     "vmbackend": set(),  # the package's own __init__
+    "vmbackend.protocol": set(),  # the contract with the shop: nothing of Warren
+    "vmbackend.files": set(),  # atomic writes, shared by every layer below the CLI
+    "vmbackend.tls": {"vmbackend.files"},
+    "vmbackend.images": {"vmbackend.protocol", "vmbackend.files"},
+    "vmbackend.machine": {"vmbackend.protocol", "vmbackend.images", "vmbackend.files"},
+    "vmbackend.host": {
+        "vmbackend.protocol",
+        "vmbackend.files",
+        "vmbackend.tls",
+        "vmbackend.images",
+        "vmbackend.machine",
+    },
+    "vmbackend.client": {"vmbackend.protocol"},  # the operator's side of the broker
+    "vmbackend.images_cli": {"vmbackend.images", "vmbackend.machine"},
+    "vmbackend.cli": {
+        "vmbackend.client",
+        "vmbackend.host",
+        "vmbackend.images_cli",
+        "vmbackend.tls",
+    },
 }
 
 # The shop. `orders` is one Django app in areas, from the bottom up (docs/orders.md, "Layout"):
 # lib < models < core < billing, fleet, monitoring (side by side) < console < messaging < web,
 # admin, management (side by side). `orders` itself (apps, checks) uses lib only.
-_ORDERS_BASE = {"orders.lib", "orders.models", "orders.core", "store", "vmbackend"}
+_ORDERS_BASE = {"orders.lib", "orders.models", "orders.core", "store", "vmbackend.protocol"}
 _ORDERS_SERVICES = _ORDERS_BASE | {"orders.billing", "orders.fleet", "orders.monitoring"}
 _ORDERS_WORKERS = _ORDERS_SERVICES | {"orders.console", "orders.messaging"}
 
 SHOP_LAYERS: dict[str, set[str]] = {
-    "store": {"vmbackend"},
+    "store": {"vmbackend.protocol"},  # the shop sees only the protocol of vmbackend
     "accounts": set(),
     "orders": {"orders.lib"},
     "orders.lib": set(),
     "orders.models": {"orders.lib"},
-    "orders.core": {"orders.lib", "orders.models", "store", "vmbackend"},
+    "orders.core": {"orders.lib", "orders.models", "store", "vmbackend.protocol"},
     "orders.billing": _ORDERS_BASE,
     "orders.fleet": _ORDERS_BASE,
     "orders.monitoring": _ORDERS_BASE,
@@ -110,7 +130,8 @@ SHOP_LAYERS: dict[str, set[str]] = {
     "orders.web": _ORDERS_WORKERS,
     "orders.admin": _ORDERS_WORKERS,
     "orders.management": _ORDERS_WORKERS,
-    "warren": {"vmbackend"},
+    # `warren run` sets a development host up: the default host id (host.config), its CA (tls).
+    "warren": {"vmbackend.protocol", "vmbackend.host", "vmbackend.tls"},
 }
 
 LAYERS: dict[str, set[str]] = {**VM_LAYERS, **SHOP_LAYERS}
@@ -192,10 +213,15 @@ def test_the_module_list_is_complete():
     modules = _modules()
     for name in (
         "vmbackend",
+        "vmbackend.protocol.messages",
         "vmbackend.machine",
-        "vmbackend.saved_state",
-        "vmbackend.images.snapshot",
-        "vmbackend.management_api",
+        "vmbackend.machine.qemu_machine",
+        "vmbackend.machine.saved_state",
+        "vmbackend.machine.snapshot",
+        "vmbackend.machine.management_api",
+        "vmbackend.tls.authority",
+        "vmbackend.host.daemon",
+        "vmbackend.host.sampler",
         "vmbackend.files",
         "orders.models",
         "orders.models.instances",

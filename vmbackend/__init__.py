@@ -1,4 +1,4 @@
-"""Warren host daemon: turns commands from the control broker into QEMU VMs running RabbitMQ.
+"""Warren's host side: the daemon that turns commands from the control broker into QEMU VMs.
 
-Plain Python (no Django). Library modules plus a thin CLI: `python -m vmbackend --help`.
+No Django, no shop code. Layers: protocol, images, machine, tls, host, CLI (docs/vmbackend.md).
 """

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmbackend import config
-from vmbackend.config import DEFAULT_AMQP_URL, ConfigError
+from vmbackend.host import config
+from vmbackend.host.config import DEFAULT_AMQP_URL, ConfigError
 
 CLIENT_COMMANDS = (
     "create-vm",
@@ -154,11 +154,11 @@ def run_daemon(argv: Sequence[str]) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     if cfg.tls_dir is not None:  # an unusable CA folder fails here, not at every VM's boot
-        from vmbackend import tls
+        from vmbackend.tls import authority
 
         try:
-            tls.load_issuer(cfg.tls_dir)
-        except tls.TLSError as exc:
+            authority.load_issuer(cfg.tls_dir)
+        except authority.TLSError as exc:
             print(f"config error: tls_dir: {exc}", file=sys.stderr)
             return 2
     logging.basicConfig(
@@ -166,7 +166,7 @@ def run_daemon(argv: Sequence[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("pika").setLevel(logging.WARNING)
-    from vmbackend.daemon import main as daemon_main
+    from vmbackend.host.daemon import main as daemon_main
 
     return daemon_main(cfg)
 
@@ -174,7 +174,7 @@ def run_daemon(argv: Sequence[str]) -> int:
 def run_tls(argv: Sequence[str]) -> int:
     """`tls init-ca DIR`: the root (once, offline); `tls host CA_DIR HOST_ID OUT_DIR`: a host's
     intermediate, signed by the root (docs/tls.md). WARREN_CA_PASSPHRASE encrypts the root key."""
-    from vmbackend import tls
+    from vmbackend.tls import authority
 
     parser = argparse.ArgumentParser(prog="python -m vmbackend tls")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,20 +184,20 @@ def run_tls(argv: Sequence[str]) -> int:
     host.add_argument("host_id")
     host.add_argument("out")
     args = parser.parse_args(list(argv))
-    passphrase = tls.passphrase_from_env()
+    passphrase = authority.passphrase_from_env()
     try:
         if args.command == "init-ca":
-            cert = tls.init_ca(Path(args.folder), passphrase=passphrase)
+            cert = authority.init_ca(Path(args.folder), passphrase=passphrase)
             print(f"root CA {cert.subject.rfc4514_string()} in {args.folder}")
         else:
             if not config.HOST_ID_RE.fullmatch(args.host_id):
                 print("host_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}", file=sys.stderr)
                 return 2
-            cert = tls.init_host(
+            cert = authority.init_host(
                 Path(args.ca_folder), args.host_id, Path(args.out), passphrase=passphrase
             )
             print(f"host intermediate {cert.subject.rfc4514_string()} in {args.out}")
-    except tls.TLSError as exc:
+    except authority.TLSError as exc:
         print(f"tls: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -207,7 +207,7 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "tls":
         return run_tls(argv[1:])
     if argv and argv[0] == "image":
-        from vmbackend.images.cli import main as image_main
+        from vmbackend.images_cli import main as image_main
 
         return image_main(argv[1:])
     if argv and argv[0] == "daemon":

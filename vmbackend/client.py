@@ -17,7 +17,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from vmbackend import messages, topology
+from vmbackend.protocol import messages, topology
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 

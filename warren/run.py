@@ -22,8 +22,9 @@ from pathlib import Path
 
 import environ
 
-from vmbackend import config, tls
-from vmbackend.images import versions
+from vmbackend.host import config
+from vmbackend.protocol import versions
+from vmbackend.tls import authority
 
 log = logging.getLogger("warren.run")
 
@@ -123,15 +124,15 @@ def dev_tls_environment(env: dict[str, str], base: Path = DEV_TLS_DIR) -> dict[s
     base = base.expanduser()
     host_id = env.get("WARREN_HOST_ID") or config.default_host_id()
     root, host = base / "root", base / "hosts" / host_id
-    passphrase = tls.passphrase_from_env(env)
-    if not (root / tls.ROOT_KEY).exists():
-        tls.init_ca(root, passphrase=passphrase)
-    if not (host / tls.HOST_KEY).exists():
-        tls.init_host(root, host_id, host, passphrase=passphrase)
+    passphrase = authority.passphrase_from_env(env)
+    if not (root / authority.ROOT_KEY).exists():
+        authority.init_ca(root, passphrase=passphrase)
+    if not (host / authority.HOST_KEY).exists():
+        authority.init_host(root, host_id, host, passphrase=passphrase)
     return {
         **env,
         "WARREN_TLS_DIR": str(host),
-        "WARREN_CA_CERT": env.get("WARREN_CA_CERT") or str(root / tls.ROOT_CERT),
+        "WARREN_CA_CERT": env.get("WARREN_CA_CERT") or str(root / authority.ROOT_CERT),
     }
 
 
@@ -262,7 +263,7 @@ def main(argv: Sequence[str]) -> int:
     except subprocess.CalledProcessError as exc:
         log.error("event=setup_failed step=%r code=%s", " ".join(exc.cmd[1:]), exc.returncode)
         return 1
-    except tls.TLSError as exc:
+    except authority.TLSError as exc:
         log.error("event=setup_failed step=tls error=%s", exc)
         return 1
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ verification and the shape checks here, then one small handler per Stripe event 
 - The signature is checked by the stripe library with settings.STRIPE_WEBHOOK_TOLERANCE; a bad or
   stale signature, or a body that is not a JSON event, raises WebhookError (the view answers 400)
   before anything is written. So does a signed body of the wrong shape (`_check_event`): nesting
-  deeper than vmbackend.messages.MAX_DEPTH (checked before decoding: the decoder recurses per
+  deeper than vmbackend.protocol.messages.MAX_DEPTH (checked before decoding: the decoder recurses per
   level), an id or type longer than its column, a NUL or an unpaired surrogate in any string
   (PostgreSQL refuses both), or an object the handlers read (`parent`, `metadata`, ...) that is
   not an object. The depth scan and the string check are the ones vmbackend/messages.py applies
@@ -42,7 +42,9 @@ from django.db import IntegrityError, transaction
 from orders.billing.checkout import settle_refund
 from orders.billing.stripe_events import HANDLERS, Outcome
 from orders.models import WebhookEvent
-from vmbackend import messages  # its body bounds (depth, NUL/surrogates), written once for all
+from vmbackend.protocol import (
+    messages,
+)  # its body bounds (depth, NUL/surrogates), written once for all
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from orders.core.provisioning import enqueue
 from orders.lib import encryption
 from orders.models import Activity, ConsoleCommand, Instance, Order
 from store.models import Plan
-from vmbackend import messages, topology
+from vmbackend.protocol import messages, topology
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from orders.billing.checkout import CheckoutError, change_subscription_price
 from orders.core import activity
 from orders.models import Activity, ConsoleCommand, Instance, Order
 from store.models import Plan
-from vmbackend import messages
-from vmbackend.messages import Event
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import Event
 
 log = logging.getLogger(__name__)
 

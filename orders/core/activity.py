@@ -21,8 +21,8 @@ from django.utils import timezone
 from orders.core.emails import send_order_email_on_commit
 from orders.models import Activity, ConsoleCommand, Instance, Order
 from store.templatetags.money import price
-from vmbackend import messages
-from vmbackend.messages import Event
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import Event
 
 log = logging.getLogger(__name__)
 

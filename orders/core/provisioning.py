@@ -22,7 +22,7 @@ from django.utils import timezone
 from orders.core import activity
 from orders.lib import wakeup
 from orders.models import ORDER_STATUS_FOR_INSTANCE, Activity, Instance, Order, OutboxMessage
-from vmbackend import messages, topology
+from vmbackend.protocol import messages, topology
 
 CREATE_VM = messages.CREATE_VM
 DELETE_VM = "delete-vm"

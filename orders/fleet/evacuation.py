@@ -27,7 +27,7 @@ from orders.core.emails import send_order_email_on_commit
 from orders.core.provisioning import delete_vm, provision_again
 from orders.fleet.placement import place_again
 from orders.models import Activity, Host, Instance, Order
-from vmbackend import topology
+from vmbackend.protocol import topology
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from django.utils import timezone
 from orders.core import activity
 from orders.fleet.rooms import SHARED, fleet_known, live_hosts, rooms, size_of, weigh
 from orders.models import Activity, Host, Instance, Order, OutboxMessage
-from vmbackend import messages, topology
+from vmbackend.protocol import messages, topology
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from orders.models import Host, Instance
-from vmbackend.capacity import Resources, Size, refusal
+from vmbackend.protocol.capacity import Resources, Size, refusal
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pika.exceptions
 from django.conf import settings
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from vmbackend import topology
+from vmbackend.protocol import topology
 
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 30

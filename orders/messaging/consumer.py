@@ -35,9 +35,9 @@ from orders.fleet.waitlist import notify_waitlist
 from orders.messaging import broker, host_events
 from orders.messaging.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
 from orders.monitoring import metrics
-from vmbackend import topology
-from vmbackend.backoff import Backoff, run_with_reconnect
-from vmbackend.messages import MalformedEvent
+from vmbackend.protocol import topology
+from vmbackend.protocol.backoff import Backoff, run_with_reconnect
+from vmbackend.protocol.messages import MalformedEvent
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from django.db import transaction
 
 from orders.core.provisioning import forget_credentials
 from orders.models import DeadLetter, Instance, Order
-from vmbackend import messages, topology
+from vmbackend.protocol import messages, topology
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Not to be confused with orders/billing/webhooks.py, which applies Stripe's events.
 
-`handle_message(body)` is one step: parse (vmbackend.messages.parse_event, the contract's one
+`handle_message(body)` is one step: parse (vmbackend.protocol.messages.parse_event, the contract's one
 parser), apply in one transaction. What each event does to an instance and its order is the table
 `HOST_EVENT_TRANSITIONS` in orders/models/instances.py; this module reads it and runs the side
 effects. The consumer (`EventConsumer` in orders/messaging/consumer.py, run by `manage.py
@@ -43,8 +43,8 @@ from orders.models import (
     wake_order_page,
 )
 from orders.monitoring import metrics
-from vmbackend import messages, topology
-from vmbackend.messages import Event, MalformedEvent
+from vmbackend.protocol import messages, topology
+from vmbackend.protocol.messages import Event, MalformedEvent
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from orders.lib import wakeup
 from orders.messaging import broker
 from orders.messaging.relay_lock import RelayLock, relay_lock
 from orders.models import OutboxMessage
-from vmbackend import messages
-from vmbackend.backoff import Backoff, run_with_reconnect
+from vmbackend.protocol import messages
+from vmbackend.protocol.backoff import Backoff, run_with_reconnect
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,13 @@ from django.utils import timezone
 
 from orders.models import AlarmEvent, Instance, MetricRollup, MetricSample
 from orders.monitoring import alarms
-from vmbackend.messages import MAX_METRIC_INT, METRIC_BOOLS, METRIC_FLOATS, METRIC_INTS, Metrics
+from vmbackend.protocol.messages import (
+    MAX_METRIC_INT,
+    METRIC_BOOLS,
+    METRIC_FLOATS,
+    METRIC_INTS,
+    Metrics,
+)
 
 log = logging.getLogger(__name__)
 

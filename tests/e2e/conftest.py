@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import drop_vhost, make_vhost, vhost_url
 from tests.e2e.harness import System
-from vmbackend.images import manifest, tiny, versions
+from vmbackend.images import manifest, tiny
+from vmbackend.protocol import versions
 from warren.run import dev_tls_environment
 
 

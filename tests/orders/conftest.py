@@ -21,7 +21,7 @@ from orders.core.provisioning import request_provisioning
 from orders.models import Instance, Order
 from store.models import Plan
 from tests.stripe_signing import stripe_signature as sign_payload
-from vmbackend import topology
+from vmbackend.protocol import topology
 
 
 def stripe_signature(

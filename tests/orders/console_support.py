@@ -1,5 +1,5 @@
 """Helpers for the console and activity tests: host events built with the contract's builder
-(vmbackend.messages.event) and applied through the event worker's own entry point, and a fake
+(vmbackend.protocol.messages.event) and applied through the event worker's own entry point, and a fake
 of Stripe's HTTP side (the real stripe library builds the requests and parses the answers)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from orders.messaging.host_events import handle_message
 from orders.models import Instance
-from vmbackend import messages
+from vmbackend.protocol import messages
 
 HOST = "host-a"
 RUNTIME = {"rabbitmq_version": "4.0.9", "erlang_version": "27.3.4", "node": "rabbit@warren-vm"}

@@ -5,7 +5,7 @@ from django.test import Client
 from django.urls import reverse
 
 from store.models import Plan
-from vmbackend import messages
+from vmbackend.protocol import messages
 
 pytestmark = pytest.mark.django_db
 

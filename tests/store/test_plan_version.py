@@ -9,7 +9,7 @@ from django.urls import reverse
 from orders.core.provisioning import request_provisioning
 from orders.models import Order, OutboxMessage
 from store.models import Plan
-from vmbackend.images import versions
+from vmbackend.protocol import versions
 
 pytestmark = pytest.mark.django_db
 

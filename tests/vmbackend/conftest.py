@@ -42,15 +42,16 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def machine_factory(tiny_images_root: Path, short_tmp: Path) -> Iterator[Callable[..., object]]:
-    """make(image="tiny", **spec_overrides) -> an unlaunched Machine with free loopback ports,
-    in its own folder; every Machine made is destroyed at teardown."""
-    from vmbackend.machine import Machine, UserNet, VMSpec
+    """make(image="tiny", **spec_overrides) -> an unlaunched QemuMachine with free loopback ports,
+    in its own folder; every QemuMachine made is destroyed at teardown."""
+    from vmbackend.machine.qemu import UserNet, VMSpec
+    from vmbackend.machine.qemu_machine import QemuMachine
 
-    made: list[Machine] = []
+    made: list[QemuMachine] = []
 
     def make(
         image: str = "tiny", images_root: Path | None = None, accel: str = "auto", **over: object
-    ) -> Machine:
+    ) -> QemuMachine:
         vm_id = over.pop("vm_id", None) or uuid.uuid4().hex[:12]
         fields: dict[str, object] = dict(
             vm_id=vm_id,
@@ -64,7 +65,7 @@ def machine_factory(tiny_images_root: Path, short_tmp: Path) -> Iterator[Callabl
             network=UserNet("127.0.0.1", free_port(), free_port()),
         )
         fields.update(over)
-        machine = Machine(
+        machine = QemuMachine(
             VMSpec(**fields), short_tmp / vm_id, images_root or tiny_images_root, accel=accel
         )
         made.append(machine)

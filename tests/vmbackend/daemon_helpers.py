@@ -25,9 +25,9 @@ import pika.exceptions
 
 from tests.conftest import drop_vhost, make_vhost, vhost_url
 from tests.qemu_procs import qemu_pids
-from vmbackend import topology
 from vmbackend.client import Client
 from vmbackend.images import manifest
+from vmbackend.protocol import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import requests
 
 from tests.e2e.harness import wait_until
 from tests.net import free_port
-from vmbackend import tls
+from vmbackend.tls import authority
 from warren.run import (
     ROOT,
     Options,
@@ -183,11 +183,13 @@ def _zombie(pid: int) -> bool:
 def test_the_one_box_system_gets_its_own_ca_once_and_reuses_it(tmp_path: Path):
     env = dev_tls_environment({"WARREN_HOST_ID": "box-1"}, base=tmp_path)
     host = Path(env["WARREN_TLS_DIR"])
-    issuer = tls.load_issuer(host)  # the daemon's check: key, certificate and root belong together
-    assert env["WARREN_CA_CERT"] == str(tmp_path / "root" / tls.ROOT_CERT)
-    assert issuer.root.subject == tls.load_issuer(host).root.subject
-    assert (host / tls.HOST_KEY).stat().st_mode & 0o777 == 0o600
-    assert (tmp_path / "root" / tls.ROOT_KEY).stat().st_mode & 0o777 == 0o600
+    issuer = authority.load_issuer(
+        host
+    )  # the daemon's check: key, certificate and root belong together
+    assert env["WARREN_CA_CERT"] == str(tmp_path / "root" / authority.ROOT_CERT)
+    assert issuer.root.subject == authority.load_issuer(host).root.subject
+    assert (host / authority.HOST_KEY).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "root" / authority.ROOT_KEY).stat().st_mode & 0o777 == 0o600
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     again = dev_tls_environment({"WARREN_HOST_ID": "box-1"}, base=tmp_path)
     assert again == env

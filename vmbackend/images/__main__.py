@@ -1,5 +1,5 @@
 import sys
 
-from vmbackend.images.cli import main
+from vmbackend.images_cli import main
 
 sys.exit(main(sys.argv[1:]))

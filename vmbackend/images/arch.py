@@ -3,7 +3,7 @@
 Needs an Arch mirror (WARREN_ARCH_MIRROR, pacman's `Server` syntax with `$repo`/`$arch`) and, on
 the build host, pacstrap (arch-install-scripts), pacman and archlinux-keyring. No Arch mirror is
 reachable from the development machines, so preflight() fails quickly and clearly there, before
-any folder is created; the generated files are linted by tests/vmbackend/test_arch_recipe.py.
+any folder is created; the generated files are linted by tests/vmbackend/images/test_arch_recipe.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from vmbackend.images import guest, rootfs
-from vmbackend.images.build import BuildError, Context, Progress, Recipe, Step, run, which
+from vmbackend.images.build import BuildError, Context, Progress, Recipe, Step
 from vmbackend.images.rootfs import chroot
+from vmbackend.images.runner import run, which
 
 PACKAGES: tuple[str, ...] = ("base", "linux", "rabbitmq", "qemu-guest-agent")
 MIRROR_ENV = "WARREN_ARCH_MIRROR"

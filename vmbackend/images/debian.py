@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmbackend.images import guest, rootfs, versions
-from vmbackend.images.build import BuildError, Context, Progress, Recipe, Step, run, which
+from vmbackend.images import guest, rootfs
+from vmbackend.images.build import BuildError, Context, Progress, Recipe, Step
 from vmbackend.images.rootfs import chroot
+from vmbackend.images.runner import run, which
+from vmbackend.protocol import versions
 
 # The Debian releases the recipe knows: the suite decides the RabbitMQ and Erlang versions
 # (bookworm: 3.10.8 / Erlang 25; trixie: 4.0.5 / Erlang 27). Which image uses which: versions.py.

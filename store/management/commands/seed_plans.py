@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 
 from store.models import Plan
-from vmbackend.images import versions
+from vmbackend.protocol import versions
 
 DEMO_PLANS: list[dict[str, Any]] = [
     {

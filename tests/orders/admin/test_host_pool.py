@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from orders.messaging.host_events import handle_message
 from orders.models import Host
-from vmbackend import messages
-from vmbackend.messages import MalformedEvent
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import MalformedEvent
 
 CENSUS = [
     {"image": "rabbitmq-4.0", "memory_mb": 512, "target": 2, "ready": 1, "starting": 1},

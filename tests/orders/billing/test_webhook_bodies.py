@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from orders.billing.stripe_events import HANDLERS
 from orders.models import Order, OutboxMessage, WebhookEvent
 from tests.orders.conftest import checkout_session, invoice, stripe_event, stripe_signature
-from vmbackend.messages import too_deep
+from vmbackend.protocol.messages import too_deep
 
 pytestmark = pytest.mark.django_db
 

@@ -30,7 +30,7 @@ from tests.orders.console_support import (
     outcome,
     ready_fields,
 )
-from vmbackend import messages
+from vmbackend.protocol import messages
 
 pytestmark = pytest.mark.django_db
 

@@ -18,7 +18,7 @@ from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
 from tests.orders.console_support import make_ready, outcome
 from tests.orders.web.test_pages_browser import _chromium, _shot
-from vmbackend import messages
+from vmbackend.protocol import messages
 
 pytestmark = pytest.mark.browser
 

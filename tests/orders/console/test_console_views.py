@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from orders.models import Activity, ConsoleCommand, Instance, Order, OutboxMessage
 from store.models import Plan
 from tests.orders.console_support import FakeStripe, install_fake_stripe, make_ready, outcome
-from vmbackend import messages
+from vmbackend.protocol import messages
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,7 @@ from orders.messaging.consumer import EventConsumer
 from orders.models import Activity, Instance, Order
 from tests.orders.conftest import invoice, stripe_event
 from tests.orders.console_support import apply, event_body, make_ready, ready_fields
-from vmbackend import messages
+from vmbackend.protocol import messages
 
 pytestmark = pytest.mark.django_db
 

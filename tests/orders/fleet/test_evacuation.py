@@ -15,7 +15,7 @@ from orders.fleet.hosts import mark_silent_hosts
 from orders.models import Activity, Host, Instance, Order, OutboxMessage
 from tests.orders.admin.test_admin import _action
 from tests.orders.console_support import HOST, make_ready
-from vmbackend import messages, topology
+from vmbackend.protocol import messages, topology
 
 pytestmark = pytest.mark.django_db
 

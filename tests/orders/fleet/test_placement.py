@@ -25,7 +25,7 @@ from orders.messaging.outbox import publish_pending
 from orders.models import Activity, Host, Instance, Order, OutboxMessage
 from store.models import Plan
 from tests.orders.conftest import get_all
-from vmbackend import topology
+from vmbackend.protocol import topology
 
 pytestmark = pytest.mark.django_db
 

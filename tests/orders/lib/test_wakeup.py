@@ -15,7 +15,7 @@ from orders.lib import wakeup
 from orders.messaging.outbox import Relay
 from orders.models import OutboxMessage
 from tests.orders.conftest import get_all
-from vmbackend import topology
+from vmbackend.protocol import topology
 
 LONG_POLL = 120.0  # the relay's poll in these tests: only a wake-up can be quicker
 

@@ -20,7 +20,7 @@ from orders.messaging import host_events, outbox
 from orders.messaging.consumer import EventConsumer
 from orders.messaging.outbox import Relay
 from tests.orders.conftest import get_all
-from vmbackend import topology
+from vmbackend.protocol import topology
 
 ROOT = Path(__file__).resolve().parents[3]
 

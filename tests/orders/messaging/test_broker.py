@@ -8,7 +8,7 @@ import pytest
 
 from orders.messaging import broker
 from tests.orders.conftest import get_all
-from vmbackend import topology
+from vmbackend.protocol import topology
 
 
 @pytest.mark.parametrize("shop_first", [True, False])

@@ -20,8 +20,8 @@ from orders.billing.cancellation import cancel_order
 from orders.core.provisioning import body_to_publish, request_provisioning
 from orders.messaging.host_events import handle_message
 from orders.models import Instance, Order, OutboxMessage
-from vmbackend import messages
-from vmbackend.messages import CreateVM, VMCommand
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import CreateVM, VMCommand
 
 pytestmark = pytest.mark.django_db
 
@@ -220,8 +220,8 @@ def test_the_wire_format_is_the_documented_one(instance):
 
 
 def test_the_console_commands_the_shop_builds_are_read_by_the_daemon_on_its_own_key(instance):
-    from vmbackend.messages import ResizeVM, SetAdminPassword
-    from vmbackend.registry import parse_host
+    from vmbackend.host.rules import parse_host
+    from vmbackend.protocol.messages import ResizeVM, SetAdminPassword
 
     request_id = "5f1d2c3b-4a59-4e8f-9d0c-1b2a3c4d5e6f"
     vm_id = str(instance.public_id)

@@ -17,7 +17,7 @@ from orders.messaging.consumer import EventConsumer
 from orders.messaging.dead_letters import handle_dead_letter
 from orders.models import DeadLetter, Instance, Order, OutboxMessage
 from tests.orders.conftest import get_all
-from vmbackend import messages, topology
+from vmbackend.protocol import messages, topology
 
 pytestmark = pytest.mark.django_db
 

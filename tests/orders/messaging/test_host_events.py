@@ -30,7 +30,7 @@ from orders.models import (
     OutboxMessage,
 )
 from tests.orders.conftest import get_all
-from vmbackend import messages, topology
+from vmbackend.protocol import messages, topology
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from orders.models import Order, OutboxMessage
 from tests.net import free_port
 from tests.orders.conftest import get_all, provision
 from tests.tcp_proxy import TcpProxy
-from vmbackend import topology
+from vmbackend.protocol import topology
 
 
 def _paid(order: Order) -> OutboxMessage:

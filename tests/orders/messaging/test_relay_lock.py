@@ -18,7 +18,7 @@ from django.db import connection
 
 from orders.messaging.relay_lock import AdvisoryLock, FileLock, relay_lock
 from tests.orders.conftest import get_all
-from vmbackend import topology
+from vmbackend.protocol import topology
 
 ROOT = Path(__file__).resolve().parents[3]
 TAKEOVER_TIMEOUT = 60

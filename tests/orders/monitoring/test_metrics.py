@@ -18,8 +18,8 @@ from orders.messaging.consumer import EventConsumer
 from orders.messaging.host_events import handle_message
 from orders.models import AlarmEvent, Instance, MetricRollup, MetricSample
 from orders.monitoring import metrics
-from vmbackend import messages
-from vmbackend.messages import Metrics
+from vmbackend.protocol import messages
+from vmbackend.protocol.messages import Metrics
 
 pytestmark = pytest.mark.django_db
 

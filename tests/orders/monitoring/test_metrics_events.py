@@ -14,7 +14,7 @@ from orders.models import Alarm, DeadLetter, Instance, MetricSample
 from tests.orders.conftest import get_all
 from tests.orders.messaging.test_host_events import _consume, _publish
 from tests.orders.monitoring.test_metrics import sample
-from vmbackend import messages, topology
+from vmbackend.protocol import messages, topology
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from orders.models import Instance, Order
 from store.models import Plan
-from vmbackend import tls
+from vmbackend.tls import authority as tls
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from orders.models import Instance
 from tests.orders.console.test_console_browser import _fits, _log_in, _reachable, _ready_order
 from tests.orders.console.test_console_browser import page as page  # noqa: F401 - the fixture
 from tests.orders.web.test_pages_browser import _shot
-from vmbackend import tls
+from vmbackend.tls import authority as tls
 
 pytestmark = pytest.mark.browser
 

@@ -25,7 +25,7 @@ from store.management.commands.seed_plans import seed_plans
 from store.models import Plan
 from tests.orders.monitoring.test_metrics import sample
 from tests.orders.web.test_pages_browser import PASSWORD, _chromium, _shot
-from vmbackend import messages
+from vmbackend.protocol import messages
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

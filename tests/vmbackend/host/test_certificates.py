@@ -1,0 +1,285 @@
+"""The host's TLS policy (vmbackend/host/certificates.py) and how boot/registry use it: the names a
+VM's certificate carries, the TLS ports and URLs, when a VM gets a new certificate, and the
+renewal round (claim, fresh key, record, release).
+
+The guest side (files, listeners, reload in a real RabbitMQ) is test_tls_slow.py's; here the
+guest is a recorder of what the host hands it, so the rules run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from vmbackend.host import boot, certificates, config
+from vmbackend.host.registry import Registry
+from vmbackend.host.rules import CLAIMED, new_record
+from vmbackend.host.state import READY, StateStore, VMRecord
+from vmbackend.machine import qemu
+from vmbackend.protocol.messages import CreateVM, VMCommand, parse
+from vmbackend.tls import authority, guest_install
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ca")
+    authority.init_ca(folder / "root")
+    authority.init_host(folder / "root", "host-a", folder / "host")
+    return folder / "host"
+
+
+def _cfg(ca: Path | None, **env: str) -> config.Config:
+    values = {"WARREN_HOST_ID": "host-a", "WARREN_PORT_RANGE": "30000-30999", **env}
+    if ca is not None:
+        values["WARREN_TLS_DIR"] = str(ca)
+    return config.load(env=values)
+
+
+def _create(**options: object) -> CreateVM:
+    body = {"version": 1, "command": "create-vm", "options": {"image": "rabbitmq-4.0", **options}}
+    cmd = parse(json.dumps(body).encode())
+    assert isinstance(cmd, CreateVM)
+    return cmd
+
+
+def _record(cfg: config.Config, tmp_path: Path, **options: object) -> tuple[Registry, VMRecord]:
+    registry = Registry(cfg, StateStore(tmp_path / "state"))
+    record, failure = registry.add_new(_create(**options))
+    assert failure is None
+    return registry, record
+
+
+class Recorder:
+    """Stands in for the guest agent: keeps what would be run in the guest."""
+
+    def __init__(self, code: int = 0, out: bytes = b"start\n") -> None:
+        self.calls: list[tuple[str, list[str], bytes | None]] = []
+        self.code, self.out = code, out
+
+    def guest_exec(
+        self,
+        path: str,
+        args: list[str] | None = None,
+        *,
+        input_data: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, bytes]:
+        self.calls.append((path, list(args or []), input_data))
+        assert args and args[1] == guest_install.INSTALL  # one guest-exec per install
+        return self.code, self.out
+
+    def key_written(self) -> bytes:
+        """The private key block of what went to the guest (the first PEM block on stdin)."""
+        (_path, _args, data) = self.calls[-1]
+        assert data is not None
+        return data[: data.index(b"-----END PRIVATE KEY-----")]
+
+
+def test_names_are_the_advertised_host_and_the_bind_address() -> None:
+    cfg = _cfg(None, WARREN_ADVERTISED_HOST="rabbit.example.com", WARREN_BIND_ADDRESS="127.0.0.1")
+    record = VMRecord("vm-1", "rabbitmq-4.0", 512, 1, 4, "vm-1", "warren-a", "pw")
+    assert certificates.names_for(cfg, record) == ["rabbit.example.com", "127.0.0.1"]
+    wildcard = _cfg(
+        None,
+        WARREN_ADVERTISED_HOST="rabbit.example.com",
+        WARREN_BIND_ADDRESS="0.0.0.0",  # noqa: S104 - the wildcard is the case
+    )
+    assert certificates.names_for(wildcard, record) == ["rabbit.example.com"]
+    same = _cfg(None, WARREN_BIND_ADDRESS="127.0.0.1")
+    assert certificates.names_for(same, record) == ["127.0.0.1"]
+
+
+def test_on_a_bridge_the_name_is_the_guest_address() -> None:
+    cfg = _cfg(None)
+    record = VMRecord("vm-1", "rabbitmq-4.0", 512, 1, 4, "vm-1", "warren-a", "pw", network="bridge")
+    record.ip_addresses = ["fe80::1", "192.0.2.10"]
+    assert certificates.names_for(cfg, record) == ["192.0.2.10"]
+
+
+def test_a_tls_host_gives_each_vm_four_ports_and_forwards_them(ca: Path, tmp_path: Path) -> None:
+    cfg = _cfg(ca)
+    _registry, record = _record(cfg, tmp_path)
+    assert set(record.ports) == {"management", "amqp", "amqps", "https"}
+    assert len(set(record.ports.values())) == 4
+    net = boot.spec_for(cfg, record).network
+    assert isinstance(net, qemu.UserNet)
+    assert (net.amqps_port, net.https_port, net.plain_ports) == (
+        record.ports["amqps"],
+        record.ports["https"],
+        True,
+    )
+
+
+def test_a_host_without_tls_keeps_two_ports(tmp_path: Path) -> None:
+    _registry, record = _record(_cfg(None), tmp_path)
+    assert set(record.ports) == {"management", "amqp"}
+
+
+def test_tls_urls_once_the_vm_has_its_certificate(ca: Path, tmp_path: Path) -> None:
+    cfg = _cfg(ca, WARREN_ADVERTISED_HOST="rabbit.example.com")
+    _registry, record = _record(cfg, tmp_path)
+    plain = boot.urls_for(cfg, record, [])
+    assert plain[0].startswith("http://") and plain[1].startswith("amqp://")
+    record.tls_cert = "-----BEGIN CERTIFICATE-----"
+    management, amqp, probe = boot.urls_for(cfg, record, [])
+    assert management == f"https://rabbit.example.com:{record.ports['https']}/"
+    assert amqp == f"amqps://{record.admin_username}@rabbit.example.com:{record.ports['amqps']}/"
+    assert probe == f"http://127.0.0.1:{record.ports['management']}/"  # the host's own calls
+
+
+def test_a_plan_without_plain_ports_closes_them_to_customers(ca: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        ca,
+        WARREN_BIND_ADDRESS="0.0.0.0",  # noqa: S104 - the wildcard is the case
+        WARREN_ADVERTISED_HOST="rabbit.example.com",
+    )
+    _registry, record = _record(cfg, tmp_path, **{"plain-ports": False})
+    assert record.plain_ports is False
+    net = boot.spec_for(cfg, record).network
+    assert isinstance(net, qemu.UserNet)
+    netdev = qemu._netdev(
+        boot.spec_for(cfg, record),
+        type(
+            "M",
+            (),
+            {
+                "guest": type(
+                    "G", (), {"kind": "rabbitmq", "management_port": 15672, "amqp_port": 5672}
+                )
+            },
+        )(),  # type: ignore[arg-type]
+    )
+    ports = record.ports
+    assert f"hostfwd=tcp:127.0.0.1:{ports['management']}-:15672" in netdev  # the host's only
+    assert f":{ports['amqp']}-:5672" not in netdev
+    assert f"hostfwd=tcp:0.0.0.0:{ports['amqps']}-:5671" in netdev
+    assert f"hostfwd=tcp:0.0.0.0:{ports['https']}-:15671" in netdev
+    record.tls_cert = "x"
+    assert boot.urls_for(cfg, record, [])[2] == f"http://127.0.0.1:{ports['management']}/"
+
+
+def test_closing_the_plain_ports_needs_a_tls_host(tmp_path: Path) -> None:
+    cfg = _cfg(None)
+    _registry, record = _record(cfg, tmp_path, **{"plain-ports": False})
+    net = boot.spec_for(cfg, record).network
+    assert isinstance(net, qemu.UserNet) and net.plain_ports  # else the VM would be unreachable
+
+
+def test_install_gives_a_fresh_key_and_records_only_the_certificate(
+    ca: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(ca)
+    registry, record = _record(cfg, tmp_path)
+    keys = []
+    for _ in range(2):
+        guest = Recorder()
+        assert certificates.install(cfg, record, guest, registry.report, start=True) == "start"
+        keys.append(guest.key_written())
+        cert = x509.load_pem_x509_certificate(record.tls_cert.encode())
+        assert (
+            cert.public_key()
+            != x509.load_pem_x509_certificate((ca / authority.HOST_CERT).read_bytes()).public_key()
+        )
+    assert keys[0] != keys[1] and all(b"PRIVATE KEY" in k for k in keys)
+    state = (tmp_path / "state" / "vms" / f"{record.vm_id}.json").read_text()
+    assert "PRIVATE KEY" not in state and "BEGIN CERTIFICATE" in state
+
+
+def test_a_failed_install_records_nothing(ca: Path, tmp_path: Path) -> None:
+    cfg = _cfg(ca)
+    registry, record = _record(cfg, tmp_path)
+    with pytest.raises(guest_install.GuestTLSError, match="exited 1"):
+        certificates.install(
+            cfg, record, Recorder(code=1, out=b"{badrpc,nodedown}"), registry.report, start=True
+        )
+    assert record.tls_cert == ""
+
+
+def _ready_with(
+    cfg: config.Config, tmp_path: Path, days: float, now: datetime.datetime
+) -> tuple[Registry, VMRecord]:
+    registry, record = _record(cfg, tmp_path)
+    leaf = authority.issue(
+        authority.load_issuer(cfg.tls_dir), certificates.names_for(cfg, record), days=days, now=now
+    )  # type: ignore[arg-type]
+    registry.report(record, None, {}, status="booting")
+    registry.report(record, None, {}, status=READY, tls_cert=leaf.cert_pem.decode())
+    return registry, record
+
+
+def test_the_renewal_round_renews_only_what_is_due(ca: Path, tmp_path: Path) -> None:
+    cfg = _cfg(ca, WARREN_TLS_CERT_DAYS="0.01", WARREN_TLS_RENEW_BEFORE_DAYS="0.005")  # 14 min
+    now = datetime.datetime.now(datetime.UTC)
+    registry, record = _ready_with(cfg, tmp_path, 0.01, now)
+    guest = Recorder(out=b"reload\n")
+    renewer = certificates.Renewer(cfg, registry, lambda vm_id: guest)
+    assert renewer.run_once(now) == 0 and guest.calls == []
+    later = now + datetime.timedelta(days=0.006)
+    old = record.tls_cert
+    assert renewer.run_once(later) == 1
+    assert record.tls_cert != old
+    install = [c for c in guest.calls if c[1][1] == guest_install.INSTALL]
+    assert install[0][1][2] == "reload"  # a renewal never restarts nor re-adds listeners
+    assert record.vm_id not in registry.busy
+
+
+def test_a_busy_vm_waits_for_the_next_round(ca: Path, tmp_path: Path) -> None:
+    cfg = _cfg(ca, WARREN_TLS_CERT_DAYS="0.01", WARREN_TLS_RENEW_BEFORE_DAYS="0.005")
+    now = datetime.datetime.now(datetime.UTC)
+    registry, record = _ready_with(cfg, tmp_path, 0.01, now)
+    guest = Recorder(out=b"reload\n")
+    renewer = certificates.Renewer(cfg, registry, lambda vm_id: guest)
+    assert registry.claim(VMCommand("restart-vm", record.vm_id))[0] == CLAIMED
+    later = now + datetime.timedelta(days=0.006)
+    assert renewer.run_once(later) == 0 and guest.calls == []
+    registry.release(record.vm_id, "restart-vm")
+    assert renewer.run_once(later) == 1
+
+
+def test_a_failed_renewal_keeps_the_old_certificate_and_retries(ca: Path, tmp_path: Path) -> None:
+    cfg = _cfg(ca, WARREN_TLS_CERT_DAYS="0.01", WARREN_TLS_RENEW_BEFORE_DAYS="0.005")
+    now = datetime.datetime.now(datetime.UTC)
+    registry, record = _ready_with(cfg, tmp_path, 0.01, now)
+    old = record.tls_cert
+    later = now + datetime.timedelta(days=0.006)
+    broken = certificates.Renewer(cfg, registry, lambda vm_id: Recorder(code=1, out=b"x"))
+    assert broken.run_once(later) == 0
+    assert record.tls_cert == old and record.vm_id not in registry.busy
+    gone = certificates.Renewer(cfg, registry, lambda vm_id: None)
+    assert gone.run_once(later) == 0
+    assert (
+        certificates.Renewer(cfg, registry, lambda vm_id: Recorder(out=b"reload\n")).run_once(later)
+        == 1
+    )
+
+
+def test_new_record_keeps_the_plan_s_choice() -> None:
+    cfg = _cfg(None)
+    assert new_record(cfg, _create(**{"plain-ports": False})).plain_ports is False
+    assert new_record(cfg, _create()).plain_ports is True
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WARREN_TLS_CERT_DAYS": "10", "WARREN_TLS_RENEW_BEFORE_DAYS": "10"}, "less than"),
+        ({"WARREN_TLS_CERT_DAYS": "0"}, "tls_cert_days"),
+        ({"WARREN_TLS_CERT_DAYS": "9000"}, "tls_cert_days"),
+        ({"WARREN_TLS_CHECK_INTERVAL": "0"}, "tls_check_interval"),
+    ],
+)
+def test_bad_tls_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(env=env)
+
+
+def test_only_rabbitmq_images_speak_tls(tiny_images_root: Path, tmp_path: Path) -> None:
+    """The tiny test image has no RabbitMQ: a TLS host leaves it on its plain URLs."""
+    from vmbackend.machine.qemu_machine import QemuMachine
+
+    spec = qemu.VMSpec("vm-1", "tiny", 256, 1, 1, "vm-1", "warren-a", "pw")
+    assert QemuMachine(spec, tmp_path / "vm", tiny_images_root).speaks_tls() is False

@@ -1,0 +1,243 @@
+"""TLS on the real RabbitMQ image (rabbitmq-4.0), on the restore path new orders take.
+
+Slow tier: one VM restored from the image's saved state, personalized, given its own certificate
+by vmbackend/tls/guest_install.py (the image and the saved state have no key). A customer's clients
+verify it against Warren's root: pika over amqps, `requests` over https; another CA and another
+name are refused; a renewed (short-lived) certificate is served to new connections without a
+restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import socket
+import ssl
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+import pytest
+import requests
+from cryptography import x509
+
+from tests.net import free_port
+from vmbackend.host import certificates, config
+from vmbackend.host.boot import rabbitmq_log_tail
+from vmbackend.host.registry import Registry
+from vmbackend.host.state import READY, StateStore, VMRecord
+from vmbackend.images import manifest
+from vmbackend.machine.qemu import UserNet, VMSpec
+from vmbackend.machine.qemu_machine import QemuMachine
+from vmbackend.tls import authority, guest_install
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+IMAGE = "rabbitmq-4.0"
+READY_SECONDS = 1500.0
+
+
+@dataclass
+class TLSVM:
+    machine: QemuMachine
+    issuer: authority.Issuer
+    leaf: authority.Leaf
+    ca_file: Path
+    other_ca_file: Path
+    install_seconds: float
+    outcome: str
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[TLSVM]:
+    root = manifest.default_images_root()
+    folder = Path(tempfile.mkdtemp(prefix="wtls-"))
+    authority.init_ca(folder / "root")
+    authority.init_host(folder / "root", "host-test", folder / "host")  # as an operator does
+    issuer = authority.load_issuer(folder / "host")
+    shutil.copy(folder / "host" / authority.ROOT_CERT, folder / "ca.pem")
+    _other_key, other = authority.create_root(common_name="Someone else")
+    (folder / "other.pem").write_bytes(authority.cert_pem(other))
+    vm_id = f"tls{uuid.uuid4().hex[:8]}"
+    spec = VMSpec(
+        vm_id=vm_id, image=IMAGE, memory_mb=512, vcpus=1, disk_gb=3,
+        hostname=f"vm-{vm_id}", admin_user=f"warren-{uuid.uuid4().hex[:6]}",
+        admin_password=uuid.uuid4().hex,
+        network=UserNet("127.0.0.1", free_port(), free_port(), amqps_port=free_port(),
+                        https_port=free_port()),
+    )  # fmt: skip
+    machine = QemuMachine(spec, folder / vm_id, root)
+    try:
+        assert machine.launch() == "restore", "the image's saved state must match"
+        deadline = time.monotonic() + READY_SECONDS
+        machine.wait_guest_agent(deadline)
+        leaf = authority.issue(issuer, ["127.0.0.1"])
+        outcomes: list[str] = []
+        started = time.monotonic()
+
+        def install() -> None:  # as Boot does: before the cookie rotation starts
+            nonlocal started
+            started = time.monotonic()
+            try:
+                outcomes.append(guest_install.install(machine, leaf, plain_ports=True))
+            except guest_install.GuestTLSError:
+                print("guest log:", rabbitmq_log_tail(machine))
+                raise
+
+        machine.personalize(deadline, before_cookie=install)
+        machine.wait_management(machine.management_url(), deadline)
+        outcome = outcomes[0]
+        seconds = time.monotonic() - started
+        print(f"tls install + management back: {seconds:.1f} s ({outcome})")
+        yield TLSVM(
+            machine, issuer, leaf, folder / "ca.pem", folder / "other.pem", seconds, outcome,
+            folder,
+        )  # fmt: skip
+    finally:
+        machine.destroy()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _net(vm: TLSVM) -> UserNet:
+    net = vm.machine.spec.network
+    assert isinstance(net, UserNet)
+    return net
+
+
+def _amqps(vm: TLSVM, cafile: Path, server_hostname: str = "127.0.0.1") -> pika.BlockingConnection:
+    net = _net(vm)
+    context = ssl.create_default_context(cafile=str(cafile))
+    params = pika.ConnectionParameters(
+        host="127.0.0.1", port=net.amqps_port,
+        credentials=pika.PlainCredentials(vm.machine.spec.admin_user, vm.machine.spec.admin_password),
+        ssl_options=pika.SSLOptions(context, server_hostname),
+        socket_timeout=20, blocked_connection_timeout=30, connection_attempts=1,
+    )  # fmt: skip
+    return pika.BlockingConnection(params)
+
+
+def _https(vm: TLSVM, verify: Path, host: str = "127.0.0.1") -> requests.Response:
+    net = _net(vm)
+    spec = vm.machine.spec
+    return requests.get(
+        f"https://{host}:{net.https_port}/api/overview",
+        auth=(spec.admin_user, spec.admin_password),
+        verify=str(verify),
+        timeout=30,
+    )
+
+
+def test_the_first_install_starts_the_listeners_on_the_running_node(vm: TLSVM) -> None:
+    assert vm.outcome == "start"
+
+
+def test_amqps_with_the_warren_ca_publishes_and_gets(vm: TLSVM) -> None:
+    conn = _amqps(vm, vm.ca_file)
+    try:
+        ch = conn.channel()
+        queue = ch.queue_declare("", exclusive=True).method.queue
+        ch.basic_publish("", queue, b"over tls")
+        _, _, body = ch.basic_get(queue, auto_ack=True)
+        assert body == b"over tls"
+    finally:
+        conn.close()
+
+
+def test_https_management_verifies_against_the_warren_ca(vm: TLSVM) -> None:
+    answer = _https(vm, vm.ca_file)
+    assert answer.status_code == 200
+    assert answer.json()["rabbitmq_version"].startswith("4.0")
+
+
+def test_another_ca_is_refused(vm: TLSVM) -> None:
+    with pytest.raises(requests.exceptions.SSLError, match="certificate verify failed"):
+        _https(vm, vm.other_ca_file)
+    with pytest.raises(
+        ssl.SSLCertVerificationError, match="self-signed certificate in certificate chain"
+    ):
+        _amqps(vm, vm.other_ca_file)
+
+
+def test_another_name_is_refused(vm: TLSVM) -> None:
+    # The certificate names 127.0.0.1 only: "localhost" reaches the same server but is refused.
+    with pytest.raises(requests.exceptions.SSLError, match="localhost"):
+        _https(vm, vm.ca_file, host="localhost")
+    with pytest.raises(ssl.SSLCertVerificationError, match="not valid for 'localhost'"):
+        _amqps(vm, vm.ca_file, server_hostname="localhost")
+
+
+def _served_serial(port: int, cafile: Path) -> int:
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            der = conn.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_a_short_lived_certificate_is_renewed_by_the_daemon_without_a_restart(vm: TLSVM) -> None:
+    net = _net(vm)
+    assert net.amqps_port is not None and net.https_port is not None
+    assert _served_serial(net.https_port, vm.ca_file) == x509_serial(vm.leaf)
+    conn = _amqps(vm, vm.ca_file)  # an open connection outlives the renewals
+    try:
+        # A two-minute certificate, put in by hand: the files are reloaded, nothing restarts.
+        short = authority.issue(vm.issuer, ["127.0.0.1"], days=120 / 86400)
+        assert guest_install.install(vm.machine, short, plain_ports=True, start=False) == "reload"
+        assert _served_serial(net.https_port, vm.ca_file) == x509_serial(short)
+        assert _served_serial(net.amqps_port, vm.ca_file) == x509_serial(short)
+        # The daemon's renewal round: certificates last a day and are renewed in their last
+        # 15 minutes, so the two-minute one is due; the customer does nothing.
+        cfg = config.load(
+            env={
+                "WARREN_HOST_ID": "host-test",
+                "WARREN_TLS_DIR": str(vm.folder / "host"),
+                "WARREN_TLS_CERT_DAYS": "1",
+                "WARREN_TLS_RENEW_BEFORE_DAYS": "0.01",
+            }
+        )
+        registry = Registry(cfg, StateStore(vm.folder / "state"))
+        spec = vm.machine.spec
+        record = VMRecord(
+            spec.vm_id, IMAGE, 512, 1, 3, spec.hostname, spec.admin_user, spec.admin_password,
+            status=READY, tls_cert=short.cert_pem.decode(),
+        )  # fmt: skip
+        registry.records[record.vm_id] = record
+        renewer = certificates.Renewer(cfg, registry, lambda vm_id: vm.machine)
+        assert renewer.run_once() == 1
+        renewed = x509.load_pem_x509_certificate(record.tls_cert.encode())
+        assert renewed.serial_number not in (x509_serial(short), x509_serial(vm.leaf))
+        assert renewed.not_valid_after_utc > datetime.datetime.now(
+            datetime.UTC
+        ) + datetime.timedelta(hours=23)
+        assert _served_serial(net.https_port, vm.ca_file) == renewed.serial_number
+        assert _served_serial(net.amqps_port, vm.ca_file) == renewed.serial_number
+        assert renewer.run_once() == 0  # not due any more
+        assert conn.is_open
+        conn.channel().queue_declare("", exclusive=True)
+    finally:
+        conn.close()
+
+
+def x509_serial(leaf: authority.Leaf) -> int:
+    return x509.load_pem_x509_certificate(leaf.cert_pem).serial_number
+
+
+def test_the_drop_in_gives_tls_when_the_node_starts_again(vm: TLSVM) -> None:
+    """What a start-vm or a heal does: the node reads the drop-in and the files from its disk."""
+    net = _net(vm)
+    assert net.https_port is not None
+    code, out = vm.machine.guest_exec(
+        "/bin/sh", ["-c", "systemctl restart rabbitmq-server 2>&1"], timeout=900
+    )
+    assert code == 0, (out, rabbitmq_log_tail(vm.machine))
+    vm.machine.wait_management(vm.machine.management_url(), time.monotonic() + 900)
+    answer = _https(vm, vm.ca_file)
+    assert answer.status_code == 200
+    conn = _amqps(vm, vm.ca_file)
+    conn.close()

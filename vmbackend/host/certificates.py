@@ -1,0 +1,139 @@
+"""The host's side of TLS: which names a VM's certificate carries, when it gets a new one, and
+the renewal loop (docs/tls.md).
+
+The host signs with its own intermediate (WARREN_TLS_DIR: host.key, host.pem, ca.pem, made by
+`python -m vmbackend tls host`). A VM's certificate is issued with a key made at that moment and
+put into the guest by vmbackend/tls/guest_install.py; the record keeps only the certificate (public), so
+the daemon knows when it is due. Read from disk at each use: an operator who replaces the
+intermediate needs no daemon restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from vmbackend.host import network
+from vmbackend.host.config import Config
+from vmbackend.host.state import READY, VMRecord
+from vmbackend.machine.base import MachineError
+from vmbackend.protocol.messages import VMCommand
+from vmbackend.tls import authority, guest_install
+
+log = logging.getLogger(__name__)
+
+RENEW_COMMAND = "renew-certificate"  # the registry's busy marker; never on the wire
+
+Report = Callable[..., None]
+
+
+def enabled(cfg: Config) -> bool:
+    return cfg.tls_dir is not None
+
+
+def names_for(cfg: Config, record: VMRecord) -> list[str]:
+    """The names in the VM's URLs: in user mode the advertised host (WARREN_ADVERTISED_HOST, a
+    public name or address) and the bind address when it is a usable one; on a bridge the
+    guest's own address."""
+    if record.network == "bridge":
+        address = network.preferred_address(record.ip_addresses)
+        return [address] if address else []
+    names = [cfg.advertised_host]
+    try:
+        bind = ipaddress.ip_address(cfg.bind_address)
+        if not bind.is_unspecified and cfg.bind_address != cfg.advertised_host:
+            names.append(cfg.bind_address)
+    except ValueError:
+        pass
+    return names
+
+
+def renew_before(cfg: Config) -> datetime.timedelta:
+    return datetime.timedelta(days=cfg.tls_renew_before_days)
+
+
+def is_due(cfg: Config, record: VMRecord, now: datetime.datetime | None = None) -> bool:
+    """Whether the VM needs a (new) certificate now."""
+    return authority.needs_renewal(
+        record.tls_cert or None, names_for(cfg, record), renew_before=renew_before(cfg), now=now
+    )
+
+
+def install(
+    cfg: Config, record: VMRecord, guest: guest_install.Guest, report: Report, *, start: bool
+) -> str:
+    """Issue the VM a certificate (a fresh key) and put it into the guest; the certificate is
+    recorded only once the guest has it. Raises authority.TLSError or guest_install.GuestTLSError."""
+    assert cfg.tls_dir is not None
+    issuer = authority.load_issuer(cfg.tls_dir)
+    leaf = authority.issue(issuer, names_for(cfg, record), days=cfg.tls_cert_days)
+    outcome = guest_install.install(guest, leaf, plain_ports=record.plain_ports, start=start)
+    report(record, None, {}, tls_cert=leaf.cert_pem.decode())
+    log.info(
+        "tls certificate installed host_id=%s vm_id=%s not_after=%s how=%s",
+        cfg.host_id,
+        record.vm_id,
+        leaf.not_after.isoformat(),
+        outcome,
+    )
+    return outcome
+
+
+class Renewer:
+    """Every `cfg.tls_check_interval` s: each ready VM nobody works on whose certificate is due
+    gets a new one, without a restart (guest_install reloads the files). A VM busy with a command is
+    left for the next round; a failure is logged and retried next round (the old certificate
+    serves until it expires)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        registry: Any,
+        machine_of: Callable[[str], guest_install.Guest | None],
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.machine_of = machine_of
+
+    def due(self, now: datetime.datetime | None = None) -> list[VMRecord]:
+        return [
+            r for r in self.registry.unattended_ready() if r.tls_cert and is_due(self.cfg, r, now)
+        ]
+
+    def renew(self, record: VMRecord) -> bool:
+        """One VM's renewal; True when it has its new certificate."""
+        from vmbackend.host.rules import CLAIMED
+
+        outcome, current = self.registry.claim(VMCommand(RENEW_COMMAND, record.vm_id))
+        if outcome != CLAIMED or current is None:
+            return False
+        try:
+            machine = self.machine_of(record.vm_id)
+            if current.status != READY or machine is None:
+                return False
+            install(self.cfg, current, machine, self.registry.report, start=False)
+            return True
+        except (authority.TLSError, guest_install.GuestTLSError, MachineError, OSError) as exc:
+            log.error(
+                "tls renewal failed host_id=%s vm_id=%s error=%s",
+                self.cfg.host_id,
+                record.vm_id,
+                str(exc)[:500],
+            )
+            return False
+        finally:
+            self.registry.release(record.vm_id, RENEW_COMMAND)
+
+    def run_once(self, now: datetime.datetime | None = None) -> int:
+        return sum(1 for record in self.due(now) if self.renew(record))
+
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.wait(self.cfg.tls_check_interval):
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one VM's trouble
+                log.exception("tls renewal round failed host_id=%s", self.cfg.host_id)

@@ -1,0 +1,242 @@
+"""The QEMU guest agent (qemu-ga) on its virtio-serial port, as JSON lines on a Unix socket.
+
+QEMU serves the port's socket to one client at a time and knows nothing of the protocol: a
+connection may see a reply meant for an earlier client, or the agent may not be running yet
+(the socket accepts, nobody answers). So one connection is kept, and every (re)connection starts
+with `guest-sync-delimited` and a random id: the agent answers with a 0xFF byte then
+`{"return": id}`; everything before that is stale and dropped. A 0xFF byte sent first resets the
+agent's JSON parser after a half-written request. Every call has a timeout; after any failure the
+connection is dropped and the next call resynchronises.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import random
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmbackend.machine.qmp import connect_unix
+
+SYNC_BYTE = b"\xff"
+MAX_LINE = 16 * 1024 * 1024
+
+
+class GuestAgentError(Exception):
+    """The guest agent did not answer in time, or answered with an error."""
+
+
+class GuestAgent:
+    """One connection to one VM's guest agent socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    # -- connection -----------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._buf = b""
+
+    def __enter__(self) -> GuestAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connected(self) -> socket.socket:
+        if self._sock is None:
+            raise ConnectionError("not connected")
+        return self._sock
+
+    def _send(self, data: bytes, deadline: float) -> None:
+        sock = self._connected()
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        sock.sendall(data)
+
+    def _read_until(self, marker: bytes, deadline: float) -> bytes:
+        """Bytes up to and including `marker` (kept out of the buffer)."""
+        sock = self._connected()
+        while marker not in self._buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no answer")
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("guest agent socket closed")
+            self._buf += chunk
+            if len(self._buf) > MAX_LINE:
+                raise GuestAgentError("guest agent sent an oversized reply")
+        head, _, self._buf = self._buf.partition(marker)
+        return head + marker
+
+    def _read_json(self, deadline: float) -> dict[str, Any]:
+        while True:
+            line = self._read_until(b"\n", deadline).strip().lstrip(SYNC_BYTE)
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue  # garbage from an earlier client or a half line after a reset
+            if isinstance(msg, dict):
+                return msg
+
+    def sync(self, timeout: float = 3.0) -> None:
+        """(Re)connect and synchronise with `guest-sync-delimited`."""
+        deadline = time.monotonic() + timeout
+        self.close()
+        try:
+            self._sock = connect_unix(self.path, timeout)
+            sync_id = random.randint(1, 2**31 - 1)
+            request = {"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}
+            self._send(SYNC_BYTE + json.dumps(request).encode() + b"\n", deadline)
+            while True:
+                self._read_until(SYNC_BYTE, deadline)  # drop everything before the delimiter
+                if self._read_json(deadline).get("return") == sync_id:
+                    return
+        except (OSError, GuestAgentError) as exc:
+            self.close()
+            raise GuestAgentError(
+                f"guest agent not answering: {exc or type(exc).__name__}"
+            ) from exc
+
+    def execute(
+        self, name: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
+        """Run one command and return its `return` value (syncs first when not connected)."""
+        deadline = time.monotonic() + timeout
+        if self._sock is None:
+            self.sync(timeout)
+        request: dict[str, Any] = {"execute": name}
+        if arguments:
+            request["arguments"] = arguments
+        try:
+            self._send(json.dumps(request).encode() + b"\n", deadline)
+            reply = self._read_json(deadline)
+        except OSError as exc:
+            self.close()
+            raise GuestAgentError(f"guest agent {name}: {exc or type(exc).__name__}") from exc
+        if "error" in reply:
+            err = reply["error"]
+            desc = err.get("desc") if isinstance(err, dict) else err
+            raise GuestAgentError(f"guest agent {name}: {desc}")
+        if "return" not in reply:
+            self.close()
+            raise GuestAgentError(f"guest agent {name}: unexpected reply")
+        return reply["return"]
+
+    # -- commands -------------------------------------------------------------------------------
+    def ping(self, timeout: float = 3.0) -> None:
+        self.execute("guest-ping", timeout=timeout)
+
+    def wait(self, deadline: float, attempt: float = 3.0) -> None:
+        """Retry sync + ping until the agent answers or `deadline` (time.monotonic()) passes."""
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                self.sync(min(attempt, max(0.1, deadline - time.monotonic())))
+                self.ping(min(attempt, max(0.1, deadline - time.monotonic())))
+                return
+            except GuestAgentError as exc:
+                last = exc
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        raise GuestAgentError(f"guest agent did not answer: {last}")
+
+    def interfaces(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        result = self.execute("guest-network-get-interfaces", timeout=timeout)
+        return result if isinstance(result, list) else []
+
+    def addresses(self, timeout: float = 10.0) -> list[str]:
+        return routable_addresses(self.interfaces(timeout))
+
+    def set_time(self, timeout: float = 10.0) -> None:
+        """`guest-set-time` without a time: the guest re-reads its (host-driven) hardware clock."""
+        self.execute("guest-set-time", timeout=timeout)
+
+    def exec(
+        self,
+        path: str,
+        args: Iterable[str] = (),
+        *,
+        input_data: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> ExecResult:
+        """Run a program in the guest, wait for it, and return its exit code and output."""
+        deadline = time.monotonic() + timeout
+        pid = self.exec_start(path, args, input_data=input_data, timeout=timeout)
+        return self.exec_wait(pid, path, deadline)
+
+    def exec_start(
+        self,
+        path: str,
+        args: Iterable[str] = (),
+        *,
+        input_data: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> int:
+        """Start a program in the guest and return its pid at once (the agent runs it
+        asynchronously), so the caller can do other work meanwhile."""
+        arguments: dict[str, Any] = {"path": path, "arg": list(args), "capture-output": True}
+        if input_data is not None:
+            arguments["input-data"] = base64.b64encode(input_data).decode()
+        return int(self.execute("guest-exec", arguments, timeout=timeout)["pid"])
+
+    def exec_wait(self, pid: int, path: str, deadline: float) -> ExecResult:
+        """Wait (until `deadline`, a time.monotonic() value) for a program from exec_start."""
+        while True:
+            status = self.execute(
+                "guest-exec-status", {"pid": pid}, timeout=max(0.5, deadline - time.monotonic())
+            )
+            if status.get("exited"):
+                return ExecResult(
+                    exitcode=int(status.get("exitcode", -1)),
+                    stdout=base64.b64decode(status.get("out-data", "")),
+                    stderr=base64.b64decode(status.get("err-data", "")),
+                )
+            if time.monotonic() >= deadline:
+                raise GuestAgentError(f"guest-exec {path}: still running past its deadline")
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exitcode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def routable_addresses(interfaces: object) -> list[str]:
+    """The guest's addresses from `guest-network-get-interfaces`, for reaching it from outside.
+
+    Drops loopback, link-local, unspecified and multicast addresses and anything malformed;
+    IPv4 first, then IPv6, each in the agent's order, without duplicates.
+    """
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    if not isinstance(interfaces, list):
+        return []
+    for iface in interfaces:
+        if not isinstance(iface, dict):
+            continue
+        for entry in iface.get("ip-addresses") or []:
+            if not isinstance(entry, dict):
+                continue
+            try:
+                addr = ipaddress.ip_address(str(entry.get("ip-address", "")).split("%")[0])
+            except ValueError:
+                continue
+            if addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast:
+                continue
+            if addr not in found:
+                found.append(addr)
+    return [str(a) for a in sorted(found, key=lambda a: a.version)]
