@@ -158,8 +158,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-# The login throttle's counters (accounts/throttle.py). The default lives in one process's memory:
-# with several web workers or hosts, point this at a shared cache (docs/deploy.md).
+# Django's cache. Nothing of Warren's needs it shared: the login throttle counts in the database
+# (accounts/throttle.py). The default lives in one process's memory.
 CACHES = {"default": env.cache("WARREN_CACHE_URL", default="locmemcache://")}
 # Failed logins before a lockout, per username and per client address, and the lockout's length.
 LOGIN_FAILURES_PER_USERNAME = env.int("WARREN_LOGIN_FAILURES_PER_USERNAME", default=5)
