@@ -101,10 +101,10 @@ def deliver_due(
     *, now: datetime | None = None, limit: int = 50, stop: threading.Event | None = None
 ) -> int:
     """One pass: deliver up to `limit` queued emails that are due, fewer if `stop` is set
-    meanwhile. Returns how many went out."""
-    now = now or timezone.now()
+    meanwhile. Returns how many went out. `now` fixes the clock (tests); otherwise each claim
+    reads it anew, as a pass of slow sends can outlast a lease."""
     due = list(
-        QueuedEmail.objects.filter(given_up_at=None, next_attempt_at__lte=now)
+        QueuedEmail.objects.filter(given_up_at=None, next_attempt_at__lte=now or timezone.now())
         .order_by("next_attempt_at", "pk")
         .values_list("pk", "next_attempt_at")[:limit]
     )
@@ -118,16 +118,17 @@ def deliver_due(
         # Race: two senders (a second machine, or the old and the new worker during a restart)
         # may list the same row. The conditional UPDATE lets one of them claim it; the other
         # sees 0 rows and skips it.
+        at = now or timezone.now()
         claimed = QueuedEmail.objects.filter(
             pk=pk, next_attempt_at=due_at, given_up_at=None
-        ).update(next_attempt_at=now + LEASE, attempts=F("attempts") + 1)
+        ).update(next_attempt_at=at + LEASE, attempts=F("attempts") + 1)
         if not claimed:
             continue
         row = QueuedEmail.objects.get(pk=pk)
         try:
             connection.send_messages([_to_message(row)])
         except Exception as exc:  # noqa: BLE001 - one bad message or server must not stop the queue
-            _failed(row, exc, now)
+            _failed(row, exc, now or timezone.now())
             continue
         QueuedEmail.objects.filter(pk=pk).delete()
         sent += 1
@@ -136,7 +137,8 @@ def deliver_due(
 
 
 def _failed(row: QueuedEmail, exc: Exception, now: datetime) -> None:
-    error = f"{type(exc).__name__}: {exc}"[:500]
+    # One line: a server's multi-line answer must not forge log lines.
+    error = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
     give_up = now - row.created_at >= timedelta(seconds=settings.MAIL_GIVE_UP_SECONDS)
     if give_up:
         QueuedEmail.objects.filter(pk=row.pk).update(last_error=error, given_up_at=now)

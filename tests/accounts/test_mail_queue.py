@@ -8,6 +8,7 @@ test; the tests here put the queue back in front of it, as production runs.
 from __future__ import annotations
 
 import logging
+import smtplib
 import statistics
 import threading
 import time
@@ -287,3 +288,20 @@ def test_staff_see_the_queue_but_cannot_search_the_bodies(admin_client, queued) 
     row = QueuedEmail.objects.get()
     detail = admin_client.get(reverse("admin:accounts_queuedemail_change", args=[row.pk]))
     assert detail.status_code == 200 and b"secret-token" not in detail.content
+
+
+class _MultiLineRefusal(mail.backends.locmem.EmailBackend):
+    def send_messages(self, messages):  # type: ignore[no-untyped-def]
+        raise smtplib.SMTPServerDisconnected("refused\nts=forged level=INFO event=mail_sent")
+
+
+def test_a_refusal_is_logged_on_one_line(settings, queued, caplog) -> None:
+    settings.MAIL_DELIVERY_BACKEND = f"{__name__}._MultiLineRefusal"
+    send_mail("s", "b", None, ["to@example.com"])
+
+    with caplog.at_level(logging.WARNING, logger="accounts.mail_queue"):
+        assert mail_queue.deliver_due() == 0
+
+    [record] = [r for r in caplog.records if "event=mail_failed" in r.getMessage()]
+    assert "\n" not in record.getMessage()
+    assert "\n" not in QueuedEmail.objects.get().last_error
