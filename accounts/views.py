@@ -1,11 +1,11 @@
 import logging
-import smtplib
 
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.models import User
 from django.core.mail import send_mail
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -45,11 +45,14 @@ def signup(request: HttpRequest) -> HttpResponse:
 
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        owners = list(get_user_model().objects.filter(email__iexact=form.cleaned_data["email"]))
-        user = form.save()
-        if owners:
-            _tell_owners_of_a_new_account(request, owners, user)
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        # One transaction: the account and the mail to the address's owners (queued, sent by the
+        # mail worker, accounts/mail_queue.py) exist together or not at all.
+        with transaction.atomic():
+            owners = list(get_user_model().objects.filter(email__iexact=form.cleaned_data["email"]))
+            user = form.save()
+            if owners:
+                _tell_owners_of_a_new_account(request, owners, user)
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect(_safe_next(request))
 
     ctx = {"form": form, "next": request.POST.get("next") or request.GET.get("next", "")}
@@ -58,7 +61,8 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 def _tell_owners_of_a_new_account(request: HttpRequest, owners: list[User], new_user: User) -> None:
     """Someone signed up with an address that already has an account: its owner hears of it by
-    mail (the page says nothing, so signup does not reveal which addresses are registered)."""
+    mail (the page says nothing, and answers as fast, so signup does not reveal which addresses
+    are registered)."""
     context = {
         "new_username": new_user.get_username(),
         "login_url": request.build_absolute_uri(reverse("login")),
@@ -66,15 +70,6 @@ def _tell_owners_of_a_new_account(request: HttpRequest, owners: list[User], new_
     }
     for owner in owners:
         body = render_to_string("registration/email_in_use_email.txt", {**context, "user": owner})
-        try:
-            send_mail(
-                "Another Warren account uses your email address",
-                body,
-                None,
-                [owner.email],
-            )
-        except (OSError, smtplib.SMTPException) as exc:
-            # A mail server error must not turn this signup into a 500 that only an address in
-            # use can cause.
-            log.warning("event=signup_notice_failed user_id=%s error=%s", owner.pk, exc)
+        # Queued, not sent (settings.EMAIL_BACKEND): the answer takes as long as for a new address.
+        send_mail("Another Warren account uses your email address", body, None, [owner.email])
     log.info("event=signup_email_in_use new_user_id=%s owners=%d", new_user.pk, len(owners))

@@ -158,8 +158,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-# The login throttle's counters (accounts/throttle.py). The default lives in one process's memory:
-# with several web workers or hosts, point this at a shared cache (docs/deploy.md).
+# Django's cache. Nothing of Warren's needs it shared: the login throttle counts in the database
+# (accounts/throttle.py). The default lives in one process's memory.
 CACHES = {"default": env.cache("WARREN_CACHE_URL", default="locmemcache://")}
 # Failed logins before a lockout, per username and per client address, and the lockout's length.
 LOGIN_FAILURES_PER_USERNAME = env.int("WARREN_LOGIN_FAILURES_PER_USERNAME", default=5)
@@ -169,7 +169,17 @@ LOGIN_LOCKOUT_SECONDS = env.int("WARREN_LOGIN_LOCKOUT_SECONDS", default=900)
 # TCP peer (REMOTE_ADDR), which behind a proxy is the proxy itself.
 CLIENT_IP_HEADER = env.str("WARREN_CLIENT_IP_HEADER", default="")
 
-EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+# Every email is queued in the database (accounts/mail_queue.py) and delivered by the mail worker
+# (`manage.py send_queued_mail`) through the backend the environment's EMAIL_BACKEND names: no
+# request waits for (or fails with) the mail server. Django's test runner sets its own.
+EMAIL_BACKEND = "accounts.mail_queue.QueueBackend"
+MAIL_DELIVERY_BACKEND = env.str(
+    "EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend"
+)
+# The mail worker looks for due emails this often (seconds); a failed one is retried (30 s,
+# doubling, at most hourly) until it is this old (default 3 days, a reset link's lifetime).
+MAIL_QUEUE_POLL_SECONDS = env.float("WARREN_MAIL_POLL_SECONDS", default=1.0)
+MAIL_GIVE_UP_SECONDS = env.int("WARREN_MAIL_GIVE_UP_SECONDS", default=3 * 24 * 3600)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Warren <noreply@warren.localhost>")
 # For the SMTP backend (django.core.mail.backends.smtp.EmailBackend) in production.
 EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")

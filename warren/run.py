@@ -1,7 +1,7 @@
 """`python -m warren run`: the whole system on one machine, for development and small installs.
 
 Prepares the database and the VM image (with visible progress), then supervises the web server,
-the outbox relay, the event worker and one host daemon as child processes. A child that dies is
+the outbox relay, the event worker, the mail sender and one host daemon as child processes. A child that dies is
 started again with a capped backoff; Ctrl-C (or SIGTERM) stops every child cleanly. VMs keep
 running when the daemon stops (that is the daemon's contract) and are adopted on the next start.
 """
@@ -99,6 +99,8 @@ def service_commands(opts: Options, python: str = sys.executable) -> dict[str, l
         ],
         "relay": [python, "manage.py", "relay_outbox"],
         "events": [python, "manage.py", "consume_events"],
+        # Delivers the emails requests and workers queue (accounts/mail_queue.py).
+        "mail": [python, "manage.py", "send_queued_mail"],
     }
     if opts.daemon:
         services["vmbackend"] = [python, "-m", "vmbackend", "daemon"]

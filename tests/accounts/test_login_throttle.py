@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
-from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 
@@ -22,9 +21,6 @@ def _limits(settings):
     settings.LOGIN_FAILURES_PER_ADDRESS = 20
     settings.LOGIN_LOCKOUT_SECONDS = 900
     settings.CLIENT_IP_HEADER = ""
-    cache.clear()
-    yield
-    cache.clear()
 
 
 @pytest.fixture

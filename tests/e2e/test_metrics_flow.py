@@ -103,9 +103,10 @@ def test_graphs_move_and_a_queue_alarm_fires_and_clears_with_emails(tiny_system:
         assert page.evaluate("window.__noReload") == "still here"
         page.screenshot(path=str(SCREENSHOTS / "warren-e2e-alarm-cleared.png"), full_page=True)
 
-    # The owner's two emails, written by the event worker's console email backend.
+    # The owner's two emails: queued by the event worker, printed by the mail worker's console
+    # email backend.
     def worker_log() -> str | None:
-        log = system.log("events")
+        log = system.log("mail")
         return log if f"Subject: Cleared: {ALARM}" in log else None
 
     mail = wait_until(worker_log, 30, "the clear email", system=system)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.django_db(databases=[])
 
 def test_it_runs_every_service_the_system_needs():
     services = service_commands(Options(port=8123))
-    assert set(services) == {"web", "relay", "events", "vmbackend"}
+    assert set(services) == {"web", "relay", "events", "mail", "vmbackend"}
     assert "127.0.0.1:8123" in services["web"]
     assert "vmbackend" not in service_commands(Options(daemon=False))
 
@@ -84,6 +86,8 @@ def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(
         "WARREN_AMQP_URL": amqp_url,
         "WARREN_STATE_DIR": str(tmp_path / "vmbackend"),
         "WARREN_HOST_ID": "run-test",
+        # The mail service prints what it delivers (the queue's worker, not the web server).
+        "EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend",
     }
     proc = subprocess.Popen(
         [
@@ -106,8 +110,13 @@ def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(
     try:
         wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=2).ok, 120, "the shop")
         assert "Bunny" in requests.get(f"http://127.0.0.1:{port}/", timeout=5).text
+        for username in ("first", "second"):  # the second tells the first by mail
+            _signup(f"http://127.0.0.1:{port}", username, "same@example.com")
+        wait_until(lambda: _queued(tmp_path / "db.sqlite3") == 0, 60, "the mail service")
         children = _children(proc.pid)
-        assert len(children) >= 4, "web, relay, event worker and daemon run under the supervisor"
+        assert len(children) >= 5, (
+            "web, relay, event worker, mail and daemon run under the supervisor"
+        )
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=60) == 0
         alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
@@ -117,6 +126,32 @@ def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(
             os.killpg(proc.pid, signal.SIGKILL)
     output = proc.stdout.read().decode()
     assert "event=stopped" in output
+    assert "mail | Subject: Another Warren account uses your email address" in output
+    assert "mail | To: same@example.com" in output
+
+
+def _signup(site: str, username: str, email: str) -> None:
+    session = requests.Session()
+    session.get(f"{site}/accounts/signup/", timeout=10).raise_for_status()
+    password = "correct-horse-battery-42"
+    response = session.post(
+        f"{site}/accounts/signup/",
+        data={
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            "username": username,
+            "email": email,
+            "password1": password,
+            "password2": password,
+        },
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert response.status_code == 302, response.text[:500]
+
+
+def _queued(db: Path) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT count(*) FROM accounts_queuedemail").fetchone()[0])
 
 
 def test_ctrl_c_stops_the_setup_even_when_started_with_sigint_ignored(tmp_path: Path):
