@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 class Command(BaseCommand):
     help = (
-        "Consume warren.events.store (instance events, host heartbeats) and read computing.dead"
+        "Consume warren.events.store.q (instance events, host heartbeats) and read computing.dead.q"
         " (refused commands and events) into the shop."
     )
 
