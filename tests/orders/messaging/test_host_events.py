@@ -30,7 +30,7 @@ from orders.models import (
     OutboxMessage,
 )
 from tests.orders.conftest import get_all
-from vmbackend.protocol import messages, topology
+from vmbackend.protocol import events, messages, topology, wire
 
 pytestmark = pytest.mark.django_db
 
@@ -233,8 +233,8 @@ def test_an_event_the_database_refuses_is_dead_lettered_and_the_next_one_applied
     """An apply that fails for good (here a seq past the column's range, let through by a parser
     with wider bounds: PostgreSQL raises DataError, SQLite OverflowError) is dead-lettered with
     the error as the reason; the event behind it is applied."""
-    monkeypatch.setattr(messages, "MAX_SEQ", 10**30)
-    monkeypatch.setattr(messages, "MAX_INT_DIGITS", 40)
+    monkeypatch.setattr(events, "MAX_SEQ", 10**30)  # where the parser reads them
+    monkeypatch.setattr(wire, "MAX_INT_DIGITS", 40)
     _publish(
         amqp,
         _event(instance, "instance.accepted", 10**25),
