@@ -11,17 +11,16 @@ intermediate needs no daemon restart.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from vmbackend.host import network
 from vmbackend.host.config import Config
 from vmbackend.host.state import READY, VMRecord
 from vmbackend.machine.base import MachineError
 from vmbackend.protocol.messages import VMCommand
+from vmbackend.protocol.server_names import server_name
 from vmbackend.tls import authority, guest_install
 
 log = logging.getLogger(__name__)
@@ -36,20 +35,11 @@ def enabled(cfg: Config) -> bool:
 
 
 def names_for(cfg: Config, record: VMRecord) -> list[str]:
-    """The names in the VM's URLs: in user mode the advertised host (WARREN_ADVERTISED_HOST, a
-    public name or address) and the bind address when it is a usable one; on a bridge the
-    guest's own address."""
-    if record.network == "bridge":
-        address = network.preferred_address(record.ip_addresses)
-        return [address] if address else []
-    names = [cfg.advertised_host]
-    try:
-        bind = ipaddress.ip_address(cfg.bind_address)
-        if not bind.is_unspecified and cfg.bind_address != cfg.advertised_host:
-            names.append(cfg.bind_address)
-    except ValueError:
-        pass
-    return names
+    """The VM's own name, `<short-id>.<WARREN_VM_DOMAIN>`, and nothing else: the host's name or
+    address is shared by all its VMs (user mode), so a certificate carrying it would let one
+    VM's key answer for another. Clients connect to the URL's address and verify this name
+    (server_hostname / SNI: docs/tls.md)."""
+    return [server_name(record.vm_id, cfg.vm_domain)]
 
 
 def renew_before(cfg: Config) -> datetime.timedelta:

@@ -21,6 +21,7 @@ from vmbackend.host.rules import CLAIMED, new_record
 from vmbackend.host.state import READY, StateStore, VMRecord
 from vmbackend.machine import qemu
 from vmbackend.protocol.messages import CreateVM, VMCommand, parse
+from vmbackend.protocol.server_names import server_name, short_id
 from vmbackend.tls import authority, guest_install
 
 
@@ -79,25 +80,31 @@ class Recorder:
         return data[: data.index(b"-----END PRIVATE KEY-----")]
 
 
-def test_names_are_the_advertised_host_and_the_bind_address() -> None:
-    cfg = _cfg(None, WARREN_ADVERTISED_HOST="rabbit.example.com", WARREN_BIND_ADDRESS="127.0.0.1")
-    record = VMRecord("vm-1", "rabbitmq-4.0", 512, 1, 4, "vm-1", "warren-a", "pw")
-    assert certificates.names_for(cfg, record) == ["rabbit.example.com", "127.0.0.1"]
-    wildcard = _cfg(
+def test_the_name_is_the_vm_s_own_under_the_configured_domain() -> None:
+    """Not the advertised host nor the bind address: every VM of the host shares those."""
+    cfg = _cfg(
         None,
         WARREN_ADVERTISED_HOST="rabbit.example.com",
-        WARREN_BIND_ADDRESS="0.0.0.0",  # noqa: S104 - the wildcard is the case
+        WARREN_BIND_ADDRESS="127.0.0.1",
+        WARREN_VM_DOMAIN="Servers.Example.COM.",
     )
-    assert certificates.names_for(wildcard, record) == ["rabbit.example.com"]
-    same = _cfg(None, WARREN_BIND_ADDRESS="127.0.0.1")
-    assert certificates.names_for(same, record) == ["127.0.0.1"]
+    a = VMRecord("vm-1", "rabbitmq-4.0", 512, 1, 4, "vm-1", "warren-a", "pw")
+    b = VMRecord("vm-2", "rabbitmq-4.0", 512, 1, 4, "vm-2", "warren-b", "pw")
+    assert certificates.names_for(cfg, a) == [f"{short_id('vm-1')}.servers.example.com"]
+    assert certificates.names_for(cfg, a) != certificates.names_for(cfg, b)
 
 
-def test_on_a_bridge_the_name_is_the_guest_address() -> None:
+def test_on_a_bridge_the_name_is_still_the_vm_s_own() -> None:
     cfg = _cfg(None)
     record = VMRecord("vm-1", "rabbitmq-4.0", 512, 1, 4, "vm-1", "warren-a", "pw", network="bridge")
     record.ip_addresses = ["fe80::1", "192.0.2.10"]
-    assert certificates.names_for(cfg, record) == ["192.0.2.10"]
+    assert certificates.names_for(cfg, record) == [server_name("vm-1", "warren.localhost")]
+
+
+@pytest.mark.parametrize("domain", ["localhost", "-bad-.example", "a..b", "x" * 64 + ".example"])
+def test_a_domain_that_cannot_be_a_name_constraint_is_refused(domain: str) -> None:
+    with pytest.raises(config.ConfigError, match="WARREN_VM_DOMAIN"):
+        _cfg(None, WARREN_VM_DOMAIN=domain)
 
 
 def test_a_tls_host_gives_each_vm_four_ports_and_forwards_them(ca: Path, tmp_path: Path) -> None:
