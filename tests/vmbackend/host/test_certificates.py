@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests.vmbackend.machine.test_guest_agent import FakeAgent
 from vmbackend.host import boot, certificates, config
 from vmbackend.host.registry import Registry
 from vmbackend.host.rules import CLAIMED, new_record
 from vmbackend.host.state import READY, StateStore, VMRecord
 from vmbackend.machine import qemu
+from vmbackend.machine.qemu_machine import QemuMachine
 from vmbackend.protocol.messages import CreateVM, VMCommand, parse
 from vmbackend.protocol.server_names import server_name, short_id
 from vmbackend.tls import authority, guest_install
@@ -290,3 +292,45 @@ def test_only_rabbitmq_images_speak_tls(tiny_images_root: Path, tmp_path: Path) 
 
     spec = qemu.VMSpec("vm-1", "tiny", 256, 1, 1, "vm-1", "warren-a", "pw")
     assert QemuMachine(spec, tmp_path / "vm", tiny_images_root).speaks_tls() is False
+
+
+def test_one_vm_s_malformed_guest_reply_does_not_stop_the_round(ca: Path, tmp_path: Path) -> None:
+    """Issue 20: a guest answering a non-numeric exit code stopped renewal for every later VM.
+    Two real QemuMachine objects talk to their guest agents' sockets (a stand-in qemu-ga on
+    each); the first answers garbage, the second is renewed all the same."""
+    cfg = _cfg(ca, WARREN_TLS_CERT_DAYS="0.01", WARREN_TLS_RENEW_BEFORE_DAYS="0.005")
+    now = datetime.datetime.now(datetime.UTC)
+    registry = Registry(cfg, StateStore(tmp_path / "state"))
+    issuer = authority.load_issuer(ca)
+    records = []
+    for vm_id in ("vm-bad", "vm-good"):
+        record, failure = registry.add_new(_create(**{"vm-id": vm_id}))
+        assert failure is None
+        leaf = authority.issue(issuer, certificates.names_for(cfg, record), days=0.01, now=now)
+        registry.report(record, None, {}, status="booting")
+        registry.report(record, None, {}, status=READY, tls_cert=leaf.cert_pem.decode())
+        records.append(record)
+    bad, good = records
+    machines, agents = {}, []
+    for record, reply in (
+        (bad, {"exited": True, "exitcode": "abc"}),
+        (good, {"exited": True, "exitcode": 0, "out-data": "cmVsb2FkCg=="}),  # "reload\n"
+    ):
+        spec = qemu.VMSpec(record.vm_id, "rabbitmq-4.0", 512, 1, 4, record.vm_id, "warren", "pw")
+        machine = QemuMachine(spec, tmp_path / record.vm_id, tmp_path / "images")
+        machine.vm_dir.mkdir()
+        agents.append(FakeAgent(machine.paths.qga, status_reply=reply))
+        machines[record.vm_id] = machine
+    later = now + datetime.timedelta(days=0.006)
+    renewer = certificates.Renewer(cfg, registry, machines.get)
+    assert [r.vm_id for r in renewer.due(later)] == ["vm-bad", "vm-good"]
+    before = {r.vm_id: r.tls_cert for r in records}
+    try:
+        assert renewer.run_once(later) == 1
+    finally:
+        for agent in agents:
+            agent.close()
+    assert bad.tls_cert == before["vm-bad"]  # the old certificate serves; retried next round
+    assert good.tls_cert != before["vm-good"]
+    assert renewer.failures == 1
+    assert not registry.busy
