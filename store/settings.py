@@ -12,6 +12,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from vmbackend.protocol.server_names import DEFAULT_VM_DOMAIN
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -208,6 +210,9 @@ INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="")
 # Warren's root CA certificate (public; docs/tls.md), offered on the order page for clients to
 # verify the servers' certificates. Empty: no download (hosts without TLS, or a public CA).
 CA_CERT = env.str("WARREN_CA_CERT", default="")
+# The servers' DNS domain: each server's certificate names `<short-id>.<domain>`, shown on its
+# order page (vmbackend/protocol/server_names.py). The same value as the hosts' and the CA's.
+VM_DOMAIN = env.str("WARREN_VM_DOMAIN", default=DEFAULT_VM_DOMAIN)
 # A host that has not sent a heartbeat for this long is shown to staff as unreachable.
 HOST_HEARTBEAT_TIMEOUT = env.int("WARREN_HOST_HEARTBEAT_TIMEOUT", default=90)
 # Placement (orders/fleet/placement.py, docs/fleet.md): `pack` fills the fullest host that fits

@@ -157,10 +157,12 @@ def run_daemon(argv: Sequence[str]) -> int:
         from vmbackend.tls import authority
 
         try:
-            authority.load_issuer(cfg.tls_dir)
+            warning = authority.check_scope(authority.load_issuer(cfg.tls_dir), cfg.vm_domain)
         except authority.TLSError as exc:
             print(f"config error: tls_dir: {exc}", file=sys.stderr)
             return 2
+        if warning:
+            print(f"warning: tls_dir: {warning}", file=sys.stderr)
     logging.basicConfig(
         level=os.environ.get("WARREN_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -175,6 +177,7 @@ def run_tls(argv: Sequence[str]) -> int:
     """`tls init-ca DIR`: the root (once, offline); `tls host CA_DIR HOST_ID OUT_DIR`: a host's
     intermediate, signed by the root (docs/tls.md). WARREN_CA_PASSPHRASE encrypts the root key."""
     from vmbackend.tls import authority
+    from vmbackend.tls.scope import Scope, ScopeError, scope_of
 
     parser = argparse.ArgumentParser(prog="python -m vmbackend tls")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,18 +189,31 @@ def run_tls(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     passphrase = authority.passphrase_from_env()
     try:
+        scope = Scope.from_env()
         if args.command == "init-ca":
-            cert = authority.init_ca(Path(args.folder), passphrase=passphrase)
-            print(f"root CA {cert.subject.rfc4514_string()} in {args.folder}")
+            cert = authority.init_ca(Path(args.folder), passphrase=passphrase, scope=scope)
+            print(
+                f"root CA {cert.subject.rfc4514_string()} for {scope.describe()} in {args.folder}"
+            )
         else:
             if not config.HOST_ID_RE.fullmatch(args.host_id):
                 print("host_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}", file=sys.stderr)
                 return 2
             cert = authority.init_host(
-                Path(args.ca_folder), args.host_id, Path(args.out), passphrase=passphrase
+                Path(args.ca_folder),
+                args.host_id,
+                Path(args.out),
+                passphrase=passphrase,
+                scope=scope,
             )
+            if scope_of(authority.load_root(Path(args.ca_folder))) is None:
+                print(
+                    "warning: this root has no name constraints (made before them): clients "
+                    "trusting it accept any name it signs; make a new root (docs/tls.md)",
+                    file=sys.stderr,
+                )
             print(f"host intermediate {cert.subject.rfc4514_string()} in {args.out}")
-    except authority.TLSError as exc:
+    except (authority.TLSError, ScopeError) as exc:
         print(f"tls: {exc}", file=sys.stderr)
         return 1
     return 0

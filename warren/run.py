@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ import environ
 from vmbackend.host import config
 from vmbackend.protocol import versions
 from vmbackend.tls import authority
+from vmbackend.tls.scope import Scope, ScopeError, scope_of
 
 log = logging.getLogger("warren.run")
 
@@ -127,10 +129,19 @@ def dev_tls_environment(env: dict[str, str], base: Path = DEV_TLS_DIR) -> dict[s
     host_id = env.get("WARREN_HOST_ID") or config.default_host_id()
     root, host = base / "root", base / "hosts" / host_id
     passphrase = authority.passphrase_from_env(env)
+    scope = Scope.from_env(env)
+    if (root / authority.ROOT_CERT).exists() and scope_of(authority.load_root(root)) != scope:
+        # A development root made before name constraints, or for another WARREN_VM_DOMAIN:
+        # put it aside (kept, not deleted) and make one that fits; re-download the root.
+        aside = Path(tempfile.mkdtemp(prefix=f"replaced-{time.strftime('%Y%m%d')}-", dir=base))
+        root.rename(aside / "root")
+        if (base / "hosts").exists():
+            (base / "hosts").rename(aside / "hosts")
+        log.warning("event=dev_ca_replaced reason=scope_changed kept=%s", aside)
     if not (root / authority.ROOT_KEY).exists():
-        authority.init_ca(root, passphrase=passphrase)
+        authority.init_ca(root, passphrase=passphrase, scope=scope)
     if not (host / authority.HOST_KEY).exists():
-        authority.init_host(root, host_id, host, passphrase=passphrase)
+        authority.init_host(root, host_id, host, passphrase=passphrase, scope=scope)
     return {
         **env,
         "WARREN_TLS_DIR": str(host),
@@ -265,7 +276,7 @@ def main(argv: Sequence[str]) -> int:
     except subprocess.CalledProcessError as exc:
         log.error("event=setup_failed step=%r code=%s", " ".join(exc.cmd[1:]), exc.returncode)
         return 1
-    except authority.TLSError as exc:
+    except (authority.TLSError, ScopeError) as exc:
         log.error("event=setup_failed step=tls error=%s", exc)
         return 1
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ from orders.fleet import evacuation
 from orders.models import Instance, Order
 from orders.web import order_wait
 from orders.web.access import SignedInRequest, get_instance, get_order
+from orders.web.connect import tls_connection
 from orders.web.monitoring import metrics_sections
 
 
@@ -130,6 +131,7 @@ def _state_context(order: Order) -> dict[str, Any]:
         f":{instance.restart_count}:{restarting}" if instance and instance.last_crash_at else ""
     )
     console_ctx = page.page_context(order, instance, serving=serving is not None)
+    tls_ctx = tls_connection(serving) if serving else {}
     # ... and so does one whose console command waits for its host's answer.
     final = (
         order.status not in Order.MAY_CHANGE and not restarting and not console_ctx["console_busy"]
@@ -148,10 +150,12 @@ def _state_context(order: Order) -> dict[str, Any]:
         # Changes whenever anything the page shows changes; the page's script compares it.
         "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}{console_ctx['console_version']}{':host-down' if host_notice else ''}",
         "show_connection": serving is not None,
-        "management_url": _without_password(serving.management_url) if serving else "",
+        "management_url": tls_ctx.get("named_management_url")
+        or (_without_password(serving.management_url) if serving else ""),
         "amqp_url": _without_password(serving.amqp_url) if serving else "",
         "ca_download": bool(serving and settings.CA_CERT and serving.amqp_url.startswith("amqps:")),
         "offline_payments": offline_payments_enabled(),
+        **tls_ctx,
         **console_ctx,
     }
 

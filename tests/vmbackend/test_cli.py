@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from tests.vmbackend.daemon_helpers import (
     wait_host,
 )
 from vmbackend.client import Client
+from vmbackend.tls import authority
+from vmbackend.tls.scope import Scope, parse_networks, scope_of
 
 
 def _run(*args, env=None, timeout=60):
@@ -173,3 +176,32 @@ def test_the_cli_drives_a_vm_from_create_to_delete(daemons, amqp_url):
     assert deleted.returncode == 0
     assert json.loads(deleted.stdout)["response"]["status"] == "deleted"
     assert json.loads(_run("list-vms", env=env).stdout) == []
+
+
+def test_tls_init_ca_takes_the_domain_and_networks_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "WARREN_VM_DOMAIN": "Servers.Example.ORG",
+        "WARREN_VM_NETWORKS": "198.51.100.0/24, 2001:db8::/32",
+    }
+    env.pop("WARREN_CA_PASSPHRASE", None)
+    run = [sys.executable, "-m", "vmbackend", "tls"]
+    made = subprocess.run([*run, "init-ca", str(tmp_path / "ca")], env=env, capture_output=True)
+    assert made.returncode == 0, made.stderr
+    host = subprocess.run(
+        [*run, "host", str(tmp_path / "ca"), "host-a", str(tmp_path / "host")],
+        env=env,
+        capture_output=True,
+    )
+    assert host.returncode == 0, host.stderr
+    assert b"warning" not in host.stderr
+    issuer = authority.load_issuer(tmp_path / "host")
+    expected = Scope("servers.example.org", parse_networks("198.51.100.0/24,2001:db8::/32"))
+    assert scope_of(issuer.root) == scope_of(issuer.cert) == expected
+    bad = subprocess.run(
+        [*run, "init-ca", str(tmp_path / "other")],
+        env={**env, "WARREN_VM_DOMAIN": "localhost"},
+        capture_output=True,
+    )
+    assert bad.returncode == 1 and b"WARREN_VM_DOMAIN" in bad.stderr
+    assert not (tmp_path / "other").exists()

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from tests.e2e.harness import wait_until
 from tests.net import free_port
 from vmbackend.tls import authority
+from vmbackend.tls.scope import scope_of
 from warren.run import (
     ROOT,
     Options,
@@ -236,3 +239,32 @@ def test_an_operator_tls_folder_or_an_empty_one_is_left_alone(tmp_path: Path):
     given = {"WARREN_TLS_DIR": "/etc/warren/tls", "WARREN_CA_CERT": "/etc/warren/ca.pem"}
     assert dev_tls_environment(given, base=tmp_path) == given
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dev_ca_without_name_constraints_or_for_another_domain_is_replaced(tmp_path: Path):
+    """A development root made before name constraints (or for another WARREN_VM_DOMAIN) is
+    put aside, not deleted, and a constrained one takes its place."""
+    root_key, old_root = authority.create_root()
+    bare = (
+        x509.CertificateBuilder()
+        .subject_name(old_root.subject)
+        .issuer_name(old_root.subject)
+        .public_key(root_key.public_key())
+        .serial_number(1)
+        .not_valid_before(old_root.not_valid_before_utc)
+        .not_valid_after(old_root.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .sign(root_key, hashes.SHA256())
+    )
+    authority.write_secret(tmp_path / "root" / authority.ROOT_KEY, authority.key_pem(root_key))
+    (tmp_path / "root" / authority.ROOT_CERT).write_bytes(authority.cert_pem(bare))
+    env = dev_tls_environment({"WARREN_HOST_ID": "box-1"}, base=tmp_path)
+    issuer = authority.load_issuer(Path(env["WARREN_TLS_DIR"]))
+    assert scope_of(issuer.root) == scope_of(issuer.cert) == authority.DEFAULT_SCOPE
+    (kept,) = tmp_path.glob("replaced-*/root/ca.pem")
+    assert kept.read_bytes() == authority.cert_pem(bare)
+    moved = dev_tls_environment(
+        {"WARREN_HOST_ID": "box-1", "WARREN_VM_DOMAIN": "vm.example.org"}, base=tmp_path
+    )
+    scope = scope_of(authority.load_issuer(Path(moved["WARREN_TLS_DIR"])).cert)
+    assert scope is not None and scope.domain == "vm.example.org"

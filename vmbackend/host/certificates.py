@@ -11,17 +11,16 @@ intermediate needs no daemon restart.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from vmbackend.host import network
 from vmbackend.host.config import Config
 from vmbackend.host.state import READY, VMRecord
 from vmbackend.machine.base import MachineError
 from vmbackend.protocol.messages import VMCommand
+from vmbackend.protocol.server_names import server_name
 from vmbackend.tls import authority, guest_install
 
 log = logging.getLogger(__name__)
@@ -36,20 +35,11 @@ def enabled(cfg: Config) -> bool:
 
 
 def names_for(cfg: Config, record: VMRecord) -> list[str]:
-    """The names in the VM's URLs: in user mode the advertised host (WARREN_ADVERTISED_HOST, a
-    public name or address) and the bind address when it is a usable one; on a bridge the
-    guest's own address."""
-    if record.network == "bridge":
-        address = network.preferred_address(record.ip_addresses)
-        return [address] if address else []
-    names = [cfg.advertised_host]
-    try:
-        bind = ipaddress.ip_address(cfg.bind_address)
-        if not bind.is_unspecified and cfg.bind_address != cfg.advertised_host:
-            names.append(cfg.bind_address)
-    except ValueError:
-        pass
-    return names
+    """The VM's own name, `<short-id>.<WARREN_VM_DOMAIN>`, and nothing else: the host's name or
+    address is shared by all its VMs (user mode), so a certificate carrying it would let one
+    VM's key answer for another. Clients connect to the URL's address and verify this name
+    (server_hostname / SNI: docs/tls.md)."""
+    return [server_name(record.vm_id, cfg.vm_domain)]
 
 
 def renew_before(cfg: Config) -> datetime.timedelta:
@@ -98,6 +88,7 @@ class Renewer:
         self.cfg = cfg
         self.registry = registry
         self.machine_of = machine_of
+        self.failures = 0  # renewals that failed (not those left for a busy VM), since start
 
     def due(self, now: datetime.datetime | None = None) -> list[VMRecord]:
         return [
@@ -118,6 +109,7 @@ class Renewer:
             install(self.cfg, current, machine, self.registry.report, start=False)
             return True
         except (authority.TLSError, guest_install.GuestTLSError, MachineError, OSError) as exc:
+            self.failures += 1
             log.error(
                 "tls renewal failed host_id=%s vm_id=%s error=%s",
                 self.cfg.host_id,
@@ -129,7 +121,22 @@ class Renewer:
             self.registry.release(record.vm_id, RENEW_COMMAND)
 
     def run_once(self, now: datetime.datetime | None = None) -> int:
-        return sum(1 for record in self.due(now) if self.renew(record))
+        """One round; the number of VMs renewed. Each VM on its own: whatever one VM's guest
+        answers (or raises), the next VM of the round is still renewed."""
+        renewed = 0
+        for record in self.due(now):
+            try:
+                renewed += self.renew(record)
+            except Exception as exc:  # noqa: BLE001 - one VM's trouble must not end the round
+                log.error(
+                    "tls renewal failed host_id=%s vm_id=%s error=%s: %s",
+                    self.cfg.host_id,
+                    record.vm_id,
+                    type(exc).__name__,
+                    str(exc)[:500],
+                )
+                self.failures += 1
+        return renewed
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.wait(self.cfg.tls_check_interval):

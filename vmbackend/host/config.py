@@ -23,6 +23,8 @@ from vmbackend.machine.base import Driver
 from vmbackend.machine.drivers import DRIVERS, driver_for
 from vmbackend.machine.simulated import parse_boot_seconds
 from vmbackend.protocol.capacity import DEFAULT_CPU_OVERCOMMIT, default_cpus, default_disk_gb
+from vmbackend.protocol.server_names import DEFAULT_VM_DOMAIN
+from vmbackend.tls.scope import ScopeError, validate_domain
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -111,6 +113,9 @@ class Config:
     tls_cert_days: float = 90.0
     tls_renew_before_days: float = 30.0
     tls_check_interval: float = 3600.0
+    # Each VM's certificate names `<short-id>.<vm_domain>` (vmbackend/protocol/server_names.py);
+    # the CA's name constraint must permit it.
+    vm_domain: str = DEFAULT_VM_DOMAIN
     # The machine driver: `qemu` (the product), or `simulated` (vmbackend/machine/simulated.py: VMs
     # without QEMU for load tests; boot seconds `low-high` and a failure rate).
     driver: str = "qemu"
@@ -168,6 +173,7 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("tls_cert_days", "WARREN_TLS_CERT_DAYS"),
     ("tls_renew_before_days", "WARREN_TLS_RENEW_BEFORE_DAYS"),
     ("tls_check_interval", "WARREN_TLS_CHECK_INTERVAL"),
+    ("vm_domain", "WARREN_VM_DOMAIN"),
     ("driver", "WARREN_DRIVER"),
     ("sim_boot_seconds", "WARREN_SIM_BOOT_SECONDS"),
     ("sim_failure_rate", "WARREN_SIM_FAILURE_RATE"),
@@ -307,6 +313,10 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
             f"tls_cert_days ({tls_cert_days:g})"
         )
     tls_dir = Path(given["tls_dir"]).expanduser() if given.get("tls_dir") else None
+    try:
+        vm_domain = validate_domain(given.get("vm_domain") or DEFAULT_VM_DOMAIN)
+    except ScopeError as exc:
+        raise ConfigError(str(exc)) from exc
 
     return Config(
         host_id=host_id,
@@ -352,6 +362,7 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         ),
         fallback_pause=_float("fallback_pause", given.get("fallback_pause", "5"), 0, 3600),
         tls_dir=tls_dir,
+        vm_domain=vm_domain,
         tls_cert_days=tls_cert_days,
         tls_renew_before_days=tls_renew_before_days,
         tls_check_interval=_float(

@@ -12,6 +12,7 @@ connection is dropped and the next call resynchronises.
 from __future__ import annotations
 
 import base64
+import binascii
 import ipaddress
 import json
 import random
@@ -26,10 +27,17 @@ from vmbackend.machine.qmp import connect_unix
 
 SYNC_BYTE = b"\xff"
 MAX_LINE = 16 * 1024 * 1024
+MAX_EXEC_OUTPUT = 4 * 1024 * 1024  # bytes per stream of a guest-exec; our commands print lines
+MAX_PID = 2**31 - 1
 
 
 class GuestAgentError(Exception):
     """The guest agent did not answer in time, or answered with an error."""
+
+
+class GuestReplyError(GuestAgentError):
+    """The agent answered, but not in the shape its command returns: a broken or hostile guest.
+    Callers that handle GuestAgentError handle this too (the guest is not trusted)."""
 
 
 class GuestAgent:
@@ -190,7 +198,7 @@ class GuestAgent:
         arguments: dict[str, Any] = {"path": path, "arg": list(args), "capture-output": True}
         if input_data is not None:
             arguments["input-data"] = base64.b64encode(input_data).decode()
-        return int(self.execute("guest-exec", arguments, timeout=timeout)["pid"])
+        return parse_exec_pid(self.execute("guest-exec", arguments, timeout=timeout))
 
     def exec_wait(self, pid: int, path: str, deadline: float) -> ExecResult:
         """Wait (until `deadline`, a time.monotonic() value) for a program from exec_start."""
@@ -198,12 +206,9 @@ class GuestAgent:
             status = self.execute(
                 "guest-exec-status", {"pid": pid}, timeout=max(0.5, deadline - time.monotonic())
             )
-            if status.get("exited"):
-                return ExecResult(
-                    exitcode=int(status.get("exitcode", -1)),
-                    stdout=base64.b64decode(status.get("out-data", "")),
-                    stderr=base64.b64decode(status.get("err-data", "")),
-                )
+            result = parse_exec_status(status)
+            if result is not None:
+                return result
             if time.monotonic() >= deadline:
                 raise GuestAgentError(f"guest-exec {path}: still running past its deadline")
             time.sleep(0.05)
@@ -214,6 +219,49 @@ class ExecResult:
     exitcode: int
     stdout: bytes
     stderr: bytes
+
+
+def parse_exec_pid(reply: object) -> int:
+    """guest-exec's `{"pid": n}`."""
+    pid = reply.get("pid") if isinstance(reply, dict) else None
+    if type(pid) is not int or not 0 <= pid <= MAX_PID:
+        raise GuestReplyError(f"guest-exec: no process id in the reply: {_shown(reply)}")
+    return pid
+
+
+def parse_exec_status(reply: object) -> ExecResult | None:
+    """guest-exec-status's reply: None while the program runs, its result once it exited.
+    A process killed by a signal has no exit code: -1."""
+    if not isinstance(reply, dict) or not isinstance(reply.get("exited"), bool):
+        raise GuestReplyError(f"guest-exec-status: not a status: {_shown(reply)}")
+    if not reply["exited"]:
+        return None
+    code = reply.get("exitcode", -1)
+    if type(code) is not int or not -MAX_PID - 1 <= code <= MAX_PID:
+        raise GuestReplyError(f"guest-exec-status: exit code is not a number: {_shown(code)}")
+    return ExecResult(
+        exitcode=code,
+        stdout=_output(reply.get("out-data", "")),
+        stderr=_output(reply.get("err-data", "")),
+    )
+
+
+def _output(data: object) -> bytes:
+    # base64 is 4 characters per 3 bytes: refuse before decoding what is too big anyway.
+    if not isinstance(data, str) or len(data) > (MAX_EXEC_OUTPUT + 2) // 3 * 4:
+        raise GuestReplyError("guest-exec-status: output is not text or is too long")
+    try:
+        out = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise GuestReplyError("guest-exec-status: output is not base64") from exc
+    if len(out) > MAX_EXEC_OUTPUT:
+        raise GuestReplyError("guest-exec-status: output is too long")
+    return out
+
+
+def _shown(value: object) -> str:
+    """A bounded picture of a guest's reply for an error message."""
+    return repr(value)[:200]
 
 
 def routable_addresses(interfaces: object) -> list[str]:

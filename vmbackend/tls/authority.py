@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vmbackend.files import write_atomic
+from vmbackend.tls.scope import DEFAULT_DOMAIN, DEFAULT_NETWORKS, Scope, parse_networks, scope_of
 
 ROOT_CERT = "ca.pem"
 ROOT_KEY = "ca.key"
@@ -38,6 +39,7 @@ RENEW_BEFORE_DAYS = 30.0
 # notBefore is set this far in the past: a guest or client clock slightly behind still accepts it.
 BACKDATE = datetime.timedelta(minutes=5)
 ORGANIZATION = "Warren"
+DEFAULT_SCOPE = Scope(DEFAULT_DOMAIN, parse_networks(",".join(DEFAULT_NETWORKS)))
 
 PrivateKey = ec.EllipticCurvePrivateKey
 
@@ -103,8 +105,10 @@ def create_root(
     common_name: str = "Warren Root CA",
     days: int = ROOT_DAYS,
     now: datetime.datetime | None = None,
+    scope: Scope = DEFAULT_SCOPE,
 ) -> tuple[PrivateKey, x509.Certificate]:
-    """A self-signed root that may sign one level of intermediates (pathlen 1)."""
+    """A self-signed root that may sign one level of intermediates (pathlen 1), for names in
+    `scope` only (critical name constraints: vmbackend/tls/scope.py)."""
     now = now or _utcnow()
     key = new_key()
     name = _name(common_name)
@@ -119,6 +123,7 @@ def create_root(
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(_ca_usage(), critical=True)
+        .add_extension(scope.constraints(), critical=True)
         .add_extension(ski, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
         .sign(key, hashes.SHA256())
@@ -133,9 +138,11 @@ def create_intermediate(
     *,
     days: int = HOST_DAYS,
     now: datetime.datetime | None = None,
+    scope: Scope | None = None,
 ) -> tuple[PrivateKey, x509.Certificate]:
     """A host's intermediate (pathlen 0: it signs VMs' certificates only), never outliving the
-    root."""
+    root, constrained to the root's scope (`scope` only for a root made without one)."""
+    scope = scope_of(root) or scope or DEFAULT_SCOPE
     now = now or _utcnow()
     key = new_key()
     not_after = min(now + datetime.timedelta(days=days), root.not_valid_after_utc)
@@ -149,6 +156,7 @@ def create_intermediate(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
+        .add_extension(scope.constraints(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(_aki(root), False)
         .sign(root_key, hashes.SHA256())
@@ -186,10 +194,16 @@ def issue(
     now: datetime.datetime | None = None,
 ) -> Leaf:
     """A server certificate for `names` (the host names and addresses in the VM's URLs) with a
-    key made now. Never outlives the intermediate."""
+    key made now. Never outlives the intermediate. A name outside the intermediate's scope is
+    refused here, before signing (verifiers would refuse the chain anyway)."""
     sans = general_names(names)
     if not sans:
         raise TLSError("a certificate needs at least one name")
+    scope = scope_of(issuer.cert)
+    outside = [str(n.value) for n in sans if scope is not None and not scope.permits(n)]
+    if outside:
+        assert scope is not None
+        raise TLSError(f"{', '.join(outside)} outside this CA's names ({scope.describe()})")
     now = now or _utcnow()
     key = new_key()
     not_after = min(now + datetime.timedelta(days=days), issuer.cert.not_valid_after_utc)
@@ -308,12 +322,15 @@ def write_secret(path: Path, data: bytes) -> None:
     write_atomic(path, data, mode=0o600)
 
 
-def init_ca(folder: Path, *, passphrase: bytes | None = None) -> x509.Certificate:
-    """Create the root in `folder` (ca.key 0600, encrypted with `passphrase` when given; ca.pem).
-    Refuses to overwrite an existing key: a new root would orphan every certificate issued."""
+def init_ca(
+    folder: Path, *, passphrase: bytes | None = None, scope: Scope = DEFAULT_SCOPE
+) -> x509.Certificate:
+    """Create the root in `folder` (ca.key 0600, encrypted with `passphrase` when given; ca.pem),
+    constrained to `scope`. Refuses to overwrite an existing key: a new root would orphan every
+    certificate issued."""
     if (folder / ROOT_KEY).exists():
         raise TLSError(f"{folder / ROOT_KEY} exists; refusing to replace the root")
-    key, cert = create_root()
+    key, cert = create_root(scope=scope)
     write_secret(folder / ROOT_KEY, key_pem(key, passphrase))
     write_atomic(folder / ROOT_CERT, cert_pem(cert), mode=0o644)
     return cert
@@ -326,16 +343,22 @@ def init_host(
     *,
     passphrase: bytes | None = None,
     days: int = HOST_DAYS,
+    scope: Scope = DEFAULT_SCOPE,
 ) -> x509.Certificate:
     """Sign host `host_id`'s intermediate with the root in `ca_folder` and write the host's TLS
-    folder `out`: host.key (0600), host.pem, ca.pem (the root, public)."""
+    folder `out`: host.key (0600), host.pem, ca.pem (the root, public). The intermediate takes
+    the root's scope; `scope` only for a root made before name constraints."""
     root_key = _load_key(ca_folder / ROOT_KEY, passphrase)
     root = _load_cert(ca_folder / ROOT_CERT)
-    key, cert = create_intermediate(root_key, root, host_id, days=days)
+    key, cert = create_intermediate(root_key, root, host_id, days=days, scope=scope)
     write_secret(out / HOST_KEY, key_pem(key))
     write_atomic(out / HOST_CERT, cert_pem(cert), mode=0o644)
     write_atomic(out / ROOT_CERT, cert_pem(root), mode=0o644)
     return cert
+
+
+def load_root(folder: Path) -> x509.Certificate:
+    return _load_cert(folder / ROOT_CERT)
 
 
 def load_issuer(folder: Path) -> Issuer:
@@ -351,6 +374,20 @@ def load_issuer(folder: Path) -> Issuer:
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise TLSError(f"{folder / HOST_CERT} is not signed by {folder / ROOT_CERT}") from exc
     return Issuer(key=key, cert=cert, root=root)
+
+
+def check_scope(issuer: Issuer, domain: str) -> str:
+    """A daemon's start: TLSError when its servers' names under `domain` are outside its
+    intermediate's scope; a warning (else "") for a CA made before name constraints."""
+    scope = scope_of(issuer.cert)
+    if scope is None:
+        return (
+            "the host intermediate has no name constraints: it can sign for any name; "
+            "make a new root with `tls init-ca` and new intermediates (docs/tls.md)"
+        )
+    if not scope.permits(x509.DNSName(f"server.{domain}")):
+        raise TLSError(f"WARREN_VM_DOMAIN {domain} is outside this CA's names ({scope.describe()})")
+    return ""
 
 
 def passphrase_from_env(env: dict[str, str] | None = None) -> bytes | None:

@@ -57,26 +57,37 @@ RELOAD_EXPR = f"""case rpc:call('{NODE}', ssl, clear_pem_cache, [], 30000) of
 # One guest-exec (each costs about a second under TCG). $0: "start" or "reload" (the host
 # decides: start when the listeners may not run yet); $1: 1/0 plain ports; $2: the Erlang
 # expression; $3: the drop-in's text. stdin: the key, the certificate, then the chain above it
-# (PEM blocks in that order); each goes to <name>.new, then all are moved into place at once.
+# (PEM blocks in that order); each goes to a fresh folder, then all are moved into place at once.
+# Root runs this in a guest whose /etc/rabbitmq the rabbitmq user may write (the image gives it
+# the folder): no name that user could plant (a symlink to /etc/shadow) is ever opened, chowned
+# or chmodded. The files are made in a fresh folder inside the TLS folder, which belongs to root
+# and is entered once and checked to be itself (`pwd -P`: no symlink), then renamed into place:
+# a rename replaces a name and never follows it.
 INSTALL = f"""set -eu
 umask 077
 d={TLS_DIR}
 conf={CONF}
-mkdir -p "$d"
-chown rabbitmq:rabbitmq "$d"
-rm -f "$d"/*.new
-awk -v d="$d" '/^-----BEGIN /{{n++}} {{f = n == 1 ? "key.pem" : n == 2 ? "cert.pem" : "cacert.pem"; print > (d "/" f ".new")}}'
+mkdir -p "$d" "${{conf%/*}}"
+cd "$d"
+[ "$(pwd -P)" = "$d" ] || {{ echo "$d is not a real folder" >&2; exit 3; }}
+chown root:rabbitmq .
+chmod 0750 .
+rm -rf ./*.new ./.install.*
+t=$(mktemp -d .install.XXXXXX)
+awk -v d="$t" '/^-----BEGIN /{{n++}} {{f = n == 1 ? "key.pem" : n == 2 ? "cert.pem" : "cacert.pem"; print > (d "/" f)}}'
 for f in key.pem cert.pem cacert.pem; do
-    [ -s "$d/$f.new" ] || {{ echo "no $f in the input" >&2; exit 2; }}
-    chown rabbitmq:rabbitmq "$d/$f.new"
+    [ -s "$t/$f" ] || {{ echo "no $f in the input" >&2; exit 2; }}
+    chown -h rabbitmq:rabbitmq "$t/$f"
 done
-chmod 0400 "$d/key.pem.new"
-chmod 0444 "$d/cert.pem.new" "$d/cacert.pem.new"
-printf '%s' "$3" > "$conf.new"
-chmod 0644 "$conf.new"
-chown rabbitmq:rabbitmq "$conf.new"
-for f in key.pem cert.pem cacert.pem; do mv -f "$d/$f.new" "$d/$f"; done
-mv -f "$conf.new" "$conf"
+chmod 0400 "$t/key.pem"
+chmod 0444 "$t/cert.pem" "$t/cacert.pem"
+printf '%s' "$3" > "$t/conf"
+chmod 0644 "$t/conf"
+for f in key.pem cert.pem cacert.pem; do mv -fT "$t/$f" "$f"; done
+cd "${{conf%/*}}"
+[ "$(pwd -P)" = "${{conf%/*}}" ] || {{ echo "${{conf%/*}} is not a real folder" >&2; exit 3; }}
+mv -fT "$d/$t/conf" "${{conf##*/}}"
+rmdir "$d/$t"
 cd /var/lib/rabbitmq
 # Three tries, 5 s apart: a cookie rotation finishing (a daemon restarted between
 # personalization and this step) makes the node refuse us for a moment.

@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests.vmbackend.machine.test_guest_agent import FakeAgent
 from vmbackend.host import boot, certificates, config
 from vmbackend.host.registry import Registry
 from vmbackend.host.rules import CLAIMED, new_record
 from vmbackend.host.state import READY, StateStore, VMRecord
 from vmbackend.machine import qemu
+from vmbackend.machine.qemu_machine import QemuMachine
 from vmbackend.protocol.messages import CreateVM, VMCommand, parse
+from vmbackend.protocol.server_names import server_name, short_id
 from vmbackend.tls import authority, guest_install
 
 
@@ -79,25 +82,31 @@ class Recorder:
         return data[: data.index(b"-----END PRIVATE KEY-----")]
 
 
-def test_names_are_the_advertised_host_and_the_bind_address() -> None:
-    cfg = _cfg(None, WARREN_ADVERTISED_HOST="rabbit.example.com", WARREN_BIND_ADDRESS="127.0.0.1")
-    record = VMRecord("vm-1", "rabbitmq-4.0", 512, 1, 4, "vm-1", "warren-a", "pw")
-    assert certificates.names_for(cfg, record) == ["rabbit.example.com", "127.0.0.1"]
-    wildcard = _cfg(
+def test_the_name_is_the_vm_s_own_under_the_configured_domain() -> None:
+    """Not the advertised host nor the bind address: every VM of the host shares those."""
+    cfg = _cfg(
         None,
         WARREN_ADVERTISED_HOST="rabbit.example.com",
-        WARREN_BIND_ADDRESS="0.0.0.0",  # noqa: S104 - the wildcard is the case
+        WARREN_BIND_ADDRESS="127.0.0.1",
+        WARREN_VM_DOMAIN="Servers.Example.COM.",
     )
-    assert certificates.names_for(wildcard, record) == ["rabbit.example.com"]
-    same = _cfg(None, WARREN_BIND_ADDRESS="127.0.0.1")
-    assert certificates.names_for(same, record) == ["127.0.0.1"]
+    a = VMRecord("vm-1", "rabbitmq-4.0", 512, 1, 4, "vm-1", "warren-a", "pw")
+    b = VMRecord("vm-2", "rabbitmq-4.0", 512, 1, 4, "vm-2", "warren-b", "pw")
+    assert certificates.names_for(cfg, a) == [f"{short_id('vm-1')}.servers.example.com"]
+    assert certificates.names_for(cfg, a) != certificates.names_for(cfg, b)
 
 
-def test_on_a_bridge_the_name_is_the_guest_address() -> None:
+def test_on_a_bridge_the_name_is_still_the_vm_s_own() -> None:
     cfg = _cfg(None)
     record = VMRecord("vm-1", "rabbitmq-4.0", 512, 1, 4, "vm-1", "warren-a", "pw", network="bridge")
     record.ip_addresses = ["fe80::1", "192.0.2.10"]
-    assert certificates.names_for(cfg, record) == ["192.0.2.10"]
+    assert certificates.names_for(cfg, record) == [server_name("vm-1", "warren.localhost")]
+
+
+@pytest.mark.parametrize("domain", ["localhost", "-bad-.example", "a..b", "x" * 64 + ".example"])
+def test_a_domain_that_cannot_be_a_name_constraint_is_refused(domain: str) -> None:
+    with pytest.raises(config.ConfigError, match="WARREN_VM_DOMAIN"):
+        _cfg(None, WARREN_VM_DOMAIN=domain)
 
 
 def test_a_tls_host_gives_each_vm_four_ports_and_forwards_them(ca: Path, tmp_path: Path) -> None:
@@ -283,3 +292,45 @@ def test_only_rabbitmq_images_speak_tls(tiny_images_root: Path, tmp_path: Path) 
 
     spec = qemu.VMSpec("vm-1", "tiny", 256, 1, 1, "vm-1", "warren-a", "pw")
     assert QemuMachine(spec, tmp_path / "vm", tiny_images_root).speaks_tls() is False
+
+
+def test_one_vm_s_malformed_guest_reply_does_not_stop_the_round(ca: Path, tmp_path: Path) -> None:
+    """Issue 20: a guest answering a non-numeric exit code stopped renewal for every later VM.
+    Two real QemuMachine objects talk to their guest agents' sockets (a stand-in qemu-ga on
+    each); the first answers garbage, the second is renewed all the same."""
+    cfg = _cfg(ca, WARREN_TLS_CERT_DAYS="0.01", WARREN_TLS_RENEW_BEFORE_DAYS="0.005")
+    now = datetime.datetime.now(datetime.UTC)
+    registry = Registry(cfg, StateStore(tmp_path / "state"))
+    issuer = authority.load_issuer(ca)
+    records = []
+    for vm_id in ("vm-bad", "vm-good"):
+        record, failure = registry.add_new(_create(**{"vm-id": vm_id}))
+        assert failure is None
+        leaf = authority.issue(issuer, certificates.names_for(cfg, record), days=0.01, now=now)
+        registry.report(record, None, {}, status="booting")
+        registry.report(record, None, {}, status=READY, tls_cert=leaf.cert_pem.decode())
+        records.append(record)
+    bad, good = records
+    machines, agents = {}, []
+    for record, reply in (
+        (bad, {"exited": True, "exitcode": "abc"}),
+        (good, {"exited": True, "exitcode": 0, "out-data": "cmVsb2FkCg=="}),  # "reload\n"
+    ):
+        spec = qemu.VMSpec(record.vm_id, "rabbitmq-4.0", 512, 1, 4, record.vm_id, "warren", "pw")
+        machine = QemuMachine(spec, tmp_path / record.vm_id, tmp_path / "images")
+        machine.vm_dir.mkdir()
+        agents.append(FakeAgent(machine.paths.qga, status_reply=reply))
+        machines[record.vm_id] = machine
+    later = now + datetime.timedelta(days=0.006)
+    renewer = certificates.Renewer(cfg, registry, machines.get)
+    assert [r.vm_id for r in renewer.due(later)] == ["vm-bad", "vm-good"]
+    before = {r.vm_id: r.tls_cert for r in records}
+    try:
+        assert renewer.run_once(later) == 1
+    finally:
+        for agent in agents:
+            agent.close()
+    assert bad.tls_cert == before["vm-bad"]  # the old certificate serves; retried next round
+    assert good.tls_cert != before["vm-good"]
+    assert renewer.failures == 1
+    assert not registry.busy

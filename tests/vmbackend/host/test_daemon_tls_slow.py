@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pika
 import pytest
-import requests
 
+from tests.tls_clients import named_session
 from tests.vmbackend.daemon_helpers import read_state, wait_host
 from vmbackend.protocol import versions
+from vmbackend.protocol.server_names import server_name
 from vmbackend.tls import authority
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -57,7 +58,7 @@ def test_a_fresh_server_speaks_amqps_and_https_verified_by_warren_s_ca(
         params = pika.ConnectionParameters(
             host=amqp.hostname, port=amqp.port,
             credentials=pika.PlainCredentials(ADMIN["username"], ADMIN["password"]),
-            ssl_options=pika.SSLOptions(context, amqp.hostname), socket_timeout=20,
+            ssl_options=pika.SSLOptions(context, server_name(VM_ID)), socket_timeout=20,
             connection_attempts=3, retry_delay=2,
         )  # fmt: skip
         conn = pika.BlockingConnection(params)
@@ -69,7 +70,8 @@ def test_a_fresh_server_speaks_amqps_and_https_verified_by_warren_s_ca(
         finally:
             conn.close()
 
-        answer = requests.get(
+        # The URLs name the host's address; the certificate names the VM's own name only.
+        answer = named_session(server_name(VM_ID)).get(
             urllib.parse.urljoin(ready["management_url"], "api/whoami"),
             auth=(ADMIN["username"], ADMIN["password"]),
             verify=str(ca_file),
@@ -116,7 +118,7 @@ def test_a_cold_booted_server_gets_its_certificate_once_its_node_answers(
         assert ready["boot"] == "cold"
         management = urllib.parse.urlsplit(ready["management_url"])
         assert management.scheme == "https"
-        answer = requests.get(
+        answer = named_session(server_name(vm_id)).get(
             urllib.parse.urljoin(ready["management_url"], "api/overview"),
             auth=(ADMIN["username"], ADMIN["password"]),
             verify=str(ca_file),

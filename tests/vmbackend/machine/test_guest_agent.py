@@ -9,15 +9,28 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from vmbackend.machine.guest_agent import GuestAgent, GuestAgentError, routable_addresses
+from vmbackend.machine.guest_agent import (
+    MAX_EXEC_OUTPUT,
+    ExecResult,
+    GuestAgent,
+    GuestAgentError,
+    GuestReplyError,
+    parse_exec_pid,
+    parse_exec_status,
+    routable_addresses,
+)
 
 
 class FakeAgent:
     """Accepts one client at a time like QEMU's chardev; answers like qemu-ga."""
 
-    def __init__(self, path, stale=b"", silent_for=0.0, exec_runs=2):
+    def __init__(self, path, stale=b"", silent_for=0.0, exec_runs=2, status_reply=None):
         self.path = path
+        # When set: guest-exec-status's `return` value, as a broken or hostile guest sends it.
+        self.status_reply = status_reply
         self.stale = stale
         self.silent_until = time.monotonic() + silent_for
         self.exec_runs = exec_runs
@@ -72,6 +85,8 @@ class FakeAgent:
             return b'{"return": {"pid": 42}}\n'
         if name == "guest-exec-status":
             self.exec_runs -= 1
+            if self.status_reply is not None:
+                return json.dumps({"return": self.status_reply}).encode() + b"\n"
             if self.exec_runs > 0:
                 return b'{"return": {"exited": false}}\n'
             out = base64.b64encode(b"vm-1\n").decode()
@@ -208,3 +223,97 @@ def _agent_bound_by_relative_name(path):  # the path itself is too long for bind
         return FakeAgent(path.name)
     finally:
         os.chdir(cwd)
+
+
+# -- malformed replies: typed errors (issue 20: a non-numeric exit code stopped a renewal round)
+_B64 = base64.b64encode(b"ok\n").decode()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"exited": True, "exitcode": "abc"},
+        {"exited": True, "exitcode": "0"},
+        {"exited": True, "exitcode": True},
+        {"exited": True, "exitcode": 1.5},
+        {"exited": True, "exitcode": 2**40},
+        {"exited": "yes", "exitcode": 0},
+        {"exitcode": 0},
+        {"exited": True, "exitcode": 0, "out-data": 123},
+        {"exited": True, "exitcode": 0, "out-data": "!!not base64!!"},
+        {"exited": True, "exitcode": 0, "err-data": ["x"]},
+        {"exited": True, "exitcode": 0, "out-data": "QUJD" * (MAX_EXEC_OUTPUT // 3 + 1)},
+        [0],
+        "exited",
+    ],
+)
+def test_a_malformed_exec_status_is_a_typed_error_over_the_socket(sock_path, reply):
+    agent = FakeAgent(sock_path, status_reply=reply)
+    try:
+        with GuestAgent(sock_path) as ga, pytest.raises(GuestReplyError, match="guest-exec-status"):
+            ga.exec("/bin/true", timeout=5)
+    finally:
+        agent.close()
+
+
+@pytest.mark.parametrize("reply", [{"pid": "42"}, {"pid": None}, {}, {"pid": -1}, [42], 42])
+def test_a_malformed_exec_start_is_a_typed_error(reply):
+    with pytest.raises(GuestReplyError, match="guest-exec"):
+        parse_exec_pid(reply)
+
+
+def test_well_formed_replies_still_parse():
+    assert parse_exec_pid({"pid": 7}) == 7
+    assert parse_exec_status({"exited": False}) is None
+    assert parse_exec_status({"exited": True, "exitcode": 3, "out-data": _B64}) == ExecResult(
+        3, b"ok\n", b""
+    )
+    assert parse_exec_status({"exited": True, "signal": 9}) == ExecResult(-1, b"", b"")
+    assert issubclass(GuestReplyError, GuestAgentError)  # every caller's handler takes it
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=12,
+)
+_status = st.fixed_dictionaries(
+    {},
+    optional={
+        "exited": st.booleans() | _json,
+        "exitcode": st.integers() | _json,
+        "signal": st.integers(),
+        "out-data": st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode()) | _json,
+        "err-data": st.text(max_size=16) | _json,
+    },
+)
+
+
+@given(reply=_status | _json)
+def test_any_status_reply_parses_or_is_a_typed_error(reply):
+    try:
+        result = parse_exec_status(reply)
+    except GuestReplyError:
+        return
+    assert result is None or (type(result.exitcode) is int and isinstance(result.stdout, bytes))
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(reply=_status | _json)
+def test_generated_replies_through_a_real_socket_parse_or_are_typed(sock_path, reply):
+    """The client end to end: whatever the peer sends as a status, exec returns or raises
+    GuestAgentError (GuestReplyError, or a timeout for a never-ending "running")."""
+    if sock_path.exists():
+        sock_path.unlink()
+    agent = FakeAgent(sock_path, status_reply=reply)
+    try:
+        with GuestAgent(sock_path) as ga:
+            try:
+                result = ga.exec("/bin/true", timeout=0.6)
+            except GuestAgentError:
+                return
+            assert type(result.exitcode) is int
+    finally:
+        agent.close()

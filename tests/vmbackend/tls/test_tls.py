@@ -68,10 +68,10 @@ def _sans(leaf: authority.Leaf) -> list[object]:
 
 def test_a_leaf_names_the_hosts_and_addresses_of_the_urls(issuer: authority.Issuer) -> None:
     leaf = authority.issue(
-        issuer, ["rabbit.example.com", "127.0.0.1", "[::1]", "rabbit.example.com"]
+        issuer, ["rabbit.warren.localhost", "127.0.0.1", "[::1]", "rabbit.warren.localhost"]
     )
     assert _sans(leaf) == [
-        x509.DNSName("rabbit.example.com"),
+        x509.DNSName("rabbit.warren.localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
     ]
@@ -104,14 +104,14 @@ def test_each_certificate_has_its_own_key(issuer: authority.Issuer) -> None:
 
 
 def test_a_client_with_the_root_accepts_the_chain(issuer: authority.Issuer, tmp_path: Path) -> None:
-    leaf = authority.issue(issuer, ["localhost", "127.0.0.1"])
+    leaf = authority.issue(issuer, ["a.warren.localhost", "127.0.0.1"])
     (tmp_path / "ca.pem").write_bytes(leaf.ca_pem)
     assert _handshake(leaf, tmp_path, cafile=tmp_path / "ca.pem", server_hostname="127.0.0.1") == (
         "ok"
     )
-    assert _handshake(leaf, tmp_path, cafile=tmp_path / "ca.pem", server_hostname="localhost") == (
-        "ok"
-    )
+    assert _handshake(
+        leaf, tmp_path, cafile=tmp_path / "ca.pem", server_hostname="a.warren.localhost"
+    ) == ("ok")
 
 
 def test_a_wrong_name_is_refused(issuer: authority.Issuer, tmp_path: Path) -> None:

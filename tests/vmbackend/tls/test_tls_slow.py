@@ -10,6 +10,7 @@ restart.
 from __future__ import annotations
 
 import datetime
+import re
 import shutil
 import socket
 import ssl
@@ -26,6 +27,7 @@ import requests
 from cryptography import x509
 
 from tests.net import free_port
+from tests.tls_clients import named_session
 from vmbackend.host import certificates, config
 from vmbackend.host.boot import rabbitmq_log_tail
 from vmbackend.host.registry import Registry
@@ -33,6 +35,7 @@ from vmbackend.host.state import READY, StateStore, VMRecord
 from vmbackend.images import manifest
 from vmbackend.machine.qemu import UserNet, VMSpec
 from vmbackend.machine.qemu_machine import QemuMachine
+from vmbackend.protocol.server_names import server_name
 from vmbackend.tls import authority, guest_install
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -76,7 +79,7 @@ def vm() -> Iterator[TLSVM]:
         assert machine.launch() == "restore", "the image's saved state must match"
         deadline = time.monotonic() + READY_SECONDS
         machine.wait_guest_agent(deadline)
-        leaf = authority.issue(issuer, ["127.0.0.1"])
+        leaf = authority.issue(issuer, [server_name(vm_id)])  # as the host's names_for
         outcomes: list[str] = []
         started = time.monotonic()
 
@@ -109,8 +112,14 @@ def _net(vm: TLSVM) -> UserNet:
     return net
 
 
-def _amqps(vm: TLSVM, cafile: Path, server_hostname: str = "127.0.0.1") -> pika.BlockingConnection:
+def _name(vm: TLSVM) -> str:
+    """The VM's own TLS name: reached on 127.0.0.1, verified for this name (docs/tls.md)."""
+    return server_name(vm.machine.spec.vm_id)
+
+
+def _amqps(vm: TLSVM, cafile: Path, server_hostname: str = "") -> pika.BlockingConnection:
     net = _net(vm)
+    server_hostname = server_hostname or _name(vm)
     context = ssl.create_default_context(cafile=str(cafile))
     params = pika.ConnectionParameters(
         host="127.0.0.1", port=net.amqps_port,
@@ -121,11 +130,11 @@ def _amqps(vm: TLSVM, cafile: Path, server_hostname: str = "127.0.0.1") -> pika.
     return pika.BlockingConnection(params)
 
 
-def _https(vm: TLSVM, verify: Path, host: str = "127.0.0.1") -> requests.Response:
+def _https(vm: TLSVM, verify: Path, name: str = "") -> requests.Response:
     net = _net(vm)
     spec = vm.machine.spec
-    return requests.get(
-        f"https://{host}:{net.https_port}/api/overview",
+    return named_session(name or _name(vm)).get(
+        f"https://127.0.0.1:{net.https_port}/api/overview",
         auth=(spec.admin_user, spec.admin_password),
         verify=str(verify),
         timeout=30,
@@ -164,17 +173,21 @@ def test_another_ca_is_refused(vm: TLSVM) -> None:
 
 
 def test_another_name_is_refused(vm: TLSVM) -> None:
-    # The certificate names 127.0.0.1 only: "localhost" reaches the same server but is refused.
-    with pytest.raises(requests.exceptions.SSLError, match="localhost"):
-        _https(vm, vm.ca_file, host="localhost")
-    with pytest.raises(ssl.SSLCertVerificationError, match="not valid for 'localhost'"):
-        _amqps(vm, vm.ca_file, server_hostname="localhost")
+    # The certificate names the VM's own name only: "localhost" and the host's address (which
+    # every VM of the host shares) reach the same server but are refused.
+    for other in ("localhost", "127.0.0.1"):
+        with pytest.raises(requests.exceptions.SSLError, match=re.escape(other)):
+            _https(vm, vm.ca_file, name=other)
+        with pytest.raises(
+            ssl.SSLCertVerificationError, match=f"not valid for '{re.escape(other)}'"
+        ):
+            _amqps(vm, vm.ca_file, server_hostname=other)
 
 
-def _served_serial(port: int, cafile: Path) -> int:
+def _served_serial(port: int, cafile: Path, name: str) -> int:
     context = ssl.create_default_context(cafile=str(cafile))
     with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        with context.wrap_socket(raw, server_hostname=name) as conn:
             der = conn.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
@@ -183,14 +196,14 @@ def _served_serial(port: int, cafile: Path) -> int:
 def test_a_short_lived_certificate_is_renewed_by_the_daemon_without_a_restart(vm: TLSVM) -> None:
     net = _net(vm)
     assert net.amqps_port is not None and net.https_port is not None
-    assert _served_serial(net.https_port, vm.ca_file) == x509_serial(vm.leaf)
+    assert _served_serial(net.https_port, vm.ca_file, _name(vm)) == x509_serial(vm.leaf)
     conn = _amqps(vm, vm.ca_file)  # an open connection outlives the renewals
     try:
         # A two-minute certificate, put in by hand: the files are reloaded, nothing restarts.
-        short = authority.issue(vm.issuer, ["127.0.0.1"], days=120 / 86400)
+        short = authority.issue(vm.issuer, [_name(vm)], days=120 / 86400)
         assert guest_install.install(vm.machine, short, plain_ports=True, start=False) == "reload"
-        assert _served_serial(net.https_port, vm.ca_file) == x509_serial(short)
-        assert _served_serial(net.amqps_port, vm.ca_file) == x509_serial(short)
+        assert _served_serial(net.https_port, vm.ca_file, _name(vm)) == x509_serial(short)
+        assert _served_serial(net.amqps_port, vm.ca_file, _name(vm)) == x509_serial(short)
         # The daemon's renewal round: certificates last a day and are renewed in their last
         # 15 minutes, so the two-minute one is due; the customer does nothing.
         cfg = config.load(
@@ -215,8 +228,8 @@ def test_a_short_lived_certificate_is_renewed_by_the_daemon_without_a_restart(vm
         assert renewed.not_valid_after_utc > datetime.datetime.now(
             datetime.UTC
         ) + datetime.timedelta(hours=23)
-        assert _served_serial(net.https_port, vm.ca_file) == renewed.serial_number
-        assert _served_serial(net.amqps_port, vm.ca_file) == renewed.serial_number
+        assert _served_serial(net.https_port, vm.ca_file, _name(vm)) == renewed.serial_number
+        assert _served_serial(net.amqps_port, vm.ca_file, _name(vm)) == renewed.serial_number
         assert renewer.run_once() == 0  # not due any more
         assert conn.is_open
         conn.channel().queue_declare("", exclusive=True)
