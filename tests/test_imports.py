@@ -110,7 +110,7 @@ VM_LAYERS: dict[str, set[str]] = {
 
 # The shop. `orders` is one Django app in areas, from the bottom up (docs/orders.md, "Layout"):
 # lib < models < core < billing, fleet, monitoring (side by side) < console < messaging < web,
-# admin, management (side by side). `orders` itself (apps, checks) uses lib only.
+# api, admin, management (side by side). `orders` itself (apps, checks) uses lib only.
 _ORDERS_BASE = {"orders.lib", "orders.models", "orders.core", "store", "vmbackend.protocol"}
 _ORDERS_SERVICES = _ORDERS_BASE | {"orders.billing", "orders.fleet", "orders.monitoring"}
 _ORDERS_WORKERS = _ORDERS_SERVICES | {"orders.console", "orders.messaging"}
@@ -130,6 +130,8 @@ SHOP_LAYERS: dict[str, set[str]] = {
     "orders.web": _ORDERS_WORKERS,
     "orders.admin": _ORDERS_WORKERS,
     "orders.management": _ORDERS_WORKERS,
+    # The customer API and its token page: beside web, over the same services.
+    "orders.api": _ORDERS_WORKERS,
     # `warren run` sets a development host up: the default host id (host.config), its CA (tls).
     "warren": {"vmbackend.protocol", "vmbackend.host", "vmbackend.tls"},
 }
