@@ -34,9 +34,8 @@ def token_list(request: SignedInRequest) -> HttpResponse:
         "new_token": new_token,
         "scopes": ApiToken.Scope.choices,
     }
-    response = render(request, "orders/api_tokens.html", ctx, status=status)
-    response["Cache-Control"] = "no-store"  # the new token is in this page, once
-    return response
+    # never_cache: no-store, as the new token is in this answer, once.
+    return render(request, "orders/api_tokens.html", ctx, status=status)
 
 
 @login_required
