@@ -73,7 +73,7 @@ def retry_after(token: ApiToken) -> int:
     window = int(settings.API_RATE_WINDOW_SECONDS)
     now = time.time()
     start = int(now // window * window)
-    key = f"api-rate:{token.pk}:{start}"
+    key = f"api-rate:{token.token_hash[:32]}:{start}"  # the hash: a row id can come back
     cache.add(key, 0, timeout=window * 2)
     try:
         count = int(cache.incr(key))

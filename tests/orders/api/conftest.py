@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
@@ -75,6 +76,14 @@ def make_customer(name: str, plan: Plan) -> Customer:
     _, rw = tokens.create_token(user=user, name="rw", scope=ApiToken.Scope.READ_WRITE)
     _, ro = tokens.create_token(user=user, name="ro", scope=ApiToken.Scope.READ)
     return Customer(user, order, instance, alarm, job, Api(Client(), rw), Api(Client(), ro))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_counts() -> Any:
+    """Each test counts its requests from zero (the counters live in the process's cache)."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture
