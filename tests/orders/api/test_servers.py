@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.test import override_settings
 
 from orders.models import Alarm, ConsoleCommand, Order, OutboxMessage
-from tests.orders.console_support import outcome
+from tests.orders.console_support import install_fake_stripe, outcome
 from vmbackend.protocol import messages
 
 
@@ -139,3 +139,49 @@ def test_metrics_series_and_a_bad_range(alice):
     assert status == 200 and body["range"] == "24h"
     assert body["points"][0]["values"]["messages_ready"] == 3
     assert alice.api.call("GET", path + "?range=1y")[0] == 400
+
+
+def test_with_stripe_the_answer_is_stripes_checkout_page(alice, monkeypatch, settings):
+    fake = install_fake_stripe(monkeypatch, settings)
+    fake.answer(
+        "POST",
+        "/v1/checkout/sessions",
+        {
+            "id": "cs_test_api",
+            "object": "checkout.session",
+            "url": "https://checkout.stripe.test/x",
+        },
+    )
+    status, body, _ = alice.api.call("POST", "/servers", {"plan": "api-large"})
+    assert status == 201 and body["payment_url"] == "https://checkout.stripe.test/x"
+    # A GET later has no payment link (Stripe's URL is not kept); the order waits for the webhook.
+    assert alice.api.call("GET", f"/servers/{body['id']}")[1]["payment_url"] is None
+
+
+def test_stripe_down_is_a_503_problem(alice, monkeypatch, settings):
+    fake = install_fake_stripe(monkeypatch, settings)
+    fake.answer("POST", "/v1/checkout/sessions", {"error": {"type": "api_error"}}, status=500)
+    status, body, response = alice.api.call("POST", "/servers", {"plan": "api-large"})
+    assert status == 503 and response["Content-Type"] == "application/problem+json"
+    assert body["type"].endswith("/payment-provider")
+
+
+def test_stripe_refusing_to_cancel_changes_nothing(alice, monkeypatch, settings):
+    fake = install_fake_stripe(monkeypatch, settings)
+    Order.objects.filter(pk=alice.order.pk).update(stripe_subscription_id="sub_api")
+    path = "/v1/subscriptions/sub_api"
+    fake.answer("DELETE", path, {"error": {"type": "api_error"}}, status=500)
+    status, body, _ = alice.api.call("POST", f"/servers/{alice.order.public_id}/cancel")
+    assert status == 503
+    assert Order.objects.get(pk=alice.order.pk).status == "ready"
+
+
+def test_a_refused_offline_payment_is_a_502_problem(alice, monkeypatch):
+    from orders.billing import webhooks
+
+    def refuse(**kwargs):
+        raise webhooks.WebhookError("bad signature")
+
+    monkeypatch.setattr("orders.billing.offline_checkout.process_webhook", refuse)
+    status, body, _ = alice.api.call("POST", "/servers", {"plan": "api-large", "pay_offline": True})
+    assert status == 502 and body["type"].endswith("/payment")
