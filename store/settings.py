@@ -109,6 +109,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # /api/v1/ only: token, rate limit, idempotency keys, problem+json errors (orders/api/).
+    "orders.api.middleware.ApiMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -167,6 +169,9 @@ CACHES = {"default": env.cache("WARREN_CACHE_URL", default="locmemcache://")}
 LOGIN_FAILURES_PER_USERNAME = env.int("WARREN_LOGIN_FAILURES_PER_USERNAME", default=5)
 LOGIN_FAILURES_PER_ADDRESS = env.int("WARREN_LOGIN_FAILURES_PER_ADDRESS", default=20)
 LOGIN_LOCKOUT_SECONDS = env.int("WARREN_LOGIN_LOCKOUT_SECONDS", default=900)
+# The customer API's rate limit: requests per token per window (seconds); more answer 429.
+API_RATE_LIMIT = env.int("WARREN_API_RATE_LIMIT", default=120)
+API_RATE_WINDOW_SECONDS = env.int("WARREN_API_RATE_WINDOW_SECONDS", default=60)
 # Request header holding the client's address, set by the TLS proxy (e.g. X-Real-IP). Empty: the
 # TCP peer (REMOTE_ADDR), which behind a proxy is the proxy itself.
 CLIENT_IP_HEADER = env.str("WARREN_CLIENT_IP_HEADER", default="")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("vmbackend", "orders", "store", "accounts", "warren")
+PACKAGES = ("vmbackend", "orders", "store", "accounts", "warren", "warrencli")
 DJANGO_PACKAGES = ("orders", "store", "accounts")  # their modules need the app registry
 
 
@@ -110,7 +110,7 @@ VM_LAYERS: dict[str, set[str]] = {
 
 # The shop. `orders` is one Django app in areas, from the bottom up (docs/orders.md, "Layout"):
 # lib < models < core < billing, fleet, monitoring (side by side) < console < messaging < web,
-# admin, management (side by side). `orders` itself (apps, checks) uses lib only.
+# api, admin, management (side by side). `orders` itself (apps, checks) uses lib only.
 _ORDERS_BASE = {"orders.lib", "orders.models", "orders.core", "store", "vmbackend.protocol"}
 _ORDERS_SERVICES = _ORDERS_BASE | {"orders.billing", "orders.fleet", "orders.monitoring"}
 _ORDERS_WORKERS = _ORDERS_SERVICES | {"orders.console", "orders.messaging"}
@@ -130,8 +130,12 @@ SHOP_LAYERS: dict[str, set[str]] = {
     "orders.web": _ORDERS_WORKERS,
     "orders.admin": _ORDERS_WORKERS,
     "orders.management": _ORDERS_WORKERS,
+    # The customer API and its token page: beside web, over the same services.
+    "orders.api": _ORDERS_WORKERS,
     # `warren run` sets a development host up: the default host id (host.config), its CA (tls).
     "warren": {"vmbackend.protocol", "vmbackend.host", "vmbackend.tls"},
+    # The customers' CLI talks to the API over HTTP: nothing of Warren (see the test below).
+    "warrencli": set(),
 }
 
 LAYERS: dict[str, set[str]] = {**VM_LAYERS, **SHOP_LAYERS}
@@ -274,6 +278,21 @@ def test_the_daemon_imports_nothing_of_the_shop():
         if name.startswith("vmbackend") and "django" in _top_level_names(path)
     ]
     assert uses_django == []
+
+
+def test_the_cli_imports_only_the_standard_library():
+    """`pip install .` gives customers warrencli alone, with no dependencies: anything else it
+    imported would be missing there."""
+    modules = _modules()
+    outside = {
+        f"{name}: {top}"
+        for name, path in modules.items()
+        if name.startswith("warrencli")
+        for top in _top_level_names(path)
+        if top not in sys.stdlib_module_names and top not in ("warrencli", "__future__")
+    }
+    assert outside == set()
+    assert any(name.startswith("warrencli.") for name in modules)
 
 
 def _top_level_names(path: Path) -> set[str]:

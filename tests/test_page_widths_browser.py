@@ -34,6 +34,7 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 from playwright.sync_api import Page, expect
 
+from orders.api import tokens
 from orders.console import commands as console
 from orders.core.provisioning import request_provisioning
 from orders.messaging.host_events import handle_message
@@ -66,6 +67,7 @@ POST_ONLY = {
     "orders:alarm_remove": "the alarm list's remove button; redirects to the order page",
     "orders:billing_portal": "redirects to Stripe's customer portal",
     "logout": "the navigation's Log out button; redirects to pricing (LOGOUT_REDIRECT_URL)",
+    "tokens:revoke": "the API tokens page's revoke button; redirects to that page",
 }
 SKIPPED = {
     **POST_ONLY,
@@ -75,7 +77,10 @@ SKIPPED = {
     "orders:ca_certificate": "a PEM file download, not a page",
 }
 # Django's admin (staff only, Django's own stylesheet) is left out as a whole.
-SKIPPED_NAMESPACES = {"admin": "Django's admin: staff only, with Django's own responsive CSS"}
+SKIPPED_NAMESPACES = {
+    "admin": "Django's admin: staff only, with Django's own responsive CSS",
+    "api": "the JSON API (/api/v1/): no pages; tests/orders/api checks its answers",
+}
 
 # Every element's box against the viewport; elements inside a box that scrolls sideways on its
 # own (overflow-x auto/scroll) may extend past it, the box itself may not.
@@ -391,6 +396,12 @@ def _walk(page: Page, base: str, data: dict[str, Any], problems: list[str], seen
     visit(f"/orders/{pending.public_id}/pay/", "payment")
     visit(f"/orders/{pending.public_id}/success/", "payment success")
     visit(f"/orders/{pending.public_id}/checkout-cancelled/", "payment cancelled")
+    visit("/account/api-tokens/", "API tokens")
+    page.fill("#token-name", "a token with a long name for a phone-width check")
+    with page.expect_navigation():
+        page.click("#token-form button[type=submit]")
+    expect(page.locator("#new-token-value")).to_contain_text("wrn_")
+    _check(page, "API token shown once", problems, seen)
     visit("/accounts/password_change/", "password change")
     visit("/accounts/password_change/done/", "password changed")
     with page.expect_navigation():
@@ -425,6 +436,7 @@ def _check_every_page(live_server: Any, page: Page, django_user_model: Any, sett
         "plan_slug": "bunny",
         "public_id": main.public_id,
         "alarm_id": main.instance.alarms.first().pk,
+        "token_id": tokens.create_token(user=data["user"], name="ci", scope="read")[0].pk,
     }
     for name in POST_ONLY:
         args = {k: v for k, v in kwargs.items() if f":{k}>" in names[name]}

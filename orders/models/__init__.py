@@ -5,6 +5,11 @@ from orders.models.activity import (
     Activity,
     ActivityKind,
 )
+from orders.models.api import (
+    ApiToken,
+    ApiTokenScope,
+    IdempotentRequest,
+)
 from orders.models.billing import (
     WebhookEvent,
 )
@@ -51,6 +56,9 @@ from orders.models.orders import (
 )
 
 __all__ = [
+    "ApiToken",
+    "ApiTokenScope",
+    "IdempotentRequest",
     "InvalidTransition",
     "wake_order_page",
     "OrderStatus",

@@ -7,7 +7,6 @@ who may see an order is orders/web/access.py.
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from django.conf import settings
@@ -29,21 +28,12 @@ from orders.console import commands as console
 from orders.console import page
 from orders.core.provisioning import ca_certificate_pem
 from orders.fleet import evacuation
+from orders.lib.urls import without_password
 from orders.models import Instance, Order
 from orders.web import order_wait
 from orders.web.access import SignedInRequest, get_instance, get_order
 from orders.web.connect import tls_connection
 from orders.web.monitoring import metrics_sections
-
-
-def _without_password(url: str) -> str:
-    """A URL as shown on the page: any password in its user info is dropped."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
 
 STEPS = [
     ("paid", "Payment confirmed"),
@@ -151,8 +141,8 @@ def _state_context(order: Order) -> dict[str, Any]:
         "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}{console_ctx['console_version']}{':host-down' if host_notice else ''}",
         "show_connection": serving is not None,
         "management_url": tls_ctx.get("named_management_url")
-        or (_without_password(serving.management_url) if serving else ""),
-        "amqp_url": _without_password(serving.amqp_url) if serving else "",
+        or (without_password(serving.management_url) if serving else ""),
+        "amqp_url": without_password(serving.amqp_url) if serving else "",
         "ca_download": bool(serving and settings.CA_CERT and serving.amqp_url.startswith("amqps:")),
         "offline_payments": offline_payments_enabled(),
         **tls_ctx,

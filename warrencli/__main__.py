@@ -1,0 +1,5 @@
+import sys
+
+from warrencli.main import main
+
+sys.exit(main())
