@@ -283,3 +283,85 @@ def test_only_rabbitmq_images_speak_tls(tiny_images_root: Path, tmp_path: Path) 
 
     spec = qemu.VMSpec("vm-1", "tiny", 256, 1, 1, "vm-1", "warren-a", "pw")
     assert QemuMachine(spec, tmp_path / "vm", tiny_images_root).speaks_tls() is False
+
+
+class FileRecorder:
+    """Stands in for the guest agent of a VM with baked TLS: keeps the file it would write."""
+
+    def __init__(self, code: int = 0) -> None:
+        self.written: list[bytes] = []
+        self.code = code
+
+    def guest_exec(
+        self,
+        path: str,
+        args: list[str] | None = None,
+        *,
+        input_data: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, bytes]:
+        assert args == ["-c", guest_install.RENEW]  # no Erlang node, no listener started
+        assert input_data is not None
+        self.written.append(input_data)
+        return self.code, b"" if self.code == 0 else b"mv: cannot move"
+
+
+def test_a_baked_vm_s_certificate_is_one_file_written_aside_and_renamed(
+    ca: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(ca, WARREN_TLS_CERT_DAYS="0.01", WARREN_TLS_RENEW_BEFORE_DAYS="0.005")
+    registry, record = _record(cfg, tmp_path)
+    record.tls_mode = "baked"
+    guest = FileRecorder()
+    assert certificates.install(cfg, record, guest, registry.report, start=True) == "renew"
+    blocks = guest.written[0].split(b"-----END ")
+    assert b"PRIVATE KEY" in blocks[0] and len(blocks) == 4  # key, leaf, intermediate
+    assert guest.written[0].index(record.tls_cert.encode()) == guest.written[0].index(
+        b"-----BEGIN CERTIFICATE"
+    )  # the recorded certificate right after the key: what RabbitMQ serves
+    # The renewal round writes the file the same way (the next handshake reads it).
+    registry.report(record, None, {}, status="booting")
+    registry.report(record, None, {}, status=READY)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=0.006)
+    old = record.tls_cert
+    assert certificates.Renewer(cfg, registry, lambda vm_id: guest).run_once(later) == 1
+    assert record.tls_cert != old and len(guest.written) == 2
+    failing = certificates.Renewer(cfg, registry, lambda vm_id: FileRecorder(code=1))
+    renewed = record.tls_cert
+    assert failing.run_once(later + datetime.timedelta(days=0.01)) == 0
+    assert record.tls_cert == renewed
+
+
+def test_a_baked_vm_starts_qemu_without_its_tls_forwards(ca: Path, tmp_path: Path) -> None:
+    cfg = _cfg(ca)
+    _registry, record = _record(cfg, tmp_path)
+    net = boot.spec_for(cfg, record).network
+    assert isinstance(net, qemu.UserNet) and not net.tls_gated  # an older VM: as before
+    record.tls_mode = "baked"
+    net = boot.spec_for(cfg, record).network
+    assert isinstance(net, qemu.UserNet) and net.tls_gated
+    assert (net.amqps_port, net.https_port) == (record.ports["amqps"], record.ports["https"])
+
+
+def test_the_way_to_tls_follows_the_image_the_vm_is_made_from(tmp_path: Path) -> None:
+    from vmbackend.host import baked_tls
+
+    images = tmp_path / "images"
+    for name, guest in (
+        ("baked", {"kind": "rabbitmq", "management_port": 15672, "tls": "baked"}),
+        ("older", {"kind": "rabbitmq", "management_port": 15672}),
+    ):
+        folder = images / name
+        folder.mkdir(parents=True)
+        (folder / "vmlinuz").write_bytes(b"k")
+        manifest_data = {
+            "format": 1, "name": name, "recipe_hash": "sha256:x", "kernel": "vmlinuz",
+            "append": "console=ttyS0", "guest": guest,
+        }  # fmt: skip
+        (folder / "image.json").write_text(json.dumps(manifest_data))
+    cfg = _cfg(None, WARREN_IMAGE_DIR=str(images))
+    assert baked_tls.mode_for(cfg, "baked") == baked_tls.BAKED
+    assert baked_tls.mode_for(cfg, "older") == baked_tls.INSTALLED
+    assert baked_tls.mode_for(cfg, "missing") == baked_tls.INSTALLED
+    simulated = _cfg(None, WARREN_IMAGE_DIR=str(images), WARREN_DRIVER="simulated")
+    assert baked_tls.mode_for(simulated, "baked") == baked_tls.INSTALLED
