@@ -120,6 +120,7 @@ def _create(
         deadline = time.monotonic() + BOOT_SECONDS
         machine.wait_guest_agent(deadline)
         machine.wait_management(machine.management_url(), deadline)
+        progress(f"{name}: management API up after {time.monotonic() - started:.1f} s; saving")
         if image.guest.tls_baked:
             # One handshake per TLS listener before the save, so the saved node has loaded the
             # code a handshake needs (the first took 7-11 s under TCG): a restored VM's first
@@ -130,7 +131,6 @@ def _create(
                 progress(
                     f"{name}: TLS port {guest_port} warmed up in {time.monotonic() - warm:.1f} s"
                 )
-        progress(f"{name}: management API up after {time.monotonic() - started:.1f} s; saving")
         paths = machine.paths
         with qmp.session(paths.qmp, timeout=30) as mon:
             qmp.run(mon, "stop")
