@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -365,3 +366,85 @@ def test_the_way_to_tls_follows_the_image_the_vm_is_made_from(tmp_path: Path) ->
     assert baked_tls.mode_for(cfg, "missing") == baked_tls.INSTALLED
     simulated = _cfg(None, WARREN_IMAGE_DIR=str(images), WARREN_DRIVER="simulated")
     assert baked_tls.mode_for(simulated, "baked") == baked_tls.INSTALLED
+
+
+class BakedGuest(FileRecorder):
+    """A VM of an image with baked TLS as baked_tls drives it: files written, ports opened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: list[bytes] = []
+        self.put: list[bytes] = []
+
+    def speaks_tls(self) -> bool:
+        return True
+
+    def write_guest_file(self, path: str, data: bytes) -> None:
+        assert path == guest_install.SERVER_PEM
+        self.put.append(data)
+
+    def open_tls_ports(self, cert_der: bytes) -> None:
+        self.opened.append(cert_der)
+
+
+def test_each_boot_path_opens_the_tls_ports_with_the_certificate_in_the_guest(
+    ca: Path, tmp_path: Path
+) -> None:
+    import ssl
+
+    from vmbackend.host import baked_tls
+
+    cfg = _cfg(ca)
+    registry, record = _record(cfg, tmp_path)
+    record.tls_mode = baked_tls.BAKED
+    guest = BakedGuest()
+    machine: Any = guest
+
+    def der() -> bytes:
+        return ssl.PEM_cert_to_DER_cert(record.tls_cert)
+
+    # A fresh restore: written in place, recorded, checked beside personalization.
+    record.boot = "restore"
+    early = baked_tls.start(cfg, record, machine, registry.report)
+    assert early is not None and len(guest.put) == 1 and guest.written == []
+    baked_tls.finish(cfg, record, machine, early)
+    assert guest.opened == [der()]
+    # The same VM's QEMU again (start-vm, heal): its file is on its disk, its ports are checked.
+    record.boot = "cold"
+    assert baked_tls.start(cfg, record, machine, registry.report) is None
+    baked_tls.finish(cfg, record, machine, None)
+    assert guest.opened == [der(), der()] and len(guest.put) == 1
+    # A claimed pool VM: open since the pool VM's boot.
+    record.claimed_from = {"vm_id": "pool-1"}
+    baked_tls.finish(cfg, record, machine, None)
+    assert len(guest.opened) == 2
+    # An older VM (run-time install) and a host without TLS: nothing of this.
+    record.claimed_from = {}
+    record.tls_mode = baked_tls.INSTALLED
+    baked_tls.finish(cfg, record, machine, None)
+    record.tls_mode = baked_tls.BAKED
+    baked_tls.finish(_cfg(None), record, machine, None)
+    assert len(guest.opened) == 2
+
+
+def test_a_failed_check_fails_the_boot_and_a_re_adopted_vm_is_checked_again(
+    ca: Path, tmp_path: Path
+) -> None:
+    from vmbackend.host import baked_tls
+    from vmbackend.machine.base import MachineError
+
+    class Refusing(BakedGuest):
+        def open_tls_ports(self, cert_der: bytes) -> None:
+            raise MachineError("guest port 5671 does not serve the VM's certificate")
+
+    cfg = _cfg(ca)
+    registry, record = _record(cfg, tmp_path)
+    record.tls_mode, record.boot = baked_tls.BAKED, "restore"
+    machine: Any = Refusing()
+    early = baked_tls.start(cfg, record, machine, registry.report)
+    with pytest.raises(MachineError, match="does not serve"):
+        baked_tls.finish(cfg, record, machine, early)
+    baked_tls.recheck(cfg, record, machine)  # logged; the VM keeps running
+    guest = BakedGuest()
+    baked_tls.recheck(cfg, record, cast(Any, guest))
+    assert len(guest.opened) == 1
