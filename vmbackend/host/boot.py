@@ -1,15 +1,11 @@
 """Booting one VM on top of Machine: launch, wait for the guest, wait for RabbitMQ, report.
 
-One `Boot` runs in a worker thread per VM, for a create-vm (a new disk) or a start-vm (the VM's
-existing disk). Each step is a method the tests can call on its own; `run()` chains them and
-turns any failure into the right end state: a new VM that never was ready ends `instance.failed`
-plus cleanup; a VM that was ready once ends `instance.lost` with its disk kept, startable again
-(only delete-vm ever removes a customer's disk) — or, for one restart attempt of a self-healing
-(`healing=True`, vmbackend/host/healing.py), just records the reason and leaves the next step to the
-restart policy. A boot whose RabbitMQ never answers fails at the deadline with the tail of the
-node's own log (fetched through the guest agent) in the reason, so staff see why. Every state change goes through `report`
-(`Registry.report`: update the record, write the state file durably, queue the event) — so a
-daemon killed at any point resumes from the last recorded step.
+One `Boot` per VM in a worker thread, for a create-vm or a start-vm (its disk); each step is a
+method of its own, `run()` chains them. A VM never ready ends `instance.failed` plus cleanup; one
+ready once `instance.lost`, disk kept (only delete-vm removes it), or in a self-healing's restart
+(`healing=True`) records why; a RabbitMQ that never answers fails with its log's tail in the
+reason. Each state change goes through `report` (record, state file, event): a killed daemon
+resumes from the last one. TLS of images with baked listeners: baked_tls.py.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from vmbackend.host import certificates, network
+from vmbackend.host import baked_tls, certificates, network
 from vmbackend.host.config import Config
 from vmbackend.host.state import BOOTING, FAILED, LOST, READY, StateStore, VMRecord
 from vmbackend.machine.base import Machine, MachineError
@@ -63,6 +59,7 @@ def spec_for(cfg: Config, record: VMRecord) -> VMSpec:
             https_port=record.ports.get("https"),
             # Closing the plain ports needs the TLS ones open (a host with TLS).
             plain_ports=record.plain_ports or "amqps" not in record.ports,
+            tls_gated=record.tls_mode == baked_tls.BAKED,  # forwarded once its own cert answers
         )
     return VMSpec(
         vm_id=record.machine_name,  # QEMU's name: a claimed pool VM keeps its QEMU
@@ -141,6 +138,8 @@ class Boot:
     `cancel`: shared with whoever may cancel it (delete-vm), e.g. across a heal's attempts.
     """
 
+    tls_early: baked_tls.Early | None = None  # a restore's TLS check, joined at ready
+
     def __init__(
         self,
         cfg: Config,
@@ -201,6 +200,7 @@ class Boot:
         if not self.record.boot_started_at:  # the boot deadline and `seconds` count from here
             self.report(self.record, None, {}, boot_started_at=time.time())
         self._stage("vm_starting")
+        baked_tls.choose_mode(self.cfg, self.record, self.report)  # before QEMU's forwards
         machine = self._new_machine()
         boot = machine.launch(allow_restore=self.cfg.restore)
         if self.cancel.is_set():  # delete-vm arrived while QEMU was starting: no orphan VM
@@ -249,6 +249,7 @@ class Boot:
         self._stage("guest_up")
         addresses = self.machine.guest_addresses()
         self._check_cancel()
+        self.tls_early = baked_tls.start(self.cfg, self.record, self.machine, self.report)
         # A restored VM gets its certificate before the cookie rotation (guest_install talks to the
         # node with the cookie file); a cold-booted one once its node answers (wait_rabbitmq).
         self.machine.personalize(self._deadline(), before_cookie=lambda: self._tls(addresses))
@@ -290,6 +291,7 @@ class Boot:
                 f"RabbitMQ did not answer; its log: {rabbitmq_log_tail(self.machine)}; {exc}"
             ) from exc
         self._tls(addresses)
+        baked_tls.finish(self.cfg, self.record, self.machine, self.tls_early)  # TLS ports open
         management, amqp, probe = urls_for(self.cfg, self.record, addresses)
         if self.record.limits:
             self.machine.apply_limits(probe)

@@ -53,23 +53,39 @@ def is_due(cfg: Config, record: VMRecord, now: datetime.datetime | None = None) 
     )
 
 
+def issue(cfg: Config, record: VMRecord) -> authority.Leaf:
+    """A certificate for the VM with a key made now. Raises authority.TLSError."""
+    assert cfg.tls_dir is not None
+    issuer = authority.load_issuer(cfg.tls_dir)
+    return authority.issue(issuer, names_for(cfg, record), days=cfg.tls_cert_days)
+
+
+def keep(cfg: Config, vm: VMRecord, leaf: authority.Leaf, report: Report, *, how: str) -> None:
+    """Keep the VM's certificate once the guest has it (and, baked, serves it)."""
+    report(vm, None, {}, tls_cert=leaf.cert_pem.decode())
+    log.info(
+        "tls certificate installed host_id=%s vm_id=%s not_after=%s how=%s",
+        cfg.host_id,
+        vm.vm_id,
+        leaf.not_after.isoformat(),
+        how,
+    )
+
+
 def install(
     cfg: Config, record: VMRecord, guest: guest_install.Guest, report: Report, *, start: bool
 ) -> str:
     """Issue the VM a certificate (a fresh key) and put it into the guest; the certificate is
-    recorded only once the guest has it. Raises authority.TLSError or guest_install.GuestTLSError."""
-    assert cfg.tls_dir is not None
-    issuer = authority.load_issuer(cfg.tls_dir)
-    leaf = authority.issue(issuer, names_for(cfg, record), days=cfg.tls_cert_days)
-    outcome = guest_install.install(guest, leaf, plain_ports=record.plain_ports, start=start)
-    report(record, None, {}, tls_cert=leaf.cert_pem.decode())
-    log.info(
-        "tls certificate installed host_id=%s vm_id=%s not_after=%s how=%s",
-        cfg.host_id,
-        record.vm_id,
-        leaf.not_after.isoformat(),
-        outcome,
-    )
+    recorded only once the guest has it. A VM of an image with baked TLS (docs/tls.md) gets its
+    file replaced atomically, which the next handshake reads; any other the run-time install.
+    Raises authority.TLSError or guest_install.GuestTLSError."""
+    leaf = issue(cfg, record)
+    if record.tls_mode == "baked":
+        guest_install.renew(guest, leaf)
+        outcome = "renew"
+    else:
+        outcome = guest_install.install(guest, leaf, plain_ports=record.plain_ports, start=start)
+    keep(cfg, record, leaf, report, how=outcome)
     return outcome
 
 

@@ -68,6 +68,7 @@ class PoolBooks:
             # Its certificate, issued for this VM (its own key) when it was filled: the claim
             # need not issue and install another (the guest already serves it).
             record.tls_cert = source.tls_cert
+            record.tls_mode = source.tls_mode
             record.machine_id = source.machine_name
             record.boot = "pool"
             record.boot_started_at = time.time()

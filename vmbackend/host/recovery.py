@@ -14,6 +14,7 @@ import logging
 import shutil
 import time
 
+from vmbackend.host import baked_tls
 from vmbackend.host.boot import cleanup
 from vmbackend.host.commands import Commands
 from vmbackend.host.state import ACCEPTED, BOOTING, DELETED, FAILED, LOST, READY, STOPPED, VMRecord
@@ -37,8 +38,10 @@ def recover(commands: Commands) -> None:
 
 def recover_pool_vm(commands: Commands, record: VMRecord) -> None:
     """A pool VM stays only if it was ready and its QEMU still runs; any other is replaced."""
-    if record.status == READY and commands.adopt(record) is not None:
+    machine = commands.adopt(record) if record.status == READY else None
+    if machine is not None:
         log.info("pool vm adopted host_id=%s vm_id=%s", commands.cfg.host_id, record.vm_id)
+        baked_tls.recheck(commands.cfg, record, machine)
         return
     commands.retire_pool(record, f"found {record.status} at start")
 
@@ -70,6 +73,7 @@ def recover_one(commands: Commands, record: VMRecord) -> None:
             commands.heal(record, QEMU_GONE_AT_START, recovering=True)
         else:
             log.info("vm adopted host_id=%s vm_id=%s pid=%s", cfg.host_id, vm_id, machine.pid)
+            baked_tls.recheck(cfg, record, machine)
         return
     if record.status == BOOTING and machine is None:
         # Boot.fail: a new VM fails and is cleaned up; one that was ready once is lost, disk kept.

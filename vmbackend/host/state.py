@@ -107,6 +107,10 @@ class VMRecord:
     # plan's choice), and the VM's current certificate (PEM, public; its key is only in the guest).
     plain_ports: bool = True
     tls_cert: str = ""
+    # How the VM gets its certificate, chosen at its first launch from its image: "baked" (the
+    # listeners are in the image, the host writes one file and forwards the TLS ports only then:
+    # host/baked_tls.py), else the run-time install ("installed", or "" in older records).
+    tls_mode: str = ""
     # The warm pool (vmbackend/host/pool.py): a pool VM is never shown to anyone (no events, not in
     # list-vms, no host command reaches it) until a create-vm claims it. The claiming VM runs on
     # the pool VM's QEMU and folder (`machine_id`, the pool VM's id: QEMU's name and the folder

@@ -22,6 +22,9 @@ from vmbackend.protocol import versions
 # The Debian releases the recipe knows: the suite decides the RabbitMQ and Erlang versions
 # (bookworm: 3.10.8 / Erlang 25; trixie: 4.0.5 / Erlang 27). Which image uses which: versions.py.
 SUITES: tuple[str, ...] = ("bookworm", "trixie")
+# Suites whose image listens on amqps/https from its first start (docs/tls.md): measured on
+# RabbitMQ 4.0 / OTP 27 only; bookworm (3.10, OTP 25) keeps the run-time install.
+TLS_BAKED_SUITES: tuple[str, ...] = ("trixie",)
 PACKAGES: tuple[str, ...] = (
     "systemd-sysv",
     "udev",
@@ -180,7 +183,7 @@ class DebianRecipe(Recipe):
         )
         return rootfs.rabbitmq_steps(
             install,
-            configure=configure,
+            configure=self.configure,
             initramfs=initramfs,
             clean=clean,
             make_disk=self.make_disk,
@@ -189,6 +192,13 @@ class DebianRecipe(Recipe):
     def debootstrap(self, ctx: Context) -> None:
         debootstrap(ctx, self.suite)
 
+    @property
+    def tls_baked(self) -> bool:
+        return self.suite in TLS_BAKED_SUITES
+
+    def configure(self, ctx: Context) -> None:
+        configure(ctx, tls_baked=self.tls_baked)
+
     def make_disk(self, ctx: Context) -> None:
         rootfs.make_disk(ctx, compress=self.compress)
 
@@ -196,7 +206,8 @@ class DebianRecipe(Recipe):
         return rootfs.rabbitmq_manifest(
             ctx,
             "debian",
-            {
+            tls_baked=self.tls_baked,
+            details={
                 "suite": self.suite,
                 "kernel_version": ctx.facts.get("kernel_version"),
                 "rabbitmq_version": ctx.facts.get("rabbitmq_version"),
@@ -220,9 +231,11 @@ def debootstrap(ctx: Context, suite: str) -> None:
     )  # fmt: skip
 
 
-def configure(ctx: Context) -> None:
+def configure(ctx: Context, *, tls_baked: bool = False) -> None:
     root = ctx.rootfs
-    guest.install(root, rabbit_unit=RABBIT_UNIT)
+    guest.install(root, rabbit_unit=RABBIT_UNIT, extra=guest.TLS_FILES if tls_baked else ())
+    if tls_baked:
+        rootfs.write_throwaway_tls(root)  # before the chroot's chown -R /etc/rabbitmq
     (root / "etc/rabbitmq/conf.d").mkdir(mode=0o755, exist_ok=True)
     (root / "etc/hostname").write_text(HOSTNAME + "\n")
     hosts = "127.0.0.1\tlocalhost\n127.0.1.1\t{0}\n::1\tlocalhost ip6-localhost ip6-loopback\n"

@@ -68,6 +68,9 @@ class Guest:
     kind: str
     management_port: int = 15672
     amqp_port: int | None = 5672
+    # Listens on amqps/https from its first start with a throw-away server.pem and Erlang's PEM
+    # cache off (docs/tls.md); older images get TLS at run time (tls/guest_install.install).
+    tls_baked: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ def parse(data: object, folder: Path) -> Manifest:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
             raise ImageError(f"image.json: guest.{key} must be a port number")
         ports[key] = value
+    if guest_raw.get("tls") not in (None, "baked"):
+        raise ImageError('image.json: guest.tls must be "baked" or absent')
     initrd = data.get("initrd")
     disk = data.get("disk")
     return Manifest(
@@ -135,6 +140,7 @@ def parse(data: object, folder: Path) -> Manifest:
             kind=kind,
             management_port=ports.get("management_port", Guest.management_port),
             amqp_port=ports.get("amqp_port"),  # no default: an image without AMQP (tiny) has none
+            tls_baked=guest_raw.get("tls") == "baked",
         ),
         raw=data,
     )

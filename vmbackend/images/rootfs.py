@@ -7,11 +7,17 @@ build is killed. This file is part of both recipes' hashes.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from vmbackend.images.build import Context, Step
 from vmbackend.images.runner import run
@@ -120,14 +126,57 @@ def rabbitmq_steps(
     )
 
 
-def rabbitmq_manifest(ctx: Context, distro: str, details: dict[str, Any]) -> dict[str, Any]:
-    """image.json fields of a RabbitMQ image; `details` goes under the distro's own key."""
+def rabbitmq_manifest(
+    ctx: Context, distro: str, details: dict[str, Any], *, tls_baked: bool = False
+) -> dict[str, Any]:
+    """image.json fields of a RabbitMQ image; `details` goes under the distro's own key;
+    `tls_baked`: the image listens on amqps/https from its first start (docs/tls.md)."""
+    guest: dict[str, Any] = {"kind": "rabbitmq", "management_port": 15672, "amqp_port": 5672}
+    if tls_baked:
+        guest["tls"] = "baked"
     return {
         "kernel": "vmlinuz",
         "initrd": "initrd.img",
         "disk": ctx.disk_name,
         "append": APPEND,
-        "guest": {"kind": "rabbitmq", "management_port": 15672, "amqp_port": 5672},
+        "guest": guest,
         "saved_state": None,
         distro: details,
     }
+
+
+SERVER_PEM = "etc/rabbitmq/tls/server.pem"  # below the root; the guest's TLS key and chain
+
+
+def write_throwaway_tls(root: Path) -> Path:
+    """The image's server.pem for its baked TLS listeners (docs/tls.md): a key and a self-signed
+    certificate made for this build only, so RabbitMQ starts them. It never answers a customer:
+    the host forwards a VM's 5671/15671 only after writing the VM's own file and seeing it served,
+    and a cold-booted VM's first boot deletes it. Mode 0400; the recipe's `chown -R` of
+    /etc/rabbitmq gives it to RabbitMQ, and the host later writes the file in place."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Warren throw-away (image build)")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path = root / SERVER_PEM
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_pem + cert.public_bytes(serialization.Encoding.PEM))
+    return path

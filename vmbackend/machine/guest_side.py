@@ -7,6 +7,7 @@ agent's socket and the management API's URL, and the process only through `_chec
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import time
@@ -107,6 +108,26 @@ class GuestSide:
         except GuestAgentError as exc:
             raise MachineError(f"guest-exec {path}: {exc}") from exc
         return result.exitcode, result.stdout
+
+    def write_guest_file(self, path: str, data: bytes) -> None:
+        """Write `data` over the guest's existing file `path` in place, with three guest-agent
+        calls and no program started in the guest (~0.3 s under TCG, where a guest-exec costs
+        about a second). The file keeps its owner and mode (qemu-ga runs as root); a missing one
+        is made root-owned, mode 0600. Not atomic: a reader may see it half written."""
+        agent = self.agent()
+        try:
+            handle = agent.execute("guest-file-open", {"path": path, "mode": "w"})
+            try:
+                done = agent.execute(
+                    "guest-file-write",
+                    {"handle": handle, "buf-b64": base64.b64encode(data).decode()},
+                )
+            finally:
+                agent.execute("guest-file-close", {"handle": handle})
+        except GuestAgentError as exc:
+            raise MachineError(f"writing {path} in the guest: {exc}") from exc
+        if not isinstance(done, dict) or done.get("count") != len(data):
+            raise MachineError(f"writing {path} in the guest: short write {done!r}")
 
     # -- management API -------------------------------------------------------------------------
     def management_url(self) -> str:

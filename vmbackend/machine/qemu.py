@@ -50,6 +50,9 @@ class UserNet:
     # False (a plan with TLS only): the plain AMQP port is not forwarded and the plain
     # management port only on the host's loopback, for the host's own calls.
     plain_ports: bool = True
+    # True (a VM of an image with baked TLS, docs/tls.md): QEMU starts without the TLS forwards;
+    # the host adds them once the VM's own certificate answers (tls_ports.open_tls_ports).
+    tls_gated: bool = False
 
     def __post_init__(self) -> None:
         ipaddress.ip_address(self.bind_address)  # ValueError for anything but an IP address
@@ -187,7 +190,8 @@ def _netdev(spec: VMSpec, manifest: Manifest) -> str:
     forwards = [(net.management_bind, net.management_port, manifest.guest.management_port)]
     if manifest.guest.amqp_port is not None and net.plain_ports:
         forwards.append((net.bind_address, net.amqp_port, manifest.guest.amqp_port))
-    if manifest.guest.kind == "rabbitmq":  # the TLS listeners exist only in RabbitMQ images
+    # The TLS listeners exist only in RabbitMQ images; gated ones are forwarded later, never here.
+    if manifest.guest.kind == "rabbitmq" and not net.tls_gated:
         if net.amqps_port is not None:
             forwards.append((net.bind_address, net.amqps_port, TLS_AMQP_PORT))
         if net.https_port is not None:

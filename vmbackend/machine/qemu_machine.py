@@ -31,7 +31,7 @@ from typing import Any
 from vmbackend.files import write_json_atomic
 from vmbackend.images import manifest as manifest_mod
 from vmbackend.machine import accel as accel_mod
-from vmbackend.machine import personalize, qemu, qmp, saved_state
+from vmbackend.machine import personalize, qemu, qmp, saved_state, tls_ports
 from vmbackend.machine.base import MachineError, MachineGone
 from vmbackend.machine.guest_agent import GuestAgent
 from vmbackend.machine.guest_side import GuestSide, tail
@@ -269,6 +269,13 @@ class QemuMachine(GuestSide):
             return qmp.run_state(self.paths.qmp)
         except qmp.QMPFailure as exc:
             raise MachineError(str(exc)) from exc
+
+    def open_tls_ports(self, cert_der: bytes) -> None:
+        """Forward the VM's public TLS ports once its guest serves `cert_der` (tls_ports.py)."""
+        self._check_alive("opening its TLS ports")
+        if not isinstance(self.spec.network, qemu.UserNet):
+            raise MachineError("TLS ports are forwarded in user-mode networking only")
+        tls_ports.open_tls_ports(self.paths.qmp, self.spec.network, cert_der)
 
     # -- stop -----------------------------------------------------------------------------------
     def powerdown(self, timeout: float = 30) -> None:

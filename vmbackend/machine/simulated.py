@@ -96,6 +96,12 @@ class SimulatedMachine:
     ) -> tuple[int, bytes]:
         raise MachineError("a simulated machine has no guest to run commands in")
 
+    def write_guest_file(self, path: str, data: bytes) -> None:
+        raise MachineError("a simulated machine has no guest to write files in")
+
+    def open_tls_ports(self, cert_der: bytes) -> None:
+        raise MachineError("a simulated machine has no TLS ports")
+
     def management_url(self) -> str:
         raise MachineError("a simulated machine has no management API")
 

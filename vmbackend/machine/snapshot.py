@@ -28,7 +28,7 @@ from pathlib import Path
 from vmbackend.files import write_json_atomic
 from vmbackend.images import manifest as manifest_mod
 from vmbackend.machine import accel as accel_mod
-from vmbackend.machine import qemu, qmp, saved_state
+from vmbackend.machine import qemu, qmp, saved_state, tls_ports
 from vmbackend.machine.base import MachineError
 from vmbackend.machine.qemu import UserNet, VMSpec
 from vmbackend.machine.qemu_machine import QemuMachine
@@ -121,6 +121,16 @@ def _create(
         machine.wait_guest_agent(deadline)
         machine.wait_management(machine.management_url(), deadline)
         progress(f"{name}: management API up after {time.monotonic() - started:.1f} s; saving")
+        if image.guest.tls_baked:
+            # One handshake per TLS listener before the save, so the saved node has loaded the
+            # code a handshake needs (the first took 7-11 s under TCG): a restored VM's first
+            # handshake is then ~0.2-0.7 s. A wrong TLS setting in the image fails here, loudly.
+            for guest_port in tls_ports.GUEST_PORTS:
+                warm = time.monotonic()
+                tls_ports.served_certificate(machine.paths.qmp, guest_port)
+                progress(
+                    f"{name}: TLS port {guest_port} warmed up in {time.monotonic() - warm:.1f} s"
+                )
         paths = machine.paths
         with qmp.session(paths.qmp, timeout=30) as mon:
             qmp.run(mon, "stop")

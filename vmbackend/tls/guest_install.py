@@ -171,3 +171,59 @@ def install(guest: Guest, leaf: Leaf, *, plain_ports: bool, start: bool = True) 
         raise GuestTLSError(f"installing the certificate exited {code}: {detail}")
     log.info("tls installed how=%s seconds=%.1f", outcome[0], time.monotonic() - started)
     return outcome[0]
+
+
+# Images with baked TLS (docs/tls.md): the listeners run from the image on, with one file that
+# holds the key, the certificate and the intermediate (the chain in `certfile`: a `cacertfile`
+# is cached by name even with the PEM cache off), and Erlang's PEM cache is off, so the next
+# handshake reads whatever the file holds: writing it is the whole install and the whole reload.
+SERVER_PEM = f"{TLS_DIR}/server.pem"
+# Renewal while customers connect: the new file next to the old, then one rename, so no
+# handshake reads half a file. `mv` keeps the new file's owner and mode; an existing
+# server.pem.new (a renewal cut off) is replaced. A symlink planted at server.pem.new is removed,
+# never followed (rm, then a file created with noclobber).
+RENEW = f"""set -eu
+umask 077
+f={SERVER_PEM}
+rm -f "$f.new"
+set -C
+cat > "$f.new"
+set +C
+chown rabbitmq:rabbitmq "$f.new"
+chmod 0400 "$f.new"
+mv -f "$f.new" "$f"
+"""
+
+
+class FileGuest(Protocol):
+    def write_guest_file(self, path: str, data: bytes) -> None: ...
+
+
+def server_pem(leaf: Leaf) -> bytes:
+    """The VM's server.pem: its key, then its certificate and the intermediate(s) above it."""
+    if not leaf.key_pem.startswith(b"-----BEGIN ") or leaf.cert_pem.count(b"-----BEGIN ") != 1:
+        raise GuestTLSError("the key and the certificate must be one PEM block each")
+    if not leaf.chain_pem.startswith(leaf.cert_pem):
+        raise GuestTLSError("the chain must start with the certificate")
+    return leaf.key_pem + leaf.chain_pem
+
+
+def put(guest: FileGuest, leaf: Leaf) -> None:
+    """Write the VM's own server.pem over the image's throw-away one, in place: three guest-agent
+    calls, no program started in the guest (~0.3 s under TCG). The file keeps the image's owner
+    (rabbitmq) and mode (0400). Only while the VM's TLS ports are not forwarded: a handshake
+    during the write could read half a file (it would fail; it cannot serve another key)."""
+    started = time.monotonic()
+    guest.write_guest_file(SERVER_PEM, server_pem(leaf))  # raises the guest's own error
+    log.info("tls written how=put seconds=%.2f", time.monotonic() - started)
+
+
+def renew(guest: Guest, leaf: Leaf) -> None:
+    """Replace server.pem atomically (one guest-exec): a renewal while customers connect, or the
+    first file of a cold-booted VM. Open connections keep the certificate they started with."""
+    started = time.monotonic()
+    code, out = guest.guest_exec("/bin/sh", ["-c", RENEW], input_data=server_pem(leaf))
+    if code != 0:
+        detail = out.decode("utf-8", "replace").strip()[-300:]
+        raise GuestTLSError(f"writing {SERVER_PEM} exited {code}: {detail}")
+    log.info("tls written how=renew seconds=%.2f", time.monotonic() - started)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -334,3 +335,167 @@ def test_one_vm_s_malformed_guest_reply_does_not_stop_the_round(ca: Path, tmp_pa
     assert good.tls_cert != before["vm-good"]
     assert renewer.failures == 1
     assert not registry.busy
+
+
+class FileRecorder:
+    """Stands in for the guest agent of a VM with baked TLS: keeps the file it would write."""
+
+    def __init__(self, code: int = 0) -> None:
+        self.written: list[bytes] = []
+        self.code = code
+
+    def guest_exec(
+        self,
+        path: str,
+        args: list[str] | None = None,
+        *,
+        input_data: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, bytes]:
+        assert args == ["-c", guest_install.RENEW]  # no Erlang node, no listener started
+        assert input_data is not None
+        self.written.append(input_data)
+        return self.code, b"" if self.code == 0 else b"mv: cannot move"
+
+
+def test_a_baked_vm_s_certificate_is_one_file_written_aside_and_renamed(
+    ca: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(ca, WARREN_TLS_CERT_DAYS="0.01", WARREN_TLS_RENEW_BEFORE_DAYS="0.005")
+    registry, record = _record(cfg, tmp_path)
+    record.tls_mode = "baked"
+    guest = FileRecorder()
+    assert certificates.install(cfg, record, guest, registry.report, start=True) == "renew"
+    blocks = guest.written[0].split(b"-----END ")
+    assert b"PRIVATE KEY" in blocks[0] and len(blocks) == 4  # key, leaf, intermediate
+    assert guest.written[0].index(record.tls_cert.encode()) == guest.written[0].index(
+        b"-----BEGIN CERTIFICATE"
+    )  # the recorded certificate right after the key: what RabbitMQ serves
+    # The renewal round writes the file the same way (the next handshake reads it).
+    registry.report(record, None, {}, status="booting")
+    registry.report(record, None, {}, status=READY)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=0.006)
+    old = record.tls_cert
+    assert certificates.Renewer(cfg, registry, lambda vm_id: guest).run_once(later) == 1
+    assert record.tls_cert != old and len(guest.written) == 2
+    failing = certificates.Renewer(cfg, registry, lambda vm_id: FileRecorder(code=1))
+    renewed = record.tls_cert
+    assert failing.run_once(later + datetime.timedelta(days=0.01)) == 0
+    assert record.tls_cert == renewed
+
+
+def test_a_baked_vm_starts_qemu_without_its_tls_forwards(ca: Path, tmp_path: Path) -> None:
+    cfg = _cfg(ca)
+    _registry, record = _record(cfg, tmp_path)
+    net = boot.spec_for(cfg, record).network
+    assert isinstance(net, qemu.UserNet) and not net.tls_gated  # an older VM: as before
+    record.tls_mode = "baked"
+    net = boot.spec_for(cfg, record).network
+    assert isinstance(net, qemu.UserNet) and net.tls_gated
+    assert (net.amqps_port, net.https_port) == (record.ports["amqps"], record.ports["https"])
+
+
+def test_the_way_to_tls_follows_the_image_the_vm_is_made_from(tmp_path: Path) -> None:
+    from vmbackend.host import baked_tls
+
+    images = tmp_path / "images"
+    for name, guest in (
+        ("baked", {"kind": "rabbitmq", "management_port": 15672, "tls": "baked"}),
+        ("older", {"kind": "rabbitmq", "management_port": 15672}),
+    ):
+        folder = images / name
+        folder.mkdir(parents=True)
+        (folder / "vmlinuz").write_bytes(b"k")
+        manifest_data = {
+            "format": 1, "name": name, "recipe_hash": "sha256:x", "kernel": "vmlinuz",
+            "append": "console=ttyS0", "guest": guest,
+        }  # fmt: skip
+        (folder / "image.json").write_text(json.dumps(manifest_data))
+    cfg = _cfg(None, WARREN_IMAGE_DIR=str(images))
+    assert baked_tls.mode_for(cfg, "baked") == baked_tls.BAKED
+    assert baked_tls.mode_for(cfg, "older") == baked_tls.INSTALLED
+    assert baked_tls.mode_for(cfg, "missing") == baked_tls.INSTALLED
+    simulated = _cfg(None, WARREN_IMAGE_DIR=str(images), WARREN_DRIVER="simulated")
+    assert baked_tls.mode_for(simulated, "baked") == baked_tls.INSTALLED
+
+
+class BakedGuest(FileRecorder):
+    """A VM of an image with baked TLS as baked_tls drives it: files written, ports opened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: list[bytes] = []
+        self.put: list[bytes] = []
+
+    def speaks_tls(self) -> bool:
+        return True
+
+    def write_guest_file(self, path: str, data: bytes) -> None:
+        assert path == guest_install.SERVER_PEM
+        self.put.append(data)
+
+    def open_tls_ports(self, cert_der: bytes) -> None:
+        self.opened.append(cert_der)
+
+
+def test_each_boot_path_opens_the_tls_ports_with_the_certificate_in_the_guest(
+    ca: Path, tmp_path: Path
+) -> None:
+    import ssl
+
+    from vmbackend.host import baked_tls
+
+    cfg = _cfg(ca)
+    registry, record = _record(cfg, tmp_path)
+    record.tls_mode = baked_tls.BAKED
+    guest = BakedGuest()
+    machine: Any = guest
+
+    def der() -> bytes:
+        return ssl.PEM_cert_to_DER_cert(record.tls_cert)
+
+    # A fresh restore: written in place, recorded, checked beside personalization.
+    record.boot = "restore"
+    early = baked_tls.start(cfg, record, machine, registry.report)
+    assert early is not None and len(guest.put) == 1 and guest.written == []
+    baked_tls.finish(cfg, record, machine, early)
+    assert guest.opened == [der()]
+    # The same VM's QEMU again (start-vm, heal): its file is on its disk, its ports are checked.
+    record.boot = "cold"
+    assert baked_tls.start(cfg, record, machine, registry.report) is None
+    baked_tls.finish(cfg, record, machine, None)
+    assert guest.opened == [der(), der()] and len(guest.put) == 1
+    # A claimed pool VM: open since the pool VM's boot.
+    record.claimed_from = {"vm_id": "pool-1"}
+    baked_tls.finish(cfg, record, machine, None)
+    assert len(guest.opened) == 2
+    # An older VM (run-time install) and a host without TLS: nothing of this.
+    record.claimed_from = {}
+    record.tls_mode = baked_tls.INSTALLED
+    baked_tls.finish(cfg, record, machine, None)
+    record.tls_mode = baked_tls.BAKED
+    baked_tls.finish(_cfg(None), record, machine, None)
+    assert len(guest.opened) == 2
+
+
+def test_a_failed_check_fails_the_boot_and_a_re_adopted_vm_is_checked_again(
+    ca: Path, tmp_path: Path
+) -> None:
+    from vmbackend.host import baked_tls
+    from vmbackend.machine.base import MachineError
+
+    class Refusing(BakedGuest):
+        def open_tls_ports(self, cert_der: bytes) -> None:
+            raise MachineError("guest port 5671 does not serve the VM's certificate")
+
+    cfg = _cfg(ca)
+    registry, record = _record(cfg, tmp_path)
+    record.tls_mode, record.boot = baked_tls.BAKED, "restore"
+    machine: Any = Refusing()
+    early = baked_tls.start(cfg, record, machine, registry.report)
+    with pytest.raises(MachineError, match="does not serve"):
+        baked_tls.finish(cfg, record, machine, early)
+    baked_tls.recheck(cfg, record, machine)  # logged; the VM keeps running
+    guest = BakedGuest()
+    baked_tls.recheck(cfg, record, cast(Any, guest))
+    assert len(guest.opened) == 1

@@ -48,3 +48,35 @@ def test_a_bookworm_hosts_mirror_serves_trixie(tmp_path: Path, monkeypatch):
         Components: main
         """))  # fmt: skip
     assert debian_mirror(tmp_path) == "http://mirror.test/debian"  # not the -security archive
+
+
+def test_only_rabbitmq_4_0_bakes_its_tls_listeners_in(tmp_path: Path):
+    four, three = DebianRecipe("rabbitmq-4.0"), DebianRecipe("rabbitmq-3.10")
+    assert four.tls_baked and not three.tls_baked  # 3.10's OTP 25 was never measured
+    ctx = build.Context(tmp_path, tmp_path, print, tmp_path / "log", "sha256:ab")
+    assert four.manifest(ctx)["guest"]["tls"] == "baked"
+    assert "tls" not in three.manifest(ctx)["guest"]
+
+
+def test_the_throw_away_server_pem_is_a_matching_key_and_certificate_for_rabbitmq_only(
+    tmp_path: Path,
+):
+    import stat
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from vmbackend.images import rootfs
+
+    path = rootfs.write_throwaway_tls(tmp_path)
+    assert path == tmp_path / "etc/rabbitmq/tls/server.pem"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    data = path.read_bytes()
+    key = serialization.load_pem_private_key(data, None)
+    cert = x509.load_pem_x509_certificate(data[data.index(b"-----BEGIN CERTIFICATE") :])
+    assert cert.public_key() == key.public_key()
+    assert data.count(b"-----BEGIN ") == 2  # key first, then the certificate: both in one file
+    # Each build makes its own; a second write replaces the read-only file.
+    again = rootfs.write_throwaway_tls(tmp_path).read_bytes()
+    assert again != data

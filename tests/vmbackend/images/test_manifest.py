@@ -129,3 +129,13 @@ def test_write_json_atomic_is_the_shared_one_and_sets_the_mode(tmp_path):
     assert manifest.write_json_atomic is files.write_json_atomic
     manifest.write_json_atomic(tmp_path / "s.json", {"a": 1}, mode=0o600)
     assert stat.S_IMODE((tmp_path / "s.json").stat().st_mode) == 0o600
+
+
+def test_an_image_says_whether_it_bakes_its_tls_listeners_in(tmp_path):
+    _image(tmp_path, name="baked", guest={"kind": "rabbitmq", "tls": "baked"})
+    _image(tmp_path, name="older", guest={"kind": "rabbitmq"})
+    _image(tmp_path, name="odd", guest={"kind": "rabbitmq", "tls": "yes"})
+    assert manifest.load(tmp_path, "baked").guest.tls_baked
+    assert not manifest.load(tmp_path, "older").guest.tls_baked
+    with pytest.raises(ImageError, match="guest.tls"):
+        manifest.load(tmp_path, "odd")

@@ -246,3 +246,18 @@ def test_grow_disk_grows_a_qcow2_and_never_shrinks_it(tmp_path):
     assert qemu.grow_disk(disk, 2) is False  # smaller: left as it is
     assert qemu.grow_disk(disk, 3) is False  # same: nothing to do
     assert qemu.base_virtual_size(disk) == 3 * 1024**3
+
+
+def test_tls_ports_are_on_the_command_line_unless_the_host_opens_them_later():
+    net = qemu.UserNet("127.0.0.1", 20001, 20002, amqps_port=20003, https_port=20004)
+    args = qemu.build_args(_manifest(), _spec(network=net), qemu.VMPaths(Path("/v")), "kvm")
+    assert _after(args, "-netdev") == [
+        "user,id=net0,hostfwd=tcp:127.0.0.1:20001-:15672,hostfwd=tcp:127.0.0.1:20002-:5672"
+        ",hostfwd=tcp:127.0.0.1:20003-:5671,hostfwd=tcp:127.0.0.1:20004-:15671"
+    ]
+    # An image with baked TLS: the throw-away certificate listens until the VM's own is in
+    # place, so QEMU starts with no way in; tls_ports.open_tls_ports adds the forwards.
+    gated = dataclasses.replace(net, tls_gated=True, plain_ports=False)
+    args = qemu.build_args(_manifest(), _spec(network=gated), qemu.VMPaths(Path("/v")), "kvm")
+    assert _after(args, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:20001-:15672"]
+    assert not any("5671" in a for a in args)

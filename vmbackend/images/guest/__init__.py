@@ -35,12 +35,19 @@ FILES: tuple[GuestFile, ...] = (
 # Only the Arch recipe needs this: Debian's package starts the agent from a udev rule.
 QGA_PATH_UNIT = GuestFile("warren-qga.path", "/etc/systemd/system/warren-qga.path")
 
+# TLS listeners from the first start (docs/tls.md), for the recipes that bake them (Debian trixie:
+# RabbitMQ 4.0 on OTP 27, where this was measured); the recipe also makes a throw-away server.pem.
+TLS_FILES: tuple[GuestFile, ...] = (
+    GuestFile("rabbitmq-tls.conf", "/etc/rabbitmq/conf.d/80-warren-tls.conf"),
+    GuestFile("advanced.config", "/etc/rabbitmq/advanced.config"),
+)
+
 # Units the first-boot machinery adds (enabled by the recipes).
 FIRSTBOOT_UNIT = "warren-firstboot.service"
 
 
 def source_files() -> list[Path]:
-    return [GUEST_DIR / f.source for f in (*FILES, QGA_PATH_UNIT)]
+    return [GUEST_DIR / f.source for f in (*FILES, QGA_PATH_UNIT, *TLS_FILES)]
 
 
 def install(root: Path, *, rabbit_unit: str, extra: tuple[GuestFile, ...] = ()) -> list[Path]:
