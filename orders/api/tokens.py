@@ -44,7 +44,7 @@ def create_token(*, user: User, name: str, scope: str) -> tuple[ApiToken, str]:
         raise TokenError("Give the token a name of 1 to 80 characters.")
     if scope not in ApiToken.Scope.values:
         raise TokenError("Choose read or read-write.")
-    if user.api_tokens.filter(revoked_at__isnull=True).count() >= MAX_TOKENS:
+    if ApiToken.objects.filter(user=user, revoked_at__isnull=True).count() >= MAX_TOKENS:
         raise TokenError(f"At most {MAX_TOKENS} tokens; revoke one first.")
     plaintext = PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
@@ -69,7 +69,7 @@ def revoke_token(*, user: User, token_id: int) -> bool:
 
 
 def active_tokens(user: User) -> list[ApiToken]:
-    return list(user.api_tokens.filter(revoked_at__isnull=True))
+    return list(ApiToken.objects.filter(user=user, revoked_at__isnull=True))
 
 
 def authenticate(plaintext: str) -> ApiToken | None:
