@@ -34,7 +34,8 @@ class Client:
         params.connection_attempts = 1
         self.connection = pika.BlockingConnection(params)
         self.channel = self.connection.channel()
-        topology.declare_common(self.channel)
+        topology.ensure_common(self.channel)  # an operator's user only checks it exists
+        self.user = topology.connection_user(self.channel)
         self.replies: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
         self.events: list[dict[str, Any]] = []
@@ -68,6 +69,7 @@ class Client:
                 reply_to=REPLY_TO,
                 correlation_id=correlation_id,
                 message_id=str(uuid.uuid4()),
+                user_id=self.user,  # hosts obey only their WARREN_COMMAND_SENDERS
             ),
         )
         return correlation_id
