@@ -50,11 +50,16 @@ def declare_topology(channel: BlockingChannel) -> None:
     topology.declare_events_store(channel)
 
 
-def json_properties(message_id: str, headers: dict | None = None) -> pika.BasicProperties:
+def json_properties(
+    message_id: str, headers: dict | None = None, *, user_id: str | None = None
+) -> pika.BasicProperties:
+    """A command's properties. `user_id` (the connection's user) is what hosts check before
+    obeying a command (WARREN_COMMAND_SENDERS, docs/security.md)."""
     return pika.BasicProperties(
         content_type="application/json",
         content_encoding="utf-8",
         delivery_mode=pika.DeliveryMode.Persistent,
         message_id=message_id,
         headers=headers,
+        user_id=user_id,
     )

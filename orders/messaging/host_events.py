@@ -48,12 +48,25 @@ from vmbackend.protocol.messages import Event, MalformedEvent
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MalformedEvent", "handle_message"]
+__all__ = ["MalformedEvent", "RefusedEvent", "apply_event", "handle_message"]
+
+
+class RefusedEvent(Exception):
+    """An event from a host that has no say about the instance it names (dead-lettered)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def handle_message(body: bytes, *, now: datetime | None = None) -> str:
-    """Parse and apply one event. Returns what happened (for logs and tests)."""
-    event = messages.parse_event(body)
+    """Parse and apply one event whose sender is trusted (the event worker checks the broker
+    user first: orders/messaging/senders.py). Returns what happened (for logs and tests)."""
+    return apply_event(messages.parse_event(body), now=now)
+
+
+def apply_event(event: Event, *, now: datetime | None = None) -> str:
+    """Apply one parsed event whose sender is its host. Raises RefusedEvent."""
     if event.type == messages.INSTANCE_METRICS:
         return apply_metrics_event(event)
     if event.type == messages.HEARTBEAT:
@@ -151,6 +164,12 @@ def apply_instance_event(event: Event) -> str:
         if instance.public_id != event.instance_id:
             return "unknown_instance"
         if instance.host_id and instance.host_id != event.host_id:
+            if not _could_have_copy(instance, event.host_id):
+                # Race-free: the instance is locked. Nothing is changed, nothing is deleted.
+                raise RefusedEvent(
+                    f"host {event.host_id} does not own instance {instance.public_id} "
+                    f"(owner {instance.host_id}) and was never sent its create-vm"
+                )
             return _from_other_host(order, instance, event)
         if event.seq <= instance.last_event_seq:
             return "stale"
@@ -220,6 +239,19 @@ def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
         event.type,
     )
     return "duplicate_deleted"
+
+
+def _could_have_copy(instance: Instance, host_id: str) -> bool:
+    """Whether a create-vm of the instance's current vm-id could have reached `host_id`: one
+    sent to the shared queue (any host may take it: the duplicates below) or placed on that
+    host. Any other host naming the instance is not a duplicate but an impostor."""
+    keys = (messages.CREATE_VM, topology.host_key(host_id))
+    bodies = instance.outbox_messages.filter(routing_key__in=keys).values_list("body", flat=True)
+    return any(
+        body.get("command") == messages.CREATE_VM
+        and (body.get("options") or {}).get("vm-id") == instance.vm_id
+        for body in bodies
+    )
 
 
 def _deletion_sent(instance: Instance, host_id: str) -> bool:

@@ -30,7 +30,7 @@ from orders.lib import wakeup
 from orders.messaging import broker
 from orders.messaging.relay_lock import RelayLock, relay_lock
 from orders.models import OutboxMessage
-from vmbackend.protocol import messages
+from vmbackend.protocol import messages, topology
 from vmbackend.protocol.backoff import Backoff, run_with_reconnect
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ def publish_row(channel: BlockingChannel, row: OutboxMessage) -> None:
             exchange=row.exchange,
             routing_key=routing_key,
             body=body,
-            properties=broker.json_properties(str(row.message_id)),
+            properties=broker.json_properties(
+                str(row.message_id), user_id=topology.connection_user(channel)
+            ),
             mandatory=True,
         )
     except pika.exceptions.UnroutableError as exc:

@@ -73,7 +73,9 @@ def _publish(channel: Any, *events: dict | bytes) -> None:
             "warren.events",
             key,
             body,
-            pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id="m1"),
+            pika.BasicProperties(
+                content_type="application/json", delivery_mode=2, message_id="m1", user_id="guest"
+            ),
         )
 
 
@@ -667,7 +669,7 @@ def test_the_worker_never_raises_on_any_body(instance, data):
     result, and a reason exactly when it must be dead-lettered; the order stays consistent."""
     body = data.draw(st.one_of(st.binary(max_size=200), _MONSTERS, _event_bodies(instance.vm_id)))
 
-    result, reason = dispatch(body)
+    result, reason = dispatch(body, "guest")
 
     assert result in {
         "applied",
