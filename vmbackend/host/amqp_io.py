@@ -98,7 +98,7 @@ class AmqpIO:
         params.client_properties = {"connection_name": f"vmbackend {self.cfg.host_id}"}
         # Every event carries the connection's user as user_id: the broker refuses any other
         # value, so the shop knows which host's user sent it (docs/security.md).
-        self.user = params.credentials.username
+        self.user = topology.credentials_user(params)
         self.connection = pika.BlockingConnection(params)
         self.event_channel = self.connection.channel()
         self.event_channel.confirm_delivery()

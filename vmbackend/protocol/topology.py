@@ -68,7 +68,12 @@ def broker_version(channel: BlockingChannel) -> tuple[int, ...]:
 def connection_user(channel: BlockingChannel) -> str:
     """The broker user the channel's connection logged in as: what a command or event carries
     as its `user_id` (the broker refuses a message whose user_id is another user)."""
-    return str(channel.connection._impl.params.credentials.username)
+    return credentials_user(channel.connection._impl.params)
+
+
+def credentials_user(params: pika.connection.Parameters) -> str:
+    """The user name of a connection's parameters ("" for EXTERNAL, certificate, logins)."""
+    return str(getattr(params.credentials, "username", "") or "")
 
 
 def queue_arguments(channel: BlockingChannel, base: dict[str, Any] | None = None) -> dict[str, Any]:
