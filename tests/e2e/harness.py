@@ -82,6 +82,11 @@ class System:
             "WARREN_STATE_DIR": str(workdir / "vmbackend"),
             "WARREN_HOST_ID": self.host_id,
             "WARREN_CAPACITY": "2",
+            # The shared development mode, explicitly: every process logs in as guest (a
+            # second daemon in a drill too). One user per host: tests/orders/messaging/
+            # test_senders.py and tests/vmbackend/protocol/test_broker_users.py.
+            "WARREN_BROKER_SHARED_USER": "guest",
+            "WARREN_COMMAND_SENDERS": "guest",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
