@@ -29,6 +29,7 @@ from orders.console import outcomes
 from orders.core import activity
 from orders.core.provisioning import delete_vm, forget_credentials, resend_deletion
 from orders.fleet import placement
+from orders.messaging import foreign_vms
 from orders.models import (
     EFFECT_FORGET_CREDENTIALS,
     EFFECT_RECORD_CRASH,
@@ -155,16 +156,16 @@ def apply_instance_event(event: Event) -> str:
             .values_list("order_id", flat=True)
             .first()
         )
-        if order_pk is None:
-            return "unknown_instance"  # never ours, or replaced by a staff retry
+        if order_pk is None:  # never ours, or replaced by a staff retry
+            return foreign_vms.unknown_vm(event)
         # Race: webhooks (cancel), staff (retry, cancel) and this consumer all change an order and
         # its instance. Everyone locks the order row first, then the instance.
         order = Order.objects.select_for_update().select_related("plan").get(pk=order_pk)
         instance = Instance.objects.select_for_update().get(order_id=order_pk)
         if instance.public_id != event.instance_id:
-            return "unknown_instance"
+            return foreign_vms.unknown_vm(event)
         if instance.host_id and instance.host_id != event.host_id:
-            if not _could_have_copy(instance, event.host_id):
+            if not foreign_vms.could_have_copy(instance, event.host_id):
                 # Race-free: the instance is locked. Nothing is changed, nothing is deleted.
                 raise RefusedEvent(
                     f"host {event.host_id} does not own instance {instance.public_id} "
@@ -182,10 +183,6 @@ def _record_seq(order: Order, instance: Instance, event: Event) -> None:
     Instance.objects.filter(pk=instance.pk).update(last_event_seq=event.seq, host_id=event.host_id)
     instance.last_event_seq, instance.host_id = event.seq, event.host_id
     instance.order = order
-
-
-# The other host's copy is gone already: it failed (the host cleaned up) or was deleted.
-_COPY_GONE = frozenset({messages.INSTANCE_FAILED, messages.INSTANCE_DELETED})
 
 
 def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
@@ -206,7 +203,7 @@ def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
     if (
         event.type == messages.INSTANCE_READY
         and instance.status in Instance.NOT_YET_READY
-        and not _deletion_sent(instance, event.host_id)
+        and not foreign_vms.deletion_sent(instance, event.host_id)
     ):
         _record_seq(order, instance, event)
         delete_vm(instance=instance, vm_id=instance.vm_id, routing_key=topology.host_key(owner))
@@ -219,7 +216,7 @@ def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
         )
         return apply_step(order, instance, event)
     settled = instance.status not in Instance.NOT_YET_READY
-    if event.type in _COPY_GONE or not settled:
+    if event.type in foreign_vms.COPY_GONE or not settled:
         log.warning(
             "event=event_from_other_host order_id=%s instance_id=%s host_id=%s owner=%s type=%s",
             order.public_id,
@@ -239,27 +236,6 @@ def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
         event.type,
     )
     return "duplicate_deleted"
-
-
-def _could_have_copy(instance: Instance, host_id: str) -> bool:
-    """Whether a create-vm of the instance's current vm-id could have reached `host_id`: one
-    sent to the shared queue (any host may take it: the duplicates below) or placed on that
-    host. Any other host naming the instance is not a duplicate but an impostor."""
-    keys = (messages.CREATE_VM, topology.host_key(host_id))
-    bodies = instance.outbox_messages.filter(routing_key__in=keys).values_list("body", flat=True)
-    return any(
-        body.get("command") == messages.CREATE_VM
-        and (body.get("options") or {}).get("vm-id") == instance.vm_id
-        for body in bodies
-    )
-
-
-def _deletion_sent(instance: Instance, host_id: str) -> bool:
-    """Whether this host was already asked to delete its copy of the instance's current vm-id."""
-    bodies = instance.outbox_messages.filter(routing_key=topology.host_key(host_id)).values_list(
-        "body", flat=True
-    )
-    return any((body.get("options") or {}).get("vm-id") == instance.vm_id for body in bodies)
 
 
 def _restart_fields(instance: Instance, event: Event) -> dict[str, Any]:
