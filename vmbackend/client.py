@@ -8,6 +8,7 @@ earlier call (say, a slow host answering list-vms late) never get mixed into a l
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -17,7 +18,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from vmbackend.protocol import messages, topology
+from vmbackend.protocol import broker_tls, messages, topology
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -27,8 +28,10 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, amqp_url: str, *, connect_timeout: float = 10):
-        params = pika.URLParameters(amqp_url)
+    def __init__(self, amqp_url: str, *, connect_timeout: float = 10, ca_file: str | None = None):
+        # amqps: verified against ca_file, else WARREN_BROKER_CA, else the system's CAs.
+        ca_file = ca_file if ca_file is not None else os.environ.get("WARREN_BROKER_CA", "")
+        params = broker_tls.with_tls(pika.URLParameters(amqp_url), ca_file)
         params.socket_timeout = connect_timeout
         params.blocked_connection_timeout = 60
         params.connection_attempts = 1

@@ -13,14 +13,14 @@ import pika.exceptions
 from django.conf import settings
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from vmbackend.protocol import topology
+from vmbackend.protocol import broker_tls, topology
 
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 30
 
 
 def connection_parameters(url: str | None = None) -> pika.URLParameters:
-    params = pika.URLParameters(url or settings.AMQP_URL)
+    params = broker_tls.with_tls(pika.URLParameters(url or settings.AMQP_URL), settings.BROKER_CA)
     params.socket_timeout = CONNECT_TIMEOUT
     params.blocked_connection_timeout = 30
     params.stack_timeout = CONNECT_TIMEOUT * 2

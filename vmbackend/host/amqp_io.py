@@ -24,7 +24,7 @@ from pika.spec import Basic, BasicProperties
 
 from vmbackend.host.config import Config
 from vmbackend.host.registry import Registry
-from vmbackend.protocol import messages, topology
+from vmbackend.protocol import broker_tls, messages, topology
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class AmqpIO:
 
     # -- connection
     def connect(self, on_host: Handler) -> None:
-        params = pika.URLParameters(self.cfg.amqp_url)
+        params = broker_tls.with_tls(pika.URLParameters(self.cfg.amqp_url), self.cfg.broker_ca)
         params.socket_timeout = 10
         params.blocked_connection_timeout = 60
         params.connection_attempts = 1

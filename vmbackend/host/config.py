@@ -128,6 +128,8 @@ class Config:
     # The broker users (user_id, validated by the broker) whose mutating commands this host
     # obeys; list-vms is answered for anyone who may publish to the exchange.
     command_senders: tuple[str, ...] = (DEFAULT_COMMAND_SENDERS,)
+    # The CA (PEM file) an amqps:// amqp_url is verified against; "": the system's CAs.
+    broker_ca: str = ""
 
     def machines(self) -> Driver:
         """The driver that makes this host's VMs: the one place `driver` is looked at."""
@@ -182,6 +184,7 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("pool", "WARREN_POOL"),
     ("pool_recycle", "WARREN_POOL_RECYCLE"),
     ("command_senders", "WARREN_COMMAND_SENDERS"),
+    ("broker_ca", "WARREN_BROKER_CA"),
 )
 
 
@@ -372,7 +375,14 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         pool=_pool(given.get("pool", "")),
         pool_recycle=_float("pool_recycle", given.get("pool_recycle", "21600"), 60, 30 * 86400),
         command_senders=_senders(given.get("command_senders", DEFAULT_COMMAND_SENDERS)),
+        broker_ca=_broker_ca(given.get("broker_ca", "")),
     )
+
+
+def _broker_ca(raw: str) -> str:
+    if raw and not Path(raw).expanduser().is_file():
+        raise ConfigError(f"broker_ca must be a PEM file, got {raw!r}")
+    return str(Path(raw).expanduser()) if raw else ""
 
 
 def _senders(raw: str) -> tuple[str, ...]:
