@@ -136,6 +136,8 @@ def start_daemon(i: int, url: str, state: Path, args: argparse.Namespace) -> sub
             "WARREN_HEARTBEAT_INTERVAL": "2",
             "WARREN_METRICS_INTERVAL": "0",
             "WARREN_LOG_LEVEL": "WARNING",
+            # The bench's shop logs in as the shared development user (docs/security.md).
+            "WARREN_COMMAND_SENDERS": "guest",
         }
     )
     log = open(state / f"h{i:03d}.log", "ab")  # noqa: SIM115 - lives as long as the process
@@ -165,6 +167,7 @@ def setup_django(database_url: str, env: dict[str, str]) -> None:
     os.environ.update(env)
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "store.settings")
+    os.environ.setdefault("WARREN_BROKER_SHARED_USER", "guest")  # every host logs in as guest
     sys.path.insert(0, str(ROOT))
     import django
 

@@ -50,6 +50,7 @@ def parse_args() -> argparse.Namespace:
 def setup_django(database_url: str) -> None:
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "store.settings")
+    os.environ.setdefault("WARREN_BROKER_SHARED_USER", "guest")  # the bench publishes as guest
     os.environ["WARREN_LOG_LEVEL"] = "WARNING"
     sys.path.insert(0, str(ROOT))
     import django
@@ -195,7 +196,7 @@ def bench_worker(instances: list, rounds: int, run: int, url: str) -> tuple[int,
     channel.queue_purge(topology.EVENTS_STORE_QUEUE)
     # Each run its own past 30-second slots: never a duplicate of an earlier run's sample.
     base = timezone.now() - timedelta(hours=2) + timedelta(seconds=run * rounds * INTERVAL_S)
-    props = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+    props = pika.BasicProperties(content_type="application/json", delivery_mode=2, user_id="guest")
     for r in range(rounds):
         at = (base + timedelta(seconds=r * INTERVAL_S)).isoformat()
         for k, instance in enumerate(instances):

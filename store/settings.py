@@ -209,6 +209,12 @@ STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
 
 # The control broker between the shop and the host daemons.
 AMQP_URL = env.str("WARREN_AMQP_URL", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+# Each host connects as its own broker user, warren-host-<host id>, and the event worker applies
+# an event only when the broker vouches (user_id) that this user sent it (docs/security.md).
+# Development only: a user every host shares (e.g. guest); then any host can speak for another.
+BROKER_SHARED_USER = env.str("WARREN_BROKER_SHARED_USER", default="")
+# The CA (PEM) an amqps:// WARREN_AMQP_URL is verified against; empty: the system's CAs.
+BROKER_CA = env.str("WARREN_BROKER_CA", default="")
 # Empty: each instance boots the image of its plan's RabbitMQ version (rabbitmq-4.0, ...).
 # A name overrides that for every order (`tiny` for a seconds-fast demo or test).
 INSTANCE_IMAGE = env.str("WARREN_INSTANCE_IMAGE", default="")

@@ -101,6 +101,8 @@ VM_LAYERS: dict[str, set[str]] = {
     "vmbackend.client": {"vmbackend.protocol"},  # the operator's side of the broker
     "vmbackend.images_cli": {"vmbackend.images", "vmbackend.machine"},
     "vmbackend.cli": {
+        "vmbackend.protocol",  # broker users (`broker add-host`)
+        "vmbackend.files",
         "vmbackend.client",
         "vmbackend.host",
         "vmbackend.images_cli",

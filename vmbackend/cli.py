@@ -219,9 +219,56 @@ def run_tls(argv: Sequence[str]) -> int:
     return 0
 
 
+def run_broker(argv: Sequence[str]) -> int:
+    """`broker add-host ID` / `add-shop` / `add-operator NAME`: create (or re-key) a broker user
+    with exactly its permissions (vmbackend/protocol/broker_users.py, docs/deploy.md). Run on
+    the broker's machine (rabbitmqctl). The password goes to --password-file (created 0600) or,
+    without it, to stdout once; never to a log."""
+    from vmbackend.files import write_atomic
+    from vmbackend.protocol import broker_users
+
+    parser = argparse.ArgumentParser(prog="python -m vmbackend broker")
+    parser.add_argument("--vhost", default="/")
+    parser.add_argument("--node", default=None, help="rabbitmqctl -n (default: the local node)")
+    parser.add_argument("--password-file", default=None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("add-host").add_argument("host_id")
+    sub.add_parser("add-shop")
+    sub.add_parser("add-operator").add_argument("name")
+    args = parser.parse_args(list(argv))
+    try:
+        if args.command == "add-host":
+            if not config.HOST_ID_RE.fullmatch(args.host_id):
+                print("host_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}", file=sys.stderr)
+                return 2
+            user = broker_users.host_user(args.host_id)
+            password = broker_users.add_host(args.host_id, vhost=args.vhost, node=args.node)
+        elif args.command == "add-shop":
+            user = broker_users.SHOP_USER
+            password = broker_users.add_shop(vhost=args.vhost, node=args.node)
+        else:
+            if not config.BROKER_USER_RE.fullmatch(args.name):
+                print("name must be a broker user name", file=sys.stderr)
+                return 2
+            user = args.name
+            password = broker_users.add_operator(args.name, vhost=args.vhost, node=args.node)
+    except broker_users.BrokerAdminError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 1
+    if args.password_file:
+        write_atomic(Path(args.password_file), (password + "\n").encode(), mode=0o600)
+        print(f"broker user {user} on vhost {args.vhost}: password in {args.password_file}")
+    else:
+        print(f"broker user {user} on vhost {args.vhost}; password (shown once):")
+        print(password)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "tls":
         return run_tls(argv[1:])
+    if argv and argv[0] == "broker":
+        return run_broker(argv[1:])
     if argv and argv[0] == "image":
         from vmbackend.images_cli import main as image_main
 
@@ -231,7 +278,9 @@ def main(argv: list[str]) -> int:
     if argv and (argv[0] in CLIENT_COMMANDS or argv[0].startswith("--")):
         return run_client(argv)
     print(
-        "usage: python -m vmbackend {daemon|image|tls|" + "|".join(CLIENT_COMMANDS) + "} ...",
+        "usage: python -m vmbackend {daemon|image|tls|broker|"
+        + "|".join(CLIENT_COMMANDS)
+        + "} ...",
         file=sys.stderr,
     )
     return 2

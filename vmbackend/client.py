@@ -8,6 +8,7 @@ earlier call (say, a slow host answering list-vms late) never get mixed into a l
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -17,7 +18,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from vmbackend.protocol import messages, topology
+from vmbackend.protocol import broker_tls, messages, topology
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -27,14 +28,17 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, amqp_url: str, *, connect_timeout: float = 10):
-        params = pika.URLParameters(amqp_url)
+    def __init__(self, amqp_url: str, *, connect_timeout: float = 10, ca_file: str | None = None):
+        # amqps: verified against ca_file, else WARREN_BROKER_CA, else the system's CAs.
+        ca_file = ca_file if ca_file is not None else os.environ.get("WARREN_BROKER_CA", "")
+        params = broker_tls.with_tls(pika.URLParameters(amqp_url), ca_file)
         params.socket_timeout = connect_timeout
         params.blocked_connection_timeout = 60
         params.connection_attempts = 1
         self.connection = pika.BlockingConnection(params)
         self.channel = self.connection.channel()
-        topology.declare_common(self.channel)
+        topology.ensure_common(self.channel)  # an operator's user only checks it exists
+        self.user = topology.connection_user(self.channel)
         self.replies: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.channel.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
         self.events: list[dict[str, Any]] = []
@@ -68,6 +72,7 @@ class Client:
                 reply_to=REPLY_TO,
                 correlation_id=correlation_id,
                 message_id=str(uuid.uuid4()),
+                user_id=self.user,  # hosts obey only their WARREN_COMMAND_SENDERS
             ),
         )
         return correlation_id

@@ -24,9 +24,10 @@ from pathlib import Path
 import environ
 
 from vmbackend.host import config
-from vmbackend.protocol import versions
+from vmbackend.protocol import broker_users, versions
 from vmbackend.tls import authority
 from vmbackend.tls.scope import Scope, ScopeError, scope_of
+from warren import broker_setup
 
 log = logging.getLogger("warren.run")
 
@@ -154,9 +155,16 @@ def backoff(failures: int) -> float:
 
 
 class Supervisor:
-    def __init__(self, services: dict[str, list[str]], env: dict[str, str], cwd: Path = ROOT):
+    def __init__(
+        self,
+        services: dict[str, list[str]],
+        env: dict[str, str],
+        cwd: Path = ROOT,
+        service_env: dict[str, dict[str, str]] | None = None,
+    ):
         self.children = [Child(name, argv) for name, argv in services.items()]
         self.env = env
+        self.service_env = service_env or {}  # per child: its own broker URL (broker_setup.py)
         self.cwd = cwd
         self.stopping = threading.Event()
 
@@ -164,7 +172,7 @@ class Supervisor:
         child.proc = subprocess.Popen(
             child.argv,
             cwd=self.cwd,
-            env=self.env,
+            env={**self.env, **self.service_env.get(child.name, {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -273,16 +281,25 @@ def main(argv: Sequence[str]) -> int:
         if opts.daemon:
             env = dev_tls_environment(env)
         run_setup(opts, env)
+        host_id = env.get("WARREN_HOST_ID") or config.default_host_id()
+        service_env = broker_setup.service_environments(env, host_id)
     except subprocess.CalledProcessError as exc:
         log.error("event=setup_failed step=%r code=%s", " ".join(exc.cmd[1:]), exc.returncode)
         return 1
     except (authority.TLSError, ScopeError) as exc:
         log.error("event=setup_failed step=tls error=%s", exc)
         return 1
+    except broker_users.BrokerAdminError as exc:
+        log.error(
+            "event=setup_failed step=broker_users error=%s (or set WARREN_BROKER_SHARED_USER "
+            "for the shared development mode)",
+            exc,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
 
-    supervisor = Supervisor(service_commands(opts), env)
+    supervisor = Supervisor(service_commands(opts), env, service_env=service_env)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: supervisor.stopping.set())
     print(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from orders.admin.base import ReadOnlyAdmin, masked_body
-from orders.messaging.outbox import requeue
+from orders.messaging.outbox import requeue, superseded
 from orders.models import (
     DeadLetter,
     OutboxMessage,
@@ -79,8 +79,16 @@ class OutboxMessageAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Re-send the selected messages")
     def resend(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
-        count = sum(requeue(message=message) for message in queryset)
+        stale = [message for message in queryset if superseded(message)]
+        count = sum(requeue(message=message) for message in queryset if message not in stale)
         self.message_user(request, f"Queued {count} message(s) again for the relay.")
+        if stale:
+            self.message_user(
+                request,
+                f"Refused {len(stale)} create-vm(s) for a vm-id the instance no longer has "
+                "(a retry replaced it): re-sending would boot a VM nobody owns.",
+                level=messages.WARNING,
+            )
 
 
 @admin.register(DeadLetter)

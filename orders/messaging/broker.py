@@ -13,14 +13,14 @@ import pika.exceptions
 from django.conf import settings
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from vmbackend.protocol import topology
+from vmbackend.protocol import broker_tls, topology
 
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 30
 
 
 def connection_parameters(url: str | None = None) -> pika.URLParameters:
-    params = pika.URLParameters(url or settings.AMQP_URL)
+    params = broker_tls.with_tls(pika.URLParameters(url or settings.AMQP_URL), settings.BROKER_CA)
     params.socket_timeout = CONNECT_TIMEOUT
     params.blocked_connection_timeout = 30
     params.stack_timeout = CONNECT_TIMEOUT * 2
@@ -50,11 +50,16 @@ def declare_topology(channel: BlockingChannel) -> None:
     topology.declare_events_store(channel)
 
 
-def json_properties(message_id: str, headers: dict | None = None) -> pika.BasicProperties:
+def json_properties(
+    message_id: str, headers: dict | None = None, *, user_id: str | None = None
+) -> pika.BasicProperties:
+    """A command's properties. `user_id` (the connection's user) is what hosts check before
+    obeying a command (WARREN_COMMAND_SENDERS, docs/security.md)."""
     return pika.BasicProperties(
         content_type="application/json",
         content_encoding="utf-8",
         delivery_mode=pika.DeliveryMode.Persistent,
         message_id=message_id,
         headers=headers,
+        user_id=user_id,
     )

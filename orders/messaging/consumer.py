@@ -32,10 +32,10 @@ from pika.adapters.blocking_connection import BlockingChannel
 from orders.fleet import evacuation, placement
 from orders.fleet.hosts import mark_silent_hosts
 from orders.fleet.waitlist import notify_waitlist
-from orders.messaging import broker, host_events
+from orders.messaging import broker, host_events, senders
 from orders.messaging.dead_letters import ROUTING_KEY_HEADER, handle_dead_letter
 from orders.monitoring import metrics
-from vmbackend.protocol import topology
+from vmbackend.protocol import messages, topology
 from vmbackend.protocol.backoff import Backoff, run_with_reconnect
 from vmbackend.protocol.messages import MalformedEvent
 
@@ -52,16 +52,25 @@ TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 MAX_ERROR_REASON = 300
 
 
-def dispatch(body: bytes) -> tuple[str, str]:
-    """Apply one event body; returns (result, reason to dead-letter it or "").
+def dispatch(body: bytes, user_id: str | None) -> tuple[str, str]:
+    """Apply one event body sent by broker user `user_id` (the message's property, checked by
+    the broker); returns (result, reason to dead-letter it or "").
 
     Never raises, except a transient database error (TRANSIENT_DB_ERRORS): a body the parser
-    refuses, and an apply that fails for good (DataError, IntegrityError, ValueError,
-    OverflowError, ...), both come back as ("rejected", reason)."""
+    refuses, an event whose sender is not its host (orders/messaging/senders.py) or not the
+    instance's, and an apply that fails for good (DataError, IntegrityError, ValueError,
+    OverflowError, ...), all come back as ("rejected", reason)."""
     try:
-        return host_events.handle_message(body), ""
+        event = messages.parse_event(body)
+        refusal = senders.sender_refusal(event, user_id)
+        if refusal:
+            raise host_events.RefusedEvent(refusal)
+        return host_events.apply_event(event), ""
     except MalformedEvent as exc:
         log.warning("event=host_event_rejected reason=%r size=%s", exc.reason, len(body))
+        return REJECTED, exc.reason
+    except host_events.RefusedEvent as exc:
+        log.warning("event=host_event_refused reason=%r size=%s", exc.reason, len(body))
         return REJECTED, exc.reason
     except TRANSIENT_DB_ERRORS:
         raise
@@ -150,8 +159,9 @@ class EventConsumer:
     ) -> str:
         """Apply one delivery, then ack it (after the DB commit). One that can never be applied
         is dead-lettered with the reason and acked; the database being down is waited out."""
+        user_id = getattr(properties, "user_id", None)
         try:
-            result, reason = self.with_database(channel, lambda: dispatch(body))
+            result, reason = self.with_database(channel, lambda: dispatch(body, user_id))
         except (StopRequested, *TRANSIENT_DB_ERRORS):
             channel.basic_nack(method.delivery_tag, requeue=True)
             raise

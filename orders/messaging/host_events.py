@@ -29,6 +29,7 @@ from orders.console import outcomes
 from orders.core import activity
 from orders.core.provisioning import delete_vm, forget_credentials, resend_deletion
 from orders.fleet import placement
+from orders.messaging import foreign_vms
 from orders.models import (
     EFFECT_FORGET_CREDENTIALS,
     EFFECT_RECORD_CRASH,
@@ -48,12 +49,25 @@ from vmbackend.protocol.messages import Event, MalformedEvent
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MalformedEvent", "handle_message"]
+__all__ = ["MalformedEvent", "RefusedEvent", "apply_event", "handle_message"]
+
+
+class RefusedEvent(Exception):
+    """An event from a host that has no say about the instance it names (dead-lettered)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def handle_message(body: bytes, *, now: datetime | None = None) -> str:
-    """Parse and apply one event. Returns what happened (for logs and tests)."""
-    event = messages.parse_event(body)
+    """Parse and apply one event whose sender is trusted (the event worker checks the broker
+    user first: orders/messaging/senders.py). Returns what happened (for logs and tests)."""
+    return apply_event(messages.parse_event(body), now=now)
+
+
+def apply_event(event: Event, *, now: datetime | None = None) -> str:
+    """Apply one parsed event whose sender is its host. Raises RefusedEvent."""
     if event.type == messages.INSTANCE_METRICS:
         return apply_metrics_event(event)
     if event.type == messages.HEARTBEAT:
@@ -142,15 +156,21 @@ def apply_instance_event(event: Event) -> str:
             .values_list("order_id", flat=True)
             .first()
         )
-        if order_pk is None:
-            return "unknown_instance"  # never ours, or replaced by a staff retry
+        if order_pk is None:  # never ours, or replaced by a staff retry
+            return foreign_vms.unknown_vm(event)
         # Race: webhooks (cancel), staff (retry, cancel) and this consumer all change an order and
         # its instance. Everyone locks the order row first, then the instance.
         order = Order.objects.select_for_update().select_related("plan").get(pk=order_pk)
         instance = Instance.objects.select_for_update().get(order_id=order_pk)
         if instance.public_id != event.instance_id:
-            return "unknown_instance"
+            return foreign_vms.unknown_vm(event)
         if instance.host_id and instance.host_id != event.host_id:
+            if not foreign_vms.could_have_copy(instance, event.host_id):
+                # Race-free: the instance is locked. Nothing is changed, nothing is deleted.
+                raise RefusedEvent(
+                    f"host {event.host_id} does not own instance {instance.public_id} "
+                    f"(owner {instance.host_id}) and was never sent its create-vm"
+                )
             return _from_other_host(order, instance, event)
         if event.seq <= instance.last_event_seq:
             return "stale"
@@ -163,10 +183,6 @@ def _record_seq(order: Order, instance: Instance, event: Event) -> None:
     Instance.objects.filter(pk=instance.pk).update(last_event_seq=event.seq, host_id=event.host_id)
     instance.last_event_seq, instance.host_id = event.seq, event.host_id
     instance.order = order
-
-
-# The other host's copy is gone already: it failed (the host cleaned up) or was deleted.
-_COPY_GONE = frozenset({messages.INSTANCE_FAILED, messages.INSTANCE_DELETED})
 
 
 def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
@@ -187,7 +203,7 @@ def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
     if (
         event.type == messages.INSTANCE_READY
         and instance.status in Instance.NOT_YET_READY
-        and not _deletion_sent(instance, event.host_id)
+        and not foreign_vms.deletion_sent(instance, event.host_id)
     ):
         _record_seq(order, instance, event)
         delete_vm(instance=instance, vm_id=instance.vm_id, routing_key=topology.host_key(owner))
@@ -200,7 +216,7 @@ def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
         )
         return apply_step(order, instance, event)
     settled = instance.status not in Instance.NOT_YET_READY
-    if event.type in _COPY_GONE or not settled:
+    if event.type in foreign_vms.COPY_GONE or not settled:
         log.warning(
             "event=event_from_other_host order_id=%s instance_id=%s host_id=%s owner=%s type=%s",
             order.public_id,
@@ -220,14 +236,6 @@ def _from_other_host(order: Order, instance: Instance, event: Event) -> str:
         event.type,
     )
     return "duplicate_deleted"
-
-
-def _deletion_sent(instance: Instance, host_id: str) -> bool:
-    """Whether this host was already asked to delete its copy of the instance's current vm-id."""
-    bodies = instance.outbox_messages.filter(routing_key=topology.host_key(host_id)).values_list(
-        "body", flat=True
-    )
-    return any((body.get("options") or {}).get("vm-id") == instance.vm_id for body in bodies)
 
 
 def _restart_fields(instance: Instance, event: Event) -> dict[str, Any]:

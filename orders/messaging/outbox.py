@@ -30,7 +30,7 @@ from orders.lib import wakeup
 from orders.messaging import broker
 from orders.messaging.relay_lock import RelayLock, relay_lock
 from orders.models import OutboxMessage
-from vmbackend.protocol import messages
+from vmbackend.protocol import messages, topology
 from vmbackend.protocol.backoff import Backoff, run_with_reconnect
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ def publish_row(channel: BlockingChannel, row: OutboxMessage) -> None:
             exchange=row.exchange,
             routing_key=routing_key,
             body=body,
-            properties=broker.json_properties(str(row.message_id)),
+            properties=broker.json_properties(
+                str(row.message_id), user_id=topology.connection_user(channel)
+            ),
             mandatory=True,
         )
     except pika.exceptions.UnroutableError as exc:
@@ -273,15 +275,27 @@ def _log_unavailable(exc: BaseException, retry_in: float) -> None:
     log.warning("event=relay_unavailable error=%s retry_in=%.1fs", type(exc).__name__, retry_in)
 
 
+def superseded(message: OutboxMessage) -> bool:
+    """A create-vm for a vm-id its instance no longer has (a retry replaced it): sending it
+    again would boot a VM nobody owns, with the customer's current password (issue 20)."""
+    body = message.body or {}
+    if body.get("command") != messages.CREATE_VM or message.instance is None:
+        return False
+    return str((body.get("options") or {}).get("vm-id")) != message.instance.vm_id
+
+
 def requeue(*, message: OutboxMessage) -> bool:
     """Staff action: publish a row again (same message_id; consumers de-duplicate).
 
     Conditional UPDATE: a row that is unsent already (the relay may be publishing it right now)
-    is left alone. Returns True when the row was queued again.
+    is left alone, and so is a superseded create-vm. Returns True when the row was queued again.
     """
-    queued = OutboxMessage.objects.filter(pk=message.pk, sent_at__isnull=False).update(
-        sent_at=None, last_error=""
-    )
+    rows = OutboxMessage.objects.filter(pk=message.pk, sent_at__isnull=False)
+    if superseded(message):
+        # Race: a staff retry may give the instance a new vm-id while this runs; the condition
+        # is in the one UPDATE, so a retry committed first makes it match nothing.
+        rows = rows.filter(instance__public_id=message.body["options"]["vm-id"])
+    queued = rows.update(sent_at=None, last_error="")
     if queued:
         log.info(
             "event=outbox_requeued message_id=%s routing_key=%s",

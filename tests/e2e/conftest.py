@@ -55,6 +55,7 @@ def _system(
         yield system
     finally:
         system.stop_all()
+        system.drop_broker_users()
         # VMs outlive a stopped daemon by design; the test's VMs must not outlive the test.
         for pid in system.qemu_pids():
             system.kill_pid(pid)

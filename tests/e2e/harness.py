@@ -24,6 +24,8 @@ import requests
 from tests.net import free_port
 from tests.qemu_procs import qemu_pids
 from tests.stripe_signing import stripe_signature
+from vmbackend.protocol import broker_users
+from warren import broker_setup
 from warren.run import ROOT, Options, service_commands
 
 WEBHOOK_SECRET = "whsec_e2e_" + uuid.uuid4().hex
@@ -87,6 +89,21 @@ class System:
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.commands = service_commands(self.options)
+        # As `warren run`: the shop and the host each with a broker user of their own (a shop
+        # name of its own too: other tests' shops run on the same broker at the same time).
+        self.shop_user = f"warren-shop-{self.host_id}"
+        self.broker_users = [self.shop_user]
+        self.service_env = broker_setup.service_environments(
+            self.env, self.host_id, shop_user=self.shop_user
+        )
+        self.broker_users.append(broker_users.host_user(self.host_id))
+
+    def host_env(self, host_id: str) -> dict[str, str]:
+        """The broker user of another host daemon started by a test (deleted at stop_all)."""
+        self.broker_users.append(broker_users.host_user(host_id))
+        return broker_setup.host_environment(
+            self.env["WARREN_AMQP_URL"], host_id, shop_user=self.shop_user
+        )
 
     # --- processes -------------------------------------------------------------------------
 
@@ -112,7 +129,7 @@ class System:
         proc = subprocess.Popen(
             self.commands[name],
             cwd=ROOT,
-            env={**self.env, **(env or {})},
+            env={**self.env, **self.service_env.get(name, {}), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -145,6 +162,14 @@ class System:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+    def drop_broker_users(self) -> None:
+        """Delete the broker users this system made (users are not per vhost: they outlive it)."""
+        for user in self.broker_users:
+            try:
+                broker_users.delete_user(user)
+            except broker_users.BrokerAdminError:
+                pass  # the broker may be down after a drill; a leftover user is harmless
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"

@@ -71,6 +71,7 @@ def test_a_payment_during_a_broker_outage_still_gets_its_vm(workdir, amqp_url: s
         assert len(system.qemu_pids()) == 1
     finally:
         system.stop_all()
+        system.drop_broker_users()
         proxy.down()
         for pid in system.qemu_pids():
             system.kill_pid(pid)

@@ -104,6 +104,7 @@ def test_a_plan_the_host_refuses_fails_the_order_with_its_reason_and_staff_fix_a
 def _second_daemon(system: System, host_id: str) -> subprocess.Popen[bytes]:
     env = {
         **system.env,
+        **system.host_env(host_id),  # a broker user of its own, as every host has
         "WARREN_HOST_ID": host_id,
         "WARREN_CAPACITY": "1",
         "WARREN_STATE_DIR": str(system.workdir / "vmbackend-b"),

@@ -24,6 +24,14 @@ from tests.stripe_signing import stripe_signature as sign_payload
 from vmbackend.protocol import topology
 
 
+@pytest.fixture(autouse=True)
+def _shared_broker_user(settings: Any) -> None:
+    """The orders tests publish events as the broker's guest user, the development mode in
+    which every host shares it (WARREN_BROKER_SHARED_USER); tests/orders/messaging/
+    test_senders.py runs with one user per host, as production does."""
+    settings.BROKER_SHARED_USER = "guest"
+
+
 def stripe_signature(
     payload: bytes, *, secret: str | None = None, timestamp: int | None = None
 ) -> str:

@@ -79,6 +79,9 @@ class DaemonProcess:
                 "WARREN_CAPACITY": str(capacity),
                 "WARREN_PORT_RANGE": "21000-28999",
                 "WARREN_LOG_LEVEL": "INFO",
+                # The shared development user (guest) sends the tests' commands: listed
+                # explicitly, as a development host must (docs/security.md).
+                "WARREN_COMMAND_SENDERS": "guest",
             }
         )
         if test_speed:  # tests want answers fast; a bench measures the product's defaults

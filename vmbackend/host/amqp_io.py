@@ -24,7 +24,7 @@ from pika.spec import Basic, BasicProperties
 
 from vmbackend.host.config import Config
 from vmbackend.host.registry import Registry
-from vmbackend.protocol import messages, topology
+from vmbackend.protocol import broker_tls, messages, topology
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +87,22 @@ class AmqpIO:
             maxlen=max(2 * cfg.capacity, 16)
         )
         self.metrics_dropped = 0
+        self.user = ""
 
     # -- connection
     def connect(self, on_host: Handler) -> None:
-        params = pika.URLParameters(self.cfg.amqp_url)
+        params = broker_tls.with_tls(pika.URLParameters(self.cfg.amqp_url), self.cfg.broker_ca)
         params.socket_timeout = 10
         params.blocked_connection_timeout = 60
         params.connection_attempts = 1
         params.client_properties = {"connection_name": f"vmbackend {self.cfg.host_id}"}
+        # Every event carries the connection's user as user_id: the broker refuses any other
+        # value, so the shop knows which host's user sent it (docs/security.md).
+        self.user = topology.credentials_user(params)
         self.connection = pika.BlockingConnection(params)
         self.event_channel = self.connection.channel()
         self.event_channel.confirm_delivery()
         topology.declare_host(self.event_channel, self.cfg.host_id)
-        topology.declare_events_store(self.event_channel)
         self.host_channel = self.connection.channel()
         self.host_channel.basic_qos(prefetch_count=HOST_PREFETCH)
         self.host_channel.basic_consume(topology.host_queue(self.cfg.host_id), _adapter(on_host))
@@ -229,6 +232,7 @@ class AmqpIO:
                         content_type="application/json",
                         delivery_mode=2,
                         message_id=body["message_id"],
+                        user_id=self.user,
                     ),
                 )
                 if not self.registry.confirmed(vm_id, body["message_id"]):
@@ -246,7 +250,10 @@ class AmqpIO:
             body["type"],
             messages.encode_event(body),
             pika.BasicProperties(
-                content_type="application/json", delivery_mode=2, message_id=body["message_id"]
+                content_type="application/json",
+                delivery_mode=2,
+                message_id=body["message_id"],
+                user_id=self.user,
             ),
         )
 
@@ -271,7 +278,9 @@ class AmqpIO:
             topology.EVENTS_EXCHANGE,
             "host.heartbeat",
             messages.encode_event(body),
-            pika.BasicProperties(content_type="application/json", message_id=body["message_id"]),
+            pika.BasicProperties(
+                content_type="application/json", message_id=body["message_id"], user_id=self.user
+            ),
         )
 
     # -- metrics (best-effort: no outbox, no confirms, transient)
@@ -298,7 +307,9 @@ class AmqpIO:
                 body["type"],
                 messages.encode_event(body),
                 pika.BasicProperties(
-                    content_type="application/json", message_id=body["message_id"]
+                    content_type="application/json",
+                    message_id=body["message_id"],
+                    user_id=self.user,
                 ),
             )
             published += 1

@@ -27,6 +27,11 @@ from vmbackend.protocol.server_names import DEFAULT_VM_DOMAIN
 from vmbackend.tls.scope import ScopeError, validate_domain
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+# The broker users whose commands change VMs (docs/security.md): the shop's by default. Any
+# host's user may publish into this host's queue (replies need the default exchange), so a
+# command from a user not listed is refused. A shared development user is listed explicitly.
+DEFAULT_COMMAND_SENDERS = "warren-shop"
+BROKER_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 NETWORK_MODES = ("user", "bridge")
@@ -125,6 +130,11 @@ class Config:
     # claim; empty: no pool. A pool VM older than `pool_recycle` seconds is replaced.
     pool: tuple[PoolEntry, ...] = ()
     pool_recycle: float = 21600.0
+    # The broker users (user_id, validated by the broker) whose mutating commands this host
+    # obeys; list-vms is answered for anyone who may publish to the exchange.
+    command_senders: tuple[str, ...] = (DEFAULT_COMMAND_SENDERS,)
+    # The CA (PEM file) an amqps:// amqp_url is verified against; "": the system's CAs.
+    broker_ca: str = ""
 
     def machines(self) -> Driver:
         """The driver that makes this host's VMs: the one place `driver` is looked at."""
@@ -179,6 +189,8 @@ _SETTINGS: tuple[tuple[str, str], ...] = (
     ("sim_failure_rate", "WARREN_SIM_FAILURE_RATE"),
     ("pool", "WARREN_POOL"),
     ("pool_recycle", "WARREN_POOL_RECYCLE"),
+    ("command_senders", "WARREN_COMMAND_SENDERS"),
+    ("broker_ca", "WARREN_BROKER_CA"),
 )
 
 
@@ -373,7 +385,25 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         sim_failure_rate=_float("sim_failure_rate", given.get("sim_failure_rate", "0"), 0, 1),
         pool=_pool(given.get("pool", "")),
         pool_recycle=_float("pool_recycle", given.get("pool_recycle", "21600"), 60, 30 * 86400),
+        command_senders=_senders(given.get("command_senders", DEFAULT_COMMAND_SENDERS)),
+        broker_ca=_broker_ca(given.get("broker_ca", "")),
     )
+
+
+def _broker_ca(raw: str) -> str:
+    if raw and not Path(raw).expanduser().is_file():
+        raise ConfigError(f"broker_ca must be a PEM file, got {raw!r}")
+    return str(Path(raw).expanduser()) if raw else ""
+
+
+def _senders(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if not names:
+        raise ConfigError("command_senders must name at least one broker user")
+    for name in names:
+        if not BROKER_USER_RE.fullmatch(name):
+            raise ConfigError(f"command_senders: {name!r} is not a broker user name")
+    return names
 
 
 def _pool(raw: str) -> tuple[PoolEntry, ...]:

@@ -15,7 +15,13 @@ from vmbackend.host.commands import Commands
 from vmbackend.host.config import Config
 from vmbackend.host.pool import POOL_PREFIX, Pool, is_pool_id
 from vmbackend.host.registry import Registry
-from vmbackend.host.rules import DUPLICATE, FULL, create_response, parse_create
+from vmbackend.host.rules import (
+    DUPLICATE,
+    FULL,
+    create_response,
+    parse_create,
+    sender_refusal,
+)
 from vmbackend.host.state import FAILED, VMRecord
 from vmbackend.images import manifest
 from vmbackend.protocol import messages
@@ -38,6 +44,10 @@ class CreateVMHandling:
         raise NotImplementedError
 
     def handle_create(self, delivery: Delivery) -> None:
+        refusal = sender_refusal(delivery.props.user_id, self.cfg.command_senders)
+        if refusal:
+            self.io.dead_letter(delivery, refusal)
+            return
         try:
             cmd = parse_create(delivery.body)
             if is_pool_id(cmd.vm_id):

@@ -49,6 +49,7 @@ from vmbackend.host.rules import (
     UNKNOWN,
     outcome_response,
     parse_host,
+    sender_refusal,
 )
 from vmbackend.host.sampler import Sampler
 from vmbackend.host.state import StateStore
@@ -133,6 +134,12 @@ class Daemon(CreateVMHandling):
         if isinstance(cmd, ListVMs):
             self.io.reply(delivery, messages.success(self.registry.list_vms()))
             self.io.ack(delivery)
+            return
+        # Any host's user can publish into this queue through the default exchange: only the
+        # configured senders may change VMs (docs/security.md).
+        refusal = sender_refusal(delivery.props.user_id, self.cfg.command_senders)
+        if refusal:
+            self.io.dead_letter(delivery, refusal)
             return
         if isinstance(cmd, CreateVM):  # placed on this host by the shop (docs/fleet.md)
             try:

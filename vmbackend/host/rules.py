@@ -31,6 +31,19 @@ from vmbackend.protocol.messages import (
     VMCommand,
 )
 
+
+def sender_refusal(user_id: str | None, senders: tuple[str, ...]) -> str | None:
+    """Why a command that changes a VM must be refused because of who sent it, or None.
+
+    `user_id` is the message's property, which the broker has checked against the publishing
+    connection's user; without it nobody vouches for the sender."""
+    if not user_id:
+        return "command refused: no user_id (the sender is unknown)"
+    if user_id not in senders:
+        return f"command refused: sender {user_id[:128]} may not send commands to this host"
+    return None
+
+
 # Answers of `Registry.claim` and `Registry.create_decision`.
 CLAIMED, UNKNOWN, BUSY = "claimed", "unknown", "busy"
 NEW, DUPLICATE, FULL = "new", "duplicate", "full"

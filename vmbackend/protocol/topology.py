@@ -65,6 +65,17 @@ def broker_version(channel: BlockingChannel) -> tuple[int, ...]:
     return parse_version(properties.get("version", b""))
 
 
+def connection_user(channel: BlockingChannel) -> str:
+    """The broker user the channel's connection logged in as: what a command or event carries
+    as its `user_id` (the broker refuses a message whose user_id is another user)."""
+    return credentials_user(channel.connection._impl.params)
+
+
+def credentials_user(params: pika.connection.Parameters) -> str:
+    """The user name of a connection's parameters ("" for EXTERNAL, certificate, logins)."""
+    return str(getattr(params.credentials, "username", "") or "")
+
+
 def queue_arguments(channel: BlockingChannel, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """`base` plus the quorum arguments when this broker has quorum queues."""
     arguments = dict(base or {})
@@ -152,9 +163,39 @@ def declare_common(channel: BlockingChannel) -> None:
     _declare(channel, CREATE_QUEUE, [(COMMANDS_EXCHANGE, CREATE_VM)], WORK_QUEUE_ARGS)
 
 
+def ensure_common(channel: BlockingChannel, *, events_store: bool = False) -> bool:
+    """Declare the shared topology (and the shop's event queue); True when declared.
+
+    A host's or an operator's broker user has no configure right on what is shared
+    (docs/security.md: configure would let it delete the queues): for it the broker refuses the
+    declaration (403) and the names are checked passively instead, which needs no permission. A
+    404 there (the shop never connected yet) propagates: the caller retries later. Runs on
+    channels of its own, since a refusal closes the channel it happens on."""
+    probe = channel.connection.channel()
+    try:
+        declare_common(probe)
+        if events_store:
+            declare_events_store(probe)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 403:
+            raise
+    finally:
+        if probe.is_open:
+            probe.close()
+    check = channel.connection.channel()
+    for exchange in (COMMANDS_EXCHANGE, DLX, EVENTS_EXCHANGE):
+        check.exchange_declare(exchange, passive=True)
+    for queue in (CREATE_QUEUE, DEAD_QUEUE, *((EVENTS_STORE_QUEUE,) if events_store else ())):
+        check.queue_declare(queue, passive=True)
+    check.close()
+    return False
+
+
 def declare_host(channel: BlockingChannel, host_id: str) -> str:
-    """This host's own queue with the broadcast keys and its direct key; returns its name."""
-    declare_common(channel)
+    """This host's own queue with the broadcast keys and its direct key; returns its name.
+    The shared topology is declared too when this user may (a shared development user)."""
+    ensure_common(channel, events_store=True)
     queue = host_queue(host_id)
     keys = (*HOST_COMMANDS, host_key(host_id))
     _declare(channel, queue, [(COMMANDS_EXCHANGE, key) for key in keys], WORK_QUEUE_ARGS)

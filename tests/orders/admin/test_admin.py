@@ -92,6 +92,25 @@ def test_the_resend_action_queues_a_sent_row_again(admin_client, instance):
     assert OutboxMessage.objects.count() == 1
 
 
+def test_the_resend_action_refuses_a_superseded_create_vm(admin_client, instance):
+    """issue 20: staff re-sent the create-vm of a vm-id a retry had replaced; the host booted a
+    VM nobody owned with the customer's current password. The old row is refused now; the
+    current one still goes."""
+    Instance.objects.filter(pk=instance.pk).update(status="failed", failure_reason="boot timeout")
+    Order.objects.filter(pk=instance.order_id).update(status="failed")
+    _action(admin_client, "instance", "retry", instance.pk)
+    old, current = OutboxMessage.objects.filter(routing_key="create-vm").order_by("id")
+    OutboxMessage.objects.update(sent_at=timezone.now())
+
+    response = _action(admin_client, "outboxmessage", "resend", old.pk, current.pk)
+
+    assert "Refused 1 create-vm" in response.content.decode()
+    old.refresh_from_db()
+    current.refresh_from_db()
+    assert old.sent_at is not None  # not queued again
+    assert current.sent_at is None
+
+
 def test_the_vm_password_never_appears_in_the_admin(admin_client, instance):
     row = OutboxMessage.objects.get()
     pages = [

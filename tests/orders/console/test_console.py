@@ -611,7 +611,7 @@ def test_a_refused_rotation_arrives_through_the_broker_and_keeps_the_password(
             "warren.events",
             failed["type"],
             messages.encode_event(failed),
-            pika.BasicProperties(content_type="application/json", delivery_mode=2),
+            pika.BasicProperties(content_type="application/json", delivery_mode=2, user_id="guest"),
         )
 
     counts = EventConsumer(url=orders_amqp_url, idle_timeout=0.3).run(once=True)

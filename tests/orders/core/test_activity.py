@@ -39,7 +39,7 @@ def _publish(channel: Any, *bodies: dict[str, Any]) -> None:
             "warren.events",
             body["type"],
             messages.encode_event(body),
-            pika.BasicProperties(content_type="application/json", delivery_mode=2),
+            pika.BasicProperties(content_type="application/json", delivery_mode=2, user_id="guest"),
         )
 
 

@@ -80,7 +80,7 @@ def test_evacuating_re_creates_the_server_elsewhere_with_the_same_credentials(
     )
     from orders.messaging.host_events import handle_message
 
-    assert handle_message(messages.encode_event(late)) == "unknown_instance"
+    assert handle_message(messages.encode_event(late)) == "unknown_vm_deleted"
 
 
 def test_a_create_vm_the_lost_host_never_took_is_placed_again_under_its_vm_id(instance):

@@ -95,11 +95,11 @@ def test_a_database_error_leaves_the_event_on_the_queue(amqp, orders_amqp_url):
         "warren.events",
         "host.heartbeat",
         json.dumps({"type": "host.heartbeat", "host_id": "h", "capacity": 1}).encode(),
-        pika.BasicProperties(delivery_mode=2),
+        pika.BasicProperties(delivery_mode=2, user_id="guest"),
     )
     consumer = EventConsumer(url=orders_amqp_url, idle_timeout=0.3)
 
-    with mock.patch.object(host_events, "handle_message", side_effect=OperationalError("db down")):
+    with mock.patch.object(host_events, "apply_event", side_effect=OperationalError("db down")):
         with pytest.raises(OperationalError):
             consumer.run(once=True)
 
@@ -112,10 +112,10 @@ def test_the_consumer_loop_backs_off_on_a_database_error_and_goes_on(amqp, order
         "warren.events",
         "host.heartbeat",
         json.dumps({"type": "host.heartbeat", "host_id": "h", "capacity": 1}).encode(),
-        pika.BasicProperties(delivery_mode=2),
+        pika.BasicProperties(delivery_mode=2, user_id="guest"),
     )
     consumer = EventConsumer(url=orders_amqp_url, idle_timeout=0.2, backoff_initial=0.01)
-    real = host_events.handle_message
+    real = host_events.apply_event
     calls = {"n": 0}
 
     def flaky(body: bytes) -> str:
@@ -125,7 +125,7 @@ def test_the_consumer_loop_backs_off_on_a_database_error_and_goes_on(amqp, order
         consumer.stop()  # applied on the retry: enough
         return real(body)
 
-    with mock.patch.object(host_events, "handle_message", side_effect=flaky):
+    with mock.patch.object(host_events, "apply_event", side_effect=flaky):
         counts = consumer.run()
 
     assert counts == {"applied": 1}
@@ -166,10 +166,10 @@ def test_a_database_outage_is_waited_out_with_a_growing_delay_on_one_connection(
         "warren.events",
         "host.heartbeat",
         json.dumps({"type": "host.heartbeat", "host_id": "h", "capacity": 1}).encode(),
-        pika.BasicProperties(delivery_mode=2),
+        pika.BasicProperties(delivery_mode=2, user_id="guest"),
     )
     consumer = EventConsumer(url=orders_amqp_url, idle_timeout=0.2, backoff_initial=0.1)
-    real = host_events.handle_message
+    real = host_events.apply_event
     calls = {"n": 0}
 
     def down_for_four_tries(body: bytes) -> str:
@@ -180,7 +180,7 @@ def test_a_database_outage_is_waited_out_with_a_growing_delay_on_one_connection(
         return real(body)
 
     caplog.set_level("WARNING", logger="orders.messaging.host_events")
-    with mock.patch.object(host_events, "handle_message", side_effect=down_for_four_tries):
+    with mock.patch.object(host_events, "apply_event", side_effect=down_for_four_tries):
         counts = consumer.run()
 
     delays = [

@@ -86,7 +86,12 @@ def test_a_refused_create_vm_fails_the_order_with_the_hosts_reason(instance, amq
 def test_a_refused_create_vm_of_a_vm_a_host_has_changes_nothing(instance, amqp, orders_amqp_url):
     """A duplicate copy refused by one host while another host took the first one."""
     body = messages.event("instance.accepted", instance_id=instance.vm_id, host_id="host-b", seq=1)
-    amqp.basic_publish("warren.events", "instance.accepted", messages.encode_event(body))
+    amqp.basic_publish(
+        "warren.events",
+        "instance.accepted",
+        messages.encode_event(body),
+        pika.BasicProperties(user_id="guest"),
+    )
     _drain(orders_amqp_url)
     _refused_by_host(amqp, _create_vm_body(instance), host="host-a")
 

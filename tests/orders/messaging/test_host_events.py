@@ -73,7 +73,9 @@ def _publish(channel: Any, *events: dict | bytes) -> None:
             "warren.events",
             key,
             body,
-            pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id="m1"),
+            pika.BasicProperties(
+                content_type="application/json", delivery_mode=2, message_id="m1", user_id="guest"
+            ),
         )
 
 
@@ -257,7 +259,7 @@ def test_an_event_for_an_unknown_instance_is_acknowledged(instance, amqp, orders
 
     counts = _consume(orders_amqp_url)
 
-    assert counts == {"unknown_instance": 1}
+    assert counts == {"unknown_vm_deleted": 1}  # its host is told to delete it (issue 20)
     assert get_all(amqp, topology.EVENTS_STORE_QUEUE) == []
     assert _fresh(instance).status == Instance.Status.REQUESTED
 
@@ -320,7 +322,7 @@ def test_a_lost_vm_fails_the_order_and_staff_retry_under_a_new_vm_id(
     assert OutboxMessage.objects.get(routing_key="delete-vm").body["options"]["vm-id"] == old_vm_id
     # Late news about the old vm-id no longer touches the order.
     late = json.dumps({**_ready(instance, 9), "instance_id": old_vm_id}).encode()
-    assert handle_message(late) == "unknown_instance"
+    assert handle_message(late) == "unknown_vm_deleted"  # but its host deletes that VM
 
 
 def test_events_from_a_second_host_are_ignored_unless_it_has_the_only_ready_vm(instance):
@@ -667,7 +669,7 @@ def test_the_worker_never_raises_on_any_body(instance, data):
     result, and a reason exactly when it must be dead-lettered; the order stays consistent."""
     body = data.draw(st.one_of(st.binary(max_size=200), _MONSTERS, _event_bodies(instance.vm_id)))
 
-    result, reason = dispatch(body)
+    result, reason = dispatch(body, "guest")
 
     assert result in {
         "applied",
@@ -678,6 +680,7 @@ def test_the_worker_never_raises_on_any_body(instance, data):
         "duplicate_deleted",
         "unhandled_type",
         "unknown_instance",
+        "unknown_vm_deleted",
         "unknown_command",  # a console outcome for a command this shop never sent
         "replaced",  # instance.declined by the host it was placed on (orders/fleet/placement.py)
         # instance.metrics (orders/metrics.apply_metrics)

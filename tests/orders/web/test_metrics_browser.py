@@ -78,7 +78,7 @@ def _publish_samples(
             "warren.events",
             messages.INSTANCE_METRICS,
             json.dumps(body).encode(),
-            pika.BasicProperties(content_type="application/json", delivery_mode=2),
+            pika.BasicProperties(content_type="application/json", delivery_mode=2, user_id="guest"),
         )
     counts = EventConsumer(url=url, idle_timeout=0.3).run(once=True)
     assert counts.get("recorded") == len(values), counts

@@ -59,6 +59,7 @@ def _publish(client, daemon, body: dict) -> None:
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
             message_id=str(uuid.uuid4()),
+            user_id="guest",  # the daemons under test obey guest (WARREN_COMMAND_SENDERS)
         ),
     )
 

@@ -208,7 +208,7 @@ def _one_delivery(conn, body):
     channel = conn.channel()
     topology.declare_common(channel)
     queue = channel.queue_declare("", exclusive=True).method.queue
-    channel.basic_publish("", queue, body)
+    channel.basic_publish("", queue, body, pika.BasicProperties(user_id="guest"))
     for _ in range(50):
         method, props, got = channel.basic_get(queue)
         if method is not None:
@@ -234,6 +234,7 @@ def _in_process_daemon(amqp_url, tmp_path, image_dir):
             "WARREN_STATE_DIR": str(tmp_path / "state"),
             "WARREN_IMAGE_DIR": str(image_dir),
             "WARREN_PORT_RANGE": "21000-28999",
+            "WARREN_COMMAND_SENDERS": "guest",  # the tests' deliveries come from guest
         }
     )
     return Daemon(cfg)
