@@ -29,6 +29,24 @@ from vmbackend.tls import authority, guest_install
 
 log = logging.getLogger(__name__)
 
+
+class StepClock:
+    """Seconds per named step of one path, for its log line (`management_s=0.012 ...`): where
+    a boot's or a claim's time goes, read by bench/provisioning.py."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps.append((name, now - self.last))
+        self.last = now
+
+    def fields(self) -> str:
+        return " ".join(f"{name}_s={seconds:.3f}" for name, seconds in self.steps)
+
+
 STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
 GUEST_MANAGEMENT_PORT = 15672
 GUEST_AMQP_PORT = 5672
@@ -279,6 +297,7 @@ class Boot:
             raise MachineError("no machine to wait for")
         self._stage("rabbitmq_starting")
         management, amqp, probe = urls_for(self.cfg, self.record, addresses)
+        clock = StepClock()
         try:
             self.machine.wait_management(probe, self._deadline())
         except MachineError as exc:
@@ -289,11 +308,15 @@ class Boot:
             raise MachineError(
                 f"RabbitMQ did not answer; its log: {rabbitmq_log_tail(self.machine)}; {exc}"
             ) from exc
+        clock.mark("management")
         self._tls(addresses)
+        clock.mark("tls")
         management, amqp, probe = urls_for(self.cfg, self.record, addresses)
         if self.record.limits:
             self.machine.apply_limits(probe)
+        clock.mark("limits")
         runtime = self.machine.runtime(probe)  # what runs, for the customer; {} if unread
+        clock.mark("runtime")
         self._check_cancel()
         seconds = round(time.time() - (self.record.boot_started_at or time.time()), 3)
         fields = {
@@ -318,8 +341,13 @@ class Boot:
             healing=False,
             reason="",
         )
+        clock.mark("report")
         log.info(
-            "vm ready host_id=%s vm_id=%s seconds=%s", self.cfg.host_id, self.record.vm_id, seconds
+            "vm ready host_id=%s vm_id=%s seconds=%s %s",
+            self.cfg.host_id,
+            self.record.vm_id,
+            seconds,
+            clock.fields(),
         )
 
     def fail(self, exc: BaseException) -> None:
