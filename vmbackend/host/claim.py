@@ -27,7 +27,7 @@ from typing import Any
 from vmbackend.host.boot import Boot, Cancelled, StepClock, cleanup, urls_for
 from vmbackend.host.state import BOOTING
 from vmbackend.machine.base import MachineError, MachineGone
-from vmbackend.machine.management_api import ManagementAPI, ManagementAPIError
+from vmbackend.machine.management_api import WRITE_TIMEOUT, ManagementAPI, ManagementAPIError
 from vmbackend.machine.qemu import VMSpec
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,10 @@ class ClaimBoot(Boot):
                 pass
         clock = StepClock()
         old = ManagementAPI(
-            probe, str(source.get("admin_username", "")), str(source.get("admin_password", ""))
+            probe,
+            str(source.get("admin_username", "")),
+            str(source.get("admin_password", "")),
+            timeout=WRITE_TIMEOUT,
         )
         check("giving the order's admin")
         old.set_user(me.user, spec.admin_password)
