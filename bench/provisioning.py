@@ -124,7 +124,7 @@ def one_order(system: System, n: int, steps: list[list[float | None]] | None = N
             resp = requests.get(
                 match.group(1) + "api/overview",
                 auth=(creds["username"], creds["password"]),
-                timeout=5,
+                timeout=60,  # the first TLS handshake under TCG takes seconds: wait for it
                 verify=system.env.get("WARREN_CA_CERT") or True,
             )
         except requests.exceptions.SSLError as exc:
