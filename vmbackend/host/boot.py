@@ -23,29 +23,12 @@ from collections.abc import Callable
 from vmbackend.host import certificates, network
 from vmbackend.host.config import Config
 from vmbackend.host.state import BOOTING, FAILED, LOST, READY, StateStore, VMRecord
+from vmbackend.host.steps import StepClock
 from vmbackend.machine.base import Machine, MachineError
 from vmbackend.machine.qemu import TLS_AMQP_PORT, TLS_MANAGEMENT_PORT, TapNet, UserNet, VMSpec
 from vmbackend.tls import authority, guest_install
 
 log = logging.getLogger(__name__)
-
-
-class StepClock:
-    """Seconds per named step of one path, for its log line (`management_s=0.012 ...`): where
-    a boot's or a claim's time goes, read by bench/provisioning.py."""
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-        self.steps: list[tuple[str, float]] = []
-
-    def mark(self, name: str) -> None:
-        now = time.monotonic()
-        self.steps.append((name, now - self.last))
-        self.last = now
-
-    def fields(self) -> str:
-        return " ".join(f"{name}_s={seconds:.3f}" for name, seconds in self.steps)
-
 
 STAGES = ("vm_starting", "guest_up", "rabbitmq_starting")
 GUEST_MANAGEMENT_PORT = 15672
@@ -310,13 +293,11 @@ class Boot:
             ) from exc
         clock.mark("management")
         self._tls(addresses)
-        clock.mark("tls")
         management, amqp, probe = urls_for(self.cfg, self.record, addresses)
         if self.record.limits:
             self.machine.apply_limits(probe)
-        clock.mark("limits")
+        clock.mark("tls_limits")
         runtime = self.machine.runtime(probe)  # what runs, for the customer; {} if unread
-        clock.mark("runtime")
         self._check_cancel()
         seconds = round(time.time() - (self.record.boot_started_at or time.time()), 3)
         fields = {
@@ -341,14 +322,7 @@ class Boot:
             healing=False,
             reason="",
         )
-        clock.mark("report")
-        log.info(
-            "vm ready host_id=%s vm_id=%s seconds=%s %s",
-            self.cfg.host_id,
-            self.record.vm_id,
-            seconds,
-            clock.fields(),
-        )
+        clock.log_done("vm ready", self.cfg.host_id, self.record.vm_id, "runtime", seconds=seconds)
 
     def fail(self, exc: BaseException) -> None:
         """End a boot that cannot finish: `lose` a VM that was ready once, else clean up the

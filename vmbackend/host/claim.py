@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from vmbackend.host.boot import Boot, Cancelled, StepClock, cleanup, urls_for
+from vmbackend.host.boot import Boot, Cancelled, cleanup, urls_for
 from vmbackend.host.state import BOOTING
+from vmbackend.host.steps import StepClock
 from vmbackend.machine.base import MachineError, MachineGone
 from vmbackend.machine.management_api import WRITE_TIMEOUT, ManagementAPI, ManagementAPIError
 from vmbackend.machine.qemu import VMSpec
