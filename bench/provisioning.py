@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.e2e.harness import System, wait_until  # noqa: E402
 from vmbackend.images import manifest  # noqa: E402
 from vmbackend.machine.qemu import VMPaths  # noqa: E402
+from vmbackend.tls import authority  # noqa: E402
 
 PLAN_MEMORY_MB = 512  # the bunny plan's memory: the pool entry must match it
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -49,14 +50,68 @@ def private_vhost() -> tuple[str, str]:
     return vhost, f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
 
 
-def one_order(system: System, n: int) -> float:
+# The path of one order, as the processes' logs mark it (key=value, wall-clock times to the
+# millisecond): (step name, process log, a pattern with the order's vm-id in it). Each step's
+# time is from the previous mark to its own; "page" is this script's long poll answering, as
+# the order page's does, and "check" the management URL answering with the page's credentials.
+MARKS = (
+    ("webhook", "web", "event=stripe_webhook .*order_id={order}"),
+    ("relay", "relay", "event=outbox_sent .*vm_id={vm}"),
+    ("claim", "vmbackend", "vm accepted .*vm_id={vm}"),
+    ("ready", "vmbackend", "vm ready .*vm_id={vm}"),
+    ("event", "events", "event=host_event type=instance.ready instance_id={vm}"),
+)
+STEPS = [name for name, _log, _pattern in MARKS] + ["page", "check"]
+LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
+
+
+def log_time(line: str) -> float | None:
+    match = LOG_TIME.search(line)
+    if not match:
+        return None
+    return (
+        time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + int(match.group(2)) / 1000
+    )
+
+
+def step_times(system: System, order: str, vm: str, started: float, page: float, end: float):
+    """Seconds per step of STEPS (None where a mark is missing from the logs)."""
+    marks: list[float | None] = []
+    for _name, log, pattern in MARKS:
+        wanted = re.compile(pattern.format(order=order, vm=vm))
+        found = [log_time(line) for line in system.log(log).splitlines() if wanted.search(line)]
+        marks.append(next((t for t in found if t is not None), None))
+    marks += [page, end]
+    out: list[float | None] = []
+    previous: float | None = started
+    for mark in marks:
+        out.append(None if mark is None or previous is None else mark - previous)
+        previous = mark if mark is not None else None
+    return out
+
+
+def one_order(system: System, n: int, steps: list[list[float | None]] | None = None) -> float:
     user = f"bench{n}"
     system.create_customer(user, "bench-passphrase-123")
     session = system.login(user, "bench-passphrase-123")
     order_id = system.buy(session, "bunny")
+    version = system.order_status(session, order_id)["version"]
     event = system.checkout_completed_event(order_id)
-    started = time.monotonic()
+    started, wall_started = time.monotonic(), time.time()
     assert system.post_webhook(event).status_code == 200
+    # As the order page does: a long poll on its status, asked again whenever it changes.
+    while True:
+        resp = session.get(
+            f"{system.base_url}/orders/{order_id}/status/", params={"since": version}, timeout=60
+        )
+        resp.raise_for_status()
+        state = resp.json()
+        version = state["version"]
+        if state["status"] == "ready":
+            break
+        if state["status"] in ("failed", "cancelled") or time.monotonic() - started > 900:
+            raise RuntimeError(f"order {order_id} did not become ready: {state['status']}")
+    page_at = time.time()
 
     def working_url() -> bool:
         match = re.search(
@@ -65,13 +120,23 @@ def one_order(system: System, n: int) -> float:
         if not match:
             return False
         creds = system.reveal_credentials(session, order_id)
-        resp = requests.get(
-            match.group(1) + "api/overview", auth=(creds["username"], creds["password"]), timeout=5
-        )
+        try:  # https with TLS on: verified against the root the order page offers
+            resp = requests.get(
+                match.group(1) + "api/overview",
+                auth=(creds["username"], creds["password"]),
+                timeout=60,  # the first TLS handshake under TCG takes seconds: wait for it
+                verify=system.env.get("WARREN_CA_CERT") or True,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise AssertionError(f"the management URL's certificate: {exc}") from exc
         return resp.status_code == 200
 
-    wait_until(working_url, 900, f"order {order_id} to work", interval=0.2, system=system)
+    wait_until(working_url, 60, f"order {order_id} to work", interval=0.05, system=system)
     elapsed = time.monotonic() - started
+    if steps is not None:
+        vm = re.search(rf"order_id={order_id} instance_id=([0-9a-f-]+)", system.log("web"))
+        vm_id = vm.group(1) if vm else "-"
+        steps.append(step_times(system, order_id, vm_id, wall_started, page_at, time.time()))
     system.cancel(session, order_id)
     wait_until(
         lambda: system.order_status(session, order_id)["status"] == "deleted",
@@ -80,6 +145,29 @@ def one_order(system: System, n: int) -> float:
         system=system,
     )
     return elapsed
+
+
+def print_steps(mode: str, steps: list[list[float | None]]) -> None:
+    for n, row in enumerate(steps, 1):
+        cells = "  ".join(
+            f"{name} {'-' if t is None else f'{t:.3f}'}" for name, t in zip(STEPS, row, strict=True)
+        )
+        print(f"  {mode} run {n} steps (s): {cells}", flush=True)
+    medians = []
+    for i, name in enumerate(STEPS):
+        values = [row[i] for row in steps if row[i] is not None]
+        medians.append(f"{name} {statistics.median(values):.3f}" if values else f"{name} -")
+    print(f"  {mode} step medians (s): {'  '.join(medians)}", flush=True)
+
+
+def tls_environment(folder: Path, host_id: str = "bench-host") -> dict[str, str]:
+    authority.init_ca(folder / "root")
+    authority.init_host(folder / "root", host_id, folder / "host")
+    return {
+        "WARREN_HOST_ID": host_id,
+        "WARREN_TLS_DIR": str(folder / "host"),
+        "WARREN_CA_CERT": str(folder / "root" / authority.ROOT_CERT),
+    }
 
 
 def ready_pool_vm(state_dir: Path, timeout: float = 1500) -> dict:
@@ -126,18 +214,23 @@ def measure(
     usage: list[tuple[float, float]] | None = None,
     keep_logs: Path | None = None,
     settle: float = 0.0,
+    tls: bool = True,
 ) -> list[float]:
     workdir = Path(tempfile.mkdtemp(prefix="wbench-"))
     env = {"WARREN_RESTORE": "0" if mode == "cold" else "1"}
+    if tls:  # as `make run` does: a CA of its own, every VM gets a certificate (docs/tls.md)
+        env.update(tls_environment(workdir / "tls"))
     if mode == "pool":
         env["WARREN_POOL"] = f"{image}:{PLAN_MEMORY_MB}:1"
         if image != "tiny":
             env["WARREN_CAPACITY"] = "1"  # never two real VMs at once
-    system = System(workdir, amqp_url, images_root, image=image, extra_env=env)
+    host_id = env.get("WARREN_HOST_ID")
+    system = System(workdir, amqp_url, images_root, image=image, host_id=host_id, extra_env=env)
     try:
         system.prepare()
         system.start_all()
-        times = []
+        times: list[float] = []
+        steps: list[list[float | None]] = []
         for n in range(runs):
             if mode == "pool":
                 pool_vm = ready_pool_vm(workdir / "vmbackend")
@@ -146,9 +239,10 @@ def measure(
                 print(f"  idle pool VM: RSS {rss:6.0f} MiB, CPU {cpu:5.1f} %", flush=True)
                 if usage is not None:
                     usage.append((rss, cpu))
-            seconds = one_order(system, n)
+            seconds = one_order(system, n, steps)
             print(f"  {mode:7} run {n + 1}: {seconds:6.2f} s", flush=True)
             times.append(seconds)
+        print_steps(mode, steps)
         return times
     finally:
         system.stop_all()
@@ -176,6 +270,9 @@ def main() -> int:
         "--keep-logs", type=Path, default=None, help="copy the processes' logs here"
     )
     parser.add_argument(
+        "--no-tls", action="store_true", help="plain ports only (make run turns TLS on)"
+    )
+    parser.add_argument(
         "--settle", type=float, default=0.0, help="seconds a ready pool VM idles before sampling"
     )
     args = parser.parse_args()
@@ -197,12 +294,14 @@ def main() -> int:
                     usage,
                     args.keep_logs,
                     args.settle,
+                    not args.no_tls,
                 )
     finally:
         subprocess.run(
             ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60
         )
-    print(f"\npayment webhook -> working management URL, image={args.image}")
+    tls = "off" if args.no_tls else "on"
+    print(f"\npayment webhook -> working management URL, image={args.image}, TLS {tls}")
     medians = {mode: statistics.median(times) for mode, times in results.items()}
     for mode, times in results.items():
         print(

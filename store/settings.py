@@ -129,6 +129,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # The staff dashboard on the admin's front page (orders/admin/dashboard.py).
+            "libraries": {"staff_dashboard": "orders.admin.dashboard"},
         },
     },
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 import environ
 
 from vmbackend.host import config
-from vmbackend.protocol import broker_users, versions
+from vmbackend.protocol import broker_users, messages, versions
 from vmbackend.tls import authority
 from vmbackend.tls.scope import Scope, ScopeError, scope_of
 from warren import broker_setup
@@ -110,9 +110,21 @@ def service_commands(opts: Options, python: str = sys.executable) -> dict[str, l
     return services
 
 
+def default_pool(opts: Options) -> str:
+    """One ready server of what the cheapest demo plan (Bunny) orders: the image the shop will
+    send, the default memory, vCPUs and disk (vmbackend/host/pool.py `fits`), plain ports open as
+    the plan's are, and on a TLS host its certificate made while it fills, so a first order is a
+    pool hit (tests/warren/test_run.py checks the plan and this entry match)."""
+    image = opts.image or versions.image_for(versions.DEFAULT_VERSION)
+    return f"{image}:{messages.MEMORY_MB[2]}:1"
+
+
 def child_environment(opts: Options, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.setdefault("WARREN_SITE_URL", f"http://{opts.bind}:{opts.port}")
+    # A warm pool unless WARREN_POOL is set (empty: none): a newcomer's first server arrives in
+    # about a second, at the cost of one idle VM's memory (README).
+    env.setdefault("WARREN_POOL", default_pool(opts))
     if opts.image:
         env["WARREN_INSTANCE_IMAGE"] = opts.image
     env["PYTHONUNBUFFERED"] = "1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -15,7 +16,7 @@ from django.utils.html import format_html
 
 from orders.admin.base import ReadOnlyAdmin
 from orders.fleet import evacuation, placement, rooms
-from orders.fleet.hosts import mark_silent_hosts
+from orders.fleet.hosts import mark_silent_hosts, with_free_capacity
 from orders.fleet.overview import fleet
 from orders.models import (
     Host,
@@ -24,6 +25,21 @@ from orders.models import (
 from store.models import Plan
 
 log = logging.getLogger(__name__)
+
+
+class FreeCapacityFilter(admin.SimpleListFilter):
+    """Hosts that take a new VM now (the dashboard's "hosts with free capacity")."""
+
+    title = "room"
+    parameter_name = "room"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("free", "Free capacity")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Host]) -> QuerySet[Host]:
+        if self.value() == "free":
+            return queryset.filter(with_free_capacity(timezone.now()))
+        return queryset
 
 
 @admin.register(Host)
@@ -43,6 +59,7 @@ class HostAdmin(ReadOnlyAdmin):
         "version",
         "fleet_link",
     )
+    list_filter = (FreeCapacityFilter, "draining")
     search_fields = ("host_id",)
     actions = ["drain", "undrain", "evacuate"]
 

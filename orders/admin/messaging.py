@@ -96,7 +96,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     """Messages nobody could serve (computing.dead.q), newest first; the bodies are masked."""
 
     list_display = ("received_at", "rejected_by", "routing_key", "result", "instance", "reason")
-    list_filter = ("result", "rejected_by", "routing_key")
+    list_filter = ("received_at", "result", "rejected_by", "routing_key")
     search_fields = ("reason", "message_id", "instance__public_id", "instance__order__public_id")
     list_select_related = ("instance",)
     fields = (

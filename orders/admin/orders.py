@@ -152,7 +152,14 @@ class InstanceAdmin(ReadOnlyAdmin):
         "updated_at",
         "failure_reason",
     )
-    list_filter = ("status", "stage", SilentHostFilter, WaitingForRoomFilter, "host_id")
+    list_filter = (
+        "status",
+        "stage",
+        SilentHostFilter,
+        WaitingForRoomFilter,
+        "host_id",
+        "order__plan",
+    )
     search_fields = (
         "public_id",
         "order__public_id",

@@ -10,7 +10,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from orders.models import (
     Host,
@@ -37,3 +37,10 @@ def mark_silent_hosts(now: datetime) -> list[Host]:
 def instances_on_silent_hosts() -> QuerySet[Instance]:
     silent = Host.objects.filter(silent_since__isnull=False).values("host_id")
     return Instance.objects.filter(host_id__in=silent).exclude(status__in=Instance.WITHOUT_VM)
+
+
+def with_free_capacity(now: datetime) -> Q:
+    """Hosts that take a new VM now: heard from within the timeout, not draining, a free slot
+    (the staff dashboard's count and the hosts list's filter)."""
+    cutoff = now - timedelta(seconds=settings.HOST_HEARTBEAT_TIMEOUT)
+    return Q(last_heartbeat_at__gte=cutoff, draining=False, free_slots__gt=0)

@@ -30,6 +30,7 @@ class Broker:
     overview: dict[str, object] = field(default_factory=lambda: {"management_version": "test"})
     unready: int = 0  # answer 503 to this many requests first
     delay: float = 0.0  # seconds before any answer
+    put_delay: float = 0.0  # more seconds before a PUT's answer (a slow write)
     port: int = 0
     # GET api/overview's answer, and GET api/nodes/<name>'s by node name (metrics tests set them)
     overview: object = field(default_factory=lambda: {"management_version": "test"})
@@ -67,7 +68,7 @@ def _handler(broker: Broker) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(length)) if length else None
             user = self._user()
             broker.seen.append((self.command, self.path, user or "", body))
-            time.sleep(broker.delay)
+            time.sleep(broker.delay + (broker.put_delay if self.command == "PUT" else 0.0))
             if broker.unready > 0:
                 broker.unready -= 1
                 return self._reply(503, b"starting")

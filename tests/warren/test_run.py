@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -15,9 +16,18 @@ import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from django.contrib.auth import get_user_model
 
+from orders.core.provisioning import create_vm_body
+from orders.models import Order
+from store.management.commands.seed_plans import seed_plans
+from store.models import Plan
 from tests.e2e.harness import wait_until
 from tests.net import free_port
+from tests.orders.conftest import provision
+from vmbackend.host import config, pool, rules
+from vmbackend.host.state import READY
+from vmbackend.protocol import messages
 from vmbackend.tls import authority
 from vmbackend.tls.scope import scope_of
 from warren.run import (
@@ -56,6 +66,40 @@ def test_the_plans_pick_the_image_unless_one_is_forced():
     assert child_environment(Options(image="tiny"), base={})["WARREN_INSTANCE_IMAGE"] == "tiny"
 
 
+def test_a_warm_pool_of_the_sold_image_is_on_unless_warren_pool_is_set():
+    assert child_environment(Options(), base={})["WARREN_POOL"] == "rabbitmq-4.0:512:1"
+    assert child_environment(Options(image="tiny"), base={})["WARREN_POOL"] == "tiny:512:1"
+    assert child_environment(Options(), base={"WARREN_POOL": ""})["WARREN_POOL"] == ""  # off
+    custom = {"WARREN_POOL": "rabbitmq-4.0:1024:2"}
+    assert child_environment(Options(), base=custom)["WARREN_POOL"] == "rabbitmq-4.0:1024:2"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("image", ["", "tiny"])
+def test_the_cheapest_demo_plan_is_a_pool_hit(image: str, settings, tmp_path: Path):
+    """The first order a newcomer places (the cheapest plan) claims the default pool VM: the
+    create-vm the shop sends for it fits the pool VM the daemon makes from `warren run`'s
+    environment, on a TLS host (amqps forwarded) as on a plain one."""
+    settings.INSTANCE_IMAGE = image
+    seed_plans()
+    plans = Plan.objects.filter(is_active=True).order_by("monthly_price_cents")
+    assert plans[0].slug == "bunny"
+    base = {"WARREN_HOST_ID": "h1", "WARREN_STATE_DIR": str(tmp_path)}
+    cfg = config.load(env=child_environment(Options(image=image), base=base))
+    (entry,) = cfg.pool
+    pool_vm = rules.new_record(cfg, pool.new_pool_command(entry))
+    pool_vm.pool, pool_vm.status, pool_vm.ports = True, READY, {"amqp": 1, "amqps": 2}
+    user = get_user_model().objects.create_user("newcomer", "n@example.com")
+    hits = []
+    for plan in plans[:2]:  # the cheapest, and the next as the control: it misses
+        instance = provision(Order.objects.create(user=user, plan=plan))
+        assert instance is not None
+        cmd = messages.parse(json.dumps(create_vm_body(instance=instance)).encode())
+        assert isinstance(cmd, messages.CreateVM)
+        hits.append(pool.fits(pool_vm, cmd))
+    assert hits == [True, False]
+
+
 def test_restart_backoff_grows_and_is_capped():
     assert [backoff(n) for n in (1, 2, 3)] == [1, 2, 4]
     assert backoff(50) == 30
@@ -84,11 +128,12 @@ def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(
 ):
     port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "WARREN_POOL"},  # the default pool
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "WARREN_AMQP_URL": amqp_url,
         "WARREN_STATE_DIR": str(tmp_path / "vmbackend"),
         "WARREN_HOST_ID": "run-test",
+        "WARREN_HEARTBEAT_INTERVAL": "1",
         # The mail service prints what it delivers (the queue's worker, not the web server).
         "EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend",
     }
@@ -116,6 +161,13 @@ def test_the_one_command_serves_the_shop_and_ctrl_c_stops_every_process(
         for username in ("first", "second"):  # the second tells the first by mail
             _signup(f"http://127.0.0.1:{port}", username, "same@example.com")
         wait_until(lambda: _queued(tmp_path / "db.sqlite3") == 0, 60, "the mail service")
+        # The warm pool is on by default: one ready server of what the cheapest plan orders,
+        # as the host's heartbeat tells staff.
+        wait_until(
+            lambda: "tiny 512 MiB: 1/1 ready" in _host_pool(tmp_path / "db.sqlite3", "run-test"),
+            180,
+            "the default warm pool",
+        )
         children = _children(proc.pid)
         assert len(children) >= 5, (
             "web, relay, event worker, mail and daemon run under the supervisor"
@@ -150,6 +202,12 @@ def _signup(site: str, username: str, email: str) -> None:
         timeout=10,
     )
     assert response.status_code == 302, response.text[:500]
+
+
+def _host_pool(db: Path, host_id: str) -> str:
+    with closing(sqlite3.connect(db)) as conn:
+        row = conn.execute("SELECT pool FROM orders_host WHERE host_id = ?", (host_id,)).fetchone()
+        return str(row[0]) if row else ""
 
 
 def _queued(db: Path) -> int:

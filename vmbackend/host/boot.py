@@ -19,6 +19,7 @@ from collections.abc import Callable
 from vmbackend.host import baked_tls, certificates, network
 from vmbackend.host.config import Config
 from vmbackend.host.state import BOOTING, FAILED, LOST, READY, StateStore, VMRecord
+from vmbackend.host.steps import StepClock
 from vmbackend.machine.base import Machine, MachineError
 from vmbackend.machine.qemu import TLS_AMQP_PORT, TLS_MANAGEMENT_PORT, TapNet, UserNet, VMSpec
 from vmbackend.tls import authority, guest_install
@@ -280,6 +281,7 @@ class Boot:
             raise MachineError("no machine to wait for")
         self._stage("rabbitmq_starting")
         management, amqp, probe = urls_for(self.cfg, self.record, addresses)
+        clock = StepClock()
         try:
             self.machine.wait_management(probe, self._deadline())
         except MachineError as exc:
@@ -290,11 +292,13 @@ class Boot:
             raise MachineError(
                 f"RabbitMQ did not answer; its log: {rabbitmq_log_tail(self.machine)}; {exc}"
             ) from exc
+        clock.mark("management")
         self._tls(addresses)
         baked_tls.finish(self.cfg, self.record, self.machine, self.tls_early)  # TLS ports open
         management, amqp, probe = urls_for(self.cfg, self.record, addresses)
         if self.record.limits:
             self.machine.apply_limits(probe)
+        clock.mark("tls_limits")
         runtime = self.machine.runtime(probe)  # what runs, for the customer; {} if unread
         self._check_cancel()
         seconds = round(time.time() - (self.record.boot_started_at or time.time()), 3)
@@ -320,9 +324,7 @@ class Boot:
             healing=False,
             reason="",
         )
-        log.info(
-            "vm ready host_id=%s vm_id=%s seconds=%s", self.cfg.host_id, self.record.vm_id, seconds
-        )
+        clock.log_done("vm ready", self.cfg.host_id, self.record.vm_id, "runtime", seconds=seconds)
 
     def fail(self, exc: BaseException) -> None:
         """End a boot that cannot finish: `lose` a VM that was ready once, else clean up the

@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 TIMEOUT = 5.0  # seconds for one request
+# Seconds for one write that makes a VM someone's (a user, its permissions): a write goes through
+# RabbitMQ's metadata store to disk, and under TCG on a busy host it took more than TIMEOUT
+# (2026-12-08, load 12-15: every restore's admin swap timed out at its PUT); the deadline of
+# the whole step still bounds it.
+WRITE_TIMEOUT = 30.0
 POLL = 0.25  # seconds between attempts while waiting
 ERROR_BODY = 200  # characters of an unexpected answer kept in the error
 RUNTIME_KEYS = ("rabbitmq_version", "erlang_version", "node")  # instance.ready's runtime

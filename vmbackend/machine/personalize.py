@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from vmbackend.machine.guest_agent import GuestAgent, GuestAgentError
-from vmbackend.machine.management_api import ManagementAPI, ManagementAPIError
+from vmbackend.machine.management_api import WRITE_TIMEOUT, ManagementAPI, ManagementAPIError
 from vmbackend.machine.qemu import VMSpec
 
 RESTORE_SETTINGS = "/usr/local/sbin/warren-restore-settings"
@@ -96,7 +96,9 @@ def swap_admin(
         if not swapped:
             if not template_admin or template_password is None:
                 raise PersonalizeError("the saved state's template admin is unknown")
-            template = ManagementAPI(base_url, template_admin, template_password)
+            template = ManagementAPI(
+                base_url, template_admin, template_password, timeout=WRITE_TIMEOUT
+            )
             template.wait_until_ok(
                 "api/overview", deadline, check=lambda: check("waiting for the template admin")
             )

@@ -15,7 +15,7 @@ from vmbackend.host.boot import Boot
 from vmbackend.host.claim import ClaimBoot
 from vmbackend.host.registry import Registry
 from vmbackend.host.state import BOOTING, READY, StateStore
-from vmbackend.machine.management_api import ManagementAPI
+from vmbackend.machine.management_api import ManagementAPI, ManagementAPIError
 from vmbackend.machine.qemu import UserNet, VMSpec
 from vmbackend.protocol.messages import CreateVM
 
@@ -160,3 +160,45 @@ def test_a_pool_vm_that_refuses_falls_back_to_the_ordinary_boot(setup, monkeypat
     assert record.machine_id == "" and record.claimed_from == {} and record.boot == ""
     # The certificate went with the pool VM's disk: the fresh VM is issued its own.
     assert record.tls_cert == "" and registry.store.load("vm-claim").tls_cert == ""
+
+
+def test_the_pool_admin_goes_after_the_order_is_told_it_is_ready(setup):
+    """The customer does not wait for the pool admin's deletion: every request before
+    instance.ready is the swap, the check with the order's admin and the limits; the DELETE is
+    the last one, and only then is the claim done (claimed_from forgotten)."""
+    cfg, registry, broker = setup
+    record, machine = _claim(registry)
+    seen_at_ready: list[int] = []
+
+    def report(rec, event_type, fields, **updates):
+        if event_type == "instance.ready":
+            seen_at_ready.append(len(broker.seen))
+            assert rec.claimed_from  # still claiming: a SIGKILL now resumes the claim
+        registry.report(rec, event_type, fields, **updates)
+
+    ClaimBoot(cfg, registry.store, record, report, machine=machine).run()  # type: ignore[arg-type]
+    (at_ready,) = seen_at_ready
+    before_ready = [s[:2] for s in broker.seen[:at_ready]]
+    assert ("DELETE", "/api/users/pool-admin") not in before_ready
+    assert ("GET", "/api/whoami") not in before_ready[:2]  # no look-up between swap steps
+    assert broker.seen[-1][:2] == ("DELETE", "/api/users/pool-admin")
+    assert broker.users == {"order-admin": "order-password-0123456789"}
+    assert registry.store.load("vm-claim").claimed_from == {}
+
+
+def test_a_pool_admin_that_cannot_be_deleted_leaves_the_ready_vm_and_the_claim_to_resume(
+    setup, monkeypatch
+):
+    cfg, registry, broker = setup
+    record, machine = _claim(registry)
+
+    def refuse(self, name):
+        raise ManagementAPIError("DELETE refused")
+
+    monkeypatch.setattr(ManagementAPI, "delete_user", refuse)
+    booted: list[str] = []
+    monkeypatch.setattr(Boot, "run", lambda self: booted.append(self.record.machine_name))
+    ClaimBoot(cfg, registry.store, record, registry.report, machine=machine).run()  # type: ignore[arg-type]
+    assert record.status == READY and not machine.destroyed and booted == []
+    # The next start finds the claim unfinished and deletes the pool admin then.
+    assert registry.store.load("vm-claim").claimed_from["admin_username"] == "pool-admin"

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.vmbackend.management_server import Broker, serve
+from vmbackend.machine.management_api import TIMEOUT
 from vmbackend.machine.personalize import PersonalizeError, erlang_cookie, swap_admin
 from vmbackend.machine.qemu import UserNet, VMSpec
 
@@ -83,3 +84,11 @@ def test_a_dead_vm_stops_the_wait(broker):
 def test_erlang_cookies_are_32_capitals_and_differ():
     a, b = erlang_cookie(), erlang_cookie()
     assert len(a) == 32 and a.isalpha() and a.isupper() and a != b
+
+
+def test_a_write_slower_than_one_request_s_timeout_still_swaps(broker):
+    """Under TCG on a busy host the admin's PUT took longer than a read's TIMEOUT: the swap
+    waits for it (within the step's deadline) instead of failing the restore."""
+    broker.put_delay = TIMEOUT + 0.5
+    swap_admin(broker.url(), _spec(), TEMPLATE, TEMPLATE_PW, time.monotonic() + 60, _never_gone)
+    assert broker.users == {"owner": OWN_PW}
