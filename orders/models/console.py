@@ -49,6 +49,8 @@ class ConsoleCommand(_StateMachine):
         """The money side of a plan change (docs/orders.md, "Changing plan")."""
 
         NONE = "", "Nothing to bill"
+        # The command holds the server's slot and Stripe is being asked; nothing sent yet.
+        PENDING = "pending", "Price change being asked of Stripe"
         CHANGED = "changed", "Subscription price changed"  # with Stripe, before resize-vm
         REVERTED = "reverted", "Price change reverted"  # the resize failed
         REVERT_FAILED = "revert_failed", "Revert failed: staff must fix the price"
