@@ -195,6 +195,9 @@ PLACEMENT = env.str("WARREN_PLACEMENT", default="pack")
 if PLACEMENT not in ("pack", "spread", "shared"):
     raise ImproperlyConfigured("WARREN_PLACEMENT must be pack, spread or shared")
 PLACEMENT_TRIES = env.int("WARREN_PLACEMENT_TRIES", default=3)
+# Waitlist joins one customer may make per hour (orders/fleet/waitlist.py): a bound on rows,
+# since each join needs a signed-in account and a sold-out plan.
+WAITLIST_JOINS_PER_HOUR = env.int("WARREN_WAITLIST_JOINS_PER_HOUR", default=10)
 # The pricing page sells a plan only while a live host fits it grown by this fraction.
 SELL_MARGIN = env.float("WARREN_SELL_MARGIN", default=0.1)
 # A host silent this many seconds has its VMs re-created elsewhere by the event worker
