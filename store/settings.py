@@ -195,6 +195,11 @@ PLACEMENT = env.str("WARREN_PLACEMENT", default="pack")
 if PLACEMENT not in ("pack", "spread", "shared"):
     raise ImproperlyConfigured("WARREN_PLACEMENT must be pack, spread or shared")
 PLACEMENT_TRIES = env.int("WARREN_PLACEMENT_TRIES", default=3)
+# Unpaid (pending_payment) orders one customer may have at once (orders/billing/checkout.py), and
+# the alarms a customer may set on one server (orders/monitoring/alarms.py); both counted under a
+# row lock, so concurrent requests cannot exceed them.
+PENDING_ORDERS_PER_CUSTOMER = env.int("WARREN_PENDING_ORDERS_PER_CUSTOMER", default=3)
+ALARMS_PER_SERVER = env.int("WARREN_ALARMS_PER_SERVER", default=20)
 # Waitlist joins one customer may make per hour (orders/fleet/waitlist.py): a bound on rows,
 # since each join needs a signed-in account and a sold-out plan.
 WAITLIST_JOINS_PER_HOUR = env.int("WARREN_WAITLIST_JOINS_PER_HOUR", default=10)
