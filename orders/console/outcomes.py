@@ -163,8 +163,9 @@ def fail(order: Order, instance: Instance, command: ConsoleCommand, reason: str)
         Kind.ROTATE_PASSWORD: " Your password is unchanged.",
         Kind.CHANGE_PLAN: " Your plan is unchanged.",
     }.get(Kind(command.kind), "")
+    said = command.reason_for_customer  # the timeline is the customer's: no host internals
     activity.record(
-        order=order, kind=Activity.Kind.ACTION_FAILED, message=f"{what} failed: {reason}.{kept}"
+        order=order, kind=Activity.Kind.ACTION_FAILED, message=f"{what} failed: {said}.{kept}"
     )
     if command.billing in _BILLED:  # a pending one may have changed at Stripe: revert it too
         transaction.on_commit(lambda: revert_billing(command.pk))

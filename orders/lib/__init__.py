@@ -1,2 +1,2 @@
-"""Plain helpers below the models: Fernet secrets (encryption) and wake-ups on commit (wakeup).
+"""Plain helpers below the models: Fernet secrets, wake-ups on commit, customer-safe reasons.
 May import nothing of Warren: orders.models builds on these, so they cannot use a model."""
