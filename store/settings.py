@@ -200,6 +200,9 @@ PLACEMENT_TRIES = env.int("WARREN_PLACEMENT_TRIES", default=3)
 # row lock, so concurrent requests cannot exceed them.
 PENDING_ORDERS_PER_CUSTOMER = env.int("WARREN_PENDING_ORDERS_PER_CUSTOMER", default=3)
 ALARMS_PER_SERVER = env.int("WARREN_ALARMS_PER_SERVER", default=20)
+# SQLite only: the folder of the wake-up sockets between the shop's processes
+# (orders/lib/wakeup.py); private to this user, never the shared temp folder.
+WAKEUP_DIR = env.str("WARREN_WAKEUP_DIR", default=str(BASE_DIR / "var" / "wake"))
 # Waitlist joins one customer may make per hour (orders/fleet/waitlist.py): a bound on rows,
 # since each join needs a signed-in account and a sold-out plan.
 WAITLIST_JOINS_PER_HOUR = env.int("WARREN_WAITLIST_JOINS_PER_HOUR", default=10)
