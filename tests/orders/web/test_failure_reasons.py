@@ -57,6 +57,10 @@ def test_plain_words_are_shown_as_the_host_wrote_them() -> None:
     assert shown == "not enough memory on the host"
     assert for_customer("host-a is full", private=["host-a"], generic=GENERIC) == GENERIC
     assert for_customer("disk at /var/lib/x", private=[], generic=GENERIC) == GENERIC
+    shown = for_customer("did not start within 10 minutes", private=[], generic=GENERIC)
+    assert shown == "did not start within 10 minutes"
+    assert for_customer("broker on port 5672 refused", private=[], generic=GENERIC) == GENERIC
+    assert for_customer("vm12 failed", private=[], generic=GENERIC) == GENERIC
 
 
 def _page(client: Client, order: Order) -> str:
