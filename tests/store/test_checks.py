@@ -113,8 +113,11 @@ def test_manage_py_check_refuses_the_development_webhook_secret_offline_without_
     assert "public development value" in done.stderr
 
 
-def test_manage_py_check_offline_without_a_webhook_secret_generates_a_private_one():
-    checked = _manage("check", DJANGO_DEBUG="False")
+def test_manage_py_check_offline_without_a_webhook_secret_generates_a_private_one(tmp_path):
+    # SQLite, as `make run`: on a database server warren.E003 asks for WARREN_SECRETS_KEYS too.
+    checked = _manage(
+        "check", DJANGO_DEBUG="False", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    )
     shown = _manage(
         "shell", "-c", "from django.conf import settings as s; print(s.STRIPE_WEBHOOK_SECRET)"
     )
