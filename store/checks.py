@@ -16,14 +16,29 @@ from django.core.checks import Error, register
 
 @register()
 def check_stripe_webhook_secret(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """With a Stripe key the shop takes real payments; the public development webhook secret
-    would let anyone sign a checkout.session.completed and get a VM for free."""
+    """Whoever knows the webhook secret can sign any Stripe event: a checkout.session.completed
+    (a VM for free) or a customer.subscription.deleted for someone else's order. The public
+    development value is refused whatever the Stripe keys and DEBUG (offline, the shop generates
+    a private one in var/); with a Stripe key the secret must be Stripe's own, from the
+    environment (a generated one would refuse every real delivery)."""
     secret = settings.STRIPE_WEBHOOK_SECRET
-    if settings.STRIPE_SECRET_KEY and (not secret or secret == settings.DEV_STRIPE_WEBHOOK_SECRET):
+    if secret == settings.DEV_STRIPE_WEBHOOK_SECRET:
         return [
             Error(
-                "STRIPE_SECRET_KEY is set but STRIPE_WEBHOOK_SECRET is empty or the public "
-                "development default: anyone could sign a payment event.",
+                "STRIPE_WEBHOOK_SECRET is the public development value: anyone could sign a "
+                "payment or cancellation event.",
+                hint="Unset it for offline payments (a private one is generated in var/), or "
+                "set the endpoint's signing secret (whsec_...) from Stripe's dashboard.",
+                id="warren.E001",
+            )
+        ]
+    if settings.STRIPE_SECRET_KEY and (
+        not secret or not getattr(settings, "STRIPE_WEBHOOK_SECRET_FROM_ENVIRONMENT", True)
+    ):
+        return [
+            Error(
+                "STRIPE_SECRET_KEY is set but STRIPE_WEBHOOK_SECRET is not: Stripe's deliveries "
+                "could not be verified.",
                 hint="Set STRIPE_WEBHOOK_SECRET to the endpoint's signing secret (whsec_...) "
                 "from Stripe's dashboard.",
                 id="warren.E001",

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
@@ -70,12 +71,22 @@ class Plan(models.Model):
 
 
 class WaitlistEntry(models.Model):
-    """Someone who asked to hear when a sold-out plan is on sale again (orders/fleet/waitlist.py).
+    """A signed-in customer who asked to hear when a sold-out plan is on sale again
+    (orders/fleet/waitlist.py): the address is their account's, never one typed in.
 
-    Emailed once (`notified_at`); joining again after that adds a new entry."""
+    One entry per address and plan; emailed once (`notified_at`). Joining again after that, while
+    the plan is sold out again, sets the same entry waiting again (`created_at` is when it last
+    joined: the rate limit counts those)."""
 
     plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="waitlist")
     email = models.EmailField()
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,  # entries from before sign-in was required
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="waitlist_entries",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     notified_at = models.DateTimeField(null=True, blank=True)
 
@@ -83,12 +94,9 @@ class WaitlistEntry(models.Model):
         verbose_name_plural = "waitlist entries"  # Django's default: "Waitlist entrys"
         ordering = ["created_at", "id"]
         constraints = [
-            # One waiting entry per address and plan: a repeated click changes nothing.
-            models.UniqueConstraint(
-                fields=["plan", "email"],
-                condition=models.Q(notified_at__isnull=True),
-                name="waitlist_one_waiting_per_email",
-            ),
+            # One entry per address and plan: a repeated click (or a second tab) adds nothing
+            # and can never make a second email.
+            models.UniqueConstraint(fields=["plan", "email"], name="waitlist_one_per_email"),
         ]
         indexes = [
             # store/waitlist.notify_waitlist: the entries still waiting, per plan.

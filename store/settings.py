@@ -4,14 +4,12 @@ store/checks.py and orders/checks.py refuse to start (a system check error) with
 development secrets in a configuration that takes real money or runs without DEBUG.
 """
 
-import os
-import secrets
-from collections.abc import Callable
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from store.private_files import local_secret, private_sqlite_file, random_token
 from vmbackend.protocol.server_names import DEFAULT_VM_DOMAIN
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -24,37 +22,10 @@ DEV_SECRET_KEY = "dev-insecure-warren-key-change-me"  # noqa: S105 - public on p
 DEV_STRIPE_WEBHOOK_SECRET = "whsec_warren_offline_development"  # noqa: S105
 
 
-def _random_token() -> str:
-    return secrets.token_urlsafe(50)
-
-
-def _local_secret_key(path: Path, make: Callable[[], str] = _random_token) -> str:
-    """A random key kept in var/ for a machine that sets none (development, `make run`).
-
-    Every process of one checkout (web workers, relay, event worker) must share it, so it is
-    written once, atomically (hard link of a complete file), and read by everyone after.
-    """
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    tmp.write_text(make())
-    tmp.chmod(0o600)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass  # another process won the race: use its key
-    finally:
-        tmp.unlink()
-    return path.read_text().strip()
-
-
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 # Production sets its own long random key (and the same one on every web host). Unset or empty:
 # a random key generated once for this checkout in var/secret_key.
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or _local_secret_key(
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="") or local_secret(
     BASE_DIR / "var" / "secret_key"
 )
 # Keys for secrets stored in the database (VM admin passwords; orders/lib/encryption.py):
@@ -68,9 +39,7 @@ if not SECRETS_KEYS:
     from cryptography.fernet import Fernet
 
     SECRETS_KEYS = [
-        _local_secret_key(
-            BASE_DIR / "var" / "secrets_key", make=lambda: Fernet.generate_key().decode()
-        )
+        local_secret(BASE_DIR / "var" / "secrets_key", make=lambda: Fernet.generate_key().decode())
     ]
 # No "testserver": Django's test setup adds it itself.
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
@@ -144,6 +113,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
+    # Sessions and encrypted passwords live there: 0600 from the first byte (store/private_files).
+    private_sqlite_file(DATABASES["default"]["NAME"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -205,8 +176,13 @@ SITE_URL = env.str("WARREN_SITE_URL", default="http://127.0.0.1:8000")
 # orders/billing/offline_checkout.py).
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
-# The development default only ever signs offline payments; production sets Stripe's whsec_.
-STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default=DEV_STRIPE_WEBHOOK_SECRET)
+# Production sets Stripe's whsec_. Unset (offline payments): a private one generated for this
+# checkout in var/, which the offline checkout signs with; never a public value, since anyone
+# who knows the secret can sign a customer.subscription.deleted (store/checks.py, warren.E001).
+STRIPE_WEBHOOK_SECRET_FROM_ENVIRONMENT = bool(env.str("STRIPE_WEBHOOK_SECRET", default=""))
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="") or local_secret(
+    BASE_DIR / "var" / "webhook_secret", make=lambda: f"whsec_{random_token()}"
+)
 STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
 
 # The control broker between the shop and the host daemons.
@@ -236,6 +212,17 @@ PLACEMENT = env.str("WARREN_PLACEMENT", default="pack")
 if PLACEMENT not in ("pack", "spread", "shared"):
     raise ImproperlyConfigured("WARREN_PLACEMENT must be pack, spread or shared")
 PLACEMENT_TRIES = env.int("WARREN_PLACEMENT_TRIES", default=3)
+# Unpaid (pending_payment) orders one customer may have at once (orders/billing/checkout.py), and
+# the alarms a customer may set on one server (orders/monitoring/alarms.py); both counted under a
+# row lock, so concurrent requests cannot exceed them.
+PENDING_ORDERS_PER_CUSTOMER = env.int("WARREN_PENDING_ORDERS_PER_CUSTOMER", default=3)
+ALARMS_PER_SERVER = env.int("WARREN_ALARMS_PER_SERVER", default=20)
+# SQLite only: the folder of the wake-up sockets between the shop's processes
+# (orders/lib/wakeup.py); private to this user, never the shared temp folder.
+WAKEUP_DIR = env.str("WARREN_WAKEUP_DIR", default=str(BASE_DIR / "var" / "wake"))
+# Waitlist joins one customer may make per hour (orders/fleet/waitlist.py): a bound on rows,
+# since each join needs a signed-in account and a sold-out plan.
+WAITLIST_JOINS_PER_HOUR = env.int("WARREN_WAITLIST_JOINS_PER_HOUR", default=10)
 # The pricing page sells a plan only while a live host fits it grown by this fraction.
 SELL_MARGIN = env.float("WARREN_SELL_MARGIN", default=0.1)
 # A host silent this many seconds has its VMs re-created elsewhere by the event worker

@@ -13,6 +13,7 @@ from typing import Any, cast
 import stripe
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -26,7 +27,8 @@ STRIPE_TIMEOUT = 10.0  # seconds, per API call
 
 
 class CheckoutError(Exception):
-    """Stripe could not start the checkout; the order stays pending_payment and unpaid."""
+    """The checkout could not start (too many unpaid orders: no order made; or Stripe refused:
+    the order stays pending_payment and unpaid). The message is for the customer."""
 
 
 def _stripe_client() -> stripe.StripeClient:
@@ -38,8 +40,23 @@ def _stripe_client() -> stripe.StripeClient:
 
 
 def start_checkout(*, user: User, plan: Plan) -> tuple[Order, str]:
-    """Create the order (pending_payment) and return where to send the customer to pay."""
-    order = Order.objects.create(user=user, plan=plan)
+    """Create the order (pending_payment) and return where to send the customer to pay. At most
+    settings.PENDING_ORDERS_PER_CUSTOMER unpaid orders per customer: each is a row, and with
+    Stripe a checkout session, made for nothing."""
+    with transaction.atomic():
+        # Race: two checkouts at once (tabs, a script) would each count one unpaid order fewer
+        # than the limit and both insert; the customer's row lock makes them take turns.
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        unpaid = Order.objects.filter(user=user, status=Order.Status.PENDING_PAYMENT).count()
+        if unpaid >= settings.PENDING_ORDERS_PER_CUSTOMER:
+            log.warning(
+                "event=checkout_refused_unpaid_orders user_id=%s unpaid=%s", user.pk, unpaid
+            )
+            raise CheckoutError(
+                f"You have {unpaid} unpaid orders: pay for one or cancel it on your orders page "
+                "before starting another."
+            )
+        order = Order.objects.create(user=user, plan=plan)
     log.info("event=order_created order_id=%s plan=%s", order.public_id, plan.slug)
     if not settings.STRIPE_SECRET_KEY:
         return order, reverse("orders:offline_checkout", args=[order.public_id])

@@ -218,53 +218,93 @@ def request_password_rotation(*, order: Order, request_id: uuid.UUID) -> Started
 
 
 def request_plan_change(*, order: Order, request_id: uuid.UUID, plan: Plan) -> Started:
-    """Check, bill (with Stripe: before anything is sent), then send resize-vm."""
+    """Take the server's one pending slot, bill (with Stripe), then send resize-vm.
+
+    The race (two tabs submitting at once): if each checked "nothing pending" and then called
+    Stripe, both changed the price and the loser's revert put the old price back under the
+    winner's resize. So the command row, which holds the slot (the partial unique index), is
+    created under the order's row lock before any Stripe call, as `billing=pending`: only its
+    holder touches Stripe, every other request is refused by _check_nothing_pending.
+    """
+    billed = stripe_on()
     with transaction.atomic():
         locked, instance = _lock(order)
         if used := _used(instance, request_id):
             return Started(used, new=False)
         _check_plan_change(locked, instance, plan)
-    from_plan = locked.plan
-    billed = stripe_on()
-    if billed:
-        try:  # outside the transaction: no row stays locked while Stripe answers
-            change_subscription_price(
-                order=locked, price_id=plan.stripe_price_id, idempotency_key=f"plan-{request_id}"
-            )
-        except CheckoutError as exc:
-            raise ConsoleError(f"{exc}; your plan is unchanged.") from exc
+        command = ConsoleCommand.objects.create(
+            instance=instance,
+            request_id=request_id,
+            kind=Kind.CHANGE_PLAN,
+            from_plan=locked.plan,
+            to_plan=plan,
+            billing=ConsoleCommand.Billing.PENDING if billed else "",
+        )
+        if not billed:
+            _send_resize(locked, instance, command, plan)
+            return Started(command, new=True)
+    try:  # outside the transaction: no row stays locked while Stripe answers
+        change_subscription_price(
+            order=locked, price_id=plan.stripe_price_id, idempotency_key=f"plan-{request_id}"
+        )
+    except CheckoutError as exc:
+        _release(command)
+        raise ConsoleError(f"{exc}; your plan is unchanged.") from exc
+    with transaction.atomic():
+        locked, instance = _lock(order)
+        held = ConsoleCommand.objects.select_for_update().get(pk=command.pk)
+        stopped = _held_after_billing(locked, instance, held)
+        if stopped is None:
+            _send_resize(locked, instance, held, plan)
+    if stopped is not None:
+        raise stopped
+    return Started(held, new=True)
+
+
+def _held_after_billing(
+    order: Order, instance: Instance, held: ConsoleCommand
+) -> ConsoleError | None:
+    """Stripe changed the price; does the command still hold its slot and the server still run?
+    If not, the price goes back (a failed command reverts after the commit) and the error says
+    why; else the command is marked billed, to be sent."""
+    if held.status != Status.SENT:
+        # The slot was given up while Stripe answered (the command timed out and its price was
+        # reverted then); this late change goes back too, under its own key.
+        revert_price(order, held.from_plan or order.plan, held.request_id, late=True)
+        return ConsoleError("Your plan change took too long and was cancelled; please retry.")
+    ConsoleCommand.objects.filter(pk=held.pk).update(
+        billing=ConsoleCommand.Billing.CHANGED, updated_at=timezone.now()
+    )
+    held.billing = ConsoleCommand.Billing.CHANGED
     try:
-        with transaction.atomic():
-            locked, instance = _lock(order)
-            if used := _used(instance, request_id):
-                return Started(used, new=False)
-            _check_plan_change(locked, instance, plan)
-            command = ConsoleCommand.objects.create(
-                instance=instance,
-                request_id=request_id,
-                kind=Kind.CHANGE_PLAN,
-                from_plan=from_plan,
-                to_plan=plan,
-                billing=ConsoleCommand.Billing.CHANGED if billed else "",
-            )
-            body = messages.resize_vm_body(
-                vm_id=instance.vm_id,
-                request_id=request_id,
-                memory_mb=plan.memory_mb,
-                vcpus=plan.vcpus,
-                disk_gb=plan.disk_gb,
-            )
-            _send(locked, instance, command, body)
-            activity.record(
-                order=locked,
-                kind=Activity.Kind.ACTION_REQUESTED,
-                message=f"You asked to change to {activity.plan_label(plan)}.",
-            )
-    except ConsoleError:
-        if billed:  # something changed between the two transactions: undo the price
-            revert_price(locked, from_plan, request_id)
-        raise
-    return Started(command, new=True)
+        check_ready(order, instance, statuses=frozenset({Order.Status.READY}))
+    except ConsoleError as exc:  # the server stopped while Stripe answered
+        fail(order, instance, held, str(exc).rstrip("."))
+        return ConsoleError(f"{exc} Your plan is unchanged.")
+    return None
+
+
+def _send_resize(order: Order, instance: Instance, command: ConsoleCommand, plan: Plan) -> None:
+    body = messages.resize_vm_body(
+        vm_id=instance.vm_id,
+        request_id=command.request_id,
+        memory_mb=plan.memory_mb,
+        vcpus=plan.vcpus,
+        disk_gb=plan.disk_gb,
+    )
+    _send(order, instance, command, body)
+    activity.record(
+        order=order,
+        kind=Activity.Kind.ACTION_REQUESTED,
+        message=f"You asked to change to {activity.plan_label(plan)}.",
+    )
+
+
+def _release(command: ConsoleCommand) -> None:
+    """Stripe refused: the slot is given back and nothing is left of the request."""
+    ConsoleCommand.objects.filter(
+        pk=command.pk, status=Status.SENT, billing=ConsoleCommand.Billing.PENDING
+    ).delete()
 
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,50}$")  # Plan.slug (a NUL or a long text never reaches SQL)

@@ -40,15 +40,20 @@ WHAT = {
 TIMED_OUT = "no answer from the server's host"
 
 
+# The price may differ from the plan's: a failure reverts it.
+_BILLED = frozenset({ConsoleCommand.Billing.CHANGED, ConsoleCommand.Billing.PENDING})
+
+
 def pending_command(instance: Instance) -> ConsoleCommand | None:
     return instance.commands.filter(status=Status.SENT).first()
 
 
-def revert_price(order: Order, plan: Plan, request_id: uuid.UUID) -> bool:
+def revert_price(order: Order, plan: Plan, request_id: uuid.UUID, *, late: bool = False) -> bool:
+    """Back to `plan`'s price. `late`: a change that landed after its revert needs its own key
+    (Stripe would answer the first revert's key from its cache without changing anything)."""
+    key = f"plan-revert-{'late-' if late else ''}{request_id}"
     try:
-        change_subscription_price(
-            order=order, price_id=plan.stripe_price_id, idempotency_key=f"plan-revert-{request_id}"
-        )
+        change_subscription_price(order=order, price_id=plan.stripe_price_id, idempotency_key=key)
     except CheckoutError:
         log.error(
             "event=plan_price_revert_failed order_id=%s request_id=%s", order.public_id, request_id
@@ -63,13 +68,11 @@ def revert_billing(command_pk: int) -> None:
     command = ConsoleCommand.objects.select_related("instance__order", "from_plan").get(
         pk=command_pk
     )
-    if command.billing != ConsoleCommand.Billing.CHANGED or command.from_plan is None:
+    if command.billing not in _BILLED or command.from_plan is None:
         return
     ok = revert_price(command.instance.order, command.from_plan, command.request_id)
     outcome = ConsoleCommand.Billing.REVERTED if ok else ConsoleCommand.Billing.REVERT_FAILED
-    ConsoleCommand.objects.filter(pk=command.pk, billing=ConsoleCommand.Billing.CHANGED).update(
-        billing=outcome
-    )
+    ConsoleCommand.objects.filter(pk=command.pk, billing__in=_BILLED).update(billing=outcome)
 
 
 def apply_outcome(order: Order, instance: Instance, event: Event) -> str:
@@ -160,10 +163,11 @@ def fail(order: Order, instance: Instance, command: ConsoleCommand, reason: str)
         Kind.ROTATE_PASSWORD: " Your password is unchanged.",
         Kind.CHANGE_PLAN: " Your plan is unchanged.",
     }.get(Kind(command.kind), "")
+    said = command.reason_for_customer  # the timeline is the customer's: no host internals
     activity.record(
-        order=order, kind=Activity.Kind.ACTION_FAILED, message=f"{what} failed: {reason}.{kept}"
+        order=order, kind=Activity.Kind.ACTION_FAILED, message=f"{what} failed: {said}.{kept}"
     )
-    if command.billing == ConsoleCommand.Billing.CHANGED:
+    if command.billing in _BILLED:  # a pending one may have changed at Stripe: revert it too
         transaction.on_commit(lambda: revert_billing(command.pk))
     log.warning(
         "event=console_command_failed order_id=%s instance_id=%s command=%s request_id=%s reason=%r",

@@ -1,2 +1,2 @@
-"""Plain helpers below the models: Fernet secrets (encryption), wake-ups on commit (wakeup), urls.
+"""Plain helpers below the models: Fernet secrets, wake-ups on commit, URLs, customer-safe reasons.
 May import nothing of Warren: orders.models builds on these, so they cannot use a model."""

@@ -9,8 +9,11 @@ woken only if it commits:
   never Django's: `close_old_connections` would drop the LISTEN).
 - SQLite (one file shared by processes on one machine, no server to carry a message): after
   the commit (`transaction.on_commit`) a datagram with the key goes to every Unix datagram
-  socket in the channel's folder, one per listening process, in a private (0700) folder under
-  the temp dir named for a hash of the database file's path. Why datagram sockets and not a
+  socket in the channel's folder, one per listening process, under settings.WAKEUP_DIR
+  (var/wake of the checkout: never the shared temp dir, where anyone can make a folder of the
+  name we would use first) in a folder named for a hash of the database file's path. Every
+  folder on the way must be ours and 0700, checked with lstat by the listener and before each
+  send: a folder someone else made or opened up is not used (no wake-ups; the polls remain). Why datagram sockets and not a
   short poll: a poll of 50 ms in every waiting thread would be 20 queries a second per waiting
   page and per relay even when nothing happens; a datagram costs nothing until something
   changes, never blocks the sender (a full or dead receiver only loses a wake-up: the
@@ -31,11 +34,12 @@ import logging
 import os
 import select
 import socket
-import tempfile
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 
 log = logging.getLogger(__name__)
@@ -51,12 +55,32 @@ def is_postgresql() -> bool:
     return connection.vendor == "postgresql"
 
 
+class UnsafeWakeFolder(OSError):
+    """A folder on the way to the sockets is not ours alone: it is not used."""
+
+
 def _wake_dir(channel: str) -> Path:
     """The channel's socket folder for this SQLite database (short: Unix socket paths are
     limited to 107 bytes)."""
     name = str(connection.settings_dict.get("NAME") or "")
     tag = hashlib.sha256(name.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"warren-wake-{os.getuid()}-{tag}" / channel
+    return Path(settings.WAKEUP_DIR) / tag / channel
+
+
+def _check_private(folder: Path, *, create: bool) -> None:
+    """Every folder from WAKEUP_DIR down to `folder` is a real directory (not a symlink), ours,
+    and closed to others; `create` makes the missing ones 0700 first. Race: another user may
+    have made one before us, so an existing folder is checked, never trusted or chmodded."""
+    root = Path(settings.WAKEUP_DIR)
+    if create:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    for path in (root, folder.parent, folder):
+        if create:
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise UnsafeWakeFolder(f"{path} is not a folder only this user can use")
 
 
 def notify(channel: str, key: str = "") -> None:
@@ -74,7 +98,11 @@ def notify(channel: str, key: str = "") -> None:
 
 def _send_datagrams(folder: Path, payload: bytes) -> None:
     try:
+        _check_private(folder, create=False)
         names = list(folder.iterdir())
+    except UnsafeWakeFolder as exc:
+        log.error("event=wakeup_folder_unsafe error=%s", exc)
+        return
     except OSError:
         return  # nobody listens yet
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -124,8 +152,7 @@ class Listener:
 
     def _listen_socket(self) -> None:
         folder = _wake_dir(self.channel)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        folder.parent.chmod(0o700)
+        _check_private(folder, create=True)
         self._path = folder / f"{os.getpid()}-{next(_counter)}"
         self._path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

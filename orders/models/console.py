@@ -6,7 +6,8 @@ from django.db import models
 from django.utils import timezone
 
 from orders.lib import encryption
-from orders.models.instances import Instance
+from orders.lib.reasons import for_customer
+from orders.models.instances import Instance, private_words
 from orders.models.orders import _StateMachine
 
 
@@ -49,6 +50,8 @@ class ConsoleCommand(_StateMachine):
         """The money side of a plan change (docs/orders.md, "Changing plan")."""
 
         NONE = "", "Nothing to bill"
+        # The command holds the server's slot and Stripe is being asked; nothing sent yet.
+        PENDING = "pending", "Price change being asked of Stripe"
         CHANGED = "changed", "Subscription price changed"  # with Stripe, before resize-vm
         REVERTED = "reverted", "Price change reverted"  # the resize failed
         REVERT_FAILED = "revert_failed", "Revert failed: staff must fix the price"
@@ -100,6 +103,15 @@ class ConsoleCommand(_StateMachine):
 
     def __repr__(self) -> str:  # never the password
         return f"<ConsoleCommand {self.kind} {self.request_id} status={self.status}>"
+
+    @property
+    def reason_for_customer(self) -> str:
+        """Why it failed, as the owner may read it (orders/lib/reasons.py); staff see `reason`."""
+        return for_customer(
+            self.reason,
+            private=private_words(self.instance.host_id),
+            generic="its host could not do it",
+        )
 
     @property
     def new_password(self) -> str:

@@ -9,7 +9,17 @@ from django.db import models
 from django.utils import timezone
 
 from orders.lib import encryption
+from orders.lib.reasons import for_customer
+from orders.models.fleet import Host
 from orders.models.orders import InstanceStage, InstanceStatus, Order, OrderStatus, _StateMachine
+
+# What the customer reads when a host's reason is not plain words.
+GENERIC_FAILURE = "a problem on our hosts (our team has the details)"
+
+
+def private_words(*host_ids: str) -> list[str]:
+    """Words a customer must not read in a reason: every host id we know."""
+    return [*Host.objects.values_list("host_id", flat=True), *host_ids]
 
 
 class Instance(_StateMachine):
@@ -117,6 +127,14 @@ class Instance(_StateMachine):
     @admin_password.setter
     def admin_password(self, value: str) -> None:
         self.admin_password_encrypted = encryption.encrypt(value)
+
+    @property
+    def failure_reason_for_customer(self) -> str:
+        """failure_reason as the order page may show it (orders/lib/reasons.py); staff read it
+        whole in the admin."""
+        return for_customer(
+            self.failure_reason, private=private_words(self.host_id), generic=GENERIC_FAILURE
+        )
 
     @property
     def is_ready(self) -> bool:

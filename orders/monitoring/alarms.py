@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -40,7 +41,6 @@ DEFAULT_DURATION_S = {
     Alarm.Kind.DISK: 60,
     Alarm.Kind.UNREACHABLE: 90,  # three missed 30-second samples
 }
-MAX_CUSTOM_ALARMS = 20
 MAX_MINUTES = 24 * 60
 MAX_THRESHOLD = 1e12  # the contract's bound on a sample's values
 
@@ -231,16 +231,21 @@ def add_alarm(*, instance: Instance, kind: str, threshold: float, minutes: int) 
         raise AlarmError(f"The threshold must be between 0 and {MAX_THRESHOLD:.0e}.")
     if not 1 <= minutes <= MAX_MINUTES:
         raise AlarmError(f"The duration must be between 1 and {MAX_MINUTES} minutes.")
-    same = instance.alarms.filter(
-        is_default=False, kind=kind, threshold=threshold, duration_s=minutes * 60
-    ).first()
-    if same is not None:  # a repeated click (or a second tab): the alarm once
-        return same
-    if instance.alarms.filter(is_default=False).count() >= MAX_CUSTOM_ALARMS:
-        raise AlarmError(f"At most {MAX_CUSTOM_ALARMS} alarms per server; remove one first.")
-    alarm = Alarm.objects.create(
-        instance=instance, kind=kind, threshold=threshold, duration_s=minutes * 60
-    )
+    with transaction.atomic():
+        # Race: two adds at once (tabs, a script) would each count one alarm fewer than the
+        # limit and both insert; the instance's row lock makes them take turns.
+        Instance.objects.select_for_update().filter(pk=instance.pk).first()
+        same = instance.alarms.filter(
+            is_default=False, kind=kind, threshold=threshold, duration_s=minutes * 60
+        ).first()
+        if same is not None:  # a repeated click (or a second tab): the alarm once
+            return same
+        limit = settings.ALARMS_PER_SERVER
+        if instance.alarms.filter(is_default=False).count() >= limit:
+            raise AlarmError(f"At most {limit} alarms per server; remove one first.")
+        alarm = Alarm.objects.create(
+            instance=instance, kind=kind, threshold=threshold, duration_s=minutes * 60
+        )
     log.info(
         "event=alarm_added alarm_id=%s kind=%s instance_id=%s", alarm.pk, kind, instance.public_id
     )

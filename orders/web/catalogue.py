@@ -1,5 +1,5 @@
-from django import forms
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -9,27 +9,24 @@ from orders.fleet import rooms, waitlist
 from store.models import Plan
 
 
-class WaitlistForm(forms.Form):
-    email = forms.EmailField(max_length=254)
-
-
 def pricing(request: HttpRequest) -> HttpResponse:
     plans = list(Plan.objects.filter(is_active=True))
     available = rooms.available_plans(plans)
     for plan in plans:
         plan.sold_out = not available[plan.pk]  # type: ignore[attr-defined]
-    email = request.user.email if request.user.is_authenticated else ""
-    return render(request, "store/pricing.html", {"plans": plans, "email": email})
+    return render(request, "store/pricing.html", {"plans": plans})
 
 
+@login_required
 @require_POST
 def join_waitlist(request: HttpRequest, plan_slug: str) -> HttpResponse:
+    """Signed in only: the address is the account's own (orders/fleet/waitlist.py)."""
     plan = get_object_or_404(Plan, slug=plan_slug, is_active=True)
-    form = WaitlistForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Please give a valid email address to join the waitlist.")
+    try:
+        waitlist.join(plan=plan, user=request.user)  # type: ignore[arg-type]
+    except waitlist.WaitlistError as exc:
+        messages.error(request, str(exc))
     else:
-        waitlist.join(plan=plan, email=form.cleaned_data["email"])
         messages.success(
             request,
             f"You are on the waitlist for {plan.name}: we will email you when it is available.",

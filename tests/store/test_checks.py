@@ -30,16 +30,35 @@ def test_stripe_keys_with_the_development_webhook_secret_are_an_error(settings, 
     assert _ids(check_stripe_webhook_secret()) == ["warren.E001"]
 
 
+def test_stripe_keys_with_a_generated_webhook_secret_are_an_error(settings):
+    settings.STRIPE_SECRET_KEY = "sk_live_real"
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_generated_in_var"
+    settings.STRIPE_WEBHOOK_SECRET_FROM_ENVIRONMENT = False
+
+    assert _ids(check_stripe_webhook_secret()) == ["warren.E001"]
+
+
 def test_stripe_keys_with_a_real_webhook_secret_pass(settings):
     settings.STRIPE_SECRET_KEY = "sk_live_real"
     settings.STRIPE_WEBHOOK_SECRET = "whsec_from_the_dashboard"
+    settings.STRIPE_WEBHOOK_SECRET_FROM_ENVIRONMENT = True
 
     assert check_stripe_webhook_secret() == []
 
 
-def test_offline_payments_may_use_the_development_webhook_secret(settings):
+@pytest.mark.parametrize("debug", [False, True])
+def test_offline_payments_refuse_the_development_webhook_secret(settings, debug):
+    settings.DEBUG = debug
     settings.STRIPE_SECRET_KEY = ""
     settings.STRIPE_WEBHOOK_SECRET = DEV_WEBHOOK_SECRET
+
+    assert _ids(check_stripe_webhook_secret()) == ["warren.E001"]
+
+
+def test_offline_payments_with_the_generated_webhook_secret_pass(settings):
+    settings.STRIPE_SECRET_KEY = ""
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_generated_in_var"
+    settings.STRIPE_WEBHOOK_SECRET_FROM_ENVIRONMENT = False
 
     assert check_stripe_webhook_secret() == []
 
@@ -84,6 +103,30 @@ def test_manage_py_check_refuses_live_stripe_with_the_development_webhook_secret
     assert done.returncode != 0
     assert "warren.E001" in done.stderr
     assert "STRIPE_WEBHOOK_SECRET" in done.stderr
+
+
+def test_manage_py_check_refuses_the_development_webhook_secret_offline_without_debug():
+    done = _manage("check", DJANGO_DEBUG="False", STRIPE_WEBHOOK_SECRET=DEV_WEBHOOK_SECRET)
+
+    assert done.returncode != 0
+    assert "warren.E001" in done.stderr
+    assert "public development value" in done.stderr
+
+
+def test_manage_py_check_offline_without_a_webhook_secret_generates_a_private_one(tmp_path):
+    # SQLite, as `make run`: on a database server warren.E003 asks for WARREN_SECRETS_KEYS too.
+    checked = _manage(
+        "check", DJANGO_DEBUG="False", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    )
+    shown = _manage(
+        "shell", "-c", "from django.conf import settings as s; print(s.STRIPE_WEBHOOK_SECRET)"
+    )
+
+    assert checked.returncode == 0, checked.stderr
+    secret = shown.stdout.strip().splitlines()[-1]
+    assert secret.startswith("whsec_") and len(secret) > 50
+    assert (ROOT / "var" / "webhook_secret").read_text().strip() == secret
+    assert (ROOT / "var" / "webhook_secret").stat().st_mode & 0o777 == 0o600
 
 
 def test_warren_run_stops_before_serving(tmp_path):

@@ -43,6 +43,32 @@ def test_without_stripe_keys_it_sends_the_customer_to_the_offline_page(customer,
     create.assert_not_called()
 
 
+def test_unpaid_orders_per_customer_are_limited(customer, plan, settings):
+    settings.STRIPE_SECRET_KEY = ""
+    settings.PENDING_ORDERS_PER_CUSTOMER = 2
+    first, _ = start_checkout(user=customer, plan=plan)
+    start_checkout(user=customer, plan=plan)
+
+    with pytest.raises(CheckoutError, match="You have 2 unpaid orders"):
+        start_checkout(user=customer, plan=plan)
+
+    assert Order.objects.filter(user=customer).count() == 2
+    cancel_order(order=first, reason="customer")  # an unpaid order cancelled no longer counts
+    start_checkout(user=customer, plan=plan)
+    assert Order.objects.filter(user=customer, status=Order.Status.PENDING_PAYMENT).count() == 2
+
+
+def test_the_unpaid_order_limit_is_per_customer(customer, plan, settings, django_user_model):
+    settings.STRIPE_SECRET_KEY = ""
+    settings.PENDING_ORDERS_PER_CUSTOMER = 1
+    start_checkout(user=customer, plan=plan)
+    other = django_user_model.objects.create_user("bert", "bert@example.com", "pw-bert-123456")
+
+    order, _ = start_checkout(user=other, plan=plan)
+
+    assert order.user == other
+
+
 def test_it_creates_a_subscription_checkout_session(customer, plan, stripe_keys):
     plan.stripe_price_id = "price_123"
     plan.save()

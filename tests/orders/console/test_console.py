@@ -404,6 +404,87 @@ def test_when_stripe_refuses_nothing_is_sent(
     assert not ConsoleCommand.objects.exists() and _commands_sent(ready) == []
 
 
+def test_while_stripe_answers_the_slot_is_held(
+    ready: Instance, bigger: Plan, fake_stripe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Plan.objects.filter(pk=bigger.pk).update(stripe_price_id="price_bigger")
+    bigger.refresh_from_db()
+    _subscribed(ready.order, fake_stripe)
+    real = console.change_subscription_price
+    seen: list[Exception] = []
+
+    def change_while_another_tab_submits(**kwargs: Any) -> None:
+        try:  # the second tab, while the first one's Stripe call is under way
+            console.request_plan_change(order=ready.order, request_id=uuid.uuid4(), plan=bigger)
+        except ConsoleError as exc:
+            seen.append(exc)
+        real(**kwargs)
+
+    monkeypatch.setattr(console, "change_subscription_price", change_while_another_tab_submits)
+
+    console.request_plan_change(order=ready.order, request_id=uuid.uuid4(), plan=bigger)
+
+    assert [str(e) for e in seen] == ["Plan change in progress; please wait for it to finish."]
+    assert len([c for c in fake_stripe.calls if c["method"] == "POST"]) == 1
+
+
+def test_a_server_that_stops_while_stripe_answers_gets_its_price_back(
+    ready: Instance,
+    bigger: Plan,
+    fake_stripe: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    Plan.objects.filter(pk=bigger.pk).update(stripe_price_id="price_bigger")
+    Plan.objects.filter(pk=ready.order.plan.pk).update(stripe_price_id="price_small")
+    bigger.refresh_from_db()
+    _subscribed(ready.order, fake_stripe)
+    real = console.change_subscription_price
+
+    def change_then_stop(**kwargs: Any) -> None:
+        real(**kwargs)
+        Order.objects.filter(pk=ready.order.pk).update(status=Order.Status.PAST_DUE)
+
+    monkeypatch.setattr(console, "change_subscription_price", change_then_stop)
+    rid = uuid.uuid4()
+
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(ConsoleError):
+        console.request_plan_change(order=ready.order, request_id=rid, plan=bigger)
+
+    updates = [c for c in fake_stripe.calls if c["method"] == "POST"]
+    assert [u["form"]["items[0][price]"] for u in updates] == ["price_bigger", "price_small"]
+    command = ConsoleCommand.objects.get(request_id=rid)
+    assert (command.status, command.billing) == (Status.FAILED, ConsoleCommand.Billing.REVERTED)
+    assert _commands_sent(ready) == []
+
+
+def test_a_change_that_timed_out_while_stripe_answered_goes_back(
+    ready: Instance, bigger: Plan, fake_stripe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Plan.objects.filter(pk=bigger.pk).update(stripe_price_id="price_bigger")
+    Plan.objects.filter(pk=ready.order.plan.pk).update(stripe_price_id="price_small")
+    bigger.refresh_from_db()
+    _subscribed(ready.order, fake_stripe)
+    real = console.change_subscription_price
+    rid = uuid.uuid4()
+
+    def change_too_slowly(**kwargs: Any) -> None:
+        real(**kwargs)
+        ConsoleCommand.objects.filter(request_id=rid).update(
+            status=Status.FAILED, reason=outcomes.TIMED_OUT
+        )
+
+    monkeypatch.setattr(console, "change_subscription_price", change_too_slowly)
+
+    with pytest.raises(ConsoleError, match="took too long"):
+        console.request_plan_change(order=ready.order, request_id=rid, plan=bigger)
+
+    updates = [c for c in fake_stripe.calls if c["method"] == "POST"]
+    assert [u["form"]["items[0][price]"] for u in updates] == ["price_bigger", "price_small"]
+    assert updates[1]["idempotency_key"] == f"plan-revert-late-{rid}"
+    assert _commands_sent(ready) == []
+
+
 def test_a_failed_resize_puts_the_old_price_back(
     ready: Instance, bigger: Plan, fake_stripe: Any, django_capture_on_commit_callbacks: Any
 ) -> None:

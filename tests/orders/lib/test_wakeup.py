@@ -4,8 +4,13 @@ waiting request learns of its order's change. Run on SQLite (the default) and on
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
+import tempfile
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import transaction
@@ -124,3 +129,67 @@ def test_the_hub_wakes_a_waiting_page_for_its_own_order_only():
     other.join()
     hub.stop()
     assert results["6"] == 0  # its order never changed: it waited out its timeout
+
+
+# -- the socket folder is ours alone -------------------------------------------------------------
+
+
+@pytest.fixture
+def wake_root(tmp_path: Path, settings: Any) -> Path:
+    if wakeup.is_postgresql():
+        pytest.skip("SQLite's datagram sockets only")
+    settings.WAKEUP_DIR = str(tmp_path / "wake")
+    return tmp_path / "wake"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_socket_folders_are_made_private_and_not_in_the_shared_temp_folder(
+    wake_root: Path,
+) -> None:
+    with wakeup.Listener(wakeup.ORDERS):
+        folder = wakeup._wake_dir(wakeup.ORDERS)
+        for path in (wake_root, folder.parent, folder):
+            info = os.lstat(path)
+            assert stat.S_ISDIR(info.st_mode) and info.st_mode & 0o777 == 0o700
+            assert info.st_uid == os.getuid()
+    import store.settings  # the configured default, not this test's override
+
+    assert not Path(store.settings.WAKEUP_DIR).is_relative_to(tempfile.gettempdir())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("planted", ["open_mode", "other_owner", "symlink"])
+def test_a_folder_someone_else_prepared_is_not_used(wake_root: Path, planted: str) -> None:
+    folder = wakeup._wake_dir(wakeup.ORDERS)
+    wake_root.mkdir(mode=0o700)
+    if planted == "symlink":
+        elsewhere = wake_root.parent / "theirs"
+        elsewhere.mkdir(mode=0o700)
+        folder.parent.symlink_to(elsewhere)
+    else:
+        folder.parent.mkdir(mode=0o700)
+        if planted == "open_mode":
+            folder.parent.chmod(0o777)
+        else:
+            os.chown(folder.parent, 65534, 65534)  # nobody: the tests run as root here
+
+    with pytest.raises(wakeup.UnsafeWakeFolder):
+        wakeup.Listener(wakeup.ORDERS)
+
+    assert not any(p.is_socket() for p in wake_root.rglob("*"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sender_sends_nothing_into_a_folder_opened_up_after_the_listener_started(
+    wake_root: Path,
+) -> None:
+    with wakeup.Listener(wakeup.ORDERS) as listener:
+        folder = wakeup._wake_dir(wakeup.ORDERS)
+        folder.chmod(0o777)  # someone else could now put their socket here
+
+        wakeup.notify(wakeup.ORDERS, "42")
+
+        assert listener.wait(0.5) == []
+        folder.chmod(0o700)
+        wakeup.notify(wakeup.ORDERS, "43")
+        assert listener.wait(10.0) == ["43"]

@@ -235,14 +235,15 @@ def test_a_broken_mail_server_does_not_undo_the_change(ready, settings, caplog):
 
 
 @pytest.mark.django_db
-def test_the_customers_thresholds_are_checked(ready):
+def test_the_customers_thresholds_are_checked(ready, settings):
+    settings.ALARMS_PER_SERVER = 5
     with pytest.raises(AlarmError, match="Choose"):
         add_alarm(instance=ready, kind="memory", threshold=1, minutes=1)
     with pytest.raises(AlarmError, match="threshold"):
         add_alarm(instance=ready, kind="connections", threshold=-1, minutes=1)
     with pytest.raises(AlarmError, match="duration"):
         add_alarm(instance=ready, kind="connections", threshold=1, minutes=0)
-    for n in range(alarms.MAX_CUSTOM_ALARMS):
+    for n in range(settings.ALARMS_PER_SERVER):
         add_alarm(instance=ready, kind="connections", threshold=n, minutes=1)
     with pytest.raises(AlarmError, match="At most"):
         add_alarm(instance=ready, kind="connections", threshold=100, minutes=1)

@@ -1,6 +1,7 @@
 """Sold out and the waitlist in a real browser (headless Debian Chromium, Playwright) at phone
 (390 px) and desktop widths, against the live server: a plan no live host fits shows "Sold out"
-and the waitlist form instead of a buy button; joining is confirmed on the page; when a host
+and a way to sign in and join its waitlist instead of a buy button (the address is the
+account's: the shop mails no typed-in address); joining is confirmed on the page; when a host
 has room again the waiting address gets its email and the plan is on sale again. A paid order
 no host can take says so plainly on its order page."""
 
@@ -76,21 +77,27 @@ def _fits_the_width(page: Page) -> None:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(300)
 def test_a_sold_out_plan_offers_the_waitlist_and_its_email_comes_when_room_appears(
-    live_server, page: Page
+    live_server, page: Page, django_user_model
 ) -> None:
     _plans()
+    django_user_model.objects.create_user("wanda", "wanda@example.com", PASSWORD)
     _heartbeat(memory_used=3072)  # 1 GiB left: a Bunny fits, a Warren does not
     page.goto(f"{live_server.url}/")
     warren, bunny = page.locator("#plan-warren"), page.locator("#plan-bunny")
     expect(warren.locator(".sold-out")).to_contain_text("Sold out")
-    expect(warren.get_by_role("button", name="Join the waitlist")).to_be_visible()
+    expect(warren.get_by_text("Sign in to join the waitlist")).to_be_visible()
     expect(warren.get_by_text("Buy Warren")).to_have_count(0)
     expect(bunny.get_by_text("Buy Bunny")).to_be_visible()
     expect(bunny.locator(".sold-out")).to_have_count(0)
     _fits_the_width(page)
     _shot(page, f"fleet-sold-out-{page.width_name}")  # type: ignore[attr-defined]
 
-    warren.get_by_label("Email").fill("wanda@example.com")
+    warren.get_by_text("Sign in to join the waitlist").click()
+    page.fill("#id_username", "wanda")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    warren = page.locator("#plan-warren")
+    expect(warren).to_contain_text("We will write to wanda@example.com.")
     warren.get_by_role("button", name="Join the waitlist").click()
     expect(page.locator(".messages")).to_contain_text(
         "You are on the waitlist for Warren: we will email you when it is available."
@@ -101,7 +108,6 @@ def test_a_sold_out_plan_offers_the_waitlist_and_its_email_comes_when_room_appea
 
     # A repeated click (back, submit again) is still one entry.
     page.go_back()
-    page.locator("#plan-warren").get_by_label("Email").fill("wanda@example.com")
     page.locator("#plan-warren").get_by_role("button", name="Join the waitlist").click()
     expect(page.locator(".messages")).to_contain_text("You are on the waitlist for Warren")
     assert WaitlistEntry.objects.count() == 1
