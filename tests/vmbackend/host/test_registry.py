@@ -3,6 +3,7 @@ duplicate create-vm, the state event to re-publish, and message parsing that nev
 anything but Rejected."""
 
 import json
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -263,21 +264,39 @@ def test_one_command_at_a_time_per_vm(registry):
 
 def test_a_delete_wins_over_a_start_whose_boot_still_runs(registry):
     """Issue 10: a start-vm whose RabbitMQ never answers must not make the customer's cancel
-    wait for the boot deadline. The delete joins the busy vm-id (and cancels the boot); a
-    second delete, or any other command, is still refused."""
+    wait for the boot deadline. Issue 20: nor may a start whose boot is not registered yet (or
+    any other command) refuse it. The delete joins the busy vm-id; a second delete, or any
+    other command, is still refused, and no boot may start while the delete holds it."""
     _add(registry, status=BOOTING)
     start = VMCommand(command="start-vm", vm_id="vm-1")
     delete = VMCommand(command="delete-vm", vm_id="vm-1")
     assert registry.claim(start)[0] == CLAIMED
-    assert registry.claim(delete)[0] == BUSY  # no boot registered yet: nothing to cancel
-    registry.boots["vm-1"] = ("boot", "thread")
-    assert registry.claim(delete)[0] == CLAIMED
+    assert registry.claim(delete)[0] == CLAIMED  # no boot registered yet: the delete still wins
     assert registry.claim(delete)[0] == BUSY
     assert registry.claim(VMCommand(command="stop-vm", vm_id="vm-1"))[0] == BUSY
+    thread = threading.Thread(target=lambda: None)
+    with pytest.raises(Rejected, match="being deleted"):
+        registry.start_job("vm-1", object(), thread)
+    assert "vm-1" not in registry.boots and thread.ident is None  # never started
     registry.release("vm-1", "start-vm")  # the start ends first: the delete still holds it
     assert registry.busy == {"vm-1": ["delete-vm"]}
     registry.release("vm-1", "delete-vm")
     assert registry.busy == {}
+
+
+def test_a_registered_job_s_thread_is_always_started(registry):
+    """Whoever finds a job in `boots` may join its thread at once (issue 20: "cannot join
+    thread before it is started")."""
+    _add(registry, status=BOOTING)
+    gate = threading.Event()
+    thread = threading.Thread(target=gate.wait, daemon=True)
+    registry.start_job("vm-1", object(), thread)
+    _job, found = registry.boots["vm-1"]
+    found.join(timeout=0.01)  # raised RuntimeError when the thread was not started yet
+    gate.set()
+    found.join()
+    registry.end_job("vm-1")
+    assert registry.boots == {}
 
 
 def test_commands_for_unknown_or_deleted_vms_are_unknown(registry):
