@@ -76,6 +76,12 @@ class Commands(SelfHealing, ConsoleCommands):
     def machine_for(self, record: VMRecord) -> Machine | None:
         machine = self.machines.get(record.vm_id)
         if machine is None:
+            # Race: a boot or heal reports ready before its thread hands its QEMU over to
+            # `machines`; a stop-vm in between found no machine, reported stopped and left that
+            # QEMU running unknown to anyone (found by the generated schedules, issue 20).
+            job = self.registry.boot_of(record.vm_id)
+            machine = job[0].machine if job is not None else None
+        if machine is None:
             machine = self.adopt(record)
         return machine
 
