@@ -5,9 +5,10 @@ The views of the other areas are beside this module (billing, monitoring, consol
 who may see an order is orders/web/access.py.
 """
 
+import logging
+import re
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from django.conf import settings
@@ -33,15 +34,27 @@ from orders.models import Instance, Order
 from orders.web import order_wait
 from orders.web.access import SignedInRequest, get_instance, get_order
 from orders.web.monitoring import metrics_sections
+from vmbackend.protocol import urls
+
+log = logging.getLogger(__name__)
+
+_PASSWORD_IN_URL = re.compile(r"^([a-z]+://[^:@/?#]*):[^@/?#]*@")  # scheme://user:password@
 
 
-def _without_password(url: str) -> str:
-    """A URL as shown on the page: any password in its user info is dropped."""
-    parts = urlsplit(url)
-    if parts.password is None:
+def _shown_url(instance: Instance, field: str, schemes: tuple[str, ...], *, user: bool) -> str:
+    """A stored URL as the page shows it, any password cut out: only one that passes the
+    contract's rule (a host could once store anything, and a port of 99999 made every page
+    answer 500); else nothing, and staff hear of it in the log."""
+    url = _PASSWORD_IN_URL.sub(r"\1@", str(getattr(instance, field)), count=1)
+    if urls.is_valid(url, schemes, user=user):
         return url
-    netloc = f"{parts.username}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    log.warning(
+        "stored url hidden order_id=%s instance_id=%s field=%s",
+        instance.order_id,
+        instance.pk,
+        field,
+    )
+    return ""
 
 
 STEPS = [
@@ -148,8 +161,14 @@ def _state_context(order: Order) -> dict[str, Any]:
         # Changes whenever anything the page shows changes; the page's script compares it.
         "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}{console_ctx['console_version']}{':host-down' if host_notice else ''}",
         "show_connection": serving is not None,
-        "management_url": _without_password(serving.management_url) if serving else "",
-        "amqp_url": _without_password(serving.amqp_url) if serving else "",
+        "management_url": (
+            _shown_url(serving, "management_url", urls.MANAGEMENT_SCHEMES, user=False)
+            if serving
+            else ""
+        ),
+        "amqp_url": _shown_url(serving, "amqp_url", urls.AMQP_SCHEMES, user=True)
+        if serving
+        else "",
         "ca_download": bool(serving and settings.CA_CERT and serving.amqp_url.startswith("amqps:")),
         "offline_payments": offline_payments_enabled(),
         **console_ctx,
