@@ -399,6 +399,25 @@ def test_the_queue_and_routing_key_must_fit_the_command():
     )
 
 
+@given(
+    suffix=st.from_regex(r"[A-Za-z0-9_-]{0,59}", fullmatch=True),
+    command=st.sampled_from(["create-vm", "start-vm", "stop-vm", "restart-vm", "delete-vm"]),
+)
+def test_a_pool_vm_id_is_refused_on_every_queue_and_key(suffix, command):
+    """Pool VMs are the host's own: a create-vm placed on the host's own key with one was taken
+    (issue 20) while the shared queue refused it."""
+    options = {"vm-id": "pool-" + suffix, **({"image": "tiny"} if command == "create-vm" else {})}
+    body = messages.command(command, options)
+    parsers = [lambda: parse_host(body, routing_key=HOST_KEY, host_key=HOST_KEY)]
+    if command == "create-vm":
+        parsers.append(lambda: parse_create(body))
+    else:
+        parsers.append(lambda: parse_host(body, routing_key=command, host_key=HOST_KEY))
+    for parse in parsers:
+        with pytest.raises(Rejected, match="reserved for the host"):
+            parse()
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda children: (
