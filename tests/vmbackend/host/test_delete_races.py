@@ -11,6 +11,9 @@ Whatever the starting state and the order and spacing of the commands, once the 
 delete-vm: the delete is taken (never "another command in progress"), the VM ends deleted, its
 folder is gone, no machine it ever had still runs, no thread raised, and instance.deleted is the
 VM's last event, published once, with every seq increasing.
+
+Also here, on the same host: a pool claim whose admin swap fails boots the order's VM the
+ordinary way (the schedules found that fallback failing the VM).
 """
 
 from __future__ import annotations
@@ -227,3 +230,28 @@ def test_a_delete_wins_whatever_runs_beside_it(start, schedule):
         assert events.count("instance.deleted") == 1 and events[-1] == "instance.deleted"
         seqs = [event["seq"] for event in record.outbox]
         assert seqs == sorted(set(seqs))
+
+
+def test_a_claim_that_fails_boots_the_order_s_vm_the_ordinary_way(tmp_path):
+    """The pool VM's API refuses (here: nothing listens on its port): the claim falls back to
+    an ordinary boot, which must not try the admin swap again on the fresh VM (it did, with an
+    empty pool admin, and the order's VM failed; found by the schedules above)."""
+    host = Host(tmp_path / "state")
+    pooled = host.create("pool-" + "1" * 24, pool=True)
+    host.commands.start_boot(pooled, None).join()
+    order = CreateVM(
+        vm_id=VM,
+        image="tiny",
+        memory_mb=256,
+        vcpus=1,
+        disk_gb=4,
+        admin_username="admin",
+        admin_password=PASSWORD,
+        password_generated=False,
+        limits={},
+    )
+    record = host.registry.claim_pool(order)
+    assert record is not None
+    host.commands.start_claim(record).join()
+    assert record.status == READY, record.reason
+    assert record.claimed_from == {} and record.boot != "pool"
