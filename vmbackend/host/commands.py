@@ -274,10 +274,15 @@ class Commands(SelfHealing, ConsoleCommands):
                 left = deadline - time.monotonic()
                 if left <= 0 or (running is None and not others):
                     break
-                if running is None:  # a stop, resize or password change: its QEMU goes now
-                    kill(self.machines.get(vm_id))
-                    self.registry.changed.wait(min(left, 1.0))  # a release or a job's end
-                    continue
+                current = self.machines.get(vm_id)
+            if running is None:  # a stop, resize or password change: its QEMU goes now
+                kill(current)  # outside the lock: a QEMU may take seconds to die
+                with self.registry.lock:  # then wait for a release or a job's end
+                    if vm_id not in self.registry.boots and self.registry.others_holding(
+                        vm_id, "delete-vm"
+                    ):
+                        self.registry.changed.wait(min(left, 1.0))
+                continue
             job, thread = running
             job.cancel.set()
             kill(job.machine)
