@@ -5,6 +5,8 @@ The views of the other areas are beside this module (billing, monitoring, consol
 who may see an order is orders/web/access.py.
 """
 
+import logging
+import re
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -28,12 +30,33 @@ from orders.console import commands as console
 from orders.console import page
 from orders.core.provisioning import ca_certificate_pem
 from orders.fleet import evacuation
-from orders.lib.urls import without_password
 from orders.models import Instance, Order
 from orders.web import order_wait
 from orders.web.access import SignedInRequest, get_instance, get_order
 from orders.web.connect import tls_connection
 from orders.web.monitoring import metrics_sections
+from vmbackend.protocol import urls
+
+log = logging.getLogger(__name__)
+
+_PASSWORD_IN_URL = re.compile(r"^([a-z]+://[^:@/?#]*):[^@/?#]*@")  # scheme://user:password@
+
+
+def _shown_url(instance: Instance, field: str, schemes: tuple[str, ...], *, user: bool) -> str:
+    """A stored URL as the page shows it, any password cut out: only one that passes the
+    contract's rule (a host could once store anything, and a port of 99999 made every page
+    answer 500); else nothing, and staff hear of it in the log."""
+    url = _PASSWORD_IN_URL.sub(r"\1@", str(getattr(instance, field)), count=1)
+    if urls.is_valid(url, schemes, user=user):
+        return url
+    log.warning(
+        "stored url hidden order_id=%s instance_id=%s field=%s",
+        instance.order_id,
+        instance.pk,
+        field,
+    )
+    return ""
+
 
 STEPS = [
     ("paid", "Payment confirmed"),
@@ -141,8 +164,14 @@ def _state_context(order: Order) -> dict[str, Any]:
         "version": f"{order.status}:{instance.status if instance else ''}:{instance.stage if instance else ''}{restarted}{console_ctx['console_version']}{':host-down' if host_notice else ''}",
         "show_connection": serving is not None,
         "management_url": tls_ctx.get("named_management_url")
-        or (without_password(serving.management_url) if serving else ""),
-        "amqp_url": without_password(serving.amqp_url) if serving else "",
+        or (
+            _shown_url(serving, "management_url", urls.MANAGEMENT_SCHEMES, user=False)
+            if serving
+            else ""
+        ),
+        "amqp_url": _shown_url(serving, "amqp_url", urls.AMQP_SCHEMES, user=True)
+        if serving
+        else "",
         "ca_download": bool(serving and settings.CA_CERT and serving.amqp_url.startswith("amqps:")),
         "offline_payments": offline_payments_enabled(),
         **tls_ctx,

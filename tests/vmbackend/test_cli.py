@@ -14,6 +14,7 @@ from tests.vmbackend.daemon_helpers import (
     wait_host,
 )
 from vmbackend.client import Client
+from vmbackend.protocol import messages
 from vmbackend.tls import authority
 from vmbackend.tls.scope import Scope, parse_networks, scope_of
 
@@ -123,7 +124,7 @@ def test_the_console_commands_reach_the_host_and_the_password_comes_from_stdin(d
     # Parsed and served by the daemon: no such VM there (a bad password is refused first).
     assert json.loads(resize.stdout)["execution-info"]["reason"] == "unknown vm-id"
     assert json.loads(bad.stdout)["execution-info"]["reason"] == (
-        "options.admin.password must be 12-128 printable ASCII characters"
+        f"options.admin.password must be {messages.PASSWORD_RULE}"
     )
     assert json.loads(good.stdout)["execution-info"]["reason"] == "unknown vm-id"
     assert (resize.returncode, bad.returncode, good.returncode) == (1, 1, 1)

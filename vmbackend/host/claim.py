@@ -39,8 +39,11 @@ class ClaimBoot(Boot):
     claim a daemon restart cut off (its admin swap may be done already)."""
 
     resumed = False
+    fell_back = False  # the claim failed: the VM boots the ordinary way (`fall_back`)
 
     def wait_guest(self) -> list[str]:
+        if self.fell_back:  # a fresh QEMU of the order's own: nothing to swap
+            return super().wait_guest()
         self._check_cancel()
         machine = self.machine
         if machine is None:
@@ -160,6 +163,7 @@ class ClaimBoot(Boot):
         """Throw the pool VM away and boot the order's VM the ordinary way (restore, else cold)."""
         cleanup(self.cfg, self.store, self.record, self.machine)
         self.machine = None
+        self.fell_back = True
         # The pool VM's certificate went with its disk: the fresh VM gets its own (Boot._tls).
         self.report(
             self.record,

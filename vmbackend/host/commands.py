@@ -76,6 +76,12 @@ class Commands(SelfHealing, ConsoleCommands):
     def machine_for(self, record: VMRecord) -> Machine | None:
         machine = self.machines.get(record.vm_id)
         if machine is None:
+            # Race: a boot or heal reports ready before its thread hands its QEMU over to
+            # `machines`; a stop-vm in between found no machine, reported stopped and left that
+            # QEMU running unknown to anyone (found by the generated schedules, issue 20).
+            job = self.registry.boot_of(record.vm_id)
+            machine = job[0].machine if job is not None else None
+        if machine is None:
             machine = self.adopt(record)
         return machine
 
@@ -93,21 +99,21 @@ class Commands(SelfHealing, ConsoleCommands):
         self, record: VMRecord, machine: Machine | None, boot: Boot | None = None
     ) -> threading.Thread:
         """Boot (or resume booting) `record` in a worker thread, registered so that delete-vm
-        can cancel it and start-vm can wait for it."""
+        can cancel it and start-vm can wait for it. Rejected when the VM is being deleted."""
         boot = boot or self.boot(record, machine)
 
         def run() -> None:
-            boot.run()
-            with self.registry.lock:
-                if boot.machine is not None and record.status in (BOOTING, READY):
-                    self.machines[record.vm_id] = boot.machine
-                self.registry.boots.pop(record.vm_id, None)
+            try:
+                boot.run()
+            finally:
+                with self.registry.lock:
+                    if boot.machine is not None and record.status in (BOOTING, READY):
+                        self.machines[record.vm_id] = boot.machine
+                    self.registry.end_job(record.vm_id)
             self.after_boot()
 
         thread = threading.Thread(target=run, name=f"boot-{record.vm_id}", daemon=True)
-        with self.registry.lock:
-            self.registry.boots[record.vm_id] = (boot, thread)
-        thread.start()
+        self.registry.start_job(record.vm_id, boot, thread)
         return thread
 
     # -- the warm pool (vmbackend/host/pool.py)
@@ -239,30 +245,60 @@ class Commands(SelfHealing, ConsoleCommands):
             self.registry.report(record, None, {}, restarts=[], restart_failures=0)
 
     def delete(self, record: VMRecord) -> None:
-        """Cancel a running boot, destroy the VM and its files, free its ports and slot."""
-        boot = self.registry.boot_of(record.vm_id)
-        machine = self.machine_for(record)
-        if boot is not None:
-            running, thread = boot
-            running.cancel.set()
-            if running.machine is not None:
-                machine = running.machine
-            if machine is not None:
-                try:
-                    machine.kill()
-                except MachineError as exc:  # not started yet or already gone
-                    log.info(
-                        "kill during cancel host_id=%s vm_id=%s error=%s",
-                        self.cfg.host_id,
-                        record.vm_id,
-                        exc,
-                    )
-            thread.join(timeout=self.cfg.stop_timeout + 30)
-            # Race: the boot may have created (and started) its Machine after we looked above;
-            # once the boot thread has ended, its machine is the one to destroy.
-            if running.machine is not None:
-                machine = running.machine
-        cleanup(self.cfg, self.store, record, machine)
-        self.machines.pop(record.vm_id, None)
+        """Destroy the VM and its files, free its ports and slot, whatever runs beside it: no
+        boot starts once the delete holds the VM (`Registry.start_job`); a running boot or heal
+        is cancelled and its QEMU killed; the other holders (a stop, a resize, a password change)
+        see their QEMU killed and are waited for, so that their last events come before
+        instance.deleted and nothing writes to the folder once it is removed."""
+        vm_id = record.vm_id
+        deadline = time.monotonic() + self.cfg.stop_timeout + 30
+        seen: list[Machine] = []  # every QEMU this VM had meanwhile: none may outlive it
+
+        def kill(machine: Machine | None) -> None:
+            if machine is None:
+                return
+            if all(machine is not other for other in seen):
+                seen.append(machine)
+            try:
+                machine.kill()
+            except MachineError as exc:  # not started yet or already gone
+                log.info(
+                    "kill for delete host_id=%s vm_id=%s error=%s", self.cfg.host_id, vm_id, exc
+                )
+
+        kill(self.machine_for(record))
+        while True:
+            with self.registry.lock:
+                running = self.registry.boots.get(vm_id)
+                others = self.registry.others_holding(vm_id, "delete-vm")
+                left = deadline - time.monotonic()
+                if left <= 0 or (running is None and not others):
+                    break
+                current = self.machines.get(vm_id)
+            if running is None:  # a stop, resize or password change: its QEMU goes now
+                kill(current)  # outside the lock: a QEMU may take seconds to die
+                with self.registry.lock:  # then wait for a release or a job's end
+                    if vm_id not in self.registry.boots and self.registry.others_holding(
+                        vm_id, "delete-vm"
+                    ):
+                        self.registry.changed.wait(min(left, 1.0))
+                continue
+            job, thread = running
+            job.cancel.set()
+            kill(job.machine)
+            thread.join(timeout=left)
+            # Race: the job may have created (and started) its Machine after we looked above;
+            # once its thread has ended, its machine is the one to destroy.
+            kill(job.machine)
+        if running is not None or others:
+            log.warning(
+                "delete went ahead of work still running host_id=%s vm_id=%s others=%s",
+                self.cfg.host_id,
+                vm_id,
+                others,
+            )
+        with self.registry.lock:
+            machine = self.machines.pop(vm_id, None) or (seen[-1] if seen else None)
+        cleanup(self.cfg, self.store, record, machine)  # every other one in `seen` is killed
         self.registry.report(record, "instance.deleted", {}, status=DELETED, ports={})
-        log.info("vm deleted host_id=%s vm_id=%s", self.cfg.host_id, record.vm_id)
+        log.info("vm deleted host_id=%s vm_id=%s", self.cfg.host_id, vm_id)

@@ -13,7 +13,7 @@ import time
 from vmbackend.host.amqp_io import AmqpIO, Delivery
 from vmbackend.host.commands import Commands
 from vmbackend.host.config import Config
-from vmbackend.host.pool import POOL_PREFIX, Pool, is_pool_id
+from vmbackend.host.pool import Pool
 from vmbackend.host.registry import Registry
 from vmbackend.host.rules import (
     DUPLICATE,
@@ -49,9 +49,7 @@ class CreateVMHandling:
             self.io.dead_letter(delivery, refusal)
             return
         try:
-            cmd = parse_create(delivery.body)
-            if is_pool_id(cmd.vm_id):
-                raise Rejected(f"vm-ids starting with {POOL_PREFIX} are reserved for the host")
+            cmd = parse_create(delivery.body)  # a pool VM's id too (rules._not_a_pool_id)
             self.check_image(cmd)
         except Rejected as exc:
             self.io.dead_letter(delivery, exc.reason)

@@ -174,7 +174,7 @@ def new_pool_command(entry: PoolEntry) -> CreateVM:
         vcpus=entry.vcpus,
         disk_gb=entry.disk_gb,
         admin_username="pool-" + secrets.token_hex(6),
-        admin_password=secrets.token_urlsafe(24),
+        admin_password=messages.generate_password(),
         password_generated=False,
         limits={},
     )

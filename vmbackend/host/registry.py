@@ -68,6 +68,9 @@ class Registry(PoolBooks):
         self.boots: dict[str, Any] = {}
         # vm-id -> the request id of the console command running on it (a repeat waits for it).
         self.running_requests: dict[str, str] = {}
+        # Signalled when a hold is released or a boot ends: a delete-vm waits on it for what
+        # runs beside it to finish (Commands.delete).
+        self.changed = threading.Condition(self.lock)
 
     def load(self) -> list[VMRecord]:
         with self.lock:
@@ -259,19 +262,17 @@ class Registry(PoolBooks):
     def claim(self, cmd: VMCommand | ConsoleCommand) -> tuple[str, VMRecord | None]:
         """CLAIMED (the vm-id is now busy: call `release` when done), UNKNOWN or BUSY.
 
-        A delete-vm wins over a command whose boot is still running (a start-vm whose RabbitMQ
-        never answers): the customer cancelling must not wait for the boot's deadline. It joins
-        the busy vm-id and cancels the boot (`Commands.delete`)."""
+        A delete-vm wins over whatever holds the VM (a start, restart, resize, a password change):
+        the customer cancelling must neither wait for a boot's deadline nor be told to try again.
+        It joins the holders (only one delete at a time); from then on no boot may start on the
+        VM (`start_job`), and `Commands.delete` cancels the running one and waits for the other
+        holders to finish before it destroys the VM."""
         with self.lock:
             record = self.records.get(cmd.vm_id)
             if record is None or record.status == DELETED or record.pool:
                 return UNKNOWN, None
             holders = self.busy.setdefault(cmd.vm_id, [])
-            if holders and not (
-                cmd.command == "delete-vm"
-                and cmd.vm_id in self.boots
-                and "delete-vm" not in holders
-            ):
+            if holders and (cmd.command != "delete-vm" or "delete-vm" in holders):
                 return BUSY, record
             holders.append(cmd.command)
             request_id = getattr(cmd, "request_id", "")
@@ -291,6 +292,39 @@ class Registry(PoolBooks):
                 holders.pop()
             if not holders:
                 self.busy.pop(vm_id, None)
+            self.changed.notify_all()
+
+    def others_holding(self, vm_id: str, command: str) -> list[str]:
+        """The commands holding `vm_id` besides one hold of `command`."""
+        with self.lock:
+            holders = list(self.busy.get(vm_id, []))
+            if command in holders:
+                holders.remove(command)
+            return holders
+
+    def being_deleted(self, vm_id: str) -> bool:
+        with self.lock:
+            record = self.records.get(vm_id)
+            return "delete-vm" in self.busy.get(vm_id, []) or (
+                record is not None and record.status == DELETED
+            )
+
+    def start_job(self, vm_id: str, job: Any, thread: threading.Thread) -> None:
+        """Register a boot or a heal (`job`, with `.cancel` and `.machine`) and start its thread,
+        both under the lock: whoever finds a job in `boots` may join its thread at once (a delete
+        that found it registered but not started yet failed with "cannot join thread before it
+        is started", issue 20). Rejected, starting nothing, when the VM is being deleted."""
+        with self.lock:
+            if self.being_deleted(vm_id):
+                raise messages.Rejected("cancelled: the VM is being deleted")
+            self.boots[vm_id] = (job, thread)
+            thread.start()
+
+    def end_job(self, vm_id: str) -> None:
+        """The boot or heal of `vm_id` ended (its thread's last step)."""
+        with self.lock:
+            self.boots.pop(vm_id, None)
+            self.changed.notify_all()
 
     def boot_of(self, vm_id: str) -> Any:
         with self.lock:

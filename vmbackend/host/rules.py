@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmbackend.host.config import Config
+from vmbackend.host.pool import POOL_PREFIX, is_pool_id
 from vmbackend.host.state import (
     ACCEPTED,
     BOOTING,
@@ -74,11 +75,20 @@ def _parse(body: bytes) -> messages.Command:
         raise Rejected(f"body could not be parsed ({type(exc).__name__})") from None
 
 
+def _not_a_pool_id(cmd: messages.Command) -> None:
+    """Pool VMs are the host's own (vmbackend/host/pool.py): no message names one, whatever
+    queue or key it comes by (a create-vm placed on the host's own key named one once)."""
+    vm_id = getattr(cmd, "vm_id", "")
+    if is_pool_id(vm_id):
+        raise Rejected(f"vm-ids starting with {POOL_PREFIX} are reserved for the host")
+
+
 def parse_create(body: bytes) -> CreateVM:
     """The create-vm in a delivery from the shared queue, or Rejected with the reason."""
     cmd = _parse(body)
     if not isinstance(cmd, CreateVM):
         raise Rejected(f"{cmd.command} must not be sent with routing key create-vm")
+    _not_a_pool_id(cmd)
     return cmd
 
 
@@ -95,6 +105,7 @@ def parse_host(
         raise Rejected(f"{cmd.command} goes to routing key host.<host_id> of the VM's host")
     if routing_key != host_key and routing_key != cmd.command:
         raise Rejected(f"routing key {routing_key} does not match command {cmd.command}")
+    _not_a_pool_id(cmd)
     return cmd
 
 

@@ -105,8 +105,7 @@ class SelfHealing:
             heal.resume = running  # a heal's attempt cut off by a daemon restart: wait for it
             if running is None and not self._next_attempt(heal):
                 return True
-            self.registry.boots[vm_id] = (heal, thread)
-        thread.start()
+            self.registry.start_job(vm_id, heal, thread)  # registered and started as one step
         return True
 
     def _next_attempt(self, heal: Heal) -> bool:
@@ -188,5 +187,5 @@ class SelfHealing:
                 machine = heal.machine
                 if machine is not None and record.status == READY:
                     self.machines[record.vm_id] = machine
-                self.registry.boots.pop(record.vm_id, None)
+                self.registry.end_job(record.vm_id)
             self.after_boot()

@@ -26,7 +26,9 @@ from typing import Any
 from vmbackend.machine.qmp import connect_unix
 
 SYNC_BYTE = b"\xff"
-MAX_LINE = 16 * 1024 * 1024
+# Bytes of one reply at most (guest-exec's output, base64: qemu-ga caps it at 16 MiB raw): a
+# guest is not trusted, and an endless reply must end in an error, not in the host's memory.
+MAX_LINE = 24 * 1024 * 1024
 MAX_EXEC_OUTPUT = 4 * 1024 * 1024  # bytes per stream of a guest-exec; our commands print lines
 MAX_PID = 2**31 - 1
 
@@ -43,8 +45,9 @@ class GuestReplyError(GuestAgentError):
 class GuestAgent:
     """One connection to one VM's guest agent socket."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_reply: int = MAX_LINE) -> None:
         self.path = Path(path)
+        self.max_reply = max_reply
         self._sock: socket.socket | None = None
         self._buf = b""
 
@@ -72,21 +75,34 @@ class GuestAgent:
         sock.sendall(data)
 
     def _read_until(self, marker: bytes, deadline: float) -> bytes:
-        """Bytes up to and including `marker` (kept out of the buffer)."""
+        """Bytes up to and including `marker` (kept out of the buffer). GuestAgentError (the
+        connection dropped) when more than `max_reply` bytes come without it."""
         sock = self._connected()
-        while marker not in self._buf:
+        buf = bytearray(self._buf)
+        searched = 0  # only new bytes are searched: a long reply costs linear time
+        while (found := buf.find(marker, searched)) < 0:
+            searched = max(0, len(buf) - len(marker) + 1)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                self._buf = bytes(buf)
                 raise TimeoutError("no answer")
             sock.settimeout(remaining)
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                self._buf = bytes(buf)
+                raise
             if not chunk:
                 raise ConnectionError("guest agent socket closed")
-            self._buf += chunk
-            if len(self._buf) > MAX_LINE:
-                raise GuestAgentError("guest agent sent an oversized reply")
-        head, _, self._buf = self._buf.partition(marker)
-        return head + marker
+            buf += chunk
+            if len(buf) > self.max_reply:
+                self.close()
+                raise GuestAgentError(
+                    f"guest agent sent a reply longer than {self.max_reply} bytes"
+                )
+        end = found + len(marker)
+        self._buf = bytes(buf[end:])
+        return bytes(buf[:end])
 
     def _read_json(self, deadline: float) -> dict[str, Any]:
         while True:

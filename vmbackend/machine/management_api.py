@@ -26,6 +26,10 @@ TIMEOUT = 5.0  # seconds for one request
 # (2026-12-08, load 12-15: every restore's admin swap timed out at its PUT); the deadline of
 # the whole step still bounds it.
 WRITE_TIMEOUT = 30.0
+# Bytes of one answer at most (api/connections with ~80,000 connections): a guest is not
+# trusted, and an endless answer must end in an error, not in the host's memory (issue 20).
+MAX_ANSWER = 8 * 1024 * 1024
+CHUNK = 64 * 1024
 POLL = 0.25  # seconds between attempts while waiting
 ERROR_BODY = 200  # characters of an unexpected answer kept in the error
 RUNTIME_KEYS = ("rabbitmq_version", "erlang_version", "node")  # instance.ready's runtime
@@ -60,7 +64,13 @@ class ManagementAPI:
     """The management API at `base_url` (http://host:port/), as `user`."""
 
     def __init__(
-        self, base_url: str, user: str, password: str, *, timeout: float = TIMEOUT
+        self,
+        base_url: str,
+        user: str,
+        password: str,
+        *,
+        timeout: float = TIMEOUT,
+        max_answer: int = MAX_ANSWER,
     ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
@@ -69,6 +79,7 @@ class ManagementAPI:
         self.user = user
         self._password = password
         self.timeout = timeout
+        self.max_answer = max_answer
         self._host = parts.hostname
         self._port = parts.port or 80
         self._prefix = parts.path.rstrip("/") + "/"
@@ -89,11 +100,13 @@ class ManagementAPI:
         timeout: float | None = None,
         max_bytes: int | None = None,
     ) -> Response:
-        """One request, whatever the status; ManagementAPIError only when nothing (valid) answers
-        (or, with `max_bytes`, when the answer is longer: a sampler reads at most that much)."""
-        conn = http.client.HTTPConnection(
-            self._host, self._port, timeout=self.timeout if timeout is None else timeout
-        )
+        """One request, whatever the status; ManagementAPIError only when nothing (valid) answers,
+        or the answer is longer than `max_bytes` (default `max_answer`) or takes longer than the
+        timeout as a whole (not only between two reads: a guest may trickle)."""
+        seconds = self.timeout if timeout is None else timeout
+        limit = self.max_answer if max_bytes is None else max_bytes
+        deadline = time.monotonic() + seconds
+        conn = http.client.HTTPConnection(self._host, self._port, timeout=seconds)
         token = base64.b64encode(f"{self.user}:{self._password}".encode()).decode()
         headers = {"Authorization": f"Basic {token}", "Connection": "close"}
         data = None
@@ -103,19 +116,33 @@ class ManagementAPI:
         try:
             conn.request(method, self._prefix + path, body=data, headers=headers)
             resp = conn.getresponse()
-            data = resp.read() if max_bytes is None else resp.read(max_bytes + 1)
-            if max_bytes is not None and len(data) > max_bytes:
-                raise ManagementAPIError(
-                    f"{self._what(method, path)}: answer longer than {max_bytes} bytes",
-                    status=resp.status,
-                )
-            return Response(resp.status, data)
+            return Response(resp.status, self._body(resp, limit, deadline, method, path))
         except (OSError, http.client.HTTPException) as exc:
             raise ManagementAPIError(
                 f"{self._what(method, path)}: unreachable: {exc or type(exc).__name__}"
             ) from exc
         finally:
             conn.close()
+
+    def _body(
+        self, resp: http.client.HTTPResponse, limit: int, deadline: float, method: str, path: str
+    ) -> bytes:
+        """The answer's body, read in chunks: at most `limit` bytes, done by `deadline`."""
+        parts: list[bytes] = []
+        size = 0
+        while chunk := resp.read1(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise ManagementAPIError(
+                    f"{self._what(method, path)}: answer longer than {limit} bytes",
+                    status=resp.status,
+                )
+            if time.monotonic() > deadline:
+                raise ManagementAPIError(
+                    f"{self._what(method, path)}: answer not complete in time", status=resp.status
+                )
+            parts.append(chunk)
+        return b"".join(parts)
 
     def _expect(
         self,

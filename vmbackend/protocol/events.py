@@ -11,6 +11,7 @@ from typing import Any
 
 from vmbackend.protocol.requests import DISK_GB, IMAGE_RE, MEMORY_MB, USERNAME_RE, VCPUS
 from vmbackend.protocol.samples import INSTANCE_METRICS, MAX_METRICS_BYTES, Metrics, parse_metrics
+from vmbackend.protocol.urls import AMQP_SCHEMES, MANAGEMENT_SCHEMES, MAX_URL, BadURL, check_url
 from vmbackend.protocol.wire import (
     PROTOCOL_VERSION,
     MalformedEvent,
@@ -142,9 +143,6 @@ MAX_TYPE = 100
 MAX_HOST_ID = 100
 
 
-MAX_URL = 500
-
-
 MAX_REASON = 4000
 
 
@@ -164,12 +162,6 @@ COMMAND_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,49}$")
 
 
 RUNTIME_KEYS = ("rabbitmq_version", "erlang_version", "node")  # instance.ready's runtime
-
-
-MANAGEMENT_URL_RE = re.compile(r"^https?://[^\s]+$")
-
-
-AMQP_URL_RE = re.compile(r"^amqps?://[^\s]+$")
 
 
 @dataclass(frozen=True)
@@ -293,6 +285,15 @@ def _outcome(data: dict[str, Any], event_type: str) -> dict[str, Any]:
     return fields
 
 
+def _url(data: dict[str, Any], name: str, schemes: tuple[str, ...], *, user: bool) -> str:
+    """A URL field of instance.ready, checked in full (vmbackend/protocol/urls.py)."""
+    value = event_str(data, name, MAX_URL, required=True)
+    try:
+        return check_url(value, schemes, user=user)
+    except BadURL as exc:
+        raise MalformedEvent(f"{name} {exc}") from None
+
+
 def parse_event(body: bytes) -> Event:
     """Validate one event body (docs/protocol.md, Events); raise MalformedEvent with a reason.
 
@@ -333,22 +334,8 @@ def parse_event(body: bytes) -> Event:
             raise MalformedEvent(f"stage must be one of {', '.join(STAGES)}")
         fields["stage"] = data["stage"]
     elif event_type == INSTANCE_READY:
-        fields["management_url"] = event_str(
-            data,
-            "management_url",
-            MAX_URL,
-            required=True,
-            pattern=MANAGEMENT_URL_RE,
-            what="an http:// or https:// URL",
-        )
-        fields["amqp_url"] = event_str(
-            data,
-            "amqp_url",
-            MAX_URL,
-            required=True,
-            pattern=AMQP_URL_RE,
-            what="an amqp:// or amqps:// URL",
-        )
+        fields["management_url"] = _url(data, "management_url", MANAGEMENT_SCHEMES, user=False)
+        fields["amqp_url"] = _url(data, "amqp_url", AMQP_SCHEMES, user=True)
         fields["admin_username"] = event_str(
             data,
             "admin_username",

@@ -49,7 +49,13 @@ VM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-PASSWORD_RE = re.compile(r"^[\x21-\x7e]{12,128}$")  # printable ASCII, no spaces or controls
+# The one password rule, for the shop (what it generates) and the host (what it accepts): the
+# characters the guest takes (vmbackend/images/guest/warren-firstboot's PASSWORD_RE writes it
+# into rabbitmq.conf, where `#` starts a comment and `$`, `&`, `;`, quotes break the line), so
+# no password the protocol accepts is refused inside the VM. Never `#$&;'"\`<>(){}[]|` or space.
+PASSWORD_CHARS = r"A-Za-z0-9._~+=@%:,!?/*^-"  # noqa: S105 - a character class
+PASSWORD_RE = re.compile(rf"^[{PASSWORD_CHARS}]{{12,128}}$")
+PASSWORD_RULE = "12-128 characters of A-Z a-z 0-9 . _ ~ + = @ % : , ! ? / * ^ -"  # noqa: S105
 
 
 LIMIT_KEYS = ("max-connections", "max-queues")
@@ -150,9 +156,14 @@ def validate_image(value: object) -> str:
     return value
 
 
+def generate_password() -> str:
+    """32 URL-safe random characters: always within PASSWORD_RE."""
+    return secrets.token_urlsafe(24)
+
+
 def generate_admin() -> tuple[str, str]:
     """A fresh admin user name and a 32-character URL-safe password."""
-    return f"warren-{secrets.token_hex(3)}", secrets.token_urlsafe(24)
+    return f"warren-{secrets.token_hex(3)}", generate_password()
 
 
 def _admin(options: dict[str, Any]) -> tuple[str, str, bool]:
@@ -162,7 +173,7 @@ def _admin(options: dict[str, Any]) -> tuple[str, str, bool]:
 
 
 def _credentials(admin: object) -> tuple[str, str]:
-    """options.admin: a user name (not guest) and a 12-128 character printable password."""
+    """options.admin: a user name (not guest) and a password by PASSWORD_RE."""
     if not isinstance(admin, dict):
         raise Rejected("options.admin must be an object with username and password")
     username, password = admin.get("username"), admin.get("password")
@@ -171,7 +182,7 @@ def _credentials(admin: object) -> tuple[str, str]:
     if username == "guest":
         raise Rejected("options.admin.username must not be guest")
     if not isinstance(password, str) or not PASSWORD_RE.fullmatch(password):
-        raise Rejected("options.admin.password must be 12-128 printable ASCII characters")
+        raise Rejected(f"options.admin.password must be {PASSWORD_RULE}")
     return username, password
 
 

@@ -203,6 +203,12 @@ HOSTILE_EVENTS = {
     "javascript-management-url": _body(
         type="instance.ready", management_url="javascript:alert(1)", amqp_url="amqp://u@h:1/"
     ),
+    "amqp-url-port-99999": _body(
+        type="instance.ready", management_url="http://h:1/", amqp_url="amqp://u@h:99999/"
+    ),
+    "amqp-url-with-a-password": _body(
+        type="instance.ready", management_url="http://h:1/", amqp_url="amqp://u:pw@h:1/"
+    ),
 }
 
 

@@ -42,6 +42,10 @@ HOSTILE_CREATE = [
         "not available on this host",
     ),
     (b'{"command": "list-vms"}', "must not be sent with routing key create-vm"),
+    (
+        b'{"command": "create-vm", "options": {"image": "tiny", "vm-id": "pool-0a1b"}}',
+        "reserved for the host",
+    ),
 ]
 
 
@@ -109,6 +113,13 @@ def test_bad_host_commands_are_rejected_and_unknown_vms_answered(daemon, amqp_ur
                 "host.<host_id>",
             ),
             (b'{"command": "delete-vm", "options": {"vm-id": "a"}}', "stop-vm", "does not match"),
+            # A pool VM's id is refused on the host's own key as on the shared queue (issue 20).
+            (
+                b'{"command": "create-vm", "options": {"image": "tiny", "vm-id": "pool-0a1b"}}',
+                key,
+                "reserved for the host",
+            ),
+            (b'{"command": "delete-vm", "options": {"vm-id": "pool-0a1b"}}', key, "reserved"),
             (
                 json.dumps({"command": "start-vm", "options": {"vm-id": "nope"}}).encode(),
                 key,
@@ -125,7 +136,7 @@ def test_bad_host_commands_are_rejected_and_unknown_vms_answered(daemon, amqp_ur
         assert wait_host(client, daemon.host_id) == []
     assert daemon.proc.poll() is None
     reasons = [h[topology.REJECT_HEADER] for _, h in _dead_letters(amqp_url)]
-    assert len(reasons) == 6  # every case but the unknown vm-id, which is valid input
+    assert len(reasons) == 8  # every case but the unknown vm-id, which is valid input
 
 
 def _ready_count(amqp_url, queue):

@@ -3,6 +3,7 @@ duplicate create-vm, the state event to re-publish, and message parsing that nev
 anything but Rejected."""
 
 import json
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -263,21 +264,39 @@ def test_one_command_at_a_time_per_vm(registry):
 
 def test_a_delete_wins_over_a_start_whose_boot_still_runs(registry):
     """Issue 10: a start-vm whose RabbitMQ never answers must not make the customer's cancel
-    wait for the boot deadline. The delete joins the busy vm-id (and cancels the boot); a
-    second delete, or any other command, is still refused."""
+    wait for the boot deadline. Issue 20: nor may a start whose boot is not registered yet (or
+    any other command) refuse it. The delete joins the busy vm-id; a second delete, or any
+    other command, is still refused, and no boot may start while the delete holds it."""
     _add(registry, status=BOOTING)
     start = VMCommand(command="start-vm", vm_id="vm-1")
     delete = VMCommand(command="delete-vm", vm_id="vm-1")
     assert registry.claim(start)[0] == CLAIMED
-    assert registry.claim(delete)[0] == BUSY  # no boot registered yet: nothing to cancel
-    registry.boots["vm-1"] = ("boot", "thread")
-    assert registry.claim(delete)[0] == CLAIMED
+    assert registry.claim(delete)[0] == CLAIMED  # no boot registered yet: the delete still wins
     assert registry.claim(delete)[0] == BUSY
     assert registry.claim(VMCommand(command="stop-vm", vm_id="vm-1"))[0] == BUSY
+    thread = threading.Thread(target=lambda: None)
+    with pytest.raises(Rejected, match="being deleted"):
+        registry.start_job("vm-1", object(), thread)
+    assert "vm-1" not in registry.boots and thread.ident is None  # never started
     registry.release("vm-1", "start-vm")  # the start ends first: the delete still holds it
     assert registry.busy == {"vm-1": ["delete-vm"]}
     registry.release("vm-1", "delete-vm")
     assert registry.busy == {}
+
+
+def test_a_registered_job_s_thread_is_always_started(registry):
+    """Whoever finds a job in `boots` may join its thread at once (issue 20: "cannot join
+    thread before it is started")."""
+    _add(registry, status=BOOTING)
+    gate = threading.Event()
+    thread = threading.Thread(target=gate.wait, daemon=True)
+    registry.start_job("vm-1", object(), thread)
+    _job, found = registry.boots["vm-1"]
+    found.join(timeout=0.01)  # raised RuntimeError when the thread was not started yet
+    gate.set()
+    found.join()
+    registry.end_job("vm-1")
+    assert registry.boots == {}
 
 
 def test_commands_for_unknown_or_deleted_vms_are_unknown(registry):
@@ -378,6 +397,25 @@ def test_the_queue_and_routing_key_must_fit_the_command():
     assert isinstance(
         parse_host(messages.command("list-vms"), routing_key="list-vms", host_key=HOST_KEY), ListVMs
     )
+
+
+@given(
+    suffix=st.from_regex(r"[A-Za-z0-9_-]{0,59}", fullmatch=True),
+    command=st.sampled_from(["create-vm", "start-vm", "stop-vm", "restart-vm", "delete-vm"]),
+)
+def test_a_pool_vm_id_is_refused_on_every_queue_and_key(suffix, command):
+    """Pool VMs are the host's own: a create-vm placed on the host's own key with one was taken
+    (issue 20) while the shared queue refused it."""
+    options = {"vm-id": "pool-" + suffix, **({"image": "tiny"} if command == "create-vm" else {})}
+    body = messages.command(command, options)
+    parsers = [lambda: parse_host(body, routing_key=HOST_KEY, host_key=HOST_KEY)]
+    if command == "create-vm":
+        parsers.append(lambda: parse_create(body))
+    else:
+        parsers.append(lambda: parse_host(body, routing_key=command, host_key=HOST_KEY))
+    for parse in parsers:
+        with pytest.raises(Rejected, match="reserved for the host"):
+            parse()
 
 
 JSON = st.recursive(
