@@ -26,7 +26,7 @@ def issuer() -> authority.Issuer:
 def test_server_pem_is_the_key_then_the_leaf_then_the_intermediate(
     issuer: authority.Issuer,
 ) -> None:
-    leaf = authority.issue(issuer, ["vm.example"])
+    leaf = authority.issue(issuer, ["vm.warren.localhost"])  # inside the CA's names
     data = guest_install.server_pem(leaf)
     blocks = [b + b"-----\n" for b in data.split(b"-----\n-----BEGIN")]
     key = serialization.load_pem_private_key(data, None)
@@ -48,7 +48,7 @@ class _Written:
 
 
 def test_put_writes_the_one_file_the_listeners_read(issuer: authority.Issuer) -> None:
-    leaf = authority.issue(issuer, ["vm.example"])
+    leaf = authority.issue(issuer, ["vm.warren.localhost"])  # inside the CA's names
     guest = _Written()
     guest_install.put(guest, leaf)
     assert guest.files == {guest_install.SERVER_PEM: guest_install.server_pem(leaf)}
