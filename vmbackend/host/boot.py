@@ -3,10 +3,9 @@
 One `Boot` per VM in a worker thread, for a create-vm or a start-vm (its disk); each step is a
 method of its own, `run()` chains them. A VM never ready ends `instance.failed` plus cleanup; one
 ready once `instance.lost`, disk kept (only delete-vm removes it), or in a self-healing's restart
-(`healing=True`) records why; a RabbitMQ that never answers fails with its log's tail in the
-reason. Each state change goes through `report` (record, state file, event): a killed daemon
-resumes from the last one. TLS of images with baked listeners: baked_tls.py.
-"""
+(`healing=True`) records why; a RabbitMQ that never answers fails with its log's tail. Each state
+change goes through `report` (record, state file, event): a killed daemon resumes from the last
+one. TLS of images with baked listeners: baked_tls.py."""
 
 from __future__ import annotations
 

@@ -18,10 +18,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmbackend.host.pool import PoolEntry, parse_pool
+from vmbackend.host.config_values import (  # ConfigError and BROKER_USER_RE: part of this API
+    BROKER_USER_RE as BROKER_USER_RE,
+)
+from vmbackend.host.config_values import (
+    ConfigError as ConfigError,
+)
+from vmbackend.host.config_values import (
+    _bool,
+    _boot_seconds,
+    _broker_ca,
+    _choice,
+    _float,
+    _int,
+    _metrics_interval,
+    _pool,
+    _port_range,
+    _senders,
+)
+from vmbackend.host.pool import PoolEntry
 from vmbackend.machine.base import Driver
 from vmbackend.machine.drivers import DRIVERS, driver_for
-from vmbackend.machine.simulated import parse_boot_seconds
 from vmbackend.protocol.capacity import DEFAULT_CPU_OVERCOMMIT, default_cpus, default_disk_gb
 from vmbackend.protocol.server_names import DEFAULT_VM_DOMAIN
 from vmbackend.tls.scope import ScopeError, validate_domain
@@ -31,7 +48,6 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 # host's user may publish into this host's queue (replies need the default exchange), so a
 # command from a user not listed is refused. A shared development user is listed explicitly.
 DEFAULT_COMMAND_SENDERS = "warren-shop"
-BROKER_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 NETWORK_MODES = ("user", "bridge")
@@ -44,10 +60,6 @@ BOOT_DEADLINE = 1500
 
 
 HOST_MEMORY_RESERVE_MB = 1024  # kept for the host itself (daemon, QEMU's own overhead, page cache)
-
-
-class ConfigError(ValueError):
-    """A setting has an invalid value; the message names the setting."""
 
 
 def default_host_memory_mb(meminfo: str | None = None) -> int:
@@ -207,66 +219,6 @@ def redact_url(url: str) -> str:
     return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-def _int(name: str, raw: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _float(name: str, raw: str, low: float, high: float) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
-
-
-def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
-    if raw not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-    return raw
-
-
-def _boot_seconds(raw: str) -> tuple[float, float]:
-    try:
-        return parse_boot_seconds(raw)
-    except ValueError as exc:
-        raise ConfigError(f"sim_boot_seconds: {exc}") from None
-
-
-def _metrics_interval(raw: str) -> float:
-    """0 turns sampling off; otherwise 0.1 s (tests) to a day."""
-    value = _float("metrics_interval", raw, 0, 86400)
-    if 0 < value < 0.1:
-        raise ConfigError(f"metrics_interval must be 0 (off) or at least 0.1, got {value}")
-    return value
-
-
-def _port_range(raw: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)-(\d+)", raw.strip())
-    if not match:
-        raise ConfigError(f"port_range must look like 20000-29999, got {raw!r}")
-    low, high = int(match[1]), int(match[2])
-    if not 1024 <= low < high <= 65535:
-        raise ConfigError(f"port_range must be inside 1024-65535 with low < high, got {raw!r}")
-    return low, high
-
-
 def default_host_id() -> str:
     """This machine's short host name (the host id when WARREN_HOST_ID is not set)."""
     return socket.gethostname().split(".")[0] or "host"
@@ -388,29 +340,6 @@ def load(env: Mapping[str, str] | None = None, flags: argparse.Namespace | None 
         command_senders=_senders(given.get("command_senders", DEFAULT_COMMAND_SENDERS)),
         broker_ca=_broker_ca(given.get("broker_ca", "")),
     )
-
-
-def _broker_ca(raw: str) -> str:
-    if raw and not Path(raw).expanduser().is_file():
-        raise ConfigError(f"broker_ca must be a PEM file, got {raw!r}")
-    return str(Path(raw).expanduser()) if raw else ""
-
-
-def _senders(raw: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in raw.split(",") if name.strip())
-    if not names:
-        raise ConfigError("command_senders must name at least one broker user")
-    for name in names:
-        if not BROKER_USER_RE.fullmatch(name):
-            raise ConfigError(f"command_senders: {name!r} is not a broker user name")
-    return names
-
-
-def _pool(raw: str) -> tuple[PoolEntry, ...]:
-    try:
-        return parse_pool(raw)
-    except ValueError as exc:
-        raise ConfigError(f"pool: {exc}") from None
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
