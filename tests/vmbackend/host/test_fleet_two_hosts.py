@@ -23,6 +23,13 @@ from vmbackend.client import Client
 READY_TIMEOUT = 300
 
 
+@pytest.fixture(autouse=True)
+def _shared_broker_user(settings) -> None:
+    """Both daemons here log in as the broker's guest user (the development mode in which every
+    host shares it, WARREN_BROKER_SHARED_USER): the shop accepts their events as that user."""
+    settings.BROKER_SHARED_USER = "guest"
+
+
 def _plan(slug: str, memory: int) -> Plan:
     return Plan.objects.create(
         slug=slug,
