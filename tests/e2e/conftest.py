@@ -79,4 +79,6 @@ def rabbitmq_system(workdir: Path, amqp_url: str, images_root: Path) -> Iterator
             raise  # CI builds the image first (`make test` -> `make images`): missing is a failure
         pytest.skip(f"the rabbitmq image is not built ({exc}); run `make images`")
     tls = dev_tls_environment({"WARREN_HOST_ID": "e2e-tls"}, base=workdir / "tls")
+    # The daemon keeps the system's own host id: its broker user is made for that id (harness).
+    tls.pop("WARREN_HOST_ID", None)
     yield from _system(workdir, amqp_url, images_root, "", extra_env=tls)
