@@ -31,13 +31,14 @@ ADMIN = {"username": "warren-tlsreal", "password": "correct-horse-battery-tls"}
 READY_SECONDS = 1500
 
 
-def _served(port: int | None, cafile: Path, host: str | None) -> bytes:
-    """The certificate a client verifying against `cafile` for `host` is served on `port`."""
+def _served(port: int | None, cafile: Path, host: str | None, name: str) -> bytes:
+    """The certificate a client reaching `host`:`port` and verifying against `cafile` for the
+    server's own TLS name `name` is served (docs/tls.md)."""
     assert port is not None and host is not None
     context = ssl.create_default_context(cafile=str(cafile))
     started = time.monotonic()
     with socket.create_connection((host, port), timeout=20) as raw:
-        with context.wrap_socket(raw, server_hostname=host) as conn:
+        with context.wrap_socket(raw, server_hostname=name) as conn:
             der = conn.getpeercert(binary_form=True)
     print(f"verified handshake on {port}: {time.monotonic() - started:.3f} s")
     assert der is not None
@@ -100,8 +101,10 @@ def test_a_fresh_server_speaks_amqps_and_https_verified_by_warren_s_ca(
         # daemon issued and recorded for this VM (its key never left the guest).
         assert state["tls_mode"] == "baked"
         recorded = ssl.PEM_cert_to_DER_cert(state["tls_cert"])
-        assert _served(amqp.port, ca_file, amqp.hostname) == recorded
-        assert _served(management.port, ca_file, management.hostname) == recorded
+        assert _served(amqp.port, ca_file, amqp.hostname, server_name(VM_ID)) == recorded
+        assert (
+            _served(management.port, ca_file, management.hostname, server_name(VM_ID)) == recorded
+        )
         assert "PRIVATE KEY" not in (daemon.state_dir / "vms" / f"{VM_ID}.json").read_text()
         with (
             pytest.raises(OSError),
@@ -149,7 +152,9 @@ def test_a_cold_booted_server_gets_its_certificate_once_its_node_answers(
         state = read_state(daemon.state_dir, vm_id)
         assert state is not None and state["tls_mode"] == "baked"
         recorded = ssl.PEM_cert_to_DER_cert(state["tls_cert"])
-        assert _served(management.port, ca_file, management.hostname) == recorded
+        assert (
+            _served(management.port, ca_file, management.hostname, server_name(vm_id)) == recorded
+        )
         # The default plan keeps the plain AMQP port: a client without TLS still connects.
         params = pika.ConnectionParameters(
             host="127.0.0.1", port=state["ports"]["amqp"],
