@@ -27,6 +27,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.broker)
 
 
+@pytest.fixture
+def shared_broker_user(settings) -> None:
+    """The shop accepts events published as the broker's guest user: the development mode in which
+    every host shares it (WARREN_BROKER_SHARED_USER). Production (one user per host) is tested in
+    tests/orders/messaging/test_senders.py."""
+    settings.BROKER_SHARED_USER = "guest"
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     """PBKDF2's real cost makes every create_user take a noticeable fraction of a second."""

@@ -25,11 +25,8 @@ from vmbackend.protocol import topology
 
 
 @pytest.fixture(autouse=True)
-def _shared_broker_user(settings: Any) -> None:
-    """The orders tests publish events as the broker's guest user, the development mode in
-    which every host shares it (WARREN_BROKER_SHARED_USER); tests/orders/messaging/
-    test_senders.py runs with one user per host, as production does."""
-    settings.BROKER_SHARED_USER = "guest"
+def _shared_broker_user(shared_broker_user: None) -> None:
+    """The orders tests publish events as guest (tests/conftest.py `shared_broker_user`)."""
 
 
 def stripe_signature(

@@ -23,11 +23,8 @@ from vmbackend.client import Client
 READY_TIMEOUT = 300
 
 
-@pytest.fixture(autouse=True)
-def _shared_broker_user(settings) -> None:
-    """Both daemons here log in as the broker's guest user (the development mode in which every
-    host shares it, WARREN_BROKER_SHARED_USER): the shop accepts their events as that user."""
-    settings.BROKER_SHARED_USER = "guest"
+# Both daemons log in as guest, the development mode the shop accepts with this fixture.
+pytestmark = pytest.mark.usefixtures("shared_broker_user")
 
 
 def _plan(slug: str, memory: int) -> Plan:
